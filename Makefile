@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both bootstrap what
+# they need (see .ci/bootstrap) and can be run again at any time.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench lock clean
+
+install:
+	@./.ci/bootstrap
+
+demo: install
+	$(BIN)/linetap demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+# Refresh constraints.txt from what pyproject.toml allows today (commit the result).
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e ".[test]"
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' | LC_ALL=C sort > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-data bench/results

@@ -1,0 +1,69 @@
+"""What the drivers tell the rest of the box, as frozen dataclasses.
+
+GPIO hook sense and a voice modem's handset events both become
+:class:`HookChanged`, so the call flow sees one kind of event whatever the
+board. Drivers deliver these on their own threads (each driver's docstring
+says which); consumers hand them on to a queue and do no work in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class HookChanged:
+    """The handset went off hook (``off_hook=True``) or back on hook."""
+
+    off_hook: bool
+    source: Literal["gpio", "modem", "vad"]
+
+
+@dataclass(frozen=True)
+class ButtonPressed:
+    """A front-panel button was pressed: ``long`` once held past the long-press time."""
+
+    button: Literal["pause", "flag"]
+    long: bool
+
+
+@dataclass(frozen=True)
+class Ring:
+    """The line is ringing (one event per ring burst)."""
+
+
+@dataclass(frozen=True)
+class CallerId:
+    """Caller ID as the line delivered it. Any field may be missing.
+
+    ``number`` and ``name`` are personal data: never log them at INFO.
+    """
+
+    number: str | None = None
+    name: str | None = None
+    date: str | None = None  # MMDD as sent on the line
+    time: str | None = None  # HHMM as sent on the line
+    reason_withheld: str | None = None  # "P" private, "O" out of area, ...
+
+
+@dataclass(frozen=True)
+class DtmfDigit:
+    """A DTMF digit reported by the line interface (not by our own detector)."""
+
+    digit: str
+
+
+@dataclass(frozen=True)
+class LineTone:
+    """A call-progress condition the line interface reported."""
+
+    tone: Literal["busy", "dial-tone", "silence", "quiet", "ringback", "fax", "data"]
+
+
+@dataclass(frozen=True)
+class LineState:
+    """The line interface's link state changed (for telemetry and alarms)."""
+
+    state: Literal["connecting", "ready", "lost"]
+    detail: str = ""

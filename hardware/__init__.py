@@ -1,0 +1,1 @@
+"""Board profiles (TOML, validated on load), pinouts, wiring notes and bill of materials."""

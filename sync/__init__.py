@@ -1,0 +1,1 @@
+"""Moving recordings and fleet state over MQTT, and the central store."""

@@ -1,0 +1,1 @@
+"""The reference central store service and its CLI."""
