@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test bench lock clean prompts
 
 install:
 	@./.ci/bootstrap
@@ -26,3 +26,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-data bench/results
+
+# Remake the shipped consent prompts offline (needs espeak-ng); commit the result.
+prompts: install
+	$(BIN)/python firmware/data/make_prompt.py en en-us "This call is being recorded for quality assurance." firmware/data/prompt-en.ogg
