@@ -1,0 +1,138 @@
+"""The box's local config file: TOML in, one frozen :class:`Config` out.
+
+One model per section; each component is given only its own section
+(``config.audio`` to the audio pipeline, ``config.controls`` to the buttons).
+A new section is a new :class:`~linetap.firmware.schema.Schema` subclass with
+defaults for every key, added as a field of :class:`Config` and documented in
+``linetap.example.toml`` (a test keeps the two in step).
+
+:func:`load_config` reads the file, validates it and loads the board profile
+it names, so that ``linetap config check`` and start-up meet every mistake at
+once, as one :class:`~linetap.firmware.errors.ConfigError`. The app gets the
+profile from ``config.board_profile()``; ``config.device.board`` is the name
+or path it comes from. A relative profile path in the file is made absolute
+against the config file's folder, so the loaded config names it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, StrictStr
+
+from linetap.firmware.board import BoardProfile, is_profile_path, load_board
+from linetap.firmware.errors import ConfigError
+from linetap.firmware.schema import Schema, load_model, read_toml
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_FILE = "linetap.example.toml"
+DEVICE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+
+
+def _as_device_id(text: str) -> str:
+    """The closest valid device id to ``text`` (lowercase, [a-z0-9-], at most 64 characters)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    return re.sub(r"-{2,}", "-", cleaned)[:64].strip("-")
+
+
+def _check_device_id(value: str) -> str:
+    if DEVICE_ID.fullmatch(value):
+        return value
+    suggestion = _as_device_id(value)
+    example = f"e.g. {suggestion!r}" if suggestion else "e.g. 'lt-front-desk-1'"
+    raise ValueError(f"must be 1-64 characters of a-z, 0-9 and '-', starting and ending with a "
+                     f"letter or digit (it becomes an MQTT topic level and the certificate CN); "
+                     f"{example}")
+
+
+def default_device_id() -> str:
+    """``lt-`` + this machine's host name, made a valid device id."""
+    return _as_device_id(f"lt-{socket.gethostname()}")
+
+
+DeviceId = Annotated[StrictStr, AfterValidator(_check_device_id)]
+
+
+class DeviceSection(Schema):
+    id: DeviceId = Field(default_factory=default_device_id)
+    # A built-in board name, or the path of a profile TOML (relative to the config file's folder).
+    board: str = "sim"
+
+
+class AudioSection(Schema):
+    # Every allowed rate is a multiple of 1000 Hz, so any whole block_ms is a whole number of frames.
+    rate: Literal[8000, 16000, 48000] = 16000  # pipeline rate; the codec is resampled to it
+    block_ms: int = Field(default=20, ge=5, le=100)  # audio block length
+    queue_blocks: int = Field(default=100, ge=2, le=10_000)  # capture ring between callback and worker
+
+    @property
+    def block_frames(self) -> int:
+        return self.rate * self.block_ms // 1000
+
+
+class ControlsSection(Schema):
+    long_press_s: float = Field(default=1.5, gt=0, le=10)  # hold a button this long for a long press
+
+
+class LogSection(Schema):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Schema):
+    device: DeviceSection = Field(default_factory=DeviceSection)
+    audio: AudioSection = AudioSection()
+    controls: ControlsSection = ControlsSection()
+    log: LogSection = LogSection()
+
+    def board_profile(self) -> BoardProfile:
+        """Load the board profile ``device.board`` names (a fresh read each call; call it once).
+
+        :func:`load_config` has already loaded it once, so for a config it
+        returned this fails only if the profile file changed since.
+        """
+        return load_board(self.device.board)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read, validate and return the config at ``path``, with its board profile loaded.
+
+    ``None`` means no file: every default, on the simulated board. Raises one
+    ConfigError listing every problem (file missing, TOML syntax, unknown or
+    mistyped keys, an unusable board).
+    """
+    if path is None:
+        config, source = Config(), "defaults"
+    else:
+        path = Path(path)
+        data = read_toml(path, missing_hint=f"create it from {EXAMPLE_FILE} "
+                                             f"(shipped at the top of the linetap source tree)")
+        _resolve_board_path(data, relative_to=path.parent)
+        config, source = load_model(Config, data, source=str(path)), str(path)
+    try:
+        board = config.board_profile()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: device.board = {config.device.board!r} is not usable:\n{exc}") from None
+    logger.info("config loaded source=%s device_id=%s board=%s rate=%d", source, config.device.id,
+                board.name, config.audio.rate)
+    return config
+
+
+def _resolve_board_path(data: dict, *, relative_to: Path) -> None:
+    """A relative profile path means relative to the config file, not to the service's working folder."""
+    device = data.get("device")
+    if not isinstance(device, dict):
+        return
+    board = device.get("board")
+    if isinstance(board, str) and is_profile_path(board) and not Path(board).is_absolute():
+        device["board"] = str((relative_to / board).absolute())
+
+
+def data_dir(cli_value: str | None, *, default_for_box: str = "/var/lib/linetap") -> Path:
+    """Where spool, catalogue and keys live: ``--data-dir``, else ``$LINETAP_DATA_DIR``, else the default."""
+    return Path(cli_value or os.environ.get("LINETAP_DATA_DIR") or default_for_box)
