@@ -327,13 +327,13 @@ def test_status_can_show_a_fault_while_rec_stays_lit(factory, make_panel) -> Non
 
 
 def test_patterns_table_has_the_documented_names() -> None:
-    assert set(PATTERNS) == {"off", "idle", "recording", "paused", "fault", "identify"}
+    assert set(PATTERNS) == {"off", "idle", "recording", "paused", "fault", "private", "identify"}
 
 
 def test_unknown_pattern_is_refused_with_the_known_names(make_panel) -> None:
     panel = make_panel()
     panel.show("idle")
-    with pytest.raises(ValueError, match="blinky.*off, idle, recording, paused, fault, identify"):
+    with pytest.raises(ValueError, match="blinky.*off, idle, recording, paused, fault, private, identify"):
         panel.show("blinky")
     with pytest.raises(ValueError, match="blinky"):
         panel.show_status("blinky")
