@@ -27,6 +27,7 @@ lock:
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-data bench/results
 
-# Remake the shipped consent prompts offline (needs espeak-ng); commit the result.
+# Remake the shipped consent prompt and test conversation offline (needs espeak-ng); commit the result.
 prompts: install
 	$(BIN)/python firmware/data/make_prompt.py en en-us "This call is being recorded for quality assurance." firmware/data/prompt-en.ogg
+	$(BIN)/python firmware/data/make_speech.py firmware/data

@@ -90,6 +90,9 @@ class Codec(Protocol):
     def play_pending(self) -> int:
         """Frames (at ``rate``) queued but not yet played."""
 
+    def stop_playing(self) -> None:
+        """Drop whatever is queued for the line (a prompt cut short); never blocks."""
+
     def stats(self) -> CodecStats:
         """Counters since start."""
 
@@ -229,6 +232,12 @@ class PlaybackQueue:
 
     def pending(self) -> int:
         return self._pending
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._offset = 0
+            self._pending = 0
 
     def read_into(self, out: np.ndarray) -> int:
         """Fill ``out`` with queued samples, silence after them; returns how many were queued samples.
@@ -457,6 +466,9 @@ class SoundDeviceCodec:
     def play_pending(self) -> int:
         return -(-self._playback.pending() // (self.device_rate // self.rate))
 
+    def stop_playing(self) -> None:
+        self._playback.clear()
+
     def stats(self) -> CodecStats:
         return CodecStats(blocks=self._ring.pushed, overruns=self._overruns,
                           underruns=self._underruns, dropped_blocks=self._ring.dropped)
@@ -607,6 +619,9 @@ class SimCodec:
 
     def play_pending(self) -> int:
         return self._playback.pending()
+
+    def stop_playing(self) -> None:
+        self._playback.clear()
 
     @property
     def played(self) -> np.ndarray:

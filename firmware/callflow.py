@@ -392,6 +392,7 @@ class CallFlow:
         self._due("opt-out")  # the window closes quietly
         if self.state == State.RECORDING and self._due("tone"):
             self._do(PlayWarningTone())
+            self._note("warning-tone")
             self._arm_warning_tone()
 
     def _unrecorded_tick(self, event: Tick) -> None:
@@ -423,9 +424,20 @@ class CallFlow:
             self.state = State.RECORDING
 
     def _caller_in_call(self, event: CallerId) -> None:
+        if "hangup" in self._deadline:  # the handset is down: this belongs to the next call
+            self._pending_caller = (self._now(), event)
+            return
         assert self.call is not None
         self.call = replace(self.call, caller=event)
         self._note("caller-id-received")
+
+    def _ring_in_call(self, event: Ring) -> None:
+        # A ring while the handset is down ends the call at once: the grace
+        # period is for flashes and bounces, and a new call is arriving.
+        if "hangup" in self._deadline:
+            self._deadline.pop("hangup")
+            self._end_call("hang-up", at=self._on_hook_at)
+            self._ring(event)
 
     def _fault_in_call(self, event: Fault) -> None:
         self.fault = event.reason
@@ -506,7 +518,7 @@ TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
     (_S.CONNECTED, ButtonPressed): _H._button_in_call,
     (_S.CONNECTED, CallerId): _H._caller_in_call,
     (_S.CONNECTED, DtmfDetected): _ignore,  # no announcement yet, so no opt-out window
-    (_S.CONNECTED, Ring): _ignore,
+    (_S.CONNECTED, Ring): _H._ring_in_call,
     (_S.CONNECTED, PromptFinished): _ignore,
     (_S.CONNECTED, Fault): _H._fault_in_call,
     (_S.CONNECTED, FaultCleared): _H._clear_fault,
@@ -518,7 +530,7 @@ TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
     (_S.ANNOUNCING, ButtonPressed): _H._button_in_call,
     (_S.ANNOUNCING, CallerId): _H._caller_in_call,
     (_S.ANNOUNCING, FarSpeech): _ignore,
-    (_S.ANNOUNCING, Ring): _ignore,
+    (_S.ANNOUNCING, Ring): _H._ring_in_call,
     (_S.ANNOUNCING, Fault): _H._fault_in_call,
     (_S.ANNOUNCING, FaultCleared): _H._clear_fault,
 
@@ -528,7 +540,7 @@ TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
     (_S.RECORDING, ButtonPressed): _H._button_in_call,
     (_S.RECORDING, CallerId): _H._caller_in_call,
     (_S.RECORDING, FarSpeech): _ignore,
-    (_S.RECORDING, Ring): _ignore,
+    (_S.RECORDING, Ring): _H._ring_in_call,
     (_S.RECORDING, PromptFinished): _ignore,
     (_S.RECORDING, Fault): _H._fault_in_call,
     (_S.RECORDING, FaultCleared): _H._clear_fault,
@@ -540,7 +552,7 @@ TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
     (_S.PAUSED, CallerId): _H._caller_in_call,
     (_S.PAUSED, PromptFinished): _H._prompt_finished,
     (_S.PAUSED, FarSpeech): _ignore,
-    (_S.PAUSED, Ring): _ignore,
+    (_S.PAUSED, Ring): _H._ring_in_call,
     (_S.PAUSED, Fault): _H._fault_in_call,
     (_S.PAUSED, FaultCleared): _H._clear_fault,
 
@@ -551,7 +563,7 @@ TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
     (_S.UNRECORDED, DtmfDetected): _ignore,
     (_S.UNRECORDED, FarSpeech): _ignore,
     (_S.UNRECORDED, PromptFinished): _ignore,
-    (_S.UNRECORDED, Ring): _ignore,
+    (_S.UNRECORDED, Ring): _H._ring_in_call,
     (_S.UNRECORDED, Fault): _H._fault_in_call,
     (_S.UNRECORDED, FaultCleared): _H._clear_fault,
 }

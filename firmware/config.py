@@ -23,11 +23,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StrictStr
+from pydantic import AfterValidator, Field, StrictStr, model_validator
 
 from linetap.firmware.board import BoardProfile, is_profile_path, load_board
 from linetap.firmware.errors import ConfigError
-from linetap.firmware.schema import Schema, load_model, read_toml
+from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,45 @@ class ControlsSection(Schema):
     long_press_s: float = Field(default=1.5, gt=0, le=10)  # hold a button this long for a long press
 
 
+DtmfKey = Literal["", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#"]
+
+
+class ConsentSection(Schema):
+    announce: bool = True  # play the announcement into every recorded call
+    announce_when: Literal["connect", "far-speech"] = "connect"
+    far_speech_wait_s: float = Field(default=8.0, gt=0, le=60)  # with far-speech: announce anyway after this
+    language: str = "en"  # which of the prompts to play
+    prompts: dict[str, str] = Field(default_factory=lambda: {"en": "builtin:en"}, strict=False)
+    prompt_level_dbfs: float = Field(default=-18.0, ge=-40, le=-3)  # prompts are brought to this RMS level
+    max_prompt_s: float = Field(default=15.0, gt=0, le=60)
+    warning_tone: bool = True  # 1400 Hz, 0.5 s, repeated while recording
+    warning_interval_s: float = Field(default=15.0, ge=5, le=600)
+    warning_level_dbfs: float = Field(default=-20.0, ge=-40, le=-3)
+    opt_out_key: DtmfKey = ""  # a DTMF key the caller presses to refuse recording; "" turns it off
+    opt_out_window_s: float = Field(default=30.0, gt=0, le=600)  # from the announcement's start
+
+    @model_validator(mode="after")
+    def _language_has_a_prompt(self) -> ConsentSection:
+        if self.announce and self.language not in self.prompts:
+            raise Invalid([Problem(("language",), self.language,
+                                   f"no prompt for this language; add it to consent.prompts "
+                                   f"(which has {', '.join(sorted(self.prompts)) or 'none'})")])
+        return self
+
+
+class CallsSection(Schema):
+    ring_timeout_s: float = Field(default=8.0, gt=0, le=60)  # no RING for this long: a missed call
+    hangup_grace_s: float = Field(default=0.8, ge=0, le=5)  # a shorter on-hook is a flash, not a hang-up
+    caller_id_max_age_s: float = Field(default=20.0, gt=0, le=120)
+    # Voice activity: far-end speech for the announcement, and call start/end on boards with no hook signal.
+    vad_threshold_db: float = Field(default=10.0, ge=1, le=40)  # above the noise floor
+    vad_min_level_dbfs: float = Field(default=-50.0, ge=-90, le=0)
+    vad_hangover_s: float = Field(default=0.3, ge=0, le=5)
+    start_window_s: float = Field(default=3.0, gt=0, le=30)  # voice on both sides within this starts a call
+    end_silence_s: float = Field(default=60.0, gt=0, le=3600)  # two-sided silence this long ends it
+    hold_min_s: float = Field(default=10.0, gt=0, le=3600)  # two-sided silence this long is a hold span
+
+
 class LogSection(Schema):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -88,6 +127,8 @@ class Config(Schema):
     device: DeviceSection = Field(default_factory=DeviceSection)
     audio: AudioSection = AudioSection()
     controls: ControlsSection = ControlsSection()
+    consent: ConsentSection = Field(default_factory=ConsentSection)
+    calls: CallsSection = CallsSection()
     log: LogSection = LogSection()
 
     def board_profile(self) -> BoardProfile:

@@ -348,3 +348,18 @@ def test_missing_portaudio_says_which_package_to_install(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "apt-get install libportaudio2" in done.stdout
     assert "PortAudio library not found" in done.stdout
+
+
+def test_stop_playing_cuts_a_prompt_short() -> None:
+    rate, block = 16000, 320
+    codec = SimCodec(np.zeros(rate, np.int16), np.zeros(rate, np.int16), rate=rate,
+                     block_frames=block, clock=ManualClock())
+    codec.start()
+    codec.play(np.full(10 * block, 1000, np.int16))
+    codec.read()
+    codec.read()
+    codec.stop_playing()
+    assert codec.play_pending() == 0
+    codec.read()
+    played = codec.played
+    assert (played[:2 * block] == 1000).all() and not played[2 * block:].any()

@@ -344,3 +344,27 @@ def test_uuid7_is_time_ordered_and_well_formed() -> None:
     parsed = [uuid.UUID(i) for i in ids]
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+
+
+def test_ring_while_the_handset_is_down_ends_the_call_and_starts_ringing(clock: ManualClock) -> None:
+    flow = flow_in(R, clock)
+    clock.advance(5)
+    flow.handle(EVENTS["hook_on"])
+    clock.advance(0.3)
+    actions = flow.handle(Ring())
+    assert names(actions) == ["Keep", "CloseCall", "Indicate"]
+    assert actions[1].call.ended_mono == pytest.approx(actions[1].call.started_mono + 5)
+    assert flow.state == RG
+    flow.handle(EVENTS["cid"])  # the next call's caller ID
+    assert flow.handle(EVENTS["hook_off"])[0].call.caller.number == "5550100"
+
+
+def test_caller_id_while_the_handset_is_down_is_kept_for_the_next_call(clock: ManualClock) -> None:
+    flow = flow_in(R, clock)
+    flow.handle(EVENTS["hook_on"])
+    flow.handle(EVENTS["cid"])
+    assert flow.call.caller is None
+    clock.advance(1)
+    closed = [a for a in flow.handle(cf.Tick()) if isinstance(a, cf.CloseCall)][0].call
+    assert closed.caller is None
+    assert flow.handle(EVENTS["hook_off"])[0].call.caller.number == "5550100"

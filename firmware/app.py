@@ -1,0 +1,465 @@
+"""The box, wired: drivers from the board profile, the call loop, and what the CLI runs.
+
+Threads (service mode, :func:`run`):
+
+- ``linetap-audio-reader`` reads blocks from the codec and posts them to the
+  call loop's queue;
+- the drivers' own threads (gpiozero, hook debounce, modem reader) post
+  events to the same queue and return at once;
+- the calling thread runs :meth:`CallLoop.run`: it alone touches the call
+  flow, the recorder and the sink, so the core needs no locks. An event is
+  handled as soon as it arrives, not at the next audio block, which is what
+  keeps the hook-off-to-announcement latency small.
+
+Replay and the demo drive the same loop synchronously (:meth:`CallLoop.process`)
+on the simulated board, with a :class:`ManualClock` so a call runs as fast as
+the machine allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linetap.drivers.audio import Block, Codec, SimCodec, SoundDeviceCodec
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, Ring
+from linetap.drivers.gpio import Panel, sim_pin_factory
+from linetap.drivers.line import SimModem, V253Line
+from linetap.firmware import callflow as cf
+from linetap.firmware.board import BoardProfile
+from linetap.firmware.clock import Clock, ManualClock, SystemClock
+from linetap.firmware.config import Config
+from linetap.firmware.consent import Prompt, load_prompt
+from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
+from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
+from linetap.firmware.recorder import Recorder, Recording, Sink
+
+logger = logging.getLogger(__name__)
+
+# Events the call flow takes; anything else a driver reports is telemetry.
+_FLOW_EVENTS = (Ring, CallerId, HookChanged, ButtonPressed)
+_HOOK_SOURCE = {"hook-gpio": "gpio", "v253": "modem", "vad": "vad"}
+
+
+# ------------------------------------------------------------------ board --
+
+@dataclass
+class Board:
+    """The drivers a board profile names, built and owned together."""
+
+    profile: BoardProfile
+    codec: Codec
+    panel: Panel
+    line: V253Line | None = None
+    pin_factory: Any = None  # gpiozero's MockFactory on the simulated board
+    modem: SimModem | None = None  # the simulated modem on the simulated board
+
+    def close(self) -> None:
+        for part in (self.line, self.modem, self.panel, self.codec):
+            if part is not None:
+                part.close()
+        if self.pin_factory is not None:
+            self.pin_factory.close()
+
+
+def build_board(config: Config, clock: Clock, on_event: Callable[[object], None], *,
+                near: np.ndarray | None = None, far: np.ndarray | None = None) -> Board:
+    """Build the codec, panel and line interface of ``config``'s board.
+
+    ``near``/``far`` feed a simulated codec; a real board ignores them. A
+    device the profile names but the machine lacks is an error, never a
+    switch to the simulation.
+    """
+    profile = config.board_profile()
+    audio, gpio = profile.audio, profile.gpio
+    if audio.driver == "sim":
+        silence = np.zeros(config.audio.block_frames, np.int16)
+        codec: Codec = SimCodec(near if near is not None else silence,
+                                far if far is not None else silence, rate=config.audio.rate,
+                                block_frames=config.audio.block_frames, clock=clock,
+                                queue_blocks=config.audio.queue_blocks)
+    else:
+        assert audio.device is not None  # the profile schema requires it for sounddevice
+        codec = SoundDeviceCodec(audio.device, rate=config.audio.rate,
+                                 block_frames=config.audio.block_frames, channels=audio.channels,
+                                 near=audio.near, far=audio.far, out_channels=audio.out_channels,
+                                 line_out=tuple(audio.line_out),
+                                 queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
+    board = Board(profile=profile, codec=codec, panel=None)  # type: ignore[arg-type]
+    try:
+        if gpio.pin_factory == "mock":
+            board.pin_factory = sim_pin_factory()
+            if gpio.hook is not None:
+                # The simulated handset starts on its cradle (a floating mock pin reads low).
+                on_hook = board.pin_factory.pin(gpio.hook)
+                (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
+        else:
+            import os
+            os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
+        board.panel = Panel(rec_led=gpio.rec_led,
+                            status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
+                            pause_button=gpio.pause_button, flag_button=gpio.flag_button,
+                            hook=gpio.hook, hook_active_high=gpio.hook_active == "high",
+                            hook_debounce=gpio.hook_debounce_ms / 1000,
+                            long_press=config.controls.long_press_s,
+                            pin_factory=board.pin_factory, on_event=on_event)
+        if profile.line.driver == "sim":
+            board.modem = SimModem()
+            board.line = V253Line(board.modem.path, clock=clock, on_event=on_event)
+        elif profile.line.driver == "v253":
+            assert profile.line.port is not None
+            board.line = V253Line(profile.line.port, clock=clock, on_event=on_event,
+                                  baudrate=profile.line.baudrate)
+    except BaseException:
+        board.close()
+        raise
+    logger.info("board ready name=%s audio=%s gpio=%s line=%s call_detect=%s", profile.name,
+                audio.driver, gpio.pin_factory, profile.line.driver, profile.call_detect.source)
+    return board
+
+
+# ------------------------------------------------------------- call loop --
+
+@dataclass(frozen=True)
+class Happening:
+    """One thing the box did or saw, for the demo's narration and the log."""
+
+    t: float  # stream seconds
+    device: str
+    what: str
+
+
+def policy_from(config: Config, prompt: Prompt | None) -> cf.CallPolicy:
+    consent, calls = config.consent, config.calls
+    return cf.CallPolicy(
+        announce=consent.announce, announce_when=consent.announce_when,
+        far_speech_wait_s=consent.far_speech_wait_s,
+        prompt_sha256=prompt.sha256 if prompt else "", language=consent.language,
+        warning_tone=consent.warning_tone, warning_interval_s=consent.warning_interval_s,
+        opt_out_key=consent.opt_out_key or None, opt_out_window_s=consent.opt_out_window_s,
+        ring_timeout_s=calls.ring_timeout_s, hangup_grace_s=calls.hangup_grace_s,
+        caller_id_max_age_s=calls.caller_id_max_age_s)
+
+
+def load_prompts(config: Config) -> dict[str, Prompt]:
+    """Every configured prompt, converted and checked now, so a bad one stops the box at start-up."""
+    if not config.consent.announce:
+        return {}
+    return {language: load_prompt(language, location, rate=config.audio.rate,
+                                  max_seconds=config.consent.max_prompt_s,
+                                  level_dbfs=config.consent.prompt_level_dbfs)
+            for language, location in config.consent.prompts.items()}
+
+
+def vad_settings(config: Config) -> VadSettings:
+    calls = config.calls
+    return VadSettings(threshold_db=calls.vad_threshold_db, min_level_dbfs=calls.vad_min_level_dbfs,
+                       hangover_s=calls.vad_hangover_s)
+
+
+class CallLoop:
+    """The call flow, the recorder and the devices, driven by one thread.
+
+    :meth:`post` is thread-safe (drivers call it); everything else runs on
+    the thread that calls :meth:`process` / :meth:`run`.
+    """
+
+    def __init__(self, config: Config, board: Board, sink: Sink, clock: Clock, *,
+                 prompts: dict[str, Prompt] | None = None,
+                 on_happening: Callable[[Happening], None] | None = None,
+                 on_recording: Callable[[Recording], None] | None = None) -> None:
+        self._config = config
+        self._board = board
+        self._codec = board.codec
+        self._panel = board.panel
+        self._clock = clock
+        self.prompts = load_prompts(config) if prompts is None else prompts
+        prompt = self.prompts.get(config.consent.language)
+        self.flow = cf.CallFlow(policy_from(config, prompt), clock)
+        vad = vad_settings(config)
+        activity = None
+        if board.profile.call_detect.source == "vad":
+            activity = CallActivity(config.audio.rate, start_window_s=config.calls.start_window_s,
+                                    end_silence_s=config.calls.end_silence_s, vad=vad)
+        self.recorder = Recorder(config.audio.rate, _Notify(sink, self), vad=vad,
+                                 call_activity=activity, hold_min_s=config.calls.hold_min_s)
+        self._tone = warning_tone(config.audio.rate, config.consent.warning_level_dbfs)
+        self._hook_source = _HOOK_SOURCE[board.profile.call_detect.source]
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._prompt_playing = False
+        self._stream_t = 0.0
+        self._on_happening = on_happening
+        self._on_recording = on_recording
+        self.line_state: str | None = None
+        self._panel.show_status("idle")
+
+    # -- input --
+
+    def post(self, item: object) -> None:
+        """Hand a driver event or an audio block to the loop (any thread)."""
+        self._queue.put(item)
+
+    def drain(self) -> None:
+        """Process everything posted so far, without waiting."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self.process(item)
+
+    def run(self, stop: threading.Event) -> None:
+        """Process posted items until ``stop`` is set or the audio ends (a None is posted)."""
+        while not stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            self.process(item)
+
+    def process(self, item: object) -> None:
+        if isinstance(item, Block):
+            self._on_block(item)
+        elif isinstance(item, LineState):
+            self.line_state = item.state
+            self._tell("line", f"modem {item.state}" + (f" ({item.detail})" if item.detail else ""))
+        elif isinstance(item, HookChanged) and item.source != self._hook_source:
+            logger.debug("hook event from %s ignored (this board detects calls by %s)",
+                         item.source, self._hook_source)
+        elif isinstance(item, _FLOW_EVENTS):
+            self._tell(*_describe_input(item))
+            self.handle(item)
+        else:
+            logger.debug("driver event not used by the call flow: %s", type(item).__name__)
+
+    def _on_block(self, block: Block) -> None:
+        self._stream_t = block.t
+        for event in self.recorder.feed(block.frames):
+            if isinstance(event, HookChanged):
+                self._tell("vad", f"voice activity: call {'started' if event.off_hook else 'ended'}")
+            self.handle(event)
+        if self._prompt_playing and self._codec.play_pending() == 0:
+            self._prompt_playing = False
+            self.handle(cf.PromptFinished())
+        self.handle(cf.Tick())
+
+    def handle(self, event: cf.Event) -> None:
+        for action in self.flow.handle(event):
+            self._execute(action)
+
+    def finish(self) -> None:
+        """End of the audio stream: hang up any call and let the recorder catch up."""
+        if self.flow.call is not None:
+            self.handle(HookChanged(off_hook=False, source=self._hook_source))  # type: ignore[arg-type]
+            self._clock.sleep(self.flow.policy.hangup_grace_s)
+            self.handle(cf.Tick())
+        self.recorder.flush()
+
+    # -- output: the only place the call flow's actions touch devices --
+
+    def _execute(self, action: cf.Action) -> None:
+        match action:
+            case cf.OpenCall(call=call):
+                self.recorder.open(call)
+                self._tell("call", f"call {call.call_id} opened"
+                           + (" (caller ID known)" if call.caller else ""))
+            case cf.Keep(on=on):
+                # The REC LED and the keeping of audio change in the same step.
+                self.recorder.keep(on)
+                self._panel.set_recording(on)
+                self._tell("rec", "REC LED on: keeping audio" if on else "REC LED off: audio no longer kept")
+            case cf.Pause(on=on):
+                self.recorder.pause(on)
+                self._panel.set_recording("paused" if on else True)
+                self._tell("rec", "paused: silence is stored, REC LED blinks" if on else "resumed")
+            case cf.PlayPrompt(language=language):
+                prompt = self.prompts[language]
+                self._codec.play(prompt.samples)
+                self._prompt_playing = True
+                self._tell("codec", f"announcement ({language}, {prompt.seconds:.1f} s) into the line")
+            case cf.StopPrompt():
+                self._codec.stop_playing()
+                self._prompt_playing = False
+                self._tell("codec", "announcement stopped")
+            case cf.PlayWarningTone():
+                self._codec.play(self._tone)
+                self._tell("codec", "warning tone 1400 Hz into the line")
+            case cf.Discard():
+                self.recorder.discard()
+                self._tell("rec", "audio kept so far destroyed")
+            case cf.Indicate(pattern=pattern):
+                self._panel.show_status(pattern)
+                self._tell("led", f"status LED: {pattern}")
+            case cf.CloseCall(call=call):
+                self.recorder.close(call)
+                self._tell("call", f"call {call.call_id} closed ({call.ended_by})")
+            case _:
+                raise AssertionError(f"unhandled action {action!r}")
+
+    def _tell(self, device: str, what: str) -> None:
+        happening = Happening(round(self._stream_t, 3), device, what)
+        logger.info("t=%.3f device=%s %s", happening.t, device, what)
+        if self._on_happening is not None:
+            self._on_happening(happening)
+
+    def _recorded(self, recording: Recording) -> None:
+        if self._on_recording is not None:
+            self._on_recording(recording)
+
+
+class _Notify:
+    """A sink wrapper that also tells the loop when a recording is complete."""
+
+    def __init__(self, sink: Sink, loop: CallLoop) -> None:
+        self._sink, self._loop = sink, loop
+
+    def open(self, call: cf.CallRecord) -> None:
+        self._sink.open(call)
+
+    def write(self, frames: np.ndarray) -> None:
+        self._sink.write(frames)
+
+    def discard(self) -> None:
+        self._sink.discard()
+
+    def close(self, recording: Recording) -> None:
+        self._sink.close(recording)
+        self._loop._recorded(recording)
+
+
+def _describe_input(event: object) -> tuple[str, str]:
+    match event:
+        case Ring():
+            return "line", "RING"
+        case CallerId():
+            return "line", "caller ID received"
+        case HookChanged(off_hook=off_hook, source=source):
+            return source, "handset off hook" if off_hook else "handset on hook"
+        case ButtonPressed(button=button, long=long):
+            return "button", f"{button.upper()} {'long' if long else 'short'} press"
+    return "?", type(event).__name__
+
+
+# ---------------------------------------------------------------- commands --
+
+def run(config: Config, data_dir: Path) -> int:
+    """The service: run calls until stopped (SIGTERM) or the audio device is lost."""
+    import signal
+
+    from linetap.firmware.recorder import MemorySink
+
+    clock = SystemClock()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop_ref: list[CallLoop] = []
+    board = build_board(config, clock, lambda e: loop_ref[0].post(e) if loop_ref else None)
+    try:
+        # Until the secure spool exists, recordings are kept in memory only.
+        loop = CallLoop(config, board, MemorySink(), clock)
+        loop_ref.append(loop)
+        reader = _AudioReader(board.codec, loop.post, stop)
+        board.codec.start()
+        reader.start()
+        try:
+            loop.run(stop)
+        finally:
+            stop.set()
+            reader.join()
+        loop.finish()
+        if reader.error is not None:
+            raise reader.error
+    finally:
+        board.close()
+    return 0
+
+
+class _AudioReader(threading.Thread):
+    """Moves blocks from the codec to the call loop; posts None when the audio ends."""
+
+    def __init__(self, codec: Codec, post: Callable[[object], None], stop: threading.Event) -> None:
+        super().__init__(name="linetap-audio-reader", daemon=True)
+        self._codec, self._post, self._stop = codec, post, stop
+        self.error: LinetapError | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self._codec.read(timeout=2.0)
+                self._post(block)
+                if block is None:
+                    return
+        except DeviceError as exc:
+            self.error = exc
+            self._post(None)
+
+    def join(self, timeout: float | None = 5.0) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise DeviceError("the audio reader did not stop within 5 s; the codec is stalled")
+
+
+def list_devices(*, as_json: bool) -> int:
+    """Print the audio devices and serial ports this machine has (for writing a board profile)."""
+    import serial.tools.list_ports
+
+    from linetap.drivers.audio import _import_sounddevice
+
+    try:
+        audio = [{"index": d["index"], "name": d["name"], "inputs": d["max_input_channels"],
+                  "outputs": d["max_output_channels"], "default_rate": d["default_samplerate"]}
+                 for d in _import_sounddevice().query_devices()]
+    except DeviceError as exc:
+        audio = [{"error": str(exc)}]
+    ports = [{"device": p.device, "description": p.description} for p in serial.tools.list_ports.comports()]
+    if as_json:
+        print(json.dumps({"audio": audio, "serial": ports}, indent=2))
+        return 0
+    print("audio devices:")
+    for d in audio:
+        print(f"  {d}" if "error" in d else
+              f"  {d['index']:>2}: {d['name']} (in {d['inputs']}, out {d['outputs']}, "
+              f"{d['default_rate']:.0f} Hz)")
+    print("serial ports:" + ("" if ports else " none"))
+    for p in ports:
+        print(f"  {p['device']}: {p['description']}")
+    return 0
+
+
+def read_speech(path: Path, rate: int) -> np.ndarray:
+    """A WAV or Ogg file as mono int16 at ``rate`` (mixed down and resampled as needed)."""
+    import soundfile
+    import soxr
+
+    if not Path(path).is_file():
+        raise ConfigError(f"audio file {path} does not exist (or is not a file)")
+    try:
+        audio, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise ConfigError(f"audio file {path} is not a readable WAV or Ogg file "
+                          f"({str(exc).rsplit(': ', 1)[-1]})") from None
+    mono = audio.mean(axis=1)
+    if file_rate != rate:
+        mono = soxr.resample(mono, file_rate, rate)
+    return (np.clip(mono, -1, 1) * 32767).astype(np.int16)
+
+
+def demo(config: Config, data_dir: Path, *, realtime: bool = False) -> int:
+    from linetap.firmware.demo import run_demo
+
+    return run_demo(config, data_dir, realtime=realtime)
+
+
+def replay(config: Config, near: Path, far: Path, *, as_json: bool, realtime: bool) -> int:
+    from linetap.firmware.demo import run_replay
+
+    return run_replay(config, near, far, as_json=as_json, realtime=realtime)

@@ -1,0 +1,117 @@
+"""``linetap``: the box's command line.
+
+Every command takes ``--config FILE`` (TOML; without it the simulated board
+and safe defaults apply) and ``--data-dir DIR`` (or ``LINETAP_DATA_DIR``),
+the one folder everything the box writes lives under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from linetap.firmware import __version__
+from linetap.firmware.config import data_dir
+from linetap.firmware.errors import LinetapError
+
+logger = logging.getLogger(__name__)
+
+BOX_DATA_DIR = "/var/lib/linetap"
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name.
+
+    Subcommands get them with SUPPRESS defaults, so that an option given
+    before the command is not reset by the subcommand's parser.
+    """
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=default(None),
+                        help="config file (TOML); without one the simulated board and defaults apply")
+    common.add_argument("--data-dir", metavar="DIR", default=default(None),
+                        help=f"where spool, catalogue and keys live (default: $LINETAP_DATA_DIR, "
+                             f"else {BOX_DATA_DIR})")
+    common.add_argument("-v", "--verbose", action="count", default=default(0),
+                        help="more log output (-v info, -vv debug)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
+    parser = argparse.ArgumentParser(prog="linetap", parents=[_common(defaults=True)],
+                                     description="Inline call recorder firmware.")
+    parser.add_argument("--version", action="version", version=f"linetap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("run", parents=[common], help="run the recorder (the service's command)")
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="run scripted calls on the simulated board and say what each device did")
+    demo.add_argument("--realtime", action="store_true", help="pace the simulated board in real time")
+
+    replay = sub.add_parser("replay", parents=[common],
+                            help="run one call from two WAV files through the simulated board")
+    replay.add_argument("near", type=Path, help="near end (agent) WAV")
+    replay.add_argument("far", type=Path, help="far end (caller) WAV")
+    replay.add_argument("--json", action="store_true", help="print the result as JSON")
+    replay.add_argument("--realtime", action="store_true", help="pace the call in real time")
+
+    config = sub.add_parser("config", parents=[common], help="config file tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", parents=[common], help="validate a config file and its board")
+    check.add_argument("file", type=Path, help="config file to check")
+    check.add_argument("--json", action="store_true", help="print the effective config as JSON")
+
+    devices = sub.add_parser("devices", parents=[common],
+                             help="list the audio devices and serial ports this machine has")
+    devices.add_argument("--json", action="store_true")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except LinetapError as exc:
+        print(f"linetap: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from linetap.firmware import app
+    from linetap.firmware.config import load_config
+
+    if args.command == "config":
+        config = load_config(args.file)
+        if args.json:
+            print(json.dumps(config.model_dump(mode="json"), indent=2))
+        else:
+            print(f"{args.file}: OK (board {config.device.board}, device id {config.device.id})")
+        return 0
+    if args.command == "devices":
+        return app.list_devices(as_json=args.json)
+    config = load_config(args.config)
+    if args.command == "demo":
+        return app.demo(config, data_dir(args.data_dir, default_for_box=str(Path.cwd() / "demo-data")),
+                        realtime=args.realtime)
+    if args.command == "replay":
+        return app.replay(config, args.near, args.far, as_json=args.json, realtime=args.realtime)
+    if args.command == "run":
+        return app.run(config, data_dir(args.data_dir))
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Scripted calls on the simulated board: ``linetap replay`` and ``linetap demo``.
+
+A script is a list of steps at stream times: drive the hook pin, press a
+button, make the simulated modem ring or send caller ID. Each step waits
+until the driver's event has reached the call loop, so the result does not
+depend on thread timing, while the audio runs as fast as the machine allows
+(a :class:`ManualClock`), or in real time with ``--realtime``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
+from linetap.firmware.app import Board, CallLoop, Happening, build_board, read_speech
+from linetap.firmware.clock import Clock, ManualClock, SystemClock
+from linetap.firmware.config import Config
+from linetap.firmware.dsp import dtmf_tone
+from linetap.firmware.errors import ConfigError, DeviceTimeout
+from linetap.firmware.recorder import MemorySink, Recording, Sink
+
+EVENT_TIMEOUT = 5.0  # a simulated driver answers in milliseconds; this only bounds a failure
+
+
+class _Inbox:
+    """Driver events on their way to the loop, with a way to wait for one to arrive."""
+
+    def __init__(self) -> None:
+        self.loop: CallLoop | None = None
+        self._seen: list[object] = []
+        self._cond = threading.Condition()
+
+    def post(self, item: object) -> None:
+        if self.loop is not None:
+            self.loop.post(item)
+        with self._cond:
+            self._seen.append(item)
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self._seen)
+
+    def wait_for(self, since: int, match: Callable[[object], bool], what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: any(match(e) for e in self._seen[since:]),
+                                       timeout=EVENT_TIMEOUT):
+                raise DeviceTimeout(f"the simulated board did not report {what} within "
+                                    f"{EVENT_TIMEOUT} s")
+
+
+@dataclass(frozen=True)
+class Step:
+    t: float
+    kind: str  # hook-off, hook-on, pause, pause-long, flag, ring, caller-id
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class SimulatedCalls:
+    """Runs a script against the simulated board through the real call loop."""
+
+    def __init__(self, config: Config, near: np.ndarray, far: np.ndarray, *, sink: Sink,
+                 clock: Clock, on_happening: Callable[[Happening], None] | None = None,
+                 on_recording: Callable[[Recording], None] | None = None) -> None:
+        profile = config.board_profile()
+        if profile.audio.driver != "sim" or profile.gpio.pin_factory != "mock":
+            raise ConfigError(f"scripted calls need the simulated board; device.board is "
+                              f"{config.device.board!r}. Use the default config or board = \"sim\"")
+        self._inbox = _Inbox()
+        self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far)
+        try:
+            self.loop = CallLoop(config, self.board, sink, clock, on_happening=on_happening,
+                                 on_recording=on_recording)
+        except BaseException:
+            self.board.close()
+            raise
+        self._inbox.loop = self.loop
+        self._gpio = profile.gpio
+        self._long_press = config.controls.long_press_s
+
+    def run(self, script: list[Step], *, after_block: Callable[[], None] | None = None) -> None:
+        """Play the audio through the loop, doing each step when its time comes.
+
+        ``after_block`` is called after each block is processed (tests check
+        invariants there).
+        """
+        steps = sorted(script, key=lambda s: s.t)
+        codec = self.board.codec
+        codec.start()
+        try:
+            while True:
+                block = codec.read(timeout=10.0)
+                if block is None:
+                    break
+                while steps and steps[0].t <= block.t:
+                    self._do(steps.pop(0))
+                self.loop.drain()
+                self.loop.process(block)
+                if after_block is not None:
+                    after_block()
+            for step in steps:  # steps after the audio ended (a hang-up at the very end)
+                self._do(step)
+            self.loop.drain()
+            self.loop.finish()
+        finally:
+            self.board.close()
+
+    def _pin(self, number: int):  # noqa: ANN202 - gpiozero's MockPin
+        return self.board.pin_factory.pin(number)
+
+    def _do(self, step: Step) -> None:
+        mark = self._inbox.mark()
+        if step.kind in ("hook-off", "hook-on"):
+            off = step.kind == "hook-off"
+            pin = self._pin(self._gpio.hook)
+            (pin.drive_high if off == (self._gpio.hook_active == "high") else pin.drive_low)()
+            self._inbox.wait_for(mark, lambda e: isinstance(e, HookChanged) and e.off_hook == off,
+                                 f"the hook going {'off' if off else 'on'}")
+        elif step.kind in ("pause", "pause-long", "flag"):
+            button = "flag" if step.kind == "flag" else "pause"
+            long = step.kind == "pause-long"
+            pin = self._pin(self._gpio.pause_button if button == "pause" else self._gpio.flag_button)
+            pin.drive_low()
+            if long:
+                self._inbox.wait_for(mark, lambda e: e == ButtonPressed(button, True), "a long press")
+            pin.drive_high()
+            if not long:
+                self._inbox.wait_for(mark, lambda e: e == ButtonPressed(button, False), "a press")
+        elif step.kind == "ring":
+            assert self.board.modem is not None
+            self.board.modem.ring()
+            self._inbox.wait_for(mark, lambda e: isinstance(e, Ring), "RING")
+        elif step.kind == "caller-id":
+            assert self.board.modem is not None
+            self.board.modem.caller_id(**step.args)
+            self._inbox.wait_for(mark, lambda e: isinstance(e, CallerId), "caller ID")
+        else:
+            raise ValueError(f"unknown script step {step.kind!r}")
+
+
+# ------------------------------------------------------------------ replay --
+
+def recording_report(recording: Recording) -> dict[str, Any]:
+    call = recording.call
+    return {
+        "call_id": call.call_id,
+        "recorded": call.recorded,
+        "flagged": call.flagged,
+        "ended_by": call.ended_by,
+        "duration_s": round((call.ended_mono or call.started_mono) - call.started_mono, 3),
+        "caller_id_known": call.caller is not None,
+        "kept_s": round(recording.frames / recording_rate(recording), 3) if recording.frames else 0.0,
+        "audio_start_s": recording.audio_start_s,
+        "events": [{"t": e.t, "kind": e.kind, **e.detail} for e in call.events],
+        "masked_spans_s": [list(span) for span in recording.masks],
+        "qa": recording.metrics,
+    }
+
+
+def recording_rate(recording: Recording) -> float:
+    duration = recording.metrics.get("duration_s") or 0
+    return recording.frames / duration if duration else 1.0
+
+
+def run_replay(config: Config, near_path: Path, far_path: Path, *, as_json: bool,
+               realtime: bool) -> int:
+    rate = config.audio.rate
+    near, far = read_speech(near_path, rate), read_speech(far_path, rate)
+    seconds = max(len(near), len(far)) / rate
+    recordings: list[Recording] = []
+    calls = SimulatedCalls(config, near, far, sink=MemorySink(),
+                           clock=SystemClock() if realtime else ManualClock(),
+                           on_recording=recordings.append)
+    calls.run([Step(0.0, "hook-off"), Step(seconds, "hook-on")])
+    reports = [recording_report(r) for r in recordings]
+    if as_json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    else:
+        for report in reports:
+            _print_report(report)
+    return 0
+
+
+def _print_report(report: dict[str, Any], out=sys.stdout) -> None:
+    print(f"call {report['call_id']}: {report['duration_s']:.1f} s, "
+          f"{'recorded' if report['recorded'] else 'NOT recorded'} "
+          f"({report['kept_s']:.1f} s kept), ended by {report['ended_by']}"
+          f"{', flagged' if report['flagged'] else ''}", file=out)
+    for event in report["events"]:
+        detail = {k: v for k, v in event.items() if k not in ("t", "kind")}
+        extra = " ".join(f"{k}={str(v)[:16]}" for k, v in detail.items())
+        print(f"  {event['t']:7.2f} s  {event['kind']}  {extra}".rstrip(), file=out)
+    for start, end in report["masked_spans_s"]:
+        print(f"  {start:7.2f} s  DTMF masked until {end:.2f} s", file=out)
+    qa = report["qa"]
+    if qa.get("duration_s"):
+        print(f"  QA: talk near {qa['talk_s']['near']:.1f} s / far {qa['talk_s']['far']:.1f} s, "
+              f"silence {qa['silence_share']:.0%}, over-talk {qa['overtalk_share']:.0%}, "
+              f"longest monologue near {qa['longest_monologue_s']['near']:.1f} s / far "
+              f"{qa['longest_monologue_s']['far']:.1f} s, holds {qa['hold_spans']}", file=out)
+
+
+# -------------------------------------------------------------------- demo --
+
+def bundled_speech(rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped two-sided conversation (agent near, caller far) at ``rate``."""
+    data = resources.files("linetap.firmware") / "data"
+    with resources.as_file(data / "speech-near.ogg") as near, resources.as_file(data / "speech-far.ogg") as far:
+        return read_speech(near, rate), read_speech(far, rate)
+
+
+def _with_digits(far: np.ndarray, rate: int, at_s: float, digits: str) -> np.ndarray:
+    """The caller keys in ``digits`` at ``at_s``: 80 ms tones, 80 ms apart."""
+    far = far.copy()
+    pos = int(at_s * rate)
+    for digit in digits:
+        tone = dtmf_tone(digit, 0.08, rate, level_dbfs=-10)
+        far[pos:pos + len(tone)] = tone[: len(far) - pos]
+        pos += len(tone) + int(0.08 * rate)
+    return far
+
+
+def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
+    """Three scripted calls on the simulated board, narrated device by device."""
+    rate = config.audio.rate
+    near, far = bundled_speech(rate)
+    seconds = len(near) / rate
+    gap = np.zeros(2 * rate, np.int16)
+    if not config.consent.opt_out_key:
+        config = config.model_copy(update={"consent": config.consent.model_copy(update={"opt_out_key": "9"})})
+    # Call 1 keys in card digits (masked); call 2 is paused for a while; in call 3 the caller opts out.
+    far1 = _with_digits(far, rate, 17.0, "4111")
+    far3 = _with_digits(far, rate, 8.0, config.consent.opt_out_key)
+    call_starts = [2.0, 2.0 + seconds + 2.0, 2.0 + 2 * (seconds + 2.0)]
+    near_all = np.concatenate([gap, near, gap, near, gap, near, gap])
+    far_all = np.concatenate([gap, far1, gap, far, gap, far3, gap])
+    script = []
+    for n, start in enumerate(call_starts, 1):
+        script += [Step(start - 1.5, "ring"),
+                   Step(start - 1.4, "caller-id", {"number": f"555010{n}", "name": "DEMO CALLER",
+                                                   "date": "1129", "time": "0930"}),
+                   Step(start, "hook-off"), Step(start + seconds, "hook-on")]
+    script += [Step(call_starts[1] + 20.0, "pause"), Step(call_starts[1] + 30.0, "pause"),
+               Step(call_starts[0] + 40.0, "flag")]
+    recordings: list[Recording] = []
+
+    def narrate(h: Happening) -> None:
+        print(f"  {h.t:7.2f} s  {h.device:<7} {h.what}")
+
+    print(f"linetap demo: three calls on the simulated board ({config.device.board}), "
+          f"{rate} Hz, {'real time' if realtime else 'as fast as possible'}.")
+    print(f"Consent: announcement {config.consent.language!r}, warning tone every "
+          f"{config.consent.warning_interval_s:g} s, caller opt-out key "
+          f"{config.consent.opt_out_key!r} (set for the demo).")
+    print("What each device did (stream time):")
+    calls = SimulatedCalls(config, near_all, far_all, sink=MemorySink(),
+                           clock=SystemClock() if realtime else ManualClock(),
+                           on_happening=narrate, on_recording=recordings.append)
+    calls.run(script)
+    print()
+    for recording in recordings:
+        _print_report(recording_report(recording))
+    print(f"\nRecordings were kept in memory only: the encrypted spool (and {data_dir}) "
+          f"arrive with the secure-spool feature.")
+    return 0

@@ -1,0 +1,206 @@
+"""Whole calls on the simulated board: codec, mock pins and modem, through the real call loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from linetap.firmware.callflow import KEEPING, State
+from linetap.firmware.clock import ManualClock
+from linetap.firmware.config import Config, load_config
+from linetap.firmware.demo import SimulatedCalls, Step, bundled_speech
+from linetap.firmware.dsp import dtmf_tone, tone
+from linetap.firmware.recorder import MemorySink
+
+RATE = 16000
+REC_PIN = 17
+
+
+def config_with(tmp_path: Path, text: str = "") -> Config:
+    path = tmp_path / "linetap.toml"
+    path.write_text("[controls]\nlong_press_s = 0.05\n" + text)
+    return load_config(path)
+
+
+def voice(seconds: float, freq: float = 300.0) -> np.ndarray:
+    """A steady 'voice' that the voice-activity detector and a listener can both find."""
+    return tone(freq, seconds, RATE, level_dbfs=-15)
+
+
+def run_call(config: Config, near: np.ndarray, far: np.ndarray, script: list[Step], check=None):
+    sink = MemorySink()
+    calls = SimulatedCalls(config, near, far, sink=sink, clock=ManualClock())
+    calls.run(script, after_block=(lambda: check(calls)) if check else None)
+    return calls, sink
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[np.ndarray, np.ndarray]:
+    return bundled_speech(RATE)
+
+
+def test_announcement_is_played_into_the_line_before_audio_is_kept(tmp_path: Path, speech) -> None:
+    near, far = speech
+    config = config_with(tmp_path)
+    calls, sink = run_call(config, near[: 20 * RATE], far[: 20 * RATE],
+                           [Step(1.0, "hook-off"), Step(19.0, "hook-on")])
+    prompt = calls.loop.prompts["en"].samples
+    played = calls.board.codec.played
+    first_play = calls.board.codec.play_log[0]
+    assert first_play.frames == len(prompt)
+    start = round(first_play.stream_t * RATE)
+    assert not played[:start].any()
+    assert np.array_equal(played[start:start + len(prompt)], prompt)
+    (recording, audio), = sink.recordings
+    events = {e.kind: e for e in recording.call.events}
+    assert events["announcement-start"].t == 0.0
+    assert events["announcement-start"].detail["prompt_sha256"] == calls.loop.prompts["en"].sha256
+    assert events["announcement-end"].t == pytest.approx(len(prompt) / RATE, abs=0.03)
+    # Keeping starts with the announcement, never before it: the call opened at the
+    # hook-off block, the prompt reached the line with the next block, and the first
+    # kept sample is that same boundary.
+    opened_at = start / RATE - recording.audio_start_s
+    assert recording.audio_start_s == 0.0
+    assert 1.0 <= opened_at <= 1.0 + 0.1  # hook-off at 1.0 s plus debounce, within a block or so
+    assert len(audio) == recording.frames
+
+
+def test_warning_tone_repeats_at_the_interval(tmp_path: Path) -> None:
+    config = config_with(tmp_path, "[consent]\nwarning_interval_s = 10.0\n")
+    silence = np.zeros(50 * RATE, np.int16)
+    calls, sink = run_call(config, silence, silence, [Step(0.5, "hook-off"), Step(48.0, "hook-on")])
+    tone_frames = int(0.5 * RATE)
+    plays = [p for p in calls.board.codec.play_log if p.frames == tone_frames]
+    starts = [p.stream_t for p in plays]
+    assert len(starts) == 4  # prompt ends ~3.9 s; tones at ~13.9, 23.9, 33.9, 43.9 s
+    assert np.allclose(np.diff(starts), 10.0, atol=0.03)
+    (recording, _), = sink.recordings
+    assert [e.kind for e in recording.call.events].count("warning-tone") == 4
+    spectrum = np.abs(np.fft.rfft(calls.board.codec.played[int(starts[0] * RATE):][:tone_frames]))
+    assert np.fft.rfftfreq(tone_frames, 1 / RATE)[np.argmax(spectrum)] == pytest.approx(1400, abs=5)
+
+
+def test_opt_out_leaves_no_audio_and_keeps_the_consent_event(tmp_path: Path, speech) -> None:
+    near, far = speech
+    config = config_with(tmp_path, '[consent]\nopt_out_key = "9"\n')
+    far = far[: 20 * RATE].copy()
+    digit = dtmf_tone("9", 0.1, RATE)
+    far[6 * RATE:6 * RATE + len(digit)] = digit
+    calls, sink = run_call(config, near[: 20 * RATE], far, [Step(1.0, "hook-off"), Step(19.0, "hook-on")])
+    (recording, audio), = sink.recordings
+    assert recording.frames == 0 and len(audio) == 0
+    assert not recording.call.recorded
+    optout = [e for e in recording.call.events if e.kind == "opt-out"]
+    assert len(optout) == 1 and optout[0].detail == {"by": "caller", "channel": "far"}
+    assert "9" not in json.dumps([e.detail for e in recording.call.events if e.kind != "announcement-start"])
+
+
+def test_pause_and_dtmf_spans_are_silent_in_the_stored_audio(tmp_path: Path) -> None:
+    config = config_with(tmp_path, "[consent]\nannounce = false\nwarning_tone = false\n")
+    near, far = voice(30, 250), voice(30, 350)
+    digits = dtmf_tone("4", 0.1, RATE)
+    far[15 * RATE:15 * RATE + len(digits)] = digits
+    rec_states = []
+
+    def check(calls: SimulatedCalls) -> None:
+        keeping = calls.loop.flow.state in KEEPING
+        rec_states.append((calls.board.panel.rec_led_lit, keeping))
+
+    calls, sink = run_call(config, near, far, [Step(1.0, "hook-off"), Step(5.0, "pause"),
+                                               Step(9.0, "pause"), Step(28.0, "hook-on")], check)
+    (recording, audio), = sink.recordings
+    events = {e.kind: e.t for e in recording.call.events}
+    start = round(recording.audio_start_s * RATE)
+    pause_from = round(events["pause-start"] * RATE) - start
+    pause_to = round(events["pause-end"] * RATE) - start
+    assert events["pause-end"] - events["pause-start"] == pytest.approx(4.0, abs=0.03)
+    assert not audio[pause_from:pause_to].any()
+    assert np.abs(audio[pause_to + RATE:pause_to + 2 * RATE]).max() > 1000  # speech again after it
+    (mask_start, mask_end), = recording.masks
+    # The PAUSE press came at stream 5.0 s, so the call's axis starts at 5.0 - pause-start;
+    # the digit began at stream 15.0 s and the mask 10 ms (its guard) before it.
+    call_origin = 5.0 - events["pause-start"]
+    assert mask_start + call_origin == pytest.approx(15.0 - 0.01, abs=0.03)
+    masked = audio[round(mask_start * RATE) - start:round(mask_end * RATE) - start]
+    assert len(masked) >= int(0.1 * RATE) and not masked.any()
+    assert np.abs(audio[round(mask_start * RATE) - start - RATE:round(mask_start * RATE) - start]).max() > 1000
+    # The digit itself (a 4 is 770 + 1209 Hz) does not survive anywhere in the stored audio.
+    spectrum = np.abs(np.fft.rfft(audio[:, 1].astype(float)))
+    freqs = np.fft.rfftfreq(len(audio), 1 / RATE)
+    assert spectrum[np.argmin(np.abs(freqs - 1209))] < spectrum[np.argmin(np.abs(freqs - 350))] / 1000
+    # The LED followed keeping on every block.
+    assert rec_states and all(lit == keeping for lit, keeping in rec_states)
+    assert any(keeping for _, keeping in rec_states) and not rec_states[-1][1]
+
+
+def test_rec_led_pin_is_lit_exactly_while_audio_is_kept(tmp_path: Path) -> None:
+    config = config_with(tmp_path, "[consent]\nwarning_tone = false\n")
+    seen = []
+
+    def check(calls: SimulatedCalls) -> None:
+        pin = calls.board.pin_factory.pin(REC_PIN)
+        state = calls.loop.flow.state
+        seen.append((state, pin.state))
+
+    run_call(config, voice(12), voice(12, 400), [Step(1.0, "hook-off"), Step(10.0, "hook-on")], check)
+    assert {pin for state, pin in seen if state in (State.ANNOUNCING, State.RECORDING)} == {1.0}
+    assert {pin for state, pin in seen if state == State.IDLE} == {0.0}
+
+
+def test_private_call_by_long_press_keeps_nothing(tmp_path: Path) -> None:
+    config = config_with(tmp_path)
+    calls, sink = run_call(config, voice(12), voice(12, 400),
+                           [Step(0.5, "pause-long"), Step(1.0, "hook-off"), Step(10.0, "hook-on")])
+    (recording, audio), = sink.recordings
+    assert len(audio) == 0 and not recording.call.recorded
+    assert [e.kind for e in recording.call.events][:2] == ["call-start", "private"]
+    assert not any(p.frames for p in calls.board.codec.play_log)  # no announcement for a private call
+
+
+def test_caller_id_from_the_modem_is_attached(tmp_path: Path) -> None:
+    config = config_with(tmp_path)
+    calls, sink = run_call(config, voice(8), voice(8, 400),
+                           [Step(0.2, "ring"), Step(0.3, "caller-id", {"number": "5550199", "name": "DOE"}),
+                            Step(1.0, "hook-off"), Step(7.0, "hook-on")])
+    (recording, _), = sink.recordings
+    assert recording.call.caller.number == "5550199"
+
+
+def test_replay_command_prints_the_call_as_json(tmp_path: Path) -> None:
+    near, far = tmp_path / "near.wav", tmp_path / "far.wav"
+    soundfile.write(near, voice(6), RATE)
+    soundfile.write(far, np.zeros(6 * RATE, np.int16), RATE)
+    result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "replay", str(near), str(far),
+                             "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [e["kind"] for e in report["events"]][:3] == ["call-start", "announcement-start",
+                                                         "announcement-end"]
+    assert report["recorded"] and report["qa"]["talk_s"]["near"] > 2.0
+    assert report["qa"]["talk_s"]["far"] == 0.0
+
+
+def test_a_bad_prompt_stops_replay_before_any_call(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[consent]\nprompts = { en = "/nonexistent/prompt.wav" }\n')
+    soundfile.write(tmp_path / "a.wav", voice(2), RATE)
+    result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "--config", str(config),
+                             "replay", str(tmp_path / "a.wav"), str(tmp_path / "a.wav")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "consent prompt '/nonexistent/prompt.wav' does not exist" in result.stderr
+    assert "call " not in result.stdout
+
+
+def test_replay_names_a_missing_input_file(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "replay",
+                             str(tmp_path / "near.wav"), str(tmp_path / "far.wav")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"audio file {tmp_path / 'near.wav'} does not exist" in result.stderr
