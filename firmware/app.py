@@ -168,11 +168,13 @@ def vad_settings(config: Config) -> VadSettings:
 class CallLoop:
     """The call flow, the recorder and the devices, driven by one thread.
 
-    :meth:`post` is thread-safe (drivers call it); everything else runs on
-    the thread that calls :meth:`process` / :meth:`run`.
+    ``inbox`` is the queue the board's drivers were given to post into
+    (``build_board(config, clock, inbox.put)``); :meth:`post` is thread-safe;
+    everything else runs on the thread that calls :meth:`process` / :meth:`run`.
     """
 
     def __init__(self, config: Config, board: Board, sink: Sink, clock: Clock, *,
+                 inbox: queue.SimpleQueue[object] | None = None,
                  prompts: dict[str, Prompt] | None = None,
                  on_happening: Callable[[Happening], None] | None = None,
                  on_recording: Callable[[Recording], None] | None = None) -> None:
@@ -193,7 +195,8 @@ class CallLoop:
                                  call_activity=activity, hold_min_s=config.calls.hold_min_s)
         self._tone = warning_tone(config.audio.rate, config.consent.warning_level_dbfs)
         self._hook_source = _HOOK_SOURCE[board.profile.call_detect.source]
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # The drivers were built before the loop, posting into this same queue.
+        self._queue: queue.SimpleQueue[object] = inbox if inbox is not None else queue.SimpleQueue()
         self._prompt_playing = False
         self._stream_t = 0.0
         self._on_happening = on_happening
@@ -361,12 +364,11 @@ def run(config: Config, data_dir: Path) -> int:
     clock = SystemClock()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    loop_ref: list[CallLoop] = []
-    board = build_board(config, clock, lambda e: loop_ref[0].post(e) if loop_ref else None)
+    inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+    board = build_board(config, clock, inbox.put)
     try:
         # Until the secure spool exists, recordings are kept in memory only.
-        loop = CallLoop(config, board, MemorySink(), clock)
-        loop_ref.append(loop)
+        loop = CallLoop(config, board, MemorySink(), clock, inbox=inbox)
         reader = _AudioReader(board.codec, loop.post, stop)
         board.codec.start()
         reader.start()
@@ -388,12 +390,12 @@ class _AudioReader(threading.Thread):
 
     def __init__(self, codec: Codec, post: Callable[[object], None], stop: threading.Event) -> None:
         super().__init__(name="linetap-audio-reader", daemon=True)
-        self._codec, self._post, self._stop = codec, post, stop
+        self._codec, self._post, self._stopping = codec, post, stop
         self.error: LinetapError | None = None
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 block = self._codec.read(timeout=2.0)
                 self._post(block)
                 if block is None:

@@ -10,6 +10,7 @@ depend on thread timing, while the audio runs as fast as the machine allows
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -35,13 +36,12 @@ class _Inbox:
     """Driver events on their way to the loop, with a way to wait for one to arrive."""
 
     def __init__(self) -> None:
-        self.loop: CallLoop | None = None
+        self.queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._seen: list[object] = []
         self._cond = threading.Condition()
 
     def post(self, item: object) -> None:
-        if self.loop is not None:
-            self.loop.post(item)
+        self.queue.put(item)
         with self._cond:
             self._seen.append(item)
             self._cond.notify_all()
@@ -78,12 +78,11 @@ class SimulatedCalls:
         self._inbox = _Inbox()
         self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far)
         try:
-            self.loop = CallLoop(config, self.board, sink, clock, on_happening=on_happening,
-                                 on_recording=on_recording)
+            self.loop = CallLoop(config, self.board, sink, clock, inbox=self._inbox.queue,
+                                 on_happening=on_happening, on_recording=on_recording)
         except BaseException:
             self.board.close()
             raise
-        self._inbox.loop = self.loop
         self._gpio = profile.gpio
         self._long_press = config.controls.long_press_s
 
