@@ -233,13 +233,14 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
     rate = config.audio.rate
     near, far = bundled_speech(rate)
     seconds = len(near) / rate
-    gap = np.zeros(2 * rate, np.int16)
+    gap_s = 4.0
+    gap = np.zeros(int(gap_s * rate), np.int16)
     if not config.consent.opt_out_key:
         config = config.model_copy(update={"consent": config.consent.model_copy(update={"opt_out_key": "9"})})
     # Call 1 keys in card digits (masked); call 2 is paused for a while; in call 3 the caller opts out.
     far1 = _with_digits(far, rate, 17.0, "4111")
     far3 = _with_digits(far, rate, 8.0, config.consent.opt_out_key)
-    call_starts = [2.0, 2.0 + seconds + 2.0, 2.0 + 2 * (seconds + 2.0)]
+    call_starts = [gap_s + n * (seconds + gap_s) for n in range(3)]
     near_all = np.concatenate([gap, near, gap, near, gap, near, gap])
     far_all = np.concatenate([gap, far1, gap, far, gap, far3, gap])
     script = []
