@@ -61,7 +61,7 @@ class _Inbox:
 @dataclass(frozen=True)
 class Step:
     t: float
-    kind: str  # hook-off, hook-on, pause, pause-long, flag, ring, caller-id
+    kind: str  # hook-off, hook-on, modem-hook-off, modem-hook-on, pause, pause-long, flag, ring, caller-id
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,6 +134,12 @@ class SimulatedCalls:
             pin.drive_high()
             if not long:
                 self._inbox.wait_for(mark, lambda e: e == ButtonPressed(button, False), "a press")
+        elif step.kind in ("modem-hook-off", "modem-hook-on"):
+            assert self.board.modem is not None
+            off = step.kind == "modem-hook-off"
+            self.board.modem.handset(off)
+            self._inbox.wait_for(mark, lambda e: isinstance(e, HookChanged) and e.off_hook == off,
+                                 f"the modem's handset {'off' if off else 'on'} hook")
         elif step.kind == "ring":
             assert self.board.modem is not None
             self.board.modem.ring()

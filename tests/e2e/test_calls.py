@@ -204,3 +204,44 @@ def test_replay_names_a_missing_input_file(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"audio file {tmp_path / 'near.wav'} does not exist" in result.stderr
+
+
+def board_file(tmp_path: Path, *, hook: bool, source: str) -> Path:
+    """The simulated board, changed to detect calls by ``source``."""
+    text = (Path(__file__).resolve().parents[2] / "hardware" / "boards" / "sim.toml").read_text()
+    text = text.replace('name = "sim"', 'name = "sim-variant"').replace(
+        'source = "hook-gpio"', f'source = "{source}"')
+    if not hook:
+        text = text.replace("hook = 26\n", "")
+    path = tmp_path / "sim-variant.toml"
+    path.write_text(text)
+    return path
+
+
+def test_calls_detected_by_the_voice_modem(tmp_path: Path) -> None:
+    board = board_file(tmp_path, hook=False, source="v253")
+    config = config_with(tmp_path, f'[device]\nboard = "{board}"\n')
+    calls, sink = run_call(config, voice(10), voice(10, 400),
+                           [Step(0.5, "ring"), Step(1.0, "modem-hook-off"), Step(8.0, "modem-hook-on")])
+    (recording, audio), = sink.recordings
+    assert recording.call.events[0].detail == {"source": "modem"}
+    assert recording.call.ended_by == "hang-up"
+    assert (recording.call.ended_mono - recording.call.started_mono) == pytest.approx(7.0, abs=0.05)
+    assert len(audio) > 6 * RATE
+
+
+def test_calls_detected_by_voice_activity_where_there_is_no_hook_signal(tmp_path: Path) -> None:
+    board = board_file(tmp_path, hook=False, source="vad")
+    config = config_with(tmp_path, f'[device]\nboard = "{board}"\n[calls]\nend_silence_s = 5.0\n')
+    silence = np.zeros(3 * RATE, np.int16)
+    # The agent and the caller take turns for 20 s with pauses of 2 s (shorter than
+    # end_silence_s, so the call is not split), then the line is silent.
+    turns_near = np.concatenate([voice(3), np.zeros(7 * RATE, np.int16)] * 2)
+    turns_far = np.concatenate([np.zeros(5 * RATE, np.int16), voice(3, 400), np.zeros(2 * RATE, np.int16)] * 2)
+    near = np.concatenate([silence, turns_near, np.zeros(10 * RATE, np.int16)])
+    far = np.concatenate([silence, turns_far, np.zeros(10 * RATE, np.int16)])
+    calls, sink = run_call(config, near, far, [])
+    (recording, audio), = sink.recordings
+    assert recording.call.events[0].detail == {"source": "vad"}
+    assert recording.call.recorded and len(audio) > 15 * RATE
+
