@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 # Events the call flow takes; anything else a driver reports is telemetry.
 _FLOW_EVENTS = (Ring, CallerId, HookChanged, ButtonPressed)
 _HOOK_SOURCE = {"hook-gpio": "gpio", "v253": "modem", "vad": "vad"}
+# Blocks waiting in the loop's queue beyond which the loop is not keeping up (200 ms at 20 ms blocks).
+MAX_BACKLOG_BLOCKS = 10
 
 
 # ------------------------------------------------------------------ board --
@@ -177,8 +179,10 @@ class CallLoop:
                  inbox: queue.SimpleQueue[object] | None = None,
                  prompts: dict[str, Prompt] | None = None,
                  on_happening: Callable[[Happening], None] | None = None,
-                 on_recording: Callable[[Recording], None] | None = None) -> None:
+                 on_recording: Callable[[Recording], None] | None = None,
+                 heartbeat: Callable[[], None] | None = None) -> None:
         self._config = config
+        self._heartbeat = heartbeat
         self._board = board
         self._codec = board.codec
         self._panel = board.panel
@@ -255,6 +259,9 @@ class CallLoop:
             self._prompt_playing = False
             self.handle(cf.PromptFinished())
         self.handle(cf.Tick())
+        # Only a loop that processes audio and keeps up says it is alive (the service watchdog).
+        if self._heartbeat is not None and self._queue.qsize() <= MAX_BACKLOG_BLOCKS:
+            self._heartbeat()
 
     def handle(self, event: cf.Event) -> None:
         for action in self.flow.handle(event):
@@ -361,20 +368,26 @@ def run(config: Config, data_dir: Path) -> int:
 
     from linetap.firmware.recorder import MemorySink
 
+    from linetap.firmware.service import Notifier
+
     clock = SystemClock()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    notifier = Notifier(clock)
     inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
     board = build_board(config, clock, inbox.put)
     try:
         # Until the secure spool exists, recordings are kept in memory only.
-        loop = CallLoop(config, board, MemorySink(), clock, inbox=inbox)
+        loop = CallLoop(config, board, MemorySink(), clock, inbox=inbox,
+                        heartbeat=notifier.pipeline_alive)
         reader = _AudioReader(board.codec, loop.post, stop)
         board.codec.start()
         reader.start()
+        notifier.ready()
         try:
             loop.run(stop)
         finally:
+            notifier.stopping()
             stop.set()
             reader.join()
         loop.finish()
@@ -382,6 +395,7 @@ def run(config: Config, data_dir: Path) -> int:
             raise reader.error
     finally:
         board.close()
+        notifier.close()
     return 0
 
 
