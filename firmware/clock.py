@@ -8,8 +8,10 @@ test depends on the machine's speed.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -29,25 +31,34 @@ class Clock(Protocol):
         """Let ``seconds`` pass on this clock."""
 
 
+@functools.cache
+def _adjtimex() -> Callable[[], int] | None:
+    """libc's adjtimex, looked up once (finding libc can run ldconfig: milliseconds)."""
+    import ctypes
+    import ctypes.util
+
+    class Timex(ctypes.Structure):
+        _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 204)]  # struct timex, 208 bytes
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.adjtimex
+    except (OSError, AttributeError):
+        return None
+    return lambda: call(ctypes.byref(Timex()))
+
+
 def _kernel_clock_synced() -> bool:
     """Ask the kernel whether NTP discipline is active (adjtimex's STA_UNSYNC bit).
 
     A Pi has no battery-backed clock, so until this is true its wall time may be
     1970 or a stale value saved at shutdown.
     """
-    try:
-        import ctypes
-        import ctypes.util
-
-        class Timex(ctypes.Structure):
-            _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 204)]
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        state = libc.adjtimex(ctypes.byref(Timex()))
-    except (OSError, AttributeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return False
     TIME_ERROR = 5  # returned while the clock is not synchronised
-    return state not in (-1, TIME_ERROR)
+    return adjtimex() not in (-1, TIME_ERROR)
 
 
 class SystemClock:
