@@ -1,0 +1,201 @@
+"""The box's keys: its Ed25519 signing key and the central store's age recipient.
+
+Layout under the data dir::
+
+    keys/                 0700
+      device.key          0600  Ed25519 private key, PKCS#8 PEM, unencrypted
+      central.recipient   0644  the central store's X25519 recipient (age1...)
+
+The box holds no key that decrypts its recordings: segments are encrypted to
+the central recipient only. The signing key proves which box wrote a
+manifest; its public half is enrolled with the central store
+(:func:`public_key_b64`, :func:`public_key_pem`).
+
+The signing key is unencrypted on disk on purpose: the box must sign after an
+unattended reboot, and there is no secure element to hold a passphrase.
+Protecting it is the file mode's job, so a key file that anyone but the owner
+can read is refused rather than used.
+
+Nothing here logs key material; log records name files and fingerprints only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyrage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from linetap.firmware.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+KEYS_DIR = "keys"
+DEVICE_KEY = "device.key"
+CENTRAL_RECIPIENT = "central.recipient"
+INIT_HINT = "run `linetap keys init --central-recipient age1...` with the central store's recipient"
+
+
+class KeyMissing(ConfigError, FileNotFoundError):
+    """A key file the box needs does not exist yet."""
+
+
+class KeyPermissions(ConfigError, PermissionError):
+    """A key file or folder is readable by more than its owner."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``keys init`` produced: paths and the public half for enrolment."""
+
+    device_key: Path
+    recipient_file: Path
+    public_key_b64: str
+    created: bool  # False when an existing signing key was kept
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / KEYS_DIR
+
+
+def parse_recipient(text: str) -> pyrage.x25519.Recipient:
+    """An ``age1...`` X25519 recipient, validated; ConfigError says what is wrong with it."""
+    value = text.strip()
+    if not value.startswith("age1"):
+        raise ConfigError(f"central recipient {value[:12]!r}... is not an age X25519 recipient: "
+                          "it must start with 'age1' (the output of `age-keygen -y central.key`)")
+    try:
+        return pyrage.x25519.Recipient.from_str(value)
+    except pyrage.RecipientError as e:
+        raise ConfigError(f"central recipient {value[:12]!r}... is not a valid age recipient ({e}); "
+                          "copy it again from `age-keygen -y central.key` on the central store") from e
+
+
+def keys_init(data_dir: Path, recipient: str) -> KeyInfo:
+    """Create the signing key (once) and store the central recipient.
+
+    An existing signing key is kept: the central store has enrolled its public
+    half, and replacing it would orphan every manifest signed so far. The
+    recipient is replaced, so a fleet can move to a new central key.
+    """
+    parsed = parse_recipient(recipient)
+    folder = keys_dir(data_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    key_path = folder / DEVICE_KEY
+    created = not key_path.exists()
+    if created:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        _write_new_private(key_path, pem)
+    key = load_signing_key(data_dir)
+    recipient_path = folder / CENTRAL_RECIPIENT
+    _replace_file(recipient_path, (str(parsed) + "\n").encode(), mode=0o644)
+    _fsync_dir(folder)
+    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created)
+    logger.info("keys init device_key=%s created=%s fingerprint=%s", key_path, created,
+                fingerprint(key.public_key()))
+    return info
+
+
+def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The device's signing key; refused if missing or readable by others."""
+    folder = keys_dir(data_dir)
+    path = folder / DEVICE_KEY
+    if not path.exists():
+        raise KeyMissing(f"no device signing key at {path}: {INIT_HINT}")
+    _check_private(folder, 0o700, "folder")
+    _check_private(path, 0o600, "file")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as e:
+        raise ConfigError(f"device signing key {path} is not a PEM private key ({e}); move it "
+                          f"aside and {INIT_HINT} (the new public key must be enrolled again)") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"device signing key {path} is a {type(key).__name__}, not Ed25519; "
+                          f"move it aside and {INIT_HINT}")
+    return key
+
+
+def load_recipient(data_dir: Path) -> pyrage.x25519.Recipient:
+    """The central store's recipient; without it the box must not record."""
+    path = keys_dir(data_dir) / CENTRAL_RECIPIENT
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyMissing(f"no central recipient at {path}: the box cannot encrypt recordings; "
+                         f"{INIT_HINT}") from None
+    return parse_recipient(text)
+
+
+def public_key_raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_b64(key: Ed25519PublicKey) -> str:
+    """The 32 raw public key bytes in standard base64: the form manifests carry."""
+    return base64.b64encode(public_key_raw(key)).decode("ascii")
+
+
+def public_key_pem(key: Ed25519PublicKey) -> str:
+    """SubjectPublicKeyInfo PEM, for tools that want a standard file."""
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as e:
+        raise ConfigError(f"public key {text[:16]!r}... is not 32 base64-encoded Ed25519 bytes ({e})") from e
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """A short, loggable name for a public key (first 16 hex digits of its sha256)."""
+    return hashlib.sha256(public_key_raw(key)).hexdigest()[:16]
+
+
+def _check_private(path: Path, wanted: int, what: str) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyPermissions(f"device key {what} {path} has mode {mode:04o}, readable by others; "
+                             f"fix it with `chmod {wanted:o} {path}` (and check who may have copied it)")
+
+
+def _write_new_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1075 @@
+"""The secure spool: encrypted segments written durably, a catalogue, recovery, retention.
+
+Layout under the data dir::
+
+    spool/
+      catalogue.db             SQLite, WAL: recordings and segments
+      chain.json               last allocated seq and the chain head (seq, manifest sha256)
+      <recording-id>/
+        open.json              while the call is open: seq, start, codec (caller sealed)
+        000000.age ...         ciphertext segments, standard age files
+        manifest.json          signed, once the call is closed
+    quarantine/<when>-<what>/  anything recovery found that does not add up
+    keys/                      see :mod:`linetap.firmware.keys`
+
+Encryption. Each plaintext segment from the encoder is encrypted in memory
+with pyrage to the central recipient; only ciphertext reaches a file. There is
+no temporary plaintext file anywhere, so there is nothing to shred.
+
+Durability. Every file is written under a temporary name, fsynced, renamed
+and its folder fsynced (:class:`DurableFiles`): a segment is complete or
+absent. The catalogue row of a segment is committed after the rename, so a
+crash between the two leaves a complete file with no row, which recovery
+adopts. Sequence numbers are allocated when a call opens and written to
+``chain.json`` before any segment, and never handed out again (the file keeps
+them even if the catalogue is lost).
+
+Segment length. The default is 10 s. It bounds what a power cut loses (the
+segment in progress, at most 10 s of audio). Shorter segments lose less but
+cost more: each segment is two fsyncs plus a catalogue commit (SD-card
+journal writes and wear), 335 bytes of age header, and an upload message; at
+24 kbit/s a 10 s segment is about 30 KB, so the overhead is about 1 % and a
+segment fits one 128 KiB upload message with room for higher bitrates.
+
+No writer thread. The sink is called on the call thread, which is fed from
+an unbounded queue by the audio reader thread; the audio callback never waits
+on it. An fsync stall (tens of milliseconds on an SD card, rarely more) only
+lets that queue grow for a moment. Writing on the call thread keeps the
+order of events simple and lets a disk-full error reach the caller of
+:meth:`SpoolSink.write` directly, where the app turns it into the call flow's
+``Fault``.
+
+Retention. Deleting a recording deletes ciphertext only: without the central
+key it is noise, so flash wear-levelling leaving old blocks behind reveals
+nothing, and deletion is secure erasure here. Synced recordings go after
+``keep_synced_days``, and first when the spool passes ``max_bytes`` or free
+space falls below ``min_free_bytes``. Unsynced recordings are deleted only
+with ``on_full = "overwrite-oldest"``; by default (``stop-and-alarm``) new
+calls are refused with :class:`SpoolFull` and an alarm is raised.
+
+Threads. :class:`Spool` is used by the call thread (:class:`SpoolSink`) and by
+the sync side (:meth:`Spool.mark_synced`); one lock serialises the catalogue.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyrage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from linetap.firmware import manifest as mf
+from linetap.firmware.callflow import CallRecord
+from linetap.firmware.clock import Clock
+from linetap.firmware.errors import SpoolError
+from linetap.firmware.keys import load_recipient, load_signing_key
+from linetap.firmware.recorder import Recording
+
+logger = logging.getLogger(__name__)
+
+SPOOL_DIR = "spool"
+QUARANTINE_DIR = "quarantine"
+CATALOGUE = "catalogue.db"
+CHAIN_FILE = "chain.json"
+OPEN_FILE = "open.json"
+MANIFEST_FILE = "manifest.json"
+SEGMENT_SUFFIX = ".age"
+TMP_SUFFIX = ".tmp"
+AGE_MAGIC = b"age-encryption.org/v1\n"
+_AGE_CHUNK = 64 * 1024 + 16  # STREAM chunk: 64 KiB of plaintext and its tag
+_AGE_NONCE = 16
+_AGE_TAG = 16
+# What a crash or power cut leaves behind by design; anything else is damage.
+BENIGN_FINDINGS = ("temp-removed", "incomplete-open-removed", "closed-after-crash", "adopted",
+                   "purge-finished")
+
+
+class SpoolFull(SpoolError, OSError):
+    """No room to keep audio: the disk is full or the spool reached its limits (alarm)."""
+
+
+class RecordingGone(SpoolError, LookupError):
+    """A recording id the caller named is not in the catalogue."""
+
+
+# ---------------------------------------------------------------- settings --
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """Retention and segmenting; see the module docstring for why these defaults."""
+
+    segment_s: float = 10.0
+    keep_synced_days: float = 7.0
+    max_bytes: int | None = None  # None: bounded by free space only
+    min_free_bytes: int = 256 * 1024 * 1024
+    on_full: Literal["stop-and-alarm", "overwrite-oldest"] = "stop-and-alarm"
+
+    def __post_init__(self) -> None:
+        if self.on_full not in ("stop-and-alarm", "overwrite-oldest"):
+            raise SpoolError(f"spool on_full = {self.on_full!r}; use 'stop-and-alarm' or 'overwrite-oldest'")
+        if not 0.5 <= self.segment_s <= 120:
+            raise SpoolError(f"spool segment_s = {self.segment_s}; use 0.5 to 120 seconds")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What the encoder makes; written into every manifest."""
+
+    rate: int
+    bitrate: int = 24000
+    segment_s: float = SpoolSettings.segment_s
+    name: str = "opus"
+    container: str = "ogg"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"codec": self.name, "container": self.container, "rate": self.rate,
+                "bitrate": self.bitrate, "channels": ["near", "far"],
+                "segment_ms": mf.ms(self.segment_s)}
+
+
+class Segmenter(Protocol):
+    """The encoder interface (``linetap.firmware.encoder.OpusSegmenter``)."""
+
+    def write(self, frames: np.ndarray) -> list[bytes]:
+        """Stereo int16 frames in; completed plaintext segments out."""
+
+    def finish(self) -> bytes:
+        """The last, partial segment (may be empty)."""
+
+
+# ----------------------------------------------------------- durable files --
+
+class DurableFiles:
+    """Whole-file writes that are complete or absent: temp name, fsync, rename, fsync folder.
+
+    The file system layer of the spool, a constructor argument so tests can
+    make it fail (disk full) the way a real disk does.
+    """
+
+    def write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.sync_dir(path.parent)
+
+    def sync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _disk_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def boot_id() -> str | None:
+    """The kernel's id for this boot: monotonic times are comparable only within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def age_shape_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be a whole age file, or None if its structure is plausible.
+
+    Catches zero-length, garbage and most truncations without a key; a cut
+    exactly at a chunk boundary passes and is caught by the sha256 in the
+    catalogue or, for a file the catalogue never saw, by decryption centrally.
+    """
+    if not data:
+        return "zero-length file"
+    if not data.startswith(AGE_MAGIC):
+        return f"not an age file (starts with {data[:8]!r})"
+    mac = data.find(b"\n--- ")
+    end = data.find(b"\n", mac + 1) if mac >= 0 else -1
+    if end < 0:
+        return "age header is truncated (no MAC line)"
+    payload = len(data) - end - 1 - _AGE_NONCE
+    if payload < _AGE_TAG:
+        return f"age payload is truncated ({max(payload, 0)} bytes after the nonce)"
+    last = payload % _AGE_CHUNK
+    if 0 < last < _AGE_TAG or (last == _AGE_TAG and payload > _AGE_CHUNK):
+        return f"age payload is truncated (last chunk {last} bytes)"
+    return None
+
+
+# ----------------------------------------------------------------- reports --
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing recovery did or found. ``kind`` names it; ``moved_to`` is in quarantine."""
+
+    kind: str
+    path: str
+    detail: str
+    recording_id: str | None = None
+    moved_to: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "detail": self.detail,
+                "recording_id": self.recording_id, "moved_to": self.moved_to}
+
+
+@dataclass
+class RecoveryReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    @property
+    def quarantined(self) -> list[Finding]:
+        return [f for f in self.findings if f.moved_to is not None]
+
+
+@dataclass
+class OpenRecording:
+    """A call being written. Owned by the call thread."""
+
+    recording_id: str
+    seq: int
+    folder: Path
+    opening: dict[str, Any]
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    discarded: bool = False
+    full: bool = False  # a segment write hit a full disk; nothing more is kept
+
+
+# ---------------------------------------------------------------- catalogue --
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    started_wall_ms INTEGER, started_mono_ms INTEGER,
+    ended_wall_ms INTEGER, ended_mono_ms INTEGER,
+    clock_synced INTEGER NOT NULL DEFAULT 0,
+    boot_id TEXT,
+    segments INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    flagged INTEGER NOT NULL DEFAULT 0,
+    recorded INTEGER NOT NULL DEFAULT 0,
+    discarded INTEGER NOT NULL DEFAULT 0,
+    ended_by TEXT,
+    consent TEXT NOT NULL DEFAULT '[]',
+    opening TEXT,
+    manifest_sha256 TEXT,
+    synced_wall_ms INTEGER,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS segments (
+    recording_id TEXT NOT NULL REFERENCES recordings(id),
+    idx INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    synced INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (recording_id, idx)
+);
+"""
+
+_CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
+                  "pause-start", "pause-end")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed segment row survives a power cut (NORMAL could roll it back).
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+# -------------------------------------------------------------------- spool --
+
+class Spool:
+    """The on-box store of encrypted recordings. Opening it runs recovery.
+
+    ``recovery`` holds what start-up found. Raises
+    :class:`~linetap.firmware.keys.KeyMissing` without a recipient or signing
+    key: the box must not record what it cannot encrypt and sign.
+    """
+
+    def __init__(self, data_dir: Path, *, device_id: str, clock: Clock,
+                 settings: SpoolSettings = SpoolSettings(), files: DurableFiles | None = None,
+                 disk_free: Callable[[Path], int] = _disk_free,
+                 on_alarm: Callable[[str, str], None] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / SPOOL_DIR
+        self.quarantine_dir = self.data_dir / QUARANTINE_DIR
+        self.device_id = device_id
+        self.settings = settings
+        self._clock = clock
+        self._files = files or DurableFiles()
+        self._disk_free = disk_free
+        self._on_alarm = on_alarm
+        self._recipient = load_recipient(self.data_dir)
+        self._key: Ed25519PrivateKey = load_signing_key(self.data_dir)
+        self.public_key: Ed25519PublicKey = self._key.public_key()
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self.fault: str | None = None  # why new calls are refused, for the Fault event
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.recovery = RecoveryReport()
+        self._recover()
+        self.enforce_retention()
+
+    # -- life cycle --
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError(f"spool {self.root} is closed")
+        return self._db
+
+    # -- writing a call --
+
+    def begin(self, call: CallRecord, codec: Codec) -> OpenRecording:
+        """Open a recording for ``call``: allocate its seq and persist it before any audio."""
+        with self._lock:
+            self.enforce_retention()
+            if self.fault is not None:
+                raise SpoolFull(f"spool {self.root} refuses new calls: {self.fault}; free space or "
+                                "let sync catch up (on_full = 'overwrite-oldest' trades old calls for new)")
+            head = self._read_head()
+            seq = head["allocated"] + 1
+            folder = self.root / call.call_id
+            opening = {
+                "recording_id": call.call_id, "seq": seq, "device_id": self.device_id,
+                "started": {"wall_ms": mf.ms(call.started_wall), "mono_ms": mf.ms(call.started_mono),
+                            "clock_synced": call.clock_synced, "boot_id": boot_id()},
+                "codec": codec.as_dict(), "caller": self._seal(call), "flagged": call.flagged,
+            }
+            try:
+                folder.mkdir(mode=0o700)
+                self._files.sync_dir(self.root)
+                self._files.write(folder / OPEN_FILE, mf.canonical(opening))
+                head["allocated"] = seq
+                self._write_head(head)
+            except OSError as e:
+                raise self._os_error(e, f"opening recording {call.call_id}") from e
+            self.db.execute(
+                "INSERT INTO recordings (id, seq, state, started_wall_ms, started_mono_ms, clock_synced,"
+                " boot_id, flagged, opening) VALUES (?, ?, 'recording', ?, ?, ?, ?, ?, ?)",
+                (call.call_id, seq, opening["started"]["wall_ms"], opening["started"]["mono_ms"],
+                 int(call.clock_synced), opening["started"]["boot_id"], int(call.flagged),
+                 json.dumps(opening)))
+            logger.info("recording opened recording=%s seq=%d", call.call_id, seq)
+            return OpenRecording(call.call_id, seq, folder, opening)
+
+    def add_segment(self, rec: OpenRecording, plaintext: bytes) -> dict[str, Any]:
+        """Encrypt one plaintext segment in memory and store it durably; returns its entry.
+
+        Raises :class:`SpoolFull` when the disk is full: the partial file is
+        gone, the segments already stored stay valid, and the recording is
+        marked so that nothing more of it is written.
+        """
+        index = len(rec.segments)
+        ciphertext = pyrage.encrypt(plaintext, [self._recipient])
+        path = rec.folder / f"{index:06d}{SEGMENT_SUFFIX}"
+        try:
+            self._files.write(path, ciphertext)
+        except OSError as e:
+            if _is_full(e):
+                rec.full = True
+            raise self._os_error(e, f"writing segment {index} of recording {rec.recording_id}") from e
+        entry = {"index": index, "bytes": len(ciphertext), "sha256": hashlib.sha256(ciphertext).hexdigest()}
+        rec.segments.append(entry)
+        with self._lock:
+            self.db.execute("INSERT INTO segments (recording_id, idx, size, sha256) VALUES (?, ?, ?, ?)",
+                            (rec.recording_id, index, entry["bytes"], entry["sha256"]))
+            self.db.execute("UPDATE recordings SET segments = segments + 1, bytes = bytes + ? WHERE id = ?",
+                            (entry["bytes"], rec.recording_id))
+        return entry
+
+    def discard(self, rec: OpenRecording) -> None:
+        """Destroy the segments written so far (opt-out); the recording stays open and empty."""
+        with self._lock:
+            for entry in rec.segments:
+                (rec.folder / f"{entry['index']:06d}{SEGMENT_SUFFIX}").unlink(missing_ok=True)
+            self._files.sync_dir(rec.folder)
+            self.db.execute("DELETE FROM segments WHERE recording_id = ?", (rec.recording_id,))
+            self.db.execute("UPDATE recordings SET segments = 0, bytes = 0, discarded = 1 WHERE id = ?",
+                            (rec.recording_id,))
+            logger.info("recording discarded recording=%s segments=%d", rec.recording_id, len(rec.segments))
+            rec.segments = []
+            rec.discarded = True
+
+    def finish(self, rec: OpenRecording, recording: Recording) -> str:
+        """Sign and write the manifest, advance the chain, mark the row closed; returns its hash."""
+        call = recording.call
+        ended_wall = None if call.ended_mono is None else \
+            call.started_wall + (call.ended_mono - call.started_mono)
+        extra = {
+            "ended": {"wall_ms": mf.ms(ended_wall), "mono_ms": mf.ms(call.ended_mono), "estimated": False},
+            "ended_by": call.ended_by,
+            "flagged": call.flagged,
+            "recorded": call.recorded and not rec.discarded and bool(rec.segments),
+            "events": [{"t_ms": mf.ms(e.t), "kind": e.kind, "detail": mf.plain(e.detail)}
+                       for e in call.events],
+            "pauses": _pauses(call),
+            "masks": [[mf.ms(a), mf.ms(b)] for a, b in recording.masks],
+            "metrics": mf.plain(recording.metrics),
+            "audio": {"frames": recording.frames, "start_ms": mf.ms(recording.audio_start_s),
+                      "stopped_by_full_disk": rec.full},
+            "caller": self._seal(call) or rec.opening.get("caller"),
+        }
+        with self._lock:
+            return self._close(rec.recording_id, rec.seq, rec.opening, rec.segments, rec.discarded, extra)
+
+    # -- sync hooks --
+
+    def mark_synced(self, recording_id: str, index: int | None = None) -> None:
+        """The central store has durably stored segment ``index``, or (None) the whole recording."""
+        with self._lock:
+            row = self.db.execute("SELECT state FROM recordings WHERE id = ?", (recording_id,)).fetchone()
+            if row is None:
+                raise RecordingGone(f"recording {recording_id} is not in the spool catalogue")
+            if index is not None:
+                self.db.execute("UPDATE segments SET synced = 1 WHERE recording_id = ? AND idx = ?",
+                                (recording_id, index))
+                return
+            if row["state"] not in ("closed", "synced"):
+                raise SpoolError(f"recording {recording_id} is {row['state']}; only a closed "
+                                 "recording can be marked synced")
+            self.db.execute("UPDATE segments SET synced = 1 WHERE recording_id = ?", (recording_id,))
+            self.db.execute("UPDATE recordings SET state = 'synced', synced_wall_ms = ? WHERE id = ?",
+                            (mf.ms(self._clock.wall()), recording_id))
+            logger.info("recording synced recording=%s", recording_id)
+
+    def unsynced(self) -> list[dict[str, Any]]:
+        """Closed recordings the central store does not have yet, oldest first."""
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM recordings WHERE state = 'closed' ORDER BY seq").fetchall()
+        return [_row_dict(r) for r in rows]
+
+    # -- retention --
+
+    def enforce_retention(self) -> list[str]:
+        """Delete what policy allows; set or clear :attr:`fault`. Returns the purged ids."""
+        purged: list[str] = []
+        with self._lock:
+            cutoff = mf.ms(self._clock.wall() - self.settings.keep_synced_days * 86400)
+            for row in self.db.execute("SELECT id FROM recordings WHERE state = 'synced' AND "
+                                       "synced_wall_ms < ? ORDER BY seq", (cutoff,)).fetchall():
+                self._purge(row["id"], "kept-synced-days")
+                purged.append(row["id"])
+            while (why := self._over_limit()) is not None:
+                victim = self.db.execute("SELECT id FROM recordings WHERE state = 'synced' "
+                                         "ORDER BY seq LIMIT 1").fetchone()
+                if victim is None and self.settings.on_full == "overwrite-oldest":
+                    victim = self.db.execute("SELECT id FROM recordings WHERE state = 'closed' "
+                                             "ORDER BY seq LIMIT 1").fetchone()
+                    if victim is not None:
+                        logger.warning("retention overwrites unsynced recording=%s reason=%s",
+                                       victim["id"], why)
+                if victim is None:
+                    self._set_fault(f"spool-full ({why})")
+                    return purged
+                self._purge(victim["id"], why)
+                purged.append(victim["id"])
+            self._set_fault(None)
+        return purged
+
+    def status(self) -> dict[str, Any]:
+        """Figures for telemetry and the birth message."""
+        with self._lock:
+            rows = self.db.execute("SELECT state, COUNT(*) AS n, SUM(bytes) AS b FROM recordings "
+                                   "GROUP BY state").fetchall()
+        return {"by_state": {r["state"]: {"recordings": r["n"], "bytes": r["b"] or 0} for r in rows},
+                "used_bytes": self._used_bytes(), "free_bytes": self._disk_free(self.root),
+                "fault": self.fault}
+
+    # -- internals --
+
+    def _seal(self, call: CallRecord) -> str | None:
+        if call.caller is None:
+            return None
+        return mf.seal_caller(call.caller.number, call.caller.name, self._recipient)
+
+    def _os_error(self, e: OSError, doing: str) -> SpoolError:
+        if _is_full(e):
+            self._set_fault(f"disk-full while {doing}")
+            return SpoolFull(f"disk full while {doing} under {self.root}: what was stored so far "
+                             "stays valid; free space or let sync and retention catch up")
+        return SpoolError(f"{doing} under {self.root} failed: {e}")
+
+    def _set_fault(self, reason: str | None) -> None:
+        if reason == self.fault:
+            return
+        self.fault = reason
+        if reason is None:
+            logger.info("spool fault cleared")
+            return
+        logger.warning("spool alarm reason=%s", reason)
+        if self._on_alarm is not None:
+            self._on_alarm("spool-full", reason)
+
+    def _used_bytes(self) -> int:
+        row = self.db.execute("SELECT SUM(bytes) AS b FROM recordings WHERE state IN "
+                              "('recording', 'closed', 'synced')").fetchone()
+        return row["b"] or 0
+
+    def _over_limit(self) -> str | None:
+        limit = self.settings.max_bytes
+        if limit is not None and (used := self._used_bytes()) > limit:
+            return f"used {used} bytes > max_bytes {limit}"
+        free = self._disk_free(self.root)
+        if free < self.settings.min_free_bytes:
+            return f"free {free} bytes < min_free_bytes {self.settings.min_free_bytes}"
+        return None
+
+    def _purge(self, recording_id: str, why: str) -> None:
+        # The row says purged before files go: a crash in between leaves files recovery finishes deleting.
+        self.db.execute("UPDATE recordings SET state = 'purged', note = ? WHERE id = ?", (why, recording_id))
+        folder = self.root / recording_id
+        if folder.exists():
+            shutil.rmtree(folder)
+            self._files.sync_dir(self.root)
+        logger.info("recording purged recording=%s reason=%s", recording_id, why)
+
+    def _read_head(self) -> dict[str, Any]:
+        path = self.root / CHAIN_FILE
+        try:
+            head = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {"allocated": 0, "last": {"seq": 0, "sha256": mf.GENESIS}}
+        return head
+
+    def _write_head(self, head: dict[str, Any]) -> None:
+        self._files.write(self.root / CHAIN_FILE, mf.canonical(head))
+
+    def _close(self, recording_id: str, seq: int, opening: dict[str, Any],
+               segments: list[dict[str, Any]], discarded: bool, extra: dict[str, Any]) -> str:
+        head = self._read_head()
+        body = {
+            "format": mf.FORMAT, "recording_id": recording_id, "device_id": opening["device_id"],
+            "seq": seq, "prev": head["last"]["sha256"], "started": opening["started"],
+            "codec": opening["codec"], "segments": segments, "discarded": discarded,
+            "clock_at_close": {"wall_ms": mf.ms(self._clock.wall()), "synced": self._clock.synced(),
+                               "boot_id": boot_id()},
+            **extra,
+        }
+        data = mf.sign(body, self._key)
+        digest = mf.manifest_hash(data)
+        folder = self.root / recording_id
+        try:
+            self._files.write(folder / MANIFEST_FILE, data)
+            head["last"] = {"seq": seq, "sha256": digest}
+            head["allocated"] = max(head["allocated"], seq)
+            self._write_head(head)
+        except OSError as e:
+            raise self._os_error(e, f"writing the manifest of recording {recording_id}") from e
+        consent = [e for e in body["events"] if e["kind"] in _CONSENT_KINDS]
+        self.db.execute(
+            "UPDATE recordings SET state = 'closed', ended_wall_ms = ?, ended_mono_ms = ?, segments = ?,"
+            " bytes = ?, flagged = ?, recorded = ?, discarded = ?, ended_by = ?, consent = ?,"
+            " manifest_sha256 = ? WHERE id = ?",
+            (body["ended"]["wall_ms"], body["ended"]["mono_ms"], len(segments),
+             sum(s["bytes"] for s in segments), int(body["flagged"]), int(body["recorded"]),
+             int(discarded), body["ended_by"], json.dumps(consent), digest, recording_id))
+        (folder / OPEN_FILE).unlink(missing_ok=True)
+        logger.info("recording closed recording=%s seq=%d segments=%d ended_by=%s",
+                    recording_id, seq, len(segments), body["ended_by"])
+        return digest
+
+    # -- recovery --
+
+    def _recover(self) -> None:
+        for tmp in sorted(self.root.rglob(f".*{TMP_SUFFIX}")):
+            tmp.unlink()
+            self._found("temp-removed", tmp, "incomplete temporary file from an interrupted write")
+        self._db = self._open_catalogue()
+        rows = {r["id"]: r for r in self.db.execute("SELECT * FROM recordings").fetchall()}
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in rows):
+            self._adopt(folder)
+        self._reconcile_head()
+        rows = self.db.execute("SELECT * FROM recordings ORDER BY seq").fetchall()
+        for row in rows:
+            if row["state"] in ("closed", "synced"):
+                self._check_closed(row)
+            elif row["state"] == "purged" and (self.root / row["id"]).exists():
+                shutil.rmtree(self.root / row["id"])
+                self._found("purge-finished", self.root / row["id"], "finished an interrupted purge",
+                            row["id"])
+        for row in rows:
+            if row["state"] == "recording":
+                self._close_after_crash(row)
+        for stray in sorted(p for p in self.root.iterdir()
+                            if p.is_file() and p.name != CHAIN_FILE and not p.name.startswith(CATALOGUE)):
+            self._quarantine(stray, "stray-file", "file that is not part of the spool layout")
+        self._files.sync_dir(self.root)
+
+    def _found(self, kind: str, path: Path, detail: str, recording_id: str | None = None,
+               moved_to: Path | None = None) -> None:
+        finding = Finding(kind, str(path), detail, recording_id, None if moved_to is None else str(moved_to))
+        self.recovery.findings.append(finding)
+        log = logger.info if kind in BENIGN_FINDINGS else logger.warning
+        log("spool recovery kind=%s path=%s recording=%s detail=%s moved_to=%s", kind, path,
+            recording_id, detail, finding.moved_to)
+
+    def _quarantine(self, path: Path, kind: str, detail: str, recording_id: str | None = None) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock.wall()))
+        target_dir = self.quarantine_dir / f"{stamp}-{kind}"
+        target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rel = path.relative_to(self.root) if path.is_relative_to(self.root) else Path(path.name)
+        target = target_dir / str(rel).replace(os.sep, "__")
+        n = 1
+        while target.exists():
+            target = target_dir / f"{rel.name}.{n}"
+            n += 1
+        os.rename(path, target)
+        self._files.sync_dir(target_dir)
+        self._files.sync_dir(path.parent)
+        self._found(kind, path, detail, recording_id, target)
+        return target
+
+    def _open_catalogue(self) -> sqlite3.Connection:
+        path = self.root / CATALOGUE
+        db: sqlite3.Connection | None = None
+        try:
+            db = _connect(path)
+            check = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity_check: {check}")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
+            for part in sorted(self.root.glob(CATALOGUE + "*")):
+                self._quarantine(part, "corrupt-catalogue",
+                                 f"catalogue database unreadable ({e}); rebuilt from the recordings on disk")
+        db = _connect(path)
+        db.executescript(_SCHEMA)
+        return db
+
+    def _adopt(self, folder: Path) -> None:
+        """A recording folder with no catalogue row (catalogue lost, or a crash at open)."""
+        if not any(folder.iterdir()):
+            # A crash between creating the folder and writing open.json: no seq was allocated yet.
+            folder.rmdir()
+            self._found("incomplete-open-removed", folder, "empty recording folder of a call that "
+                        "never got its seq", folder.name)
+            return
+        taken = {r[0] for r in self.db.execute("SELECT seq FROM recordings")}
+        manifest_path, opening_path = folder / MANIFEST_FILE, folder / OPEN_FILE
+        try:
+            if manifest_path.exists():
+                data = manifest_path.read_bytes()
+                m = mf.verify(data, self.public_key)
+                if m["recording_id"] != folder.name or m["seq"] in taken:
+                    raise mf.ManifestError(f"manifest names {m['recording_id']} seq={m['seq']}, "
+                                           "which does not fit this folder or reuses a seq")
+                opening = {"recording_id": m["recording_id"], "seq": m["seq"], "device_id": m["device_id"],
+                           "started": m["started"], "codec": m["codec"], "caller": m.get("caller"),
+                           "flagged": m.get("flagged", False)}
+                self._insert_row(opening, "closed")
+                self.db.execute("UPDATE recordings SET manifest_sha256 = ?, ended_by = ?, "
+                                "segments = ?, bytes = ? WHERE id = ?",
+                                (mf.manifest_hash(data), m.get("ended_by"), len(m["segments"]),
+                                 sum(s["bytes"] for s in m["segments"]), folder.name))
+                for s in m["segments"]:
+                    self.db.execute("INSERT INTO segments (recording_id, idx, size, sha256) "
+                                    "VALUES (?, ?, ?, ?)", (folder.name, s["index"], s["bytes"], s["sha256"]))
+            elif opening_path.exists():
+                opening = json.loads(opening_path.read_bytes())
+                if opening.get("recording_id") != folder.name or not isinstance(opening.get("seq"), int) \
+                        or opening["seq"] in taken:
+                    raise mf.ManifestError(f"open.json names {opening.get('recording_id')} "
+                                           f"seq={opening.get('seq')}, which does not fit or reuses a seq")
+                self._insert_row(opening, "recording")
+            else:
+                raise mf.ManifestError("folder has neither manifest.json nor open.json")
+        except (mf.ManifestError, mf.BadSignature, json.JSONDecodeError, KeyError, TypeError) as e:
+            self._quarantine(folder, "orphan-recording", f"recording folder with no catalogue row "
+                             f"that cannot be adopted: {e}", folder.name)
+            return
+        self._found("adopted", folder, "recording folder with no catalogue row, adopted", folder.name)
+
+    def _insert_row(self, opening: dict[str, Any], state: str) -> None:
+        started = opening["started"]
+        self.db.execute(
+            "INSERT INTO recordings (id, seq, state, started_wall_ms, started_mono_ms, clock_synced,"
+            " boot_id, flagged, opening) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (opening["recording_id"], opening["seq"], state, started["wall_ms"], started["mono_ms"],
+             int(started["clock_synced"]), started.get("boot_id"), int(bool(opening.get("flagged"))),
+             json.dumps(opening)))
+
+    def _reconcile_head(self) -> None:
+        """``chain.json`` wins for allocation (it survives a lost catalogue); rows can only raise it."""
+        path = self.root / CHAIN_FILE
+        try:
+            head = self._read_head()
+            if not isinstance(head.get("allocated"), int) or not isinstance(head.get("last"), dict):
+                raise ValueError(f"unexpected content {head!r:.80}")
+        except ValueError as e:
+            self._quarantine(path, "corrupt-chain-head", f"chain.json unreadable ({e}); rebuilt from the catalogue")
+            head = self._read_head()
+        top = self.db.execute("SELECT MAX(seq) FROM recordings").fetchone()[0] or 0
+        last = self.db.execute("SELECT seq, manifest_sha256 FROM recordings WHERE manifest_sha256 "
+                               "IS NOT NULL ORDER BY seq DESC LIMIT 1").fetchone()
+        changed = False
+        if top > head["allocated"]:
+            head["allocated"], changed = top, True
+        if last is not None and last["seq"] > head["last"]["seq"]:
+            head["last"], changed = {"seq": last["seq"], "sha256": last["manifest_sha256"]}, True
+        if changed or not path.exists():
+            self._write_head(head)
+
+    def _check_closed(self, row: sqlite3.Row) -> None:
+        rid = row["id"]
+        folder = self.root / rid
+        if not folder.is_dir() or not (folder / MANIFEST_FILE).exists():
+            self._quarantine_row(row, "missing-files", f"catalogue row seq={row['seq']} state={row['state']}"
+                                 f" but {folder if not folder.is_dir() else folder / MANIFEST_FILE} is gone")
+            if folder.is_dir():
+                self._quarantine(folder, "missing-files", "remains of a recording without its manifest", rid)
+            return
+        data = (folder / MANIFEST_FILE).read_bytes()
+        problems: list[str] = []
+        try:
+            m = mf.verify(data, self.public_key)
+            if m["recording_id"] != rid or m["seq"] != row["seq"]:
+                problems.append(f"manifest names {m['recording_id']} seq={m['seq']}, catalogue says "
+                                f"{rid} seq={row['seq']}")
+        except (mf.ManifestError, mf.BadSignature) as e:
+            self._set_state(rid, "quarantined", f"bad manifest: {e}")
+            self._quarantine(folder, "bad-manifest", f"manifest of seq={row['seq']}: {e}", rid)
+            return
+        expected = set()
+        for s in m["segments"]:
+            name = f"{s['index']:06d}{SEGMENT_SUFFIX}"
+            expected.add(name)
+            problem = _segment_problem(folder / name, s["bytes"], s["sha256"])
+            if problem:
+                problems.append(f"{name}: {problem}")
+        if problems:
+            self._set_state(rid, "quarantined", "; ".join(problems))
+            self._quarantine(folder, "bad-segment", f"seq={row['seq']}: " + "; ".join(problems), rid)
+            return
+        for extra in sorted(folder.iterdir()):
+            if extra.name == OPEN_FILE:
+                extra.unlink()  # a crash between the manifest and its removal; the manifest supersedes it
+            elif extra.name not in expected and extra.name != MANIFEST_FILE:
+                self._quarantine(extra, "orphan-file", "file not listed in the recording's manifest", rid)
+
+    def _close_after_crash(self, row: sqlite3.Row) -> None:
+        rid = row["id"]
+        folder = self.root / rid
+        folder.mkdir(mode=0o700, exist_ok=True)
+        opening = json.loads(row["opening"])
+        manifest_path = folder / MANIFEST_FILE
+        if manifest_path.exists():
+            data = manifest_path.read_bytes()
+            try:
+                m = mf.verify(data, self.public_key)
+                if m["recording_id"] != rid or m["seq"] != row["seq"]:
+                    raise mf.ManifestError(f"manifest names {m['recording_id']} seq={m['seq']}")
+            except (mf.ManifestError, mf.BadSignature) as e:
+                self._quarantine(manifest_path, "bad-manifest", f"manifest of an open recording: {e}", rid)
+            else:
+                self._adopt_written_manifest(row, m, data)
+                return
+        known = {r["idx"]: r for r in self.db.execute(
+            "SELECT idx, size, sha256 FROM segments WHERE recording_id = ?", (rid,)).fetchall()}
+        segments: list[dict[str, Any]] = []
+        last_mtime: float | None = None
+        for path in sorted(folder.iterdir()):
+            if path.name in (OPEN_FILE, MANIFEST_FILE):
+                continue
+            index = _segment_index(path.name)
+            if index is None:
+                self._quarantine(path, "orphan-file", "file that is not a segment in a recording folder", rid)
+                continue
+            data = path.read_bytes()
+            if index in known:
+                problem = _segment_problem(path, known[index]["size"], known[index]["sha256"], data)
+            else:
+                problem = age_shape_problem(data)
+            if problem:
+                self.db.execute("DELETE FROM segments WHERE recording_id = ? AND idx = ?", (rid, index))
+                self._quarantine(path, "bad-segment", f"segment {index} of seq={row['seq']}: {problem}", rid)
+                continue
+            if index not in known:
+                self.db.execute("INSERT INTO segments (recording_id, idx, size, sha256) VALUES (?, ?, ?, ?)",
+                                (rid, index, len(data), hashlib.sha256(data).hexdigest()))
+            segments.append({"index": index, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            last_mtime = path.stat().st_mtime
+        present = {s["index"] for s in segments}
+        for index in sorted(set(known) - present):
+            if not (folder / f"{index:06d}{SEGMENT_SUFFIX}").exists():
+                self.db.execute("DELETE FROM segments WHERE recording_id = ? AND idx = ?", (rid, index))
+                self._quarantine_row_note(rid, index, known[index])
+        ended_wall = last_mtime if last_mtime is not None else opening["started"]["wall_ms"] / 1000
+        extra = {
+            "ended": {"wall_ms": mf.ms(ended_wall), "mono_ms": None, "estimated": True},
+            "ended_by": "power-loss", "flagged": bool(opening.get("flagged")),
+            "recorded": bool(segments), "events": [], "pauses": [], "masks": [], "metrics": {},
+            "audio": {"frames": None, "start_ms": None, "stopped_by_full_disk": False},
+            "caller": opening.get("caller"),
+        }
+        digest = self._close(rid, row["seq"], opening, segments, bool(row["discarded"]), extra)
+        self._found("closed-after-crash", folder, f"seq={row['seq']} closed from {len(segments)} complete "
+                    f"segments with ended_by=power-loss (manifest {digest[:16]}...)", rid)
+
+    def _adopt_written_manifest(self, row: sqlite3.Row, m: dict[str, Any], data: bytes) -> None:
+        rid = row["id"]
+        head = self._read_head()
+        if m["seq"] > head["last"]["seq"]:
+            head["last"] = {"seq": m["seq"], "sha256": mf.manifest_hash(data)}
+            self._write_head(head)
+        self.db.execute("DELETE FROM segments WHERE recording_id = ?", (rid,))
+        for s in m["segments"]:
+            self.db.execute("INSERT INTO segments (recording_id, idx, size, sha256) VALUES (?, ?, ?, ?)",
+                            (rid, s["index"], s["bytes"], s["sha256"]))
+        self.db.execute("UPDATE recordings SET state = 'closed', segments = ?, bytes = ?, ended_by = ?, "
+                        "manifest_sha256 = ? WHERE id = ?",
+                        (len(m["segments"]), sum(s["bytes"] for s in m["segments"]), m.get("ended_by"),
+                         mf.manifest_hash(data), rid))
+        (self.root / rid / OPEN_FILE).unlink(missing_ok=True)
+        self._found("adopted", self.root / rid, "open recording whose manifest was already written", rid)
+        self._check_closed(self.db.execute("SELECT * FROM recordings WHERE id = ?", (rid,)).fetchone())
+
+    def _set_state(self, recording_id: str, state: str, note: str) -> None:
+        self.db.execute("UPDATE recordings SET state = ?, note = ? WHERE id = ?", (state, note, recording_id))
+
+    def _quarantine_row(self, row: sqlite3.Row, kind: str, detail: str) -> None:
+        """A row cannot be moved like a file: its content is copied to quarantine, the row kept as quarantined."""
+        self._set_state(row["id"], "quarantined", detail)
+        note = self.quarantine_dir / f"{row['id']}.row.json"
+        note.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._files.write(note, json.dumps(_row_dict(row), sort_keys=True).encode())
+        self._found(kind, self.root / row["id"], detail, row["id"], note)
+
+    def _quarantine_row_note(self, recording_id: str, index: int, segment: sqlite3.Row) -> None:
+        note = self.quarantine_dir / f"{recording_id}.{index:06d}.row.json"
+        note.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._files.write(note, json.dumps({"recording_id": recording_id, "idx": index,
+                                            "size": segment["size"], "sha256": segment["sha256"]}).encode())
+        self._found("missing-files", self.root / recording_id / f"{index:06d}{SEGMENT_SUFFIX}",
+                    "catalogue lists this segment but the file is gone", recording_id, note)
+
+
+# --------------------------------------------------------------------- sink --
+
+class SpoolSink:
+    """The recorder's :class:`~linetap.firmware.recorder.Sink` that keeps calls in the spool.
+
+    Called on the call thread only. ``write`` raises :class:`SpoolFull` once
+    when the disk fills mid-call (the app turns it into the call flow's
+    ``Fault``); the call's stored part stays valid and later frames of that
+    call are dropped. ``open`` raises :class:`SpoolFull` when retention
+    refuses new calls (``spool.fault`` says why).
+    """
+
+    def __init__(self, spool: Spool, codec: Codec,
+                 encoder_factory: Callable[[Codec], Segmenter] | None = None) -> None:
+        self._spool = spool
+        self.codec = codec
+        self._factory = encoder_factory or _opus_segmenter
+        self._encoder: Segmenter | None = None
+        self._rec: OpenRecording | None = None
+        self.last_manifest_sha256: str | None = None
+
+    @property
+    def recording(self) -> OpenRecording | None:
+        return self._rec
+
+    def open(self, call: CallRecord) -> None:
+        self._rec = None
+        self._rec = self._spool.begin(call, self.codec)
+        self._encoder = self._factory(self.codec)
+
+    def write(self, frames: np.ndarray) -> None:
+        if self._rec is None or self._rec.full or self._encoder is None:
+            return
+        for segment in self._encoder.write(frames):
+            self._spool.add_segment(self._rec, segment)
+
+    def discard(self) -> None:
+        if self._rec is None:
+            return
+        self._spool.discard(self._rec)
+        self._encoder = self._factory(self.codec)  # what follows starts a fresh stream
+
+    def close(self, recording: Recording) -> None:
+        rec, self._rec = self._rec, None
+        if rec is None:
+            return
+        encoder, self._encoder = self._encoder, None
+        try:
+            if encoder is not None and not rec.full and not rec.discarded:
+                tail = encoder.finish()
+                if tail:
+                    self._spool.add_segment(rec, tail)
+        except SpoolFull:
+            logger.warning("last segment lost to a full disk recording=%s", rec.recording_id)
+        self.last_manifest_sha256 = self._spool.finish(rec, recording)
+
+
+def _opus_segmenter(codec: Codec) -> Segmenter:
+    from linetap.firmware.encoder import OpusSegmenter
+
+    return OpusSegmenter(codec.rate, bitrate=codec.bitrate, segment_s=codec.segment_s)
+
+
+# ---------------------------------------------------------------- queries --
+
+def list_recordings(data_dir: Path) -> list[dict[str, Any]]:
+    """Catalogue rows for ``linetap spool list``, oldest first; no personal data."""
+    path = Path(data_dir) / SPOOL_DIR / CATALOGUE
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute("SELECT * FROM recordings ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    return [_row_dict(r) for r in rows]
+
+
+def verify_spool(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
+    """``linetap spool verify``: structure, hashes, signatures and chain; never decrypts.
+
+    Read-only. ``public_key`` defaults to the device's own key.
+    """
+    data_dir = Path(data_dir)
+    root = data_dir / SPOOL_DIR
+    if public_key is None:
+        public_key = load_signing_key(data_dir).public_key()
+    rows = {r["id"]: r for r in list_recordings(data_dir)}
+    problems: list[dict[str, Any]] = []
+    manifests: list[tuple[int, bytes]] = []
+
+    def problem(kind: str, rid: str | None, detail: str) -> None:
+        problems.append({"kind": kind, "recording_id": rid, "detail": detail})
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    for folder in folders:
+        rid = folder.name
+        row = rows.get(rid)
+        if row is None:
+            problem("orphan-recording", rid, "folder has no catalogue row")
+        manifest_path = folder / MANIFEST_FILE
+        if not manifest_path.exists():
+            if row is None or row["state"] != "recording":
+                problem("missing-manifest", rid, f"{manifest_path} is missing")
+            continue
+        data = manifest_path.read_bytes()
+        try:
+            m = mf.verify(data, public_key)
+        except (mf.ManifestError, mf.BadSignature) as e:
+            problem("bad-manifest", rid, str(e))
+            continue
+        manifests.append((m["seq"], data))
+        listed = set()
+        for s in m["segments"]:
+            name = f"{s['index']:06d}{SEGMENT_SUFFIX}"
+            listed.add(name)
+            if (p := _segment_problem(folder / name, s["bytes"], s["sha256"])) is not None:
+                problem("bad-segment", rid, f"{name}: {p}")
+        for extra in sorted(folder.iterdir()):
+            if extra.name not in listed and extra.name not in (MANIFEST_FILE, OPEN_FILE):
+                problem("orphan-file", rid, f"{extra.name} is not in the manifest")
+    for rid, row in rows.items():
+        if row["state"] in ("closed", "synced", "recording") and not (root / rid).is_dir():
+            problem("missing-files", rid, f"catalogue row seq={row['seq']} state={row['state']} has no folder")
+    manifests.sort()
+    by_seq = {r["seq"]: r for r in rows.values()}
+    explained = {seq: r["state"] for seq, r in by_seq.items() if r["state"] in ("purged", "quarantined")}
+    after: mf.ChainPoint | None = mf.GENESIS_POINT
+    if manifests and manifests[0][0] > 1:
+        before = by_seq.get(manifests[0][0] - 1)
+        after = None
+        if before is not None and before["manifest_sha256"]:
+            after = mf.ChainPoint(before["seq"], before["manifest_sha256"])
+    chain = mf.verify_chain([d for _, d in manifests], public_key, after=after, explained=explained)
+    return {"ok": not problems and chain.ok, "recordings": len(rows), "manifests": len(manifests),
+            "problems": problems, "chain": chain.as_dict()}
+
+
+# ------------------------------------------------------------------ helpers --
+
+def _is_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _segment_index(name: str) -> int | None:
+    stem, dot, suffix = name.partition(".")
+    if dot and "." + suffix == SEGMENT_SUFFIX and len(stem) == 6 and stem.isdigit():
+        return int(stem)
+    return None
+
+
+def _segment_problem(path: Path, size: int, sha256: str, data: bytes | None = None) -> str | None:
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return "file is missing"
+    if len(data) != size:
+        return f"{len(data)} bytes, expected {size} (truncated or replaced)"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return "sha256 does not match (altered)"
+    return age_shape_problem(data)
+
+
+def _pauses(call: CallRecord) -> list[list[int | None]]:
+    spans: list[list[int | None]] = []
+    for event in call.events:
+        if event.kind == "pause-start":
+            spans.append([mf.ms(event.t), None])
+        elif event.kind == "pause-end" and spans and spans[-1][1] is None:
+            spans[-1][1] = mf.ms(event.t)
+    return spans
+
+
+def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = {k: row[k] for k in row.keys() if k != "opening"}
+    out["consent"] = json.loads(row["consent"]) if row["consent"] else []
+    for flag in ("clock_synced", "flagged", "recorded", "discarded"):
+        out[flag] = bool(out[flag])
+    return out

@@ -1,0 +1,455 @@
+"""The secure spool: encrypted durable segments, catalogue, recovery, retention, disk full."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyrage
+import pytest
+
+from linetap.drivers.events import CallerId
+from linetap.firmware import manifest as mf
+from linetap.firmware.callflow import CallEvent, CallRecord
+from linetap.firmware.clock import ManualClock
+from linetap.firmware.keys import KeyMissing, keys_init
+from linetap.firmware.recorder import Recording
+from linetap.firmware.spool import (
+    Codec,
+    DurableFiles,
+    RecordingGone,
+    Spool,
+    SpoolFull,
+    SpoolSettings,
+    SpoolSink,
+    list_recordings,
+    verify_spool,
+)
+
+RATE = 8000
+CODEC = Codec(rate=RATE, segment_s=1.0)
+PLAINTEXT_MAGIC = (b"OggS", b"RIFF", b"OpusHead")
+
+
+class FakeSegmenter:
+    """Stands in for the Opus encoder: one "OggS"-tagged plaintext piece per segment_s of frames.
+
+    The tag makes the no-plaintext-on-disk scan meaningful.
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        self._per_segment = int(codec.rate * codec.segment_s)
+        self._pending = np.zeros((0, 2), np.int16)
+
+    def write(self, frames: np.ndarray) -> list[bytes]:
+        self._pending = np.concatenate([self._pending, frames])
+        out = []
+        while len(self._pending) >= self._per_segment:
+            piece, self._pending = self._pending[:self._per_segment], self._pending[self._per_segment:]
+            out.append(b"OggS" + piece.tobytes())
+        return out
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, np.zeros((0, 2), np.int16)
+        return b"OggS" + rest.tobytes() if len(rest) else b""
+
+
+@pytest.fixture
+def central() -> pyrage.x25519.Identity:
+    return pyrage.x25519.Identity.generate()
+
+
+@pytest.fixture
+def data(tmp_path: Path, central) -> Path:
+    keys_init(tmp_path / "data", str(central.to_public()))
+    return tmp_path / "data"
+
+
+def open_spool(data: Path, clock: ManualClock, **kw) -> Spool:
+    kw.setdefault("disk_free", lambda _path: 10 ** 12)
+    return Spool(data, device_id="lt-desk-1", clock=clock, **kw)
+
+
+_ids = iter(range(1, 10 ** 6))
+
+
+def make_call(clock: ManualClock, **kw) -> CallRecord:
+    return CallRecord(f"0199a000-0000-7000-8000-{next(_ids):012d}", clock.monotonic(), clock.wall(),
+                      True, **kw)
+
+
+def audio(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-3000, 3000, (int(RATE * seconds), 2), dtype=np.int16)
+
+
+def run_call(sink: SpoolSink, clock: ManualClock, seconds: float, *, close: bool = True,
+             **call_kw) -> tuple[CallRecord, np.ndarray]:
+    call = make_call(clock, **call_kw)
+    frames = audio(seconds)
+    sink.open(call)
+    for start in range(0, len(frames), 160):
+        sink.write(frames[start:start + 160])
+        clock.advance(0.02)
+    if close:
+        ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
+                              "ended_mono": clock.monotonic(),
+                              "events": call.events or (CallEvent(0.0, "call-start", {"source": "gpio"}),)})
+        sink.close(Recording(ended, len(frames), 0.0, ((1.0, 1.25),), {"talk_share": 0.5}))
+    return call, frames
+
+
+def decrypt_recording(folder: Path, central) -> bytes:
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    return b"".join(pyrage.decrypt((folder / f"{s['index']:06d}.age").read_bytes(), [central])
+                    for s in manifest["segments"])
+
+
+def test_a_call_is_stored_encrypted_signed_and_catalogued(data: Path, clock, central) -> None:
+    with open_spool(data, clock) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call, frames = run_call(sink, clock, 3.5)
+    folder = data / "spool" / call.call_id
+    manifest = mf.verify((folder / "manifest.json").read_bytes(), spool.public_key)
+    assert [s["index"] for s in manifest["segments"]] == [0, 1, 2, 3]
+    assert manifest["seq"] == 1 and manifest["prev"] == mf.GENESIS
+    assert manifest["ended_by"] == "hang-up" and manifest["masks"] == [[1000, 1250]]
+    assert manifest["metrics"] == {"talk_share": "0.5"}
+    assert manifest["started"]["boot_id"] and manifest["codec"]["segment_ms"] == 1000
+    plain = decrypt_recording(folder, central)
+    assert plain.replace(b"OggS", b"") == frames.tobytes()
+    [row] = list_recordings(data)
+    assert row["state"] == "closed" and row["segments"] == 4 and row["seq"] == 1
+    assert not (folder / "open.json").exists()
+    assert verify_spool(data)["ok"]
+
+
+def test_the_age_command_decrypts_a_segment(data: Path, clock, central, tmp_path: Path) -> None:
+    identity = tmp_path / "central.key"
+    identity.write_text(str(central) + "\n")
+    with open_spool(data, clock) as spool:
+        call, frames = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 1.0)
+    segment = data / "spool" / call.call_id / "000000.age"
+    out = subprocess.run(["age", "-d", "-i", str(identity), str(segment)], capture_output=True,
+                         check=True, timeout=10).stdout
+    assert out == b"OggS" + frames.tobytes()
+
+
+def test_sequence_numbers_chain_across_restarts(data: Path, clock) -> None:
+    for _ in range(3):
+        with open_spool(data, clock) as spool:
+            run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+    rows = list_recordings(data)
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    report = verify_spool(data)
+    assert report["ok"] and report["chain"]["last_seq"] == 3
+
+
+def test_no_plaintext_audio_reaches_the_disk(data: Path, clock, tmp_path: Path) -> None:
+    started = time.time()
+    with open_spool(data, clock) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        run_call(sink, clock, 2.5)
+        run_call(sink, clock, 1.0, close=False)
+        sink.discard()
+    scanned = 0
+    for root in (tmp_path, Path(tempfile.gettempdir())):
+        for path in root.rglob("*"):
+            try:
+                if not path.is_file() or (root != tmp_path and path.stat().st_mtime < started):
+                    continue
+                content = path.read_bytes()
+            except OSError:
+                continue  # other users' files and sockets in the system temp dir
+            scanned += 1
+            assert not any(magic in content for magic in PLAINTEXT_MAGIC), path
+    assert scanned >= 8
+
+
+def test_opt_out_destroys_segments_but_keeps_the_consent_record(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call, frames = run_call(sink, clock, 2.5, close=False)
+        folder = spool.root / call.call_id
+        assert list(folder.glob("*.age"))
+        sink.discard()
+        assert not list(folder.glob("*.age"))
+        opted = CallRecord(**{**call.__dict__, "ended_by": "hang-up", "ended_mono": clock.monotonic(),
+                              "events": (CallEvent(0.5, "announcement-start", {"language": "en"}),
+                                         CallEvent(2.0, "opt-out", {"by": "caller"}))})
+        sink.close(Recording(opted, 0, None, (), {}))
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert manifest["segments"] == [] and manifest["discarded"] is True and manifest["recorded"] is False
+    assert [e["kind"] for e in manifest["events"]] == ["announcement-start", "opt-out"]
+    [row] = list_recordings(data)
+    assert row["discarded"] and [e["kind"] for e in row["consent"]] == ["announcement-start", "opt-out"]
+
+
+def test_caller_details_are_sealed_everywhere(data: Path, clock, central) -> None:
+    caller = CallerId(number="5551234567", name="ANN EXAMPLE")
+    with open_spool(data, clock) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call, _ = run_call(sink, clock, 0.5, caller=caller, close=False)
+        open_json = (spool.root / call.call_id / "open.json").read_bytes()
+        ended = CallRecord(**{**call.__dict__, "ended_by": "hang-up", "ended_mono": clock.monotonic()})
+        sink.close(Recording(ended, 4000, 0.0, (), {}))
+    manifest = json.loads((data / "spool" / call.call_id / "manifest.json").read_bytes())
+    for blob in [open_json] + [p.read_bytes() for p in data.rglob("*") if p.is_file()]:
+        assert b"5551234567" not in blob and b"ANN EXAMPLE" not in blob
+    sealed = pyrage.decrypt(base64.b64decode(manifest["caller"]), [central])
+    assert json.loads(sealed) == {"number": "5551234567", "name": "ANN EXAMPLE"}
+
+
+def test_recording_is_refused_without_a_recipient(tmp_path: Path, clock) -> None:
+    with pytest.raises(KeyMissing, match="linetap keys init --central-recipient"):
+        open_spool(tmp_path, clock)
+
+
+# ---------------------------------------------------------------- recovery --
+
+def crash_mid_call(data: Path, clock, seconds: float = 2.5) -> tuple[CallRecord, Path]:
+    spool = open_spool(data, clock)
+    call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, seconds, close=False)
+    spool.close()  # the process dies here: no close, no manifest
+    return call, data / "spool" / call.call_id
+
+
+def test_an_open_recording_is_closed_from_its_segments_after_a_crash(data: Path, clock, central) -> None:
+    call, folder = crash_mid_call(data, clock)
+    (folder / ".000002.age.tmp").write_bytes(b"half a segment")
+    with open_spool(data, clock) as spool:
+        assert [f.kind for f in spool.recovery.findings] == ["temp-removed", "closed-after-crash"]
+        run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert manifest["ended_by"] == "power-loss" and manifest["ended"]["estimated"] is True
+    assert [s["index"] for s in manifest["segments"]] == [0, 1]
+    assert decrypt_recording(folder, central).startswith(b"OggS")
+    assert [r["seq"] for r in list_recordings(data)] == [1, 2]
+    assert verify_spool(data)["ok"]
+
+
+def test_a_segment_written_but_not_catalogued_is_adopted(data: Path, clock) -> None:
+    call, folder = crash_mid_call(data, clock)
+    db = sqlite3.connect(data / "spool" / "catalogue.db")
+    db.execute("DELETE FROM segments WHERE idx = 1")
+    db.commit()
+    db.close()
+    with open_spool(data, clock):
+        pass
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert [s["index"] for s in manifest["segments"]] == [0, 1]
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda p: p.write_bytes(b""), "zero-length file"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "truncated"),
+    (lambda p: p.write_bytes(b"\x00garbage" * 40), "not an age file"),
+])
+def test_bad_segments_of_an_open_recording_are_quarantined(data: Path, clock, damage, expected) -> None:
+    call, folder = crash_mid_call(data, clock)
+    db = sqlite3.connect(data / "spool" / "catalogue.db")
+    db.execute("DELETE FROM segments WHERE idx = 1")  # as if the crash came before its row
+    db.commit()
+    db.close()
+    damage(folder / "000001.age")
+    with open_spool(data, clock) as spool:
+        [bad] = spool.recovery.of("bad-segment")
+        assert expected in bad.detail and "segment 1" in bad.detail
+        assert Path(bad.moved_to).exists() and Path(bad.moved_to).is_relative_to(data / "quarantine")
+        run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)  # new calls still recorded
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert [s["index"] for s in manifest["segments"]] == [0]
+    assert [r["state"] for r in list_recordings(data)] == ["closed", "closed"]
+
+
+def test_a_truncated_catalogued_segment_is_caught_by_its_size(data: Path, clock) -> None:
+    call, folder = crash_mid_call(data, clock)
+    path = folder / "000000.age"
+    path.write_bytes(path.read_bytes()[:-1])
+    with open_spool(data, clock) as spool:
+        [bad] = spool.recovery.of("bad-segment")
+        assert "expected" in bad.detail and "segment 0" in bad.detail
+
+
+def closed_call(data: Path, clock) -> tuple[CallRecord, Path]:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 2.5)
+    return call, data / "spool" / call.call_id
+
+
+def test_an_altered_segment_of_a_closed_recording_is_quarantined(data: Path, clock) -> None:
+    call, folder = closed_call(data, clock)
+    blob = bytearray((folder / "000001.age").read_bytes())
+    blob[-5] ^= 1
+    (folder / "000001.age").write_bytes(bytes(blob))
+    assert verify_spool(data)["problems"][0]["kind"] == "bad-segment"
+    with open_spool(data, clock) as spool:
+        [bad] = spool.recovery.of("bad-segment")
+        assert "000001.age: sha256 does not match" in bad.detail
+        run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+    assert not folder.exists() and (Path(bad.moved_to) / "000001.age").exists()
+    assert [r["state"] for r in list_recordings(data)] == ["quarantined", "closed"]
+    assert verify_spool(data)["ok"]  # the gap is explained by the quarantined row
+
+
+def test_a_manifest_with_a_bad_signature_is_quarantined(data: Path, clock) -> None:
+    call, folder = closed_call(data, clock)
+    m = json.loads((folder / "manifest.json").read_bytes())
+    m["flagged"] = True
+    (folder / "manifest.json").write_bytes(mf.canonical(m))
+    with open_spool(data, clock) as spool:
+        [bad] = spool.recovery.of("bad-manifest")
+        assert "signature does not verify" in bad.detail and bad.recording_id == call.call_id
+        run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+    assert [r["seq"] for r in list_recordings(data)] == [1, 2]
+
+
+def test_a_row_whose_files_are_gone_is_reported_and_kept(data: Path, clock) -> None:
+    call, folder = closed_call(data, clock)
+    shutil.rmtree(folder)
+    with open_spool(data, clock) as spool:
+        [gone] = spool.recovery.of("missing-files")
+        assert "seq=1" in gone.detail and json.loads(Path(gone.moved_to).read_text())["id"] == call.call_id
+    assert list_recordings(data)[0]["state"] == "quarantined"
+
+
+def test_files_without_rows_are_quarantined(data: Path, clock) -> None:
+    call, folder = closed_call(data, clock)
+    (folder / "000099.age").write_bytes(b"stray")
+    (data / "spool" / "not-a-recording").mkdir()
+    (data / "spool" / "not-a-recording" / "x").write_bytes(b"x")
+    with open_spool(data, clock) as spool:
+        kinds = sorted(f.kind for f in spool.recovery.quarantined)
+        assert kinds == ["orphan-file", "orphan-recording"]
+    assert not (folder / "000099.age").exists()
+    assert verify_spool(data)["ok"]
+
+
+def test_a_corrupt_catalogue_is_quarantined_and_rebuilt_without_reusing_seqs(data: Path, clock) -> None:
+    closed_call(data, clock)
+    call, folder = crash_mid_call(data, clock)
+    for part in (data / "spool").glob("catalogue.db*"):
+        part.unlink()
+    (data / "spool" / "catalogue.db").write_bytes(b"this is not sqlite" * 100)
+    with open_spool(data, clock) as spool:
+        [corrupt] = spool.recovery.of("corrupt-catalogue")
+        assert "catalogue database unreadable" in corrupt.detail
+        assert len(spool.recovery.of("adopted")) == 2 and spool.recovery.of("closed-after-crash")
+        run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+    assert [r["seq"] for r in list_recordings(data)] == [1, 2, 3]
+    assert verify_spool(data)["ok"]
+
+
+# -------------------------------------------------------------- disk full --
+
+class FillingDisk(DurableFiles):
+    """A disk that runs out of space after ``room`` segment files: partial write, then ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def write(self, path: Path, data: bytes) -> None:
+        if path.suffix == ".age":
+            if self.room == 0:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(data[: len(data) // 2])
+                tmp.unlink()  # what DurableFiles does on failure
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            self.room -= 1
+        super().write(path, data)
+
+
+def test_disk_full_mid_call_keeps_the_stored_part_valid_and_raises_the_alarm(data: Path, clock,
+                                                                            central) -> None:
+    alarms = []
+    with open_spool(data, clock, files=FillingDisk(room=2),
+                    on_alarm=lambda kind, why: alarms.append(kind)) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call = make_call(clock)
+        sink.open(call)
+        frames = audio(4.0)
+        with pytest.raises(SpoolFull, match="disk full"):
+            for start in range(0, len(frames), 160):
+                sink.write(frames[start:start + 160])
+        sink.write(frames[:160])  # later frames of the call are dropped, not raised again
+        ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
+                              "ended_mono": clock.monotonic()})
+        sink.close(Recording(ended, len(frames), 0.0, (), {}))
+        assert spool.fault is not None and alarms == ["spool-full"]
+    folder = data / "spool" / call.call_id
+    manifest = mf.verify((folder / "manifest.json").read_bytes())
+    assert [s["index"] for s in manifest["segments"]] == [0, 1]
+    assert manifest["audio"]["stopped_by_full_disk"] is True
+    assert decrypt_recording(folder, central).replace(b"OggS", b"") == frames[:2 * RATE].tobytes()
+    assert not list(data.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------- retention --
+
+def test_synced_recordings_expire_after_keep_synced_days(data: Path, clock) -> None:
+    with open_spool(data, clock, settings=SpoolSettings(keep_synced_days=7)) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        old, _ = run_call(sink, clock, 0.5)
+        unsynced, _ = run_call(sink, clock, 0.5)
+        spool.mark_synced(old.call_id)
+        clock.advance(6 * 86400)
+        assert spool.enforce_retention() == []
+        clock.advance(2 * 86400)
+        assert spool.enforce_retention() == [old.call_id]
+        with pytest.raises(RecordingGone):
+            spool.mark_synced("no-such-recording")
+    assert [r["state"] for r in list_recordings(data)] == ["purged", "closed"]
+    assert not (data / "spool" / old.call_id).exists() and (data / "spool" / unsynced.call_id).exists()
+    assert verify_spool(data)["ok"]
+
+
+def test_over_max_bytes_synced_go_first_then_stop_and_alarm(data: Path, clock) -> None:
+    alarms = []
+    settings = SpoolSettings(max_bytes=51_000)  # room for one call
+    with open_spool(data, clock, settings=settings, on_alarm=lambda k, why: alarms.append(why)) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        first, _ = run_call(sink, clock, 1.0)   # about 32 KB of ciphertext each
+        second, _ = run_call(sink, clock, 1.0)
+        spool.mark_synced(first.call_id)
+        assert spool.enforce_retention() == [first.call_id]
+        assert spool.fault is None
+        run_call(sink, clock, 1.0)
+        assert spool.enforce_retention() == []
+        assert spool.fault is not None and "max_bytes" in alarms[0]
+        with pytest.raises(SpoolFull, match="refuses new calls"):
+            sink.open(make_call(clock))
+    assert [r["state"] for r in list_recordings(data)] == ["purged", "closed", "closed"]
+
+
+def test_overwrite_oldest_deletes_unsynced_when_chosen(data: Path, clock) -> None:
+    settings = SpoolSettings(max_bytes=70_000, on_full="overwrite-oldest")  # room for two calls
+    with open_spool(data, clock, settings=settings) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        first, _ = run_call(sink, clock, 1.0)
+        run_call(sink, clock, 1.0)
+        run_call(sink, clock, 1.0)
+        assert spool.enforce_retention() == [first.call_id]
+        assert spool.fault is None
+
+
+def test_free_space_floor_stops_new_calls(data: Path, clock) -> None:
+    free = [10 ** 9]
+    with open_spool(data, clock, disk_free=lambda _p: free[0],
+                    settings=SpoolSettings(min_free_bytes=10 ** 8)) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        run_call(sink, clock, 0.5)
+        free[0] = 10 ** 7
+        with pytest.raises(SpoolFull, match="min_free_bytes"):
+            sink.open(make_call(clock))
+        free[0] = 10 ** 9
+        run_call(sink, clock, 0.5)
+        assert spool.fault is None
+    assert [r["seq"] for r in list_recordings(data)] == [1, 2]
