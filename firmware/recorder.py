@@ -18,6 +18,11 @@ What goes to the sink:
 - masked audio otherwise: DTMF tones silenced on both channels.
 A discard (caller opt-out, private call) is immediate: the sink drops what it
 was given and nothing more of that stretch is written.
+
+A sink that cannot keep audio (spool full, disk full, no key) raises
+SpoolError; the recorder turns that into a :class:`Fault` event for the call
+flow (which stops keeping and shows the fault pattern) and goes on: the
+detectors and the call logic never stop because storage did.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from linetap.drivers.events import HookChanged
-from linetap.firmware.callflow import CallRecord, DtmfDetected, Event, FarSpeech
+from linetap.firmware.callflow import CallRecord, DtmfDetected, Event, FarSpeech, Fault
+from linetap.firmware.errors import SpoolError
 from linetap.firmware.dsp import (
     CallActivity,
     CallEnded,
@@ -132,6 +138,7 @@ class Recorder:
         self._audio_start: int | None = None
         self._masks: list[tuple[float, float]] = []
         self._metrics: CallMetrics | None = None
+        self._faults: list[Event] = []
 
     @property
     def lookahead_s(self) -> float:
@@ -156,7 +163,7 @@ class Recorder:
         """Destroy the open call's audio now, including what is still in the delay line."""
         while self._timeline and self._timeline[0][1] != "close":
             self._apply(*self._timeline.popleft())
-        self._sink.discard()
+        self._to_sink(self._sink.discard)
         self._frames, self._audio_start = 0, None
         self._masks = []
         self._metrics = CallMetrics(self.rate, vad=self._vad, hold_min_s=self._hold_min_s)
@@ -184,7 +191,20 @@ class Recorder:
         out_start = self._pos - self._masker.lookahead_frames
         self._pos += len(frames)
         self._emit(masked.audio, out_start)
+        events += self._faults
+        self._faults = []
         return events
+
+    def _to_sink(self, call, *args: Any) -> bool:  # noqa: ANN001 - a bound sink method
+        """Call the sink; a SpoolError becomes a Fault for the call flow. False if it failed."""
+        try:
+            call(*args)
+        except SpoolError as exc:
+            logger.error("recorder sink failed call=%s step=%s error=%s",
+                         self._call.call_id if self._call else None, call.__name__, exc)
+            self._faults.append(Fault(str(exc)))
+            return False
+        return True
 
     def flush(self) -> None:
         """End of the stream (the codec ran out): let the delayed audio and pending actions through."""
@@ -222,7 +242,9 @@ class Recorder:
             self._audio_start = pos
         if self._paused:
             audio = np.zeros_like(audio)
-        self._sink.write(audio)
+        if not self._to_sink(self._sink.write, audio):
+            self._keeping = False  # nothing more of this call reaches a sink that failed
+            return
         assert self._metrics is not None
         self._metrics.feed(audio)
         self._frames += len(audio)
@@ -233,7 +255,7 @@ class Recorder:
             self._call_start = pos
             self._frames, self._masks, self._audio_start = 0, [], None
             self._metrics = CallMetrics(self.rate, vad=self._vad, hold_min_s=self._hold_min_s)
-            self._sink.open(value)
+            self._to_sink(self._sink.open, value)
         elif step == "keep":
             self._keeping = value
         elif step == "pause":
@@ -242,6 +264,6 @@ class Recorder:
             assert self._metrics is not None
             start = None if self._audio_start is None else \
                 round((self._audio_start - self._call_start) / self.rate, 3)
-            self._sink.close(Recording(value, self._frames, start, tuple(self._masks),
-                                       self._metrics.result()))
+            self._to_sink(self._sink.close, Recording(value, self._frames, start, tuple(self._masks),
+                                                      self._metrics.result()))
             self._call, self._keeping, self._paused, self._metrics = None, False, False, None

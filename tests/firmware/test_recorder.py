@@ -103,3 +103,33 @@ def test_dtmf_is_reported_masked_and_far_speech_detected() -> None:
     (start, end), = recording.masks
     assert start == pytest.approx(2.0 - 0.01, abs=0.005) and end >= 2.1
     assert not kept[2 * RATE:int(2.1 * RATE)].any()
+
+
+class FullSink(MemorySink):
+    """A sink whose disk fills after ``room`` frames."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, frames: np.ndarray) -> None:
+        from linetap.firmware.errors import SpoolError
+
+        if self.room < len(frames):
+            raise SpoolError("disk full")
+        self.room -= len(frames)
+        super().write(frames)
+
+
+def test_a_failing_sink_becomes_a_fault_and_nothing_more_is_written() -> None:
+    from linetap.firmware.callflow import Fault
+
+    sink = FullSink(room=20 * BLOCK)
+    recorder = Recorder(RATE, sink)
+    c = call()
+    events = feed(recorder, counting(60 * BLOCK), {0: [lambda: recorder.open(c), lambda: recorder.keep(True)],
+                                                    55: [lambda: recorder.keep(False), lambda: recorder.close(c)]})
+    recorder.flush()
+    assert events.count(Fault("disk full")) == 1
+    (recording, kept), = sink.recordings
+    assert 19 * BLOCK < len(kept) <= 20 * BLOCK and recording.frames == len(kept)
