@@ -40,7 +40,10 @@ from linetap.firmware.config import Config
 from linetap.firmware.consent import Prompt, load_prompt
 from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
 from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
+from linetap.firmware.keys import INIT_HINT, KeyMissing
 from linetap.firmware.recorder import Recorder, Recording, Sink
+from linetap.firmware.spool import Codec as SpoolCodec
+from linetap.firmware.spool import Spool, SpoolSettings, SpoolSink
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,45 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
     return board
 
 
+# ------------------------------------------------------------------ spool --
+
+def open_spool(config: Config, data_dir: Path, clock: Clock,
+               on_alarm: Callable[[str, str], None] | None = None) -> SpoolSink:
+    """The spool under ``data_dir`` (recovery runs now) and the sink the recorder writes to.
+
+    Raises KeyMissing when the box has no central recipient or signing key:
+    it must not record what it cannot encrypt and sign.
+    """
+    settings = SpoolSettings(segment_s=config.spool.segment_s,
+                             keep_synced_days=config.spool.keep_synced_days,
+                             max_bytes=config.spool.max_bytes or None,
+                             min_free_bytes=config.spool.min_free_mb * 1024 * 1024,
+                             on_full=config.spool.on_full)
+    spool = Spool(data_dir, device_id=config.device.id, clock=clock, settings=settings,
+                  on_alarm=on_alarm)
+    for finding in spool.recovery.findings:
+        logger.warning("spool recovery %s", " ".join(f"{k}={v}" for k, v in finding.as_dict().items()))
+    codec = SpoolCodec(rate=config.audio.rate, bitrate=config.spool.bitrate,
+                       segment_s=config.spool.segment_s)
+    return SpoolSink(spool, codec)
+
+
+class _NoSink:
+    """Stands in for the spool when the box may not record (no key): keeps nothing."""
+
+    def open(self, call: cf.CallRecord) -> None:
+        pass
+
+    def write(self, frames: np.ndarray) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def close(self, recording: Recording) -> None:
+        pass
+
+
 # ------------------------------------------------------------- call loop --
 
 @dataclass(frozen=True)
@@ -175,7 +217,7 @@ class CallLoop:
     everything else runs on the thread that calls :meth:`process` / :meth:`run`.
     """
 
-    def __init__(self, config: Config, board: Board, sink: Sink, clock: Clock, *,
+    def __init__(self, config: Config, board: Board, sink: Sink | None, clock: Clock, *,
                  inbox: queue.SimpleQueue[object] | None = None,
                  prompts: dict[str, Prompt] | None = None,
                  on_happening: Callable[[Happening], None] | None = None,
@@ -195,7 +237,7 @@ class CallLoop:
         if board.profile.call_detect.source == "vad":
             activity = CallActivity(config.audio.rate, start_window_s=config.calls.start_window_s,
                                     end_silence_s=config.calls.end_silence_s, vad=vad)
-        self.recorder = Recorder(config.audio.rate, _Notify(sink, self), vad=vad,
+        self.recorder = Recorder(config.audio.rate, _Notify(sink or _NoSink(), self), vad=vad,
                                  call_activity=activity, hold_min_s=config.calls.hold_min_s)
         self._tone = warning_tone(config.audio.rate, config.consent.warning_level_dbfs)
         self._hook_source = _HOOK_SOURCE[board.profile.call_detect.source]
@@ -207,6 +249,8 @@ class CallLoop:
         self._on_recording = on_recording
         self.line_state: str | None = None
         self._panel.show_status("idle")
+        if sink is None:
+            self.handle(cf.Fault(f"no central recipient or device key: {INIT_HINT}"))
 
     # -- input --
 
@@ -366,8 +410,6 @@ def run(config: Config, data_dir: Path) -> int:
     """The service: run calls until stopped (SIGTERM) or the audio device is lost."""
     import signal
 
-    from linetap.firmware.recorder import MemorySink
-
     from linetap.firmware.service import Notifier
 
     clock = SystemClock()
@@ -375,10 +417,17 @@ def run(config: Config, data_dir: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     notifier = Notifier(clock)
     inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+    prompts = load_prompts(config)  # a bad prompt stops the box now, not at the first call
+    try:
+        sink: SpoolSink | None = open_spool(config, data_dir, clock)
+    except KeyMissing as exc:
+        # Keep running: the box still detects calls and shows the fault pattern,
+        # so an installer sees that it cannot record.
+        logger.error("not recording: %s", exc)
+        sink = None
     board = build_board(config, clock, inbox.put)
     try:
-        # Until the secure spool exists, recordings are kept in memory only.
-        loop = CallLoop(config, board, MemorySink(), clock, inbox=inbox,
+        loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
                         heartbeat=notifier.pipeline_alive)
         reader = _AudioReader(board.codec, loop.post, stop)
         board.codec.start()
@@ -396,6 +445,8 @@ def run(config: Config, data_dir: Path) -> int:
     finally:
         board.close()
         notifier.close()
+        if sink is not None:
+            sink.spool.close()
     return 0
 
 
@@ -475,7 +526,8 @@ def demo(config: Config, data_dir: Path, *, realtime: bool = False) -> int:
     return run_demo(config, data_dir, realtime=realtime)
 
 
-def replay(config: Config, near: Path, far: Path, *, as_json: bool, realtime: bool) -> int:
+def replay(config: Config, data_dir: Path, near: Path, far: Path, *, as_json: bool,
+           realtime: bool) -> int:
     from linetap.firmware.demo import run_replay
 
-    return run_replay(config, near, far, as_json=as_json, realtime=realtime)
+    return run_replay(config, data_dir, near, far, as_json=as_json, realtime=realtime)

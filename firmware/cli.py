@@ -66,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="config file to check")
     check.add_argument("--json", action="store_true", help="print the effective config as JSON")
 
+    keys = sub.add_parser("keys", parents=[common], help="the box's signing key and the central recipient")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = keys_sub.add_parser("init", parents=[common],
+                               help="create the signing key (once) and store the central recipient")
+    init.add_argument("--central-recipient", required=True, metavar="AGE1...",
+                      help="the central store's age X25519 recipient (age-keygen -y central.key)")
+    keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
+
+    spool = sub.add_parser("spool", parents=[common], help="the recordings kept on this box")
+    spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+    listing = spool_sub.add_parser("list", parents=[common], help="list recordings, oldest first")
+    listing.add_argument("--json", action="store_true")
+    verify = spool_sub.add_parser("verify", parents=[common],
+                                  help="check structure, hashes, signatures and the chain (no decryption)")
+    verify.add_argument("--json", action="store_true")
+
     devices = sub.add_parser("devices", parents=[common],
                              help="list the audio devices and serial ports this machine has")
     devices.add_argument("--json", action="store_true")
@@ -102,15 +118,62 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "devices":
         return app.list_devices(as_json=args.json)
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "spool":
+        return _spool(args)
     config = load_config(args.config)
     if args.command == "demo":
         return app.demo(config, data_dir(args.data_dir, default_for_box=str(Path.cwd() / "demo-data")),
                         realtime=args.realtime)
     if args.command == "replay":
-        return app.replay(config, args.near, args.far, as_json=args.json, realtime=args.realtime)
+        return app.replay(config, data_dir(args.data_dir), args.near, args.far, as_json=args.json,
+                          realtime=args.realtime)
     if args.command == "run":
         return app.run(config, data_dir(args.data_dir))
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from linetap.firmware import keys
+
+    folder = data_dir(args.data_dir)
+    if args.keys_command == "init":
+        info = keys.keys_init(folder, args.central_recipient)
+        print(f"{'created' if info.created else 'kept existing'} device signing key {info.device_key}")
+        print(f"central recipient stored in {info.recipient_file}")
+    public = keys.load_signing_key(folder).public_key()
+    print(f"enrol this box at the central store with its public key:\n  {keys.public_key_b64(public)}")
+    return 0
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from linetap.firmware import spool
+
+    folder = data_dir(args.data_dir)
+    if args.spool_command == "list":
+        rows = spool.list_recordings(folder)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print(f"no recordings in {folder}")
+        for row in rows:
+            print(f"{row['seq']:>6}  {row['id']}  {row['state']:<11} {row['segments']:>3} segments "
+                  f"{row['bytes']:>9} bytes{'  flagged' if row['flagged'] else ''}"
+                  f"{'' if row['recorded'] else '  (nothing kept)'}")
+        return 0
+    report = spool.verify_spool(folder)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{folder}: {report['recordings']} recordings, {report['manifests']} manifests: "
+              f"{'OK' if report['ok'] else 'PROBLEMS'}")
+        for problem in report["problems"]:
+            print(f"  {problem['kind']}: {problem['recording_id']}: {problem['detail']}")
+        for problem in report["chain"].get("problems", []):
+            print(f"  chain: {problem}")
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -119,6 +119,15 @@ class CallsSection(Schema):
     hold_min_s: float = Field(default=10.0, gt=0, le=3600)  # two-sided silence this long is a hold span
 
 
+class SpoolSection(Schema):
+    segment_s: float = Field(default=10.0, ge=1, le=120)  # audio per encrypted segment: what a power cut can lose
+    bitrate: int = Field(default=24000, ge=12000, le=128000)  # Opus bit rate for the stereo call, bit/s
+    keep_synced_days: float = Field(default=7.0, ge=0, le=3650)  # synced recordings stay this long on the box
+    max_bytes: int = Field(default=0, ge=0)  # 0: no limit but free space
+    min_free_mb: int = Field(default=256, ge=16)  # free-space floor
+    on_full: Literal["stop-and-alarm", "overwrite-oldest"] = "stop-and-alarm"
+
+
 class LogSection(Schema):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -129,6 +138,7 @@ class Config(Schema):
     controls: ControlsSection = ControlsSection()
     consent: ConsentSection = Field(default_factory=ConsentSection)
     calls: CallsSection = CallsSection()
+    spool: SpoolSection = SpoolSection()
     log: LogSection = LogSection()
 
     def board_profile(self) -> BoardProfile:

@@ -22,12 +22,22 @@ from typing import Any
 import numpy as np
 
 from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
-from linetap.firmware.app import Board, CallLoop, Happening, build_board, read_speech
+from linetap.firmware.app import (
+    Board,
+    CallLoop,
+    Happening,
+    build_board,
+    load_prompts,
+    open_spool,
+    read_speech,
+)
+from linetap.firmware.consent import Prompt
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.dsp import dtmf_tone
 from linetap.firmware.errors import ConfigError, DeviceTimeout
-from linetap.firmware.recorder import MemorySink, Recording, Sink
+from linetap.firmware.recorder import Recording, Sink
+from linetap.firmware.spool import list_recordings, verify_spool
 
 EVENT_TIMEOUT = 5.0  # a simulated driver answers in milliseconds; this only bounds a failure
 
@@ -69,7 +79,8 @@ class SimulatedCalls:
     """Runs a script against the simulated board through the real call loop."""
 
     def __init__(self, config: Config, near: np.ndarray, far: np.ndarray, *, sink: Sink,
-                 clock: Clock, on_happening: Callable[[Happening], None] | None = None,
+                 clock: Clock, prompts: dict[str, Prompt] | None = None,
+                 on_happening: Callable[[Happening], None] | None = None,
                  on_recording: Callable[[Recording], None] | None = None) -> None:
         profile = config.board_profile()
         if profile.audio.driver != "sim" or profile.gpio.pin_factory != "mock":
@@ -79,7 +90,8 @@ class SimulatedCalls:
         self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far)
         try:
             self.loop = CallLoop(config, self.board, sink, clock, inbox=self._inbox.queue,
-                                 on_happening=on_happening, on_recording=on_recording)
+                                 prompts=prompts, on_happening=on_happening,
+                                 on_recording=on_recording)
         except BaseException:
             self.board.close()
             raise
@@ -176,17 +188,33 @@ def recording_rate(recording: Recording) -> float:
     return recording.frames / duration if duration else 1.0
 
 
-def run_replay(config: Config, near_path: Path, far_path: Path, *, as_json: bool,
+def stored_report(data_dir: Path, call_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the spool holds for each call: seq, state, segments, bytes."""
+    rows = {row["id"]: row for row in list_recordings(data_dir)}
+    return {cid: {k: rows[cid][k] for k in ("seq", "state", "segments", "bytes")}
+            for cid in call_ids if cid in rows}
+
+
+def run_replay(config: Config, data_dir: Path, near_path: Path, far_path: Path, *, as_json: bool,
                realtime: bool) -> int:
     rate = config.audio.rate
     near, far = read_speech(near_path, rate), read_speech(far_path, rate)
     seconds = max(len(near), len(far)) / rate
+    clock = SystemClock() if realtime else ManualClock()
+    prompts = load_prompts(config)  # a bad prompt is a config error: reported before anything else
+    sink = open_spool(config, data_dir, clock)
     recordings: list[Recording] = []
-    calls = SimulatedCalls(config, near, far, sink=MemorySink(),
-                           clock=SystemClock() if realtime else ManualClock(),
-                           on_recording=recordings.append)
-    calls.run([Step(0.0, "hook-off"), Step(seconds, "hook-on")])
+    try:
+        calls = SimulatedCalls(config, near, far, sink=sink, clock=clock, prompts=prompts,
+                               on_recording=recordings.append)
+        calls.run([Step(0.0, "hook-off"), Step(seconds, "hook-on")])
+    finally:
+        sink.spool.close()
     reports = [recording_report(r) for r in recordings]
+    stored = stored_report(data_dir, [r["call_id"] for r in reports])
+    for report in reports:
+        report["stored"] = stored.get(report["call_id"])
+        report["data_dir"] = str(data_dir)
     if as_json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -206,6 +234,10 @@ def _print_report(report: dict[str, Any], out=sys.stdout) -> None:
         print(f"  {event['t']:7.2f} s  {event['kind']}  {extra}".rstrip(), file=out)
     for start, end in report["masked_spans_s"]:
         print(f"  {start:7.2f} s  DTMF masked until {end:.2f} s", file=out)
+    if report.get("stored"):
+        stored = report["stored"]
+        print(f"  stored: seq {stored['seq']}, {stored['state']}, {stored['segments']} encrypted "
+              f"segments, {stored['bytes']} bytes under {report.get('data_dir', '')}", file=out)
     qa = report["qa"]
     if qa.get("duration_s"):
         print(f"  QA: talk near {qa['talk_s']['near']:.1f} s / far {qa['talk_s']['far']:.1f} s, "
@@ -258,6 +290,9 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
     script += [Step(call_starts[1] + 20.0, "pause"), Step(call_starts[1] + 30.0, "pause"),
                Step(call_starts[0] + 40.0, "flag")]
     recordings: list[Recording] = []
+    box_dir, recipient, identity_file = _demo_keys(data_dir)
+    clock = SystemClock() if realtime else ManualClock()
+    sink = open_spool(config, box_dir, clock)
 
     def narrate(h: Happening) -> None:
         print(f"  {h.t:7.2f} s  {h.device:<7} {h.what}")
@@ -268,13 +303,61 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
           f"{config.consent.warning_interval_s:g} s, caller opt-out key "
           f"{config.consent.opt_out_key!r} (set for the demo).")
     print("What each device did (stream time):")
-    calls = SimulatedCalls(config, near_all, far_all, sink=MemorySink(),
-                           clock=SystemClock() if realtime else ManualClock(),
-                           on_happening=narrate, on_recording=recordings.append)
-    calls.run(script)
+    try:
+        calls = SimulatedCalls(config, near_all, far_all, sink=sink, clock=clock,
+                               on_happening=narrate, on_recording=recordings.append)
+        calls.run(script)
+    finally:
+        sink.spool.close()
     print()
-    for recording in recordings:
-        _print_report(recording_report(recording))
-    print(f"\nRecordings were kept in memory only: the encrypted spool (and {data_dir}) "
-          f"arrive with the secure-spool feature.")
-    return 0
+    reports = [recording_report(r) for r in recordings]
+    stored = stored_report(box_dir, [r["call_id"] for r in reports])
+    for report in reports:
+        report["stored"], report["data_dir"] = stored.get(report["call_id"]), str(box_dir)
+        _print_report(report)
+    check = verify_spool(box_dir)
+    print(f"\nlinetap spool verify: {check['recordings']} recordings, {check['manifests']} signed "
+          f"manifests, chain {'intact' if check['ok'] else 'BROKEN'} "
+          f"(linetap spool list --data-dir {box_dir})")
+    exported = _export_first(box_dir, reports[0]["call_id"], identity_file, data_dir / "exports")
+    print(f"The box holds no key that decrypts its recordings. With the central store's key "
+          f"the first call decrypts to one Ogg Opus stream, written to {exported}; by hand:\n"
+          f"  for s in {box_dir}/spool/{reports[0]['call_id']}/*.age; do age -d -i {identity_file} "
+          f"\"$s\"; done | opusdec - call.wav")
+    return 0 if check["ok"] else 1
+
+
+def _demo_keys(data_dir: Path) -> tuple[Path, str, Path]:
+    """A central key pair standing in for the central store's, and the box's keys made with it."""
+    import os
+
+    import pyrage
+
+    from linetap.firmware.keys import keys_init
+
+    central = data_dir / "central"
+    central.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity_file = central / "central.key"
+    if not identity_file.exists():
+        identity = pyrage.x25519.Identity.generate()
+        fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"# public key: {identity.to_public()}\n{identity}\n")
+    identity = pyrage.x25519.Identity.from_str(identity_file.read_text().split()[-1])
+    recipient = str(identity.to_public())
+    box_dir = data_dir / "box"
+    keys_init(box_dir, recipient)
+    return box_dir, recipient, identity_file
+
+
+def _export_first(box_dir: Path, call_id: str, identity_file: Path, out_dir: Path) -> Path:
+    """Decrypt one recording's segments with the central key into one Ogg Opus file."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.from_str(identity_file.read_text().split()[-1])
+    folder = box_dir / "spool" / call_id
+    segments = sorted(folder.glob("*.age"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{call_id}.ogg"
+    out.write_bytes(b"".join(pyrage.decrypt(seg.read_bytes(), [identity]) for seg in segments))
+    return out

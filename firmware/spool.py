@@ -917,6 +917,10 @@ class SpoolSink:
     def recording(self) -> OpenRecording | None:
         return self._rec
 
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
     def open(self, call: CallRecord) -> None:
         self._rec = None
         self._rec = self._spool.begin(call, self.codec)

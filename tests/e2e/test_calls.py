@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyrage
 import pytest
 import soundfile
 
@@ -176,14 +177,37 @@ def test_replay_command_prints_the_call_as_json(tmp_path: Path) -> None:
     near, far = tmp_path / "near.wav", tmp_path / "far.wav"
     soundfile.write(near, voice(6), RATE)
     soundfile.write(far, np.zeros(6 * RATE, np.int16), RATE)
+    data = tmp_path / "data"
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    keys = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "--data-dir", str(data), "keys",
+                           "init", "--central-recipient", recipient], capture_output=True, text=True,
+                          timeout=60)
+    assert keys.returncode == 0, keys.stderr
     result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "replay", str(near), str(far),
-                             "--json"], capture_output=True, text=True, timeout=120)
+                             "--json", "--data-dir", str(data)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [e["kind"] for e in report["events"]][:3] == ["call-start", "announcement-start",
                                                          "announcement-end"]
     assert report["recorded"] and report["qa"]["talk_s"]["near"] > 2.0
     assert report["qa"]["talk_s"]["far"] == 0.0
+    assert report["stored"]["state"] == "closed" and report["stored"]["segments"] >= 1
+    listed = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "spool", "list", "--json",
+                             "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
+    assert [row["id"] for row in json.loads(listed.stdout)] == [report["call_id"]]
+    verified = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "spool", "verify",
+                               "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and "OK" in verified.stdout
+
+
+def test_replay_refuses_to_record_without_a_central_recipient(tmp_path: Path) -> None:
+    near = tmp_path / "near.wav"
+    soundfile.write(near, voice(2), RATE)
+    result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "replay", str(near), str(near),
+                             "--data-dir", str(tmp_path / "empty")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert "linetap keys init --central-recipient age1" in result.stderr
 
 
 def test_a_bad_prompt_stops_replay_before_any_call(tmp_path: Path) -> None:
