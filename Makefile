@@ -15,12 +15,13 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]"
 	$(BIN)/python -m bench
 
 # Refresh constraints.txt from what pyproject.toml allows today (commit the result).
 lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv
-	.lock-venv/bin/pip install -q -e ".[test]"
+	.lock-venv/bin/pip install -q -e ".[test,bench]"
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' | LC_ALL=C sort > constraints.txt
 	rm -rf .lock-venv
 

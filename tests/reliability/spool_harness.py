@@ -27,26 +27,6 @@ CODEC = Codec(rate=RATE, segment_s=0.5)
 BLOCK = 160  # 20 ms, as the audio reader delivers it
 
 
-class PieceSegmenter:
-    """Cuts the stream into ``segment_s`` pieces, standing in for the Opus encoder."""
-
-    def __init__(self, codec: Codec) -> None:
-        self._per_segment = int(codec.rate * codec.segment_s)
-        self._pending = np.zeros((0, 2), np.int16)
-
-    def write(self, frames: np.ndarray) -> list[bytes]:
-        self._pending = np.concatenate([self._pending, frames])
-        out = []
-        while len(self._pending) >= self._per_segment:
-            piece, self._pending = self._pending[:self._per_segment], self._pending[self._per_segment:]
-            out.append(b"OggS" + piece.tobytes())
-        return out
-
-    def finish(self) -> bytes:
-        rest, self._pending = self._pending, np.zeros((0, 2), np.int16)
-        return b"OggS" + rest.tobytes() if len(rest) else b""
-
-
 class ReportingSpool(Spool):
     """Prints each step after the spool has made it durable."""
 
@@ -79,12 +59,14 @@ def main() -> int:
         say("ready " + json.dumps([f.as_dict() for f in spool.recovery.findings]))
         if "--recover-only" in sys.argv:
             return 0
-        sink = SpoolSink(spool, CODEC, PieceSegmenter)
+        sink = SpoolSink(spool, CODEC)  # the real Opus encoder
         while True:
             call = CallRecord(str(uuid.uuid4()), clock.monotonic(), clock.wall(), False)
             sink.open(call)
             frames = int(RATE * rng.uniform(0.8, 2.6))
-            audio = rng.integers(-2000, 2000, (frames, 2), dtype=np.int16)
+            t = np.arange(frames) / RATE
+            audio = (np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], axis=1)
+                     * 3000).astype(np.int16)
             for start in range(0, frames, BLOCK):
                 sink.write(audio[start:start + BLOCK])
             ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",

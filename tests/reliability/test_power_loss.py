@@ -21,11 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyrage
 import pytest
 
 from linetap.firmware import manifest as mf
 from linetap.firmware.keys import keys_init
+from linetap.firmware.encoder import segments_to_pcm
 from linetap.firmware.spool import BENIGN_FINDINGS, list_recordings, verify_spool
 
 HARNESS = Path(__file__).with_name("spool_harness.py")
@@ -113,6 +115,7 @@ def test_sigkill_at_random_points_loses_at_most_the_segment_in_progress(tmp_path
     assert report["ok"], report
 
     ended_by_power_loss = 0
+    cut_short: bytes | None = None
     for row in rows:
         folder = data / "spool" / row["id"]
         manifest = mf.verify((folder / "manifest.json").read_bytes())
@@ -121,10 +124,20 @@ def test_sigkill_at_random_points_loses_at_most_the_segment_in_progress(tmp_path
         assert not lost, f"recording seq={row['seq']} lost stored segments {sorted(lost)}"
         assert listed == set(range(len(listed))), f"seq={row['seq']} has holes: {sorted(listed)}"
         ended_by_power_loss += manifest["ended_by"] == "power-loss"
-        for s in manifest["segments"]:
-            assert pyrage.decrypt((folder / f"{s['index']:06d}.age").read_bytes(),
-                                  [central]).startswith(b"OggS")
+        plain = [pyrage.decrypt((folder / f"{s['index']:06d}.age").read_bytes(), [central])
+                 for s in manifest["segments"]]
+        assert all(p.startswith(b"OggS") for p in plain)
+        if plain:  # what survived is one decodable Ogg Opus stream, a power cut's included
+            audio = segments_to_pcm(plain, 8000)
+            assert audio.shape[1] == 2 and len(audio) >= 0.45 * 8000 * len(plain)
+            assert np.abs(audio[:, 0]).max() > 1000 and np.abs(audio[:, 1]).max() > 1000
+            if manifest["ended_by"] == "power-loss":
+                cut_short = b"".join(plain)
     assert ended_by_power_loss >= KILLS // 2
+    assert cut_short is not None, "no recording closed by power loss kept a segment"
+    decoded = subprocess.run(["opusdec", "--quiet", "-", str(tmp_path / "cut.wav")], input=cut_short,
+                             capture_output=True, timeout=30)
+    assert decoded.returncode == 0, decoded.stderr
 
     identity = tmp_path / "central.key"
     identity.write_text(str(central) + "\n")
