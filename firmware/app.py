@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -62,7 +63,7 @@ class Board:
 
     profile: BoardProfile
     codec: Codec
-    panel: Panel
+    panel: Panel | None = None  # None only while the board is being built
     line: V253Line | None = None
     pin_factory: Any = None  # gpiozero's MockFactory on the simulated board
     modem: SimModem | None = None  # the simulated modem on the simulated board
@@ -98,7 +99,7 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
                                  near=audio.near, far=audio.far, out_channels=audio.out_channels,
                                  line_out=tuple(audio.line_out),
                                  queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
-    board = Board(profile=profile, codec=codec, panel=None)  # type: ignore[arg-type]
+    board = Board(profile=profile, codec=codec)
     try:
         if gpio.pin_factory == "mock":
             board.pin_factory = sim_pin_factory()
@@ -107,7 +108,7 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
                 on_hook = board.pin_factory.pin(gpio.hook)
                 (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
         else:
-            import os
+            # gpiozero's own way of naming the factory; Panel raises if it cannot load it.
             os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
         board.panel = Panel(rec_led=gpio.rec_led,
                             status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
@@ -226,6 +227,7 @@ class CallLoop:
         self._config = config
         self._heartbeat = heartbeat
         self._board = board
+        assert board.panel is not None, "build the board with build_board()"
         self._codec = board.codec
         self._panel = board.panel
         self._clock = clock
