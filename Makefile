@@ -32,3 +32,5 @@ clean:
 prompts: install
 	$(BIN)/python firmware/data/make_prompt.py en en-us "This call is being recorded for quality assurance." firmware/data/prompt-en.ogg
 	$(BIN)/python firmware/data/make_speech.py firmware/data
+
+include image/Makefile.inc
