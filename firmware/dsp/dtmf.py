@@ -77,6 +77,13 @@ Checks on every frame (all must pass)
    loudest (a frame the tone only partly covers does not count, so durations
    are measured in time, not inferred from level).
 
+Checks 2 and 7 have a looser form that needs only the sub-blocks' energies
+(a tone of the least level needs a frame energy of at least so much, and fill
+bounds each sub-block's share of it). It runs first, for all channels at
+once, and a block in which no frame passes it (silence, line noise, most of
+speech) is not filtered at all: it cannot pass the full checks, so the
+decisions are those of the full method.
+
 Timing (Q.24 figures)
 ---------------------
 A digit is confirmed after :data:`CONFIRM_FRAMES` consecutive accepted frames
@@ -104,6 +111,7 @@ decodable by anyone listening.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,18 +188,78 @@ def _filter_gain(offset_hz: np.ndarray, length: int, rate: int) -> np.ndarray:
     return np.where(small, 1.0, np.maximum(gain, 1e-3))
 
 
-class DtmfDetector:
-    """Streaming DTMF detector for one channel: see the module docstring for the method.
+class _Tracker:
+    """One channel's digit state machine: accepted frame codes in, events out."""
 
-    ``feed()`` returns a :class:`DtmfToneOn` as soon as a digit is confirmed
-    and a :class:`DtmfEvent` when it has ended. Positions are sample indices
-    since the first sample fed. Not thread-safe: feed it from one thread.
+    def __init__(self, channel: int, sub: int) -> None:
+        self.channel = channel
+        self._sub = sub
+        self._frame_length = LOW_FRAME_SUBS * sub
+        self.run_code = -1
+        self.run_length = 0
+        self._run_start = 0
+        self.active_code = -1
+        self._active_start = 0
+        self._last_valid_end = 0
+        self._frames_without = 0
+
+    def track(self, codes: list[int], first_end: int) -> list[DtmfToneOn | DtmfEvent]:
+        events: list[DtmfToneOn | DtmfEvent] = []
+        for i, code in enumerate(codes):
+            frame_end = first_end + i * self._sub
+            if code >= 0:
+                if code == self.run_code:
+                    self.run_length += 1
+                else:
+                    self.run_code, self.run_length = code, 1
+                    self._run_start = frame_end - self._frame_length
+                if code == self.active_code:
+                    self._last_valid_end = frame_end
+                    self._frames_without = 0
+                    continue
+                if self.run_length >= CONFIRM_FRAMES:
+                    if self.active_code >= 0:
+                        events.append(self.end_active())
+                    self.active_code = code
+                    self._active_start = self._run_start
+                    self._last_valid_end = frame_end
+                    self._frames_without = 0
+                    events.append(DtmfToneOn(DIGITS[code], self._run_start, self.channel))
+                    continue
+            else:
+                self.run_code, self.run_length = -1, 0
+            if self.active_code >= 0:
+                self._frames_without += 1
+                if self._frames_without >= END_FRAMES:
+                    events.append(self.end_active())
+        return events
+
+    def end_active(self) -> DtmfEvent:
+        event = DtmfEvent(DIGITS[self.active_code], self._active_start, self._last_valid_end,
+                          self.channel)
+        self.active_code = -1
+        self._frames_without = 0
+        return event
+
+
+class _DetectorBank:
+    """The detector of the module docstring for several channels at once.
+
+    Every per-block step is one numpy call for all channels, because at 20 ms
+    blocks the cost is in the number of calls, not in the arithmetic. Each
+    frame's loudness and fill are known from sub-block energies alone, and a
+    frame fails the level check (2) or the fill check (7) whatever its tones
+    are when its energy is too low for a tone of MIN_TONE_DBFS or its
+    sub-blocks are too unequal; a block whose frames all fail there (silence,
+    line noise, most of speech) skips the filters altogether. The filters'
+    values are computed from the samples when needed, so the gate changes no
+    decision.
     """
 
-    def __init__(self, rate: int, *, channel: int = 0) -> None:
+    def __init__(self, rate: int, channel_numbers: tuple[int, ...]) -> None:
         check_rate(rate)
         self.rate = rate
-        self.channel = channel
+        self.channels = channels = len(channel_numbers)
         self._sub = rate // SUB_BLOCKS_PER_SECOND
         n = np.arange(self._sub)[:, None]
         omega = 2 * np.pi * _ALL_PROBES_HZ[None, :] / rate
@@ -206,76 +274,107 @@ class DtmfDetector:
         self._low_scale = 2 / self._low_length ** 2
         self._high_scale = 2 / self._high_length ** 2
         self._min_tone_power = (_FULL_SCALE * 10 ** (MIN_TONE_DBFS / 20)) ** 2 / 2
-        self._history_y = np.zeros((_HISTORY_SUBS, _N_PROBES), dtype=np.complex128)
-        self._history_e = np.zeros(_HISTORY_SUBS)
-        self._remainder = np.zeros(0)
+        # A frame's row-tone power is at most 2 x its mean square (Cauchy-Schwarz), and the
+        # loss correction divides it by at most the filter's gain at the frequency tolerance:
+        # below this frame energy (with 3 dB to spare for rounding) no tone is loud enough.
+        least_gain = _filter_gain(np.array([FREQ_TOLERANCE * max(ROW_HZ)]), self._low_length,
+                                  rate)[0]
+        gate_energy = 0.5 * self._min_tone_power * least_gain ** 2 * self._low_length / 2
+        # Within the fill limit, a frame of that energy has every sub-block above this.
+        self._gate_fill = 10 ** (FILL_DB / 10) * (1 + 1e-6)
+        self._gate_sub_energy = gate_energy / (LOW_FRAME_SUBS * self._gate_fill)
+        self._nothing = np.zeros(channels, dtype=bool)
+        self._windows: dict[int, np.ndarray] = {}
+        self._history_e = np.zeros((channels, _HISTORY_SUBS))
+        self._recent: deque[np.ndarray] = deque()  # the latest blocks' sub-blocks, raw
+        self._recent_subs = 0
+        self._remainder = np.zeros((0, channels))
         self._subs_done = 0
-        self._run_code = -1
-        self._run_length = 0
-        self._run_start = 0
-        self._active_code = -1
-        self._active_start = 0
-        self._last_valid_end = 0
-        self._frames_without = 0
+        self.trackers = [_Tracker(c, self._sub) for c in channel_numbers]
 
     @property
     def start_latency(self) -> int:
-        """Samples from a digit's reported start to the sample that confirms it, at most.
-
-        The feed that contains that sample returns the DtmfToneOn.
-        """
         return (LOW_FRAME_SUBS + CONFIRM_FRAMES - 1) * self._sub
 
     @property
     def end_latency(self) -> int:
-        """Samples from a digit's reported end to the sample that ends it, at most.
-
-        The feed that contains that sample returns the DtmfEvent.
-        """
         return END_FRAMES * self._sub
 
-    @property
-    def in_tone(self) -> bool:
-        """True between a DtmfToneOn and its DtmfEvent."""
-        return self._active_code >= 0
-
-    def feed(self, samples: np.ndarray) -> list[DtmfToneOn | DtmfEvent]:
-        """Analyse the next samples (1-D, int16 scale); return what was decided."""
-        x = np.asarray(samples)
-        if x.ndim != 1:
-            raise ValueError(f"DtmfDetector.feed() takes one channel (1-D), got shape {x.shape}; "
-                             f"use one detector per channel or DtmfMasker for stereo")
-        x = np.concatenate([self._remainder, x.astype(np.float64)])
-        n_subs = len(x) // self._sub
-        self._remainder = x[n_subs * self._sub:]
-        if n_subs == 0:
-            return []
-        codes = self._classify(x[:n_subs * self._sub].reshape(n_subs, self._sub))
-        first_end = (self._subs_done + 1) * self._sub
-        self._subs_done += n_subs
-        if self._active_code < 0 and not (codes >= 0).any() and self._run_length == 0:
-            return []
-        return self._track(codes, first_end)
-
     def flush(self) -> list[DtmfEvent]:
-        """End of stream: report a digit still sounding, ending at its last accepted frame."""
+        """End of stream: end every digit still sounding, at its last accepted frame."""
         events = []
-        if self._active_code >= 0:
-            events.append(self._end_active())
-        self._run_code, self._run_length = -1, 0
+        for tracker in self.trackers:
+            if tracker.active_code >= 0:
+                events.append(tracker.end_active())
+            tracker.run_code, tracker.run_length = -1, 0
         return events
 
-    def _classify(self, subs: np.ndarray) -> np.ndarray:
-        """Digit code (0..15) accepted by each frame ending in these sub-blocks, or -1."""
-        n = len(subs)
-        energy = np.einsum("ij,ij->i", subs, subs)
-        values = (subs @ self._basis).view(np.complex128)
-        values *= self._rotation(self._subs_done, n)
-        all_values = np.concatenate((self._history_y, values))
-        all_energy = np.concatenate((self._history_e, energy))
-        self._history_y = all_values[-_HISTORY_SUBS:]
-        self._history_e = all_energy[-_HISTORY_SUBS:]
+    def feed(self, frames: np.ndarray, events: list[DtmfToneOn | DtmfEvent]) -> None:
+        """Analyse (n, channels) samples; append what was decided to ``events``."""
+        x = np.concatenate([self._remainder, frames]) if len(self._remainder) else frames
+        n_subs = len(x) // self._sub
+        cut = n_subs * self._sub
+        self._remainder = x[cut:].astype(np.float64)
+        if n_subs == 0:
+            return
+        subs = x[:cut].T.astype(np.float64, order="C").reshape(self.channels, n_subs, self._sub)
+        energy = np.einsum("cij,cij->ci", subs, subs)
+        all_energy = np.concatenate((self._history_e, energy), axis=1)
+        self._history_e = all_energy[:, -_HISTORY_SUBS:]
+        while self._recent and self._recent_subs - self._recent[0].shape[1] >= _HISTORY_SUBS:
+            self._recent_subs -= self._recent.popleft().shape[1]
+        self._recent.append(subs)
+        self._recent_subs += n_subs
+        first_end = (self._subs_done + 1) * self._sub
+        self._subs_done += n_subs
+        # Every frame ending in this block ends with one of its sub-blocks, and a frame that
+        # can pass has each of its sub-blocks above the gate (2 and 7 together).
+        if (energy >= self._gate_sub_energy).any():
+            maybe = self._maybe_tones(all_energy, n_subs)
+        else:
+            maybe = self._nothing
+        if maybe.any():
+            values = self._values(n_subs)
+        for channel, (tracker, maybe_tone) in enumerate(zip(self.trackers, maybe.tolist())):
+            if maybe_tone:
+                codes = self._classify(values[channel], all_energy[channel], n_subs)
+                if tracker.active_code >= 0 or tracker.run_length or (codes >= 0).any():
+                    events += tracker.track(codes.tolist(), first_end)
+            elif tracker.active_code >= 0 or tracker.run_length:
+                events += tracker.track([-1] * n_subs, first_end)
 
+    def _maybe_tones(self, all_energy: np.ndarray, n_subs: int) -> np.ndarray:
+        """Per channel: whether any frame ending in the new sub-blocks could pass 2 and 7."""
+        windows = all_energy[:, self._window_index(n_subs)]
+        lowest_passing = np.maximum(windows.max(axis=2) / self._gate_fill, self._gate_sub_energy)
+        return (windows.min(axis=2) >= lowest_passing).any(axis=1)
+
+    def _window_index(self, n_subs: int) -> np.ndarray:
+        """Index, into history + new sub-blocks, of the sub-blocks of each new frame."""
+        index = self._windows.get(n_subs)
+        if index is None:
+            first = _HISTORY_SUBS - LOW_FRAME_SUBS + 1
+            index = first + np.arange(n_subs)[:, None] + np.arange(LOW_FRAME_SUBS)
+            if len(self._windows) < 8:  # the usual feeds come in one or two sizes
+                self._windows[n_subs] = index
+        return index
+
+    def _values(self, n_subs: int) -> np.ndarray:
+        """Phase-referenced filter values of the history and new sub-blocks, per channel."""
+        recent = np.concatenate(self._recent, axis=1) if len(self._recent) > 1 else self._recent[0]
+        total = _HISTORY_SUBS + n_subs
+        if recent.shape[1] < total:  # the stream's start: silence before it
+            recent = np.concatenate(
+                (np.zeros((self.channels, total - recent.shape[1], self._sub)), recent), axis=1)
+        values = (recent[:, -total:] @ self._basis).view(np.complex128)
+        values *= self._rotation(self._subs_done - total, total)
+        return values
+
+    def _classify(self, all_values: np.ndarray, all_energy: np.ndarray, n: int) -> np.ndarray:
+        """Digit code (0..15) accepted by each of the last ``n`` frames, or -1.
+
+        ``all_values`` and ``all_energy`` hold the history sub-blocks, then the new ones.
+        """
         # Inclusive running sums: the frame ending at sub-block e is sums[e] - sums[e - 5].
         # Row 0 is the previous frame of the first new one (for the phase step).
         sums = np.cumsum(all_values, axis=0)
@@ -378,44 +477,55 @@ class DtmfDetector:
             self._phases = np.exp(-2j * np.pi * np.mod(index * self._cycles_per_sub, 1.0))
         return self._phases[start:start + n]
 
-    def _track(self, codes: np.ndarray, first_end: int) -> list[DtmfToneOn | DtmfEvent]:
+
+class DtmfDetector:
+    """Streaming DTMF detector for one channel: see the module docstring for the method.
+
+    ``feed()`` returns a :class:`DtmfToneOn` as soon as a digit is confirmed
+    and a :class:`DtmfEvent` when it has ended. Positions are sample indices
+    since the first sample fed. Not thread-safe: feed it from one thread.
+    """
+
+    def __init__(self, rate: int, *, channel: int = 0) -> None:
+        self._bank = _DetectorBank(rate, (channel,))
+        self._tracker = self._bank.trackers[0]
+        self.rate = rate
+        self.channel = channel
+
+    @property
+    def start_latency(self) -> int:
+        """Samples from a digit's reported start to the sample that confirms it, at most.
+
+        The feed that contains that sample returns the DtmfToneOn.
+        """
+        return self._bank.start_latency
+
+    @property
+    def end_latency(self) -> int:
+        """Samples from a digit's reported end to the sample that ends it, at most.
+
+        The feed that contains that sample returns the DtmfEvent.
+        """
+        return self._bank.end_latency
+
+    @property
+    def in_tone(self) -> bool:
+        """True between a DtmfToneOn and its DtmfEvent."""
+        return self._tracker.active_code >= 0
+
+    def feed(self, samples: np.ndarray) -> list[DtmfToneOn | DtmfEvent]:
+        """Analyse the next samples (1-D, int16 scale); return what was decided."""
+        x = np.asarray(samples)
+        if x.ndim != 1:
+            raise ValueError(f"DtmfDetector.feed() takes one channel (1-D), got shape {x.shape}; "
+                             f"use one detector per channel or DtmfMasker for stereo")
         events: list[DtmfToneOn | DtmfEvent] = []
-        frame_length = self._low_length
-        for i, code in enumerate(codes.tolist()):
-            frame_end = first_end + i * self._sub
-            if code >= 0:
-                if code == self._run_code:
-                    self._run_length += 1
-                else:
-                    self._run_code, self._run_length = code, 1
-                    self._run_start = frame_end - frame_length
-                if code == self._active_code:
-                    self._last_valid_end = frame_end
-                    self._frames_without = 0
-                    continue
-                if self._run_length >= CONFIRM_FRAMES:
-                    if self._active_code >= 0:
-                        events.append(self._end_active())
-                    self._active_code = code
-                    self._active_start = self._run_start
-                    self._last_valid_end = frame_end
-                    self._frames_without = 0
-                    events.append(DtmfToneOn(DIGITS[code], self._run_start, self.channel))
-                    continue
-            else:
-                self._run_code, self._run_length = -1, 0
-            if self._active_code >= 0:
-                self._frames_without += 1
-                if self._frames_without >= END_FRAMES:
-                    events.append(self._end_active())
+        self._bank.feed(x.reshape(-1, 1), events)
         return events
 
-    def _end_active(self) -> DtmfEvent:
-        event = DtmfEvent(DIGITS[self._active_code], self._active_start, self._last_valid_end,
-                          self.channel)
-        self._active_code = -1
-        self._frames_without = 0
-        return event
+    def flush(self) -> list[DtmfEvent]:
+        """End of stream: report a digit still sounding, ending at its last accepted frame."""
+        return self._bank.flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,11 +576,10 @@ class DtmfMasker:
             raise ConfigError(f"DtmfMasker needs at least one channel, got {channels}")
         self.rate = rate
         self.channels = channels
-        self._detectors = [DtmfDetector(rate, channel=c) for c in range(channels)]
+        self._detectors = _DetectorBank(rate, tuple(range(channels)))
         self._guard = int(round(guard_s * rate))
         self.lookahead_frames = int(round(lookahead_s * rate))
-        detector = self._detectors[0]
-        needed = max(detector.start_latency + self._guard, detector.end_latency)
+        needed = max(self._detectors.start_latency + self._guard, self._detectors.end_latency)
         if self.lookahead_frames < needed:
             raise ConfigError(f"DTMF mask lookahead {lookahead_s} s is shorter than the detector's "
                               f"decision latency plus guard ({needed / rate:.3f} s); digit onsets "
@@ -494,10 +603,9 @@ class DtmfMasker:
                              f"{samples.shape}; expected (n, {self.channels})")
         events: list[DtmfToneOn | DtmfEvent] = []
         spans: list[MaskSpan] = []
-        for channel, detector in enumerate(self._detectors):
-            for event in detector.feed(frames[:, channel]):
-                events.append(event)
-                self._apply(event, spans)
+        self._detectors.feed(frames, events)
+        for event in events:
+            self._apply(event, spans)
         joined = np.concatenate([self._held, frames.astype(np.int16, copy=False)])
         n = len(frames)
         out, self._held = joined[:n].copy(), joined[n:]
@@ -507,12 +615,10 @@ class DtmfMasker:
 
     def flush(self) -> MaskedBlock:
         """End of stream: close sounding tones and return the held audio, masked."""
-        events: list[DtmfToneOn | DtmfEvent] = []
+        events: list[DtmfToneOn | DtmfEvent] = list(self._detectors.flush())
         spans: list[MaskSpan] = []
-        for detector in self._detectors:
-            for event in detector.flush():
-                events.append(event)
-                self._apply(event, spans)
+        for event in events:
+            self._apply(event, spans)
         out, self._held = self._held.copy(), self._held[:0]
         self._mask(out, self._fed - self.lookahead_frames)
         self._fed += len(out)  # a second flush finds nothing held and masks nothing
@@ -532,6 +638,8 @@ class DtmfMasker:
 
     def _mask(self, out: np.ndarray, first: int) -> None:
         """Silence the parts of ``out`` (input samples ``first`` onwards) inside any span."""
+        if not (self._closed or self._open):
+            return
         last = first + len(out)
         # Spans wholly behind the output are done with; dropping them keeps a
         # box that runs for months from growing this list without bound.

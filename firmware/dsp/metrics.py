@@ -45,6 +45,7 @@ from linetap.firmware.dsp.levels import (
     MIN_DBFS,
     VadSettings,
     VoiceActivityDetector,
+    FrameLevels,
     clip_count,
 )
 from linetap.firmware.errors import ConfigError
@@ -94,14 +95,15 @@ class CallMetrics:
         self.rate = rate
         self._frame_s = vad.frame_s
         self._detectors = (VoiceActivityDetector(rate, vad), VoiceActivityDetector(rate, vad))
+        self._levels = FrameLevels(self._detectors[0].frame_frames, 2)
         self._hold_min = int(round(hold_min_s / vad.frame_s))
         self._monologues = (_Monologue(int(round(monologue_pause_s / vad.frame_s))),
                             _Monologue(int(round(monologue_pause_s / vad.frame_s))))
         self._samples = 0
         self._clipped = np.zeros(2, dtype=np.int64)
         self._frames = 0
-        self._active = np.zeros(2, dtype=np.int64)
-        self._active_power = np.zeros(2)
+        self._active = [0, 0]
+        self._active_power = [0.0, 0.0]  # sums of frame powers, relative to a full-scale sine
         self._both = 0
         self._neither = 0
         self._silence_start: int | None = None
@@ -114,22 +116,43 @@ class CallMetrics:
                              f"got shape {frames.shape}")
         self._samples += len(frames)
         self._clipped += clip_count(frames)
-        levels = [d.frame_levels(frames[:, side]) for side, d in enumerate(self._detectors)]
-        near, far = (d.decide(level) for d, level in zip(self._detectors, levels, strict=True))
-        for side, (decisions, level) in enumerate(zip((near, far), levels, strict=True)):
-            self._active[side] += np.count_nonzero(decisions)
-            self._active_power[side] += float(np.sum(10 ** (level[decisions] / 10)))
-        self._both += int(np.count_nonzero(near & far))
-        self._neither += int(np.count_nonzero(~near & ~far))
-        for offset, (n, f) in enumerate(zip(near.tolist(), far.tolist())):
-            index = self._frames + offset
+        levels = self._levels.feed(frames)
+        if not levels.shape[1]:
+            return
+        # Python floats and bools from here: a block holds a few frames, fewer than it takes
+        # numpy calls to count them.
+        near_levels, far_levels = levels.tolist()
+        near = self._detectors[0].decide(levels[0]).tolist()
+        far = self._detectors[1].decide(levels[1]).tolist()
+        if not (any(near) or any(far)) and self._quiet_since_silence():
+            self._neither += len(near)
+            self._frames += len(near)  # nothing to track: the silence goes on
+            return
+        active, active_power = self._active, self._active_power
+        for index, (n, f, near_level, far_level) in enumerate(
+                zip(near, far, near_levels, far_levels), start=self._frames):
+            if n:
+                active[0] += 1
+                active_power[0] += 10 ** (near_level / 10)
+            if f:
+                active[1] += 1
+                active_power[1] += 10 ** (far_level / 10)
             self._monologues[0].frame(index, n, f)
             self._monologues[1].frame(index, f, n)
+            if n and f:
+                self._both += 1
             if n or f:
                 self._end_silence(index)
-            elif self._silence_start is None:
-                self._silence_start = index
+            else:
+                self._neither += 1
+                if self._silence_start is None:
+                    self._silence_start = index
         self._frames += len(near)
+
+    def _quiet_since_silence(self) -> bool:
+        """Whether silent frames would change nothing: silence is open, no monologue is."""
+        return (self._silence_start is not None and self._monologues[0].start is None
+                and self._monologues[1].start is None)
 
     def _end_silence(self, index: int) -> None:
         if self._silence_start is not None and index - self._silence_start >= self._hold_min:
@@ -142,7 +165,6 @@ class CallMetrics:
         if self._silence_start is not None and self._frames - self._silence_start >= self._hold_min:
             holds.append((self._silence_start, self._frames))
         samples = max(self._samples, 1)
-        # _active_power sums frame powers relative to a full-scale sine (10 ** (dBFS / 10)).
         rms = [max(10 * float(np.log10(self._active_power[s] / self._active[s])), MIN_DBFS)
                if self._active[s] else MIN_DBFS for s in range(2)]
         return {

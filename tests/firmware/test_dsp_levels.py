@@ -10,6 +10,7 @@ from linetap.firmware.dsp.levels import (
     CallActivity,
     CallEnded,
     CallStarted,
+    FrameLevels,
     VadSettings,
     VoiceActivityDetector,
     clip_count,
@@ -101,6 +102,25 @@ def test_vad_marks_bursts_with_hangover() -> None:
     assert len(decisions) == 500
     assert active_seconds(decisions, settings.frame_s) == [(1.0, 2.2), (3.0, 3.7)]
     assert vad.noise_floor_dbfs == pytest.approx(-65.0, abs=3.0)
+
+
+def test_stereo_frame_levels_match_one_detector_per_channel() -> None:
+    stereo = np.stack([bursts([(0.3, 0.9)], 1.5), bursts([(0.7, 1.2)], 1.5, level=-30.0)], axis=1)
+    levels = FrameLevels(VoiceActivityDetector(RATE).frame_frames, 2)
+    per_channel = (VoiceActivityDetector(RATE), VoiceActivityDetector(RATE))
+    steps = np.random.default_rng(2).choice([1, 37, 160, 320, 1111], size=200)
+    together, alone = [], []
+    i = 0
+    for step in steps:
+        together.append(levels.feed(stereo[i:i + step]))
+        alone.append(np.stack([vad.frame_levels(stereo[i:i + step, c])
+                               for c, vad in enumerate(per_channel)]))
+        i += step
+    assert i >= len(stereo)
+    together_all, alone_all = np.concatenate(together, axis=1), np.concatenate(alone, axis=1)
+    assert together_all.shape == (2, 150)
+    np.testing.assert_array_equal(together_all, alone_all)
+    assert together_all[0, 50] > together_all[0, 10] + 20
 
 
 def test_vad_absorbs_a_new_steady_background() -> None:

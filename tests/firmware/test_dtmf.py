@@ -236,3 +236,62 @@ def test_mono_masking_and_flush_twice() -> None:
     stored = np.concatenate(out + [first.audio])
     assert stored.ndim == 1 and len(stored) == len(signal) + masker.lookahead_frames
     assert not stored.any(), "only silence and the digit went in; only silence may come out"
+
+
+def _digits_in_speech(conversation: np.ndarray) -> np.ndarray:
+    """Speech on both sides, line noise, and digits near and far from the level limits."""
+    rng = np.random.default_rng(5)
+    stereo = conversation.astype(np.float64) + rng.normal(0, 20, conversation.shape)
+    at = int(0.3 * RATE)
+    for key, level, on_s in zip("1A5*9#0D", (-8, -30, -41, -44, -47, -20, -38, -12),
+                                (0.045, 0.03, 0.09, 0.06, 0.05, 0.025, 0.2, 0.07), strict=True):
+        tone_samples = dtmf_tone(key, on_s, RATE, level)
+        stereo[at:at + len(tone_samples), at % 2] += tone_samples
+        at += int(0.65 * RATE)
+    # A pause in the talk with a digit just above the level limit: the gate must let it by.
+    stereo[-RATE:] = rng.normal(0, 20, (RATE, 2))
+    stereo[-RATE // 2:-RATE // 2 + int(0.05 * RATE), 1] += dtmf_tone("7", 0.05, RATE, -41.5)
+    return np.clip(np.round(stereo), -32768, 32767).astype(np.int16)
+
+
+def _mask_chunked(masker: DtmfMasker, stereo: np.ndarray, steps: list[int]) -> tuple:
+    out, spans, events = [], [], []
+    i = 0
+    for step in steps * (len(stereo) // sum(steps) + 1):
+        if i >= len(stereo):
+            break
+        result = masker.feed(stereo[i:i + step])
+        out.append(result.audio)
+        spans += result.spans
+        events += result.events
+        i += step
+    tail = masker.flush()
+    return np.concatenate(out + [tail.audio]), spans + tail.spans, events + tail.events
+
+
+@pytest.mark.parametrize("steps", [[320], [1, 7, 333, 80, 1024, 2], [96_000]])
+def test_the_energy_gate_changes_no_decision(conversation: np.ndarray, steps: list[int]) -> None:
+    stereo = _digits_in_speech(conversation)
+    gated = DtmfMasker(RATE)
+    ungated = DtmfMasker(RATE)
+    # Opening the gate sends every block through the filters and all seven checks.
+    ungated._detectors._gate_sub_energy = -np.inf
+    ungated._detectors._maybe_tones = lambda energy, n_subs: np.ones(2, dtype=bool)
+    out, spans, events = _mask_chunked(gated, stereo, steps)
+    reference = _mask_chunked(ungated, stereo, [320])
+    assert events == reference[2]
+    assert spans == reference[1]
+    np.testing.assert_array_equal(out, reference[0])
+    assert {e.digit for e in events if isinstance(e, DtmfEvent)} >= set("1D7")
+
+
+def test_the_stereo_masker_decides_as_one_detector_per_channel(conversation: np.ndarray) -> None:
+    stereo = _digits_in_speech(conversation)
+    _, _, events = _mask_chunked(DtmfMasker(RATE), stereo, [320])
+    detectors = [DtmfDetector(RATE, channel=c) for c in range(2)]
+    alone: list[DtmfToneOn | DtmfEvent] = []
+    for channel, detector in enumerate(detectors):
+        for i in range(0, len(stereo), 320):
+            alone += detector.feed(stereo[i:i + 320, channel])
+        alone += detector.flush()
+    assert events and sorted(events, key=repr) == sorted(alone, key=repr)
