@@ -38,7 +38,7 @@ from linetap.firmware import callflow as cf
 from linetap.firmware.board import BoardProfile
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config
-from linetap.firmware.consent import Prompt, load_prompt
+from linetap.firmware.consent import Prompt, decode_mono, load_prompt
 from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
 from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
 from linetap.firmware.keys import INIT_HINT, KeyMissing
@@ -506,19 +506,9 @@ def list_devices(*, as_json: bool) -> int:
 
 def read_speech(path: Path, rate: int) -> np.ndarray:
     """A WAV or Ogg file as mono int16 at ``rate`` (mixed down and resampled as needed)."""
-    import soundfile
-    import soxr
-
     if not Path(path).is_file():
         raise ConfigError(f"audio file {path} does not exist (or is not a file)")
-    try:
-        audio, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError) as exc:
-        raise ConfigError(f"audio file {path} is not a readable WAV or Ogg file "
-                          f"({str(exc).rsplit(': ', 1)[-1]})") from None
-    mono = audio.mean(axis=1)
-    if file_rate != rate:
-        mono = soxr.resample(mono, file_rate, rate)
+    mono = decode_mono(Path(path).read_bytes(), rate, label=f"audio file {path}")
     return (np.clip(mono, -1, 1) * 32767).astype(np.int16)
 
 

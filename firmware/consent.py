@@ -68,24 +68,31 @@ def _read_bytes(location: str) -> bytes:
                           f"check its permissions for the linetap user") from None
 
 
-def load_prompt(language: str, location: str, *, rate: int, max_seconds: float,
-                level_dbfs: float | None = None) -> Prompt:
-    """Load, convert and check one prompt. Raises ConfigError naming the file and the fix."""
+def decode_mono(data: bytes, rate: int, *, label: str) -> np.ndarray:
+    """WAV or Ogg bytes as mono float32 at ``rate`` (channels mixed down, resampled with soxr).
+
+    ``label`` names the file in the ConfigError an unreadable one raises.
+    """
     import io
 
     import soundfile
     import soxr
 
-    raw = _read_bytes(location)
     try:
-        audio, file_rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        audio, file_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"consent prompt {location!r} is not a readable WAV or Ogg file "
+        raise ConfigError(f"{label} is not a readable WAV or Ogg file "
                           f"({str(exc).rsplit(': ', 1)[-1]}); "
                           f"convert it, e.g. with: sox IN.mp3 -r 16000 -c 1 OUT.wav") from None
     mono = audio.mean(axis=1)
-    if file_rate != rate:
-        mono = soxr.resample(mono, file_rate, rate)
+    return soxr.resample(mono, file_rate, rate) if file_rate != rate else mono
+
+
+def load_prompt(language: str, location: str, *, rate: int, max_seconds: float,
+                level_dbfs: float | None = None) -> Prompt:
+    """Load, convert and check one prompt. Raises ConfigError naming the file and the fix."""
+    raw = _read_bytes(location)
+    mono = decode_mono(raw, rate, label=f"consent prompt {location!r}")
     seconds = len(mono) / rate
     if seconds > max_seconds:
         raise ConfigError(f"consent prompt {location!r} lasts {seconds:.1f} s, longer than "

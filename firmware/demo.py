@@ -175,17 +175,12 @@ def recording_report(recording: Recording) -> dict[str, Any]:
         "ended_by": call.ended_by,
         "duration_s": round((call.ended_mono or call.started_mono) - call.started_mono, 3),
         "caller_id_known": call.caller is not None,
-        "kept_s": round(recording.frames / recording_rate(recording), 3) if recording.frames else 0.0,
+        "kept_s": recording.metrics.get("duration_s", 0.0),  # the metrics run on what was kept
         "audio_start_s": recording.audio_start_s,
         "events": [{"t": e.t, "kind": e.kind, **e.detail} for e in call.events],
         "masked_spans_s": [list(span) for span in recording.masks],
         "qa": recording.metrics,
     }
-
-
-def recording_rate(recording: Recording) -> float:
-    duration = recording.metrics.get("duration_s") or 0
-    return recording.frames / duration if duration else 1.0
 
 
 def stored_report(data_dir: Path, call_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -39,7 +39,6 @@ from linetap.firmware.callflow import CallRecord, DtmfDetected, Event, FarSpeech
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.dsp import (
     CallActivity,
-    CallEnded,
     CallMetrics,
     CallStarted,
     DtmfMasker,
@@ -185,9 +184,8 @@ class Recorder:
                 events.append(FarSpeech())
             self._far_speaking = bool(voiced[-1])
         if self._activity is not None:
-            for change in self._activity.feed(frames):
+            for change in self._activity.feed(frames):  # CallStarted or CallEnded
                 events.append(HookChanged(off_hook=isinstance(change, CallStarted), source="vad"))
-                assert isinstance(change, (CallStarted, CallEnded))
         out_start = self._pos - self._masker.lookahead_frames
         self._pos += len(frames)
         self._emit(masked.audio, out_start)
