@@ -128,6 +128,30 @@ class SpoolSection(Schema):
     on_full: Literal["stop-and-alarm", "overwrite-oldest"] = "stop-and-alarm"
 
 
+class SyncSection(Schema):
+    broker: str = ""  # MQTT broker host name; "" keeps recordings on the box only
+    port: int = Field(default=8883, ge=1, le=65535)
+    # TLS with a CA and this box's client certificate (CN = device.id). Plain TCP only for a
+    # broker on this machine (the demo): anything else would expose the fleet's topics.
+    tls: bool = True
+    ca_file: str = "keys/ca.pem"  # relative paths are inside the data directory
+    cert_file: str = "keys/device.crt"
+    key_file: str = "keys/device.key"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_max_s: float = Field(default=120.0, ge=1, le=3600)  # back-off ceiling after the broker drops
+    window: int = Field(default=8, ge=1, le=1000)  # upload messages in flight before an acknowledgement
+    ack_timeout_s: float = Field(default=60.0, ge=1, le=3600)  # resend what is not acknowledged by then
+    bandwidth_bytes_s: int = Field(default=0, ge=0)  # upload cap; 0: no cap
+
+    @model_validator(mode="after")
+    def _plain_tcp_only_on_loopback(self) -> SyncSection:
+        if self.broker and not self.tls and self.broker not in ("localhost", "127.0.0.1", "::1"):
+            raise Invalid([Problem(("tls",), self.tls,
+                                   f"plain TCP to {self.broker!r} would send the fleet's traffic "
+                                   "unprotected; set tls = true with ca_file, cert_file and key_file")])
+        return self
+
+
 class LogSection(Schema):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -139,6 +163,7 @@ class Config(Schema):
     consent: ConsentSection = Field(default_factory=ConsentSection)
     calls: CallsSection = CallsSection()
     spool: SpoolSection = SpoolSection()
+    sync: SyncSection = SyncSection()
     log: LogSection = LogSection()
 
     def board_profile(self) -> BoardProfile:

@@ -1,0 +1,289 @@
+"""The upload wire format: topics, parts and acknowledgements, shared by box and centre.
+
+Everything a recording is travels as *objects*: its ciphertext segments
+(``seg/<index>``) and its signed manifest (``manifest``). An object larger than
+:data:`PART_BYTES` is split into parts so that no MQTT message passes
+:data:`MAX_MESSAGE` (128 KiB, headers included); most segments (about 30 KB at
+24 kbit/s and 10 s) are one part.
+
+Device → centre, QoS 1, MQTT v5::
+
+    linetap/v1/<device>/up/<recording>/seg/<index>/<part>
+    linetap/v1/<device>/up/<recording>/manifest/<part>
+
+    payload          bytes [part * PART_BYTES, (part + 1) * PART_BYTES) of the object
+    user properties  sha256 = hex sha256 of the whole object
+                     size   = bytes in the whole object
+                     parts  = how many parts the object has
+
+Centre → device, QoS 1, on ``linetap/v1/<device>/ack/<recording>``: one
+canonical-JSON :class:`Ack`. ``part`` set means "this part is durably
+staged" (it frees a window slot); ``part`` absent means "the whole object is
+durably stored and checked". Only an object-level ``stored`` for the manifest
+makes a recording synced on the box, and the centre sends it only after every
+segment the manifest lists is stored with the listed hash and the signature
+verifies with the enrolled key.
+
+Idempotence: the centre keys everything by (device, recording, object,
+sha256); a repeat is acknowledged again and stored once. A different object
+under the same name is refused (``conflict``).
+
+Nothing here does I/O; both ends validate every field they read with the
+functions below, so a malformed message is a :class:`WireError` naming what
+was wrong, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from linetap.firmware.errors import SyncError
+
+ROOT = "linetap/v1"
+MAX_MESSAGE = 128 * 1024
+# Leaves 8 KiB of a message for the fixed header, topic and user properties.
+PART_BYTES = MAX_MESSAGE - 8 * 1024
+MAX_ACK = 4096
+
+DEVICE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_SEGMENTS = 1_000_000  # a ten-year call at 1 s segments; anything above is garbage
+MAX_PARTS = 1024  # 120 MiB per object; a segment of 120 s at 128 kbit/s is 2 MB
+
+Status = Literal["stored", "rejected", "retry"]
+STATUSES = ("stored", "rejected", "retry")
+# Why the centre refused something; the box raises an alarm naming the code.
+CODES = ("malformed", "not-enrolled", "wrong-device", "hash-mismatch", "bad-signature",
+         "conflict", "missing-segments", "too-large", "store-unavailable")
+
+
+class WireError(SyncError, ValueError):
+    """A topic or payload is not what the upload protocol allows."""
+
+
+# ------------------------------------------------------------- objects --
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """``seg/<index>`` or ``manifest`` of one recording."""
+
+    kind: Literal["seg", "manifest"]
+    index: int = -1  # segments only
+
+    @classmethod
+    def segment(cls, index: int) -> ObjectRef:
+        if not 0 <= index < MAX_SEGMENTS:
+            raise WireError(f"segment index {index} is outside 0..{MAX_SEGMENTS - 1}")
+        return cls("seg", index)
+
+    @classmethod
+    def manifest(cls) -> ObjectRef:
+        return cls("manifest")
+
+    @classmethod
+    def parse(cls, text: str) -> ObjectRef:
+        if text == "manifest":
+            return cls.manifest()
+        kind, _, index = text.partition("/")
+        if kind != "seg" or not index.isdigit() or (len(index) > 1 and index[0] == "0"):
+            raise WireError(f"object {text!r} is neither 'manifest' nor 'seg/<index>'")
+        return cls.segment(int(index))
+
+    def __str__(self) -> str:
+        return "manifest" if self.kind == "manifest" else f"seg/{self.index}"
+
+
+def check_device_id(value: str) -> str:
+    if not isinstance(value, str) or not DEVICE_ID.fullmatch(value):
+        raise WireError(f"device id {value!r} is not 1-64 characters of a-z, 0-9 and '-'")
+    return value
+
+
+def check_recording_id(value: str) -> str:
+    if not isinstance(value, str) or not RECORDING_ID.fullmatch(value):
+        raise WireError(f"recording id {value!r} is not a lowercase UUID")
+    return value
+
+
+def check_sha256(value: str) -> str:
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
+        raise WireError(f"sha256 {value!r} is not 64 lowercase hex digits")
+    return value
+
+
+# --------------------------------------------------------------- parts --
+
+@dataclass(frozen=True)
+class Part:
+    """One upload message."""
+
+    device_id: str
+    recording_id: str
+    object: ObjectRef
+    part: int
+    parts: int
+    sha256: str  # of the whole object
+    size: int  # of the whole object
+    payload: bytes = field(repr=False)
+
+    @property
+    def topic(self) -> str:
+        return up_topic(self.device_id, self.recording_id, self.object, self.part)
+
+    def user_properties(self) -> list[tuple[str, str]]:
+        return [("sha256", self.sha256), ("size", str(self.size)), ("parts", str(self.parts))]
+
+
+def split(device_id: str, recording_id: str, obj: ObjectRef, data: bytes) -> list[Part]:
+    """The messages that carry ``data`` (at least one, even for an empty object)."""
+    digest = hashlib.sha256(data).hexdigest()
+    count = max(1, -(-len(data) // PART_BYTES))
+    if count > MAX_PARTS:
+        raise WireError(f"{obj} of recording {recording_id} is {len(data)} bytes, more than "
+                        f"{MAX_PARTS} parts; shorten spool.segment_s or lower spool.bitrate")
+    return [Part(device_id, recording_id, obj, k, count, digest, len(data),
+                 data[k * PART_BYTES:(k + 1) * PART_BYTES]) for k in range(count)]
+
+
+def join(parts: Sequence[bytes], sha256: str, size: int) -> bytes:
+    """Concatenate an object's parts in order and check its size and hash."""
+    data = b"".join(parts)
+    if len(data) != size:
+        raise WireError(f"object is {len(data)} bytes, its parts announced {size}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise WireError("object's sha256 does not match the announced sha256")
+    return data
+
+
+def up_topic(device_id: str, recording_id: str, obj: ObjectRef, part: int) -> str:
+    return f"{ROOT}/{device_id}/up/{recording_id}/{obj}/{part}"
+
+
+def up_filter(device_id: str = "+") -> str:
+    """Subscription filter for upload messages (the centre uses ``$share/<group>/`` before it)."""
+    return f"{ROOT}/{device_id}/up/#"
+
+
+def parse_part(topic: str, payload: bytes, user_properties: Iterable[tuple[str, str]]) -> Part:
+    """Validate an upload message; raises :class:`WireError` naming the first thing wrong."""
+    levels = topic.split("/")
+    # linetap / v1 / dev / up / rec / (seg / idx | manifest) / part
+    if levels[:2] != ROOT.split("/") or len(levels) not in (7, 8) or levels[3] != "up":
+        raise WireError(f"topic {topic!r} is not {ROOT}/<device>/up/<recording>/<object>/<part>")
+    device_id = check_device_id(levels[2])
+    recording_id = check_recording_id(levels[4])
+    obj = ObjectRef.parse("/".join(levels[5:-1]))
+    part = _small_int(levels[-1], "part", MAX_PARTS - 1)
+    props = dict(user_properties or ())
+    for name in ("sha256", "size", "parts"):
+        if name not in props:
+            raise WireError(f"upload message on {topic!r} lacks the user property {name!r}")
+    sha256 = check_sha256(props["sha256"])
+    parts = _small_int(props["parts"], "parts", MAX_PARTS)
+    size = _small_int(props["size"], "size", MAX_PARTS * PART_BYTES)
+    if parts < 1 or part >= parts:
+        raise WireError(f"part {part} of {parts} on {topic!r} is out of range")
+    if parts != max(1, -(-size // PART_BYTES)):
+        raise WireError(f"{parts} parts cannot carry {size} bytes at {PART_BYTES} bytes per part")
+    expected = min(PART_BYTES, size - part * PART_BYTES)
+    if len(payload) != expected:
+        raise WireError(f"part {part} of {obj} is {len(payload)} bytes; expected {expected}")
+    return Part(device_id, recording_id, obj, part, parts, sha256, size, bytes(payload))
+
+
+def _small_int(text: str, what: str, limit: int) -> int:
+    if not isinstance(text, str) or not text.isdigit() or len(text) > 12 or (len(text) > 1 and text[0] == "0"):
+        raise WireError(f"{what} {text!r} is not a decimal number")
+    value = int(text)
+    if value > limit:
+        raise WireError(f"{what} {value} is larger than {limit}")
+    return value
+
+
+# ---------------------------------------------------------------- acks --
+
+@dataclass(frozen=True)
+class Ack:
+    """The centre's answer about one part or one whole object."""
+
+    recording_id: str
+    object: ObjectRef
+    sha256: str
+    status: Status
+    part: int | None = None  # None: about the whole object
+    code: str | None = None  # why, for rejected / retry
+    reason: str | None = None  # for people: logged on the box
+    missing: tuple[int, ...] = ()  # segments the centre lacks (code missing-segments)
+
+    def encode(self) -> bytes:
+        body: dict[str, object] = {"recording_id": self.recording_id, "object": str(self.object),
+                                   "sha256": self.sha256, "status": self.status}
+        if self.part is not None:
+            body["part"] = self.part
+        if self.code is not None:
+            body["code"] = self.code
+        if self.reason is not None:
+            body["reason"] = self.reason[:1000]
+        if self.missing:
+            body["missing"] = list(self.missing[:200])
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def ack_topic(device_id: str, recording_id: str) -> str:
+    return f"{ROOT}/{device_id}/ack/{recording_id}"
+
+
+def ack_filter(device_id: str) -> str:
+    return f"{ROOT}/{device_id}/ack/#"
+
+
+def parse_ack(topic: str, payload: bytes, device_id: str) -> Ack:
+    """Validate an acknowledgement addressed to ``device_id``."""
+    levels = topic.split("/")
+    if levels[:2] != ROOT.split("/") or len(levels) != 5 or levels[3] != "ack":
+        raise WireError(f"topic {topic!r} is not {ROOT}/<device>/ack/<recording>")
+    if levels[2] != device_id:
+        raise WireError(f"ack on {topic!r} is for device {levels[2]!r}, not {device_id!r}")
+    if len(payload) > MAX_ACK:
+        raise WireError(f"ack on {topic!r} is {len(payload)} bytes; at most {MAX_ACK}")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"ack on {topic!r} is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise WireError(f"ack on {topic!r} is not a JSON object")
+    recording_id = check_recording_id(body.get("recording_id"))  # type: ignore[arg-type]
+    if recording_id != levels[4]:
+        raise WireError(f"ack on {topic!r} names recording {recording_id}")
+    obj = ObjectRef.parse(_text(body, "object"))
+    sha256 = check_sha256(body.get("sha256"))  # type: ignore[arg-type]
+    status = body.get("status")
+    if status not in STATUSES:
+        raise WireError(f"ack status {status!r} is not one of {', '.join(STATUSES)}")
+    part = body.get("part")
+    if part is not None and (not isinstance(part, int) or isinstance(part, bool) or not 0 <= part < MAX_PARTS):
+        raise WireError(f"ack part {part!r} is not a part number")
+    code = body.get("code")
+    if code is not None and code not in CODES:
+        raise WireError(f"ack code {code!r} is not one of {', '.join(CODES)}")
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise WireError("ack reason is not text")
+    missing = body.get("missing", [])
+    if not isinstance(missing, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_SEGMENTS for i in missing):
+        raise WireError("ack 'missing' is not a list of segment indexes")
+    return Ack(recording_id, obj, sha256, status, part, code, reason, tuple(missing))
+
+
+def _text(body: dict, name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise WireError(f"ack member {name!r} is missing or not text")
+    return value
