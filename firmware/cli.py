@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", parents=[common],
                              help="list the audio devices and serial ports this machine has")
     devices.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser("doctor", parents=[common],
+                            help="check what an installer can get wrong: audio, signal, channels, pins, "
+                                 "hook, modem, keys, broker, clock, disk, spool")
+    doctor.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    doctor.add_argument("--listen", type=float, default=3.0, metavar="SECONDS",
+                        help="how long to listen for signal on each channel (default 3; keep a test call going)")
+    doctor.add_argument("--hook-test", type=float, nargs="?", const=30.0, default=None, metavar="SECONDS",
+                        help="ask to lift and replace the handset within SECONDS (default 30)")
     return parser
 
 
@@ -118,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "devices":
         return app.list_devices(as_json=args.json)
+    if args.command == "doctor":
+        return _doctor(args)
     if args.command == "keys":
         return _keys(args)
     if args.command == "spool":
@@ -132,6 +143,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return app.run(config, data_dir(args.data_dir))
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from linetap.firmware import doctor
+    from linetap.firmware.clock import SystemClock
+
+    return doctor.main(args.config, data_dir(args.data_dir), SystemClock(), as_json=args.json,
+                       listen_s=args.listen, hook_test_s=args.hook_test)
 
 
 def _keys(args: argparse.Namespace) -> int:
