@@ -1,0 +1,78 @@
+"""The central store's config file (``linetap-central serve --config FILE``), typed.
+
+Every key has a default that runs the local demo (a broker on 127.0.0.1
+without TLS), so an empty file is a valid config. Unknown keys are refused
+with their path, like the box's config (:mod:`linetap.firmware.schema`)::
+
+    [broker]
+    host = "broker.example.org"
+    port = 8883
+    tls = true
+    ca_file = "tls/ca.pem"          # relative paths are under the data dir
+    cert_file = "tls/central.pem"
+    key_file = "tls/central.key"
+    group = "ingest"                # $share/<group>/linetap/v1/+/up/#
+    workers = 2
+
+    [retention]
+    default_days = 365             # 0: keep for ever
+    flagged_days = 0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
+
+CONFIG_FILE = "central.toml"
+
+
+class BrokerSection(Schema):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_id: str = "linetap-central"
+    group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "ingest"
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_max_s: Annotated[int, Field(ge=1, le=3600)] = 60
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> BrokerSection:
+        if self.tls:
+            missing = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is None]
+            if missing:
+                raise Invalid([Problem((name,), None, "is needed when tls = true") for name in missing])
+        return self
+
+
+class RetentionSection(Schema):
+    """Days a recording is kept after it started, by category; 0 keeps it for ever. Legal hold overrides."""
+
+    default_days: Annotated[int, Field(ge=0)] = 0
+    flagged_days: Annotated[int, Field(ge=0)] = 0
+
+    def days_for(self, flagged: bool) -> int:
+        return self.flagged_days if flagged else self.default_days
+
+
+class CentralConfig(Schema):
+    broker: BrokerSection = BrokerSection()
+    retention: RetentionSection = RetentionSection()
+
+
+def load_config(path: Path | None, data_dir: Path) -> CentralConfig:
+    """The config at ``path``; None reads ``<data_dir>/central.toml`` when present, else the defaults."""
+    if path is None:
+        path = Path(data_dir) / CONFIG_FILE
+        if not path.exists():
+            return CentralConfig()
+    data = read_toml(Path(path), missing_hint="pass an existing file to --config, or leave it out for the defaults")
+    return load_model(CentralConfig, data, source=str(path), guide="sync/central/config.py")

@@ -1,0 +1,328 @@
+"""The central index: enrolled devices, stored objects, recordings, problems, holds.
+
+:class:`Index` is what the ingest core and the tools use; :class:`SqliteIndex`
+is the default (one file, WAL, a busy timeout so several ingest processes on
+one data dir take turns). Every statement is plain SQL that PostgreSQL runs
+too (``INSERT ... ON CONFLICT DO NOTHING``, ``LOWER(x) LIKE``), so a
+PostgreSQL implementation is the same class with another driver and ``%s``
+placeholders.
+
+Idempotence lives here: an object row is *claimed* (inserted if absent) before
+its bytes are written, so of two different versions of one object racing in
+two workers exactly one wins and the other is told ``conflict``; a recording
+row is inserted if absent, so a manifest delivered twice is indexed once.
+
+Personal data: ``caller_number`` and ``caller_name`` are the only columns that
+hold it; erasure clears them (and the QA metrics and events) and keeps what
+the chain needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from linetap.firmware.errors import SyncError
+from linetap.sync.central.store import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    enrolled_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    object_key TEXT NOT NULL,
+    claimed_ms BIGINT NOT NULL,
+    stored_ms BIGINT,
+    PRIMARY KEY (device_id, recording_id, name)
+);
+CREATE TABLE IF NOT EXISTS recordings (
+    recording_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    started_ms BIGINT,
+    ended_ms BIGINT,
+    duration_ms BIGINT,
+    flagged INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    discarded INTEGER NOT NULL,
+    ended_by TEXT,
+    consent TEXT,
+    metrics TEXT,
+    caller_number TEXT,
+    caller_name TEXT,
+    manifest_sha256 TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    segments INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    manifest_key TEXT NOT NULL,
+    stored_ms BIGINT NOT NULL,
+    hold INTEGER NOT NULL DEFAULT 0,
+    hold_reason TEXT,
+    erased_ms BIGINT,
+    erase_reason TEXT,
+    tombstone_key TEXT
+);
+CREATE INDEX IF NOT EXISTS recordings_device_seq ON recordings (device_id, seq);
+CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_ms);
+CREATE TABLE IF NOT EXISTS problems (
+    device_id TEXT NOT NULL,
+    recording_id TEXT,
+    seq BIGINT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    found_ms BIGINT NOT NULL
+);
+"""
+
+RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
+                     "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
+                     "caller_number", "caller_name", "manifest_sha256", "prev", "segments", "bytes",
+                     "manifest_key", "stored_ms")
+_JSON_COLUMNS = ("consent", "metrics")
+_FLAG_COLUMNS = ("flagged", "recorded", "discarded", "hold")
+
+
+class UnknownRecording(SyncError, LookupError):
+    """A recording id that the index does not hold."""
+
+
+class Index(Protocol):
+    """What the central store knows about devices and recordings."""
+
+    def enroll(self, device_id: str, public_key_b64: str, now_ms: int) -> None: ...
+    def device_key(self, device_id: str) -> str | None: ...
+    def devices(self) -> list[dict[str, Any]]: ...
+
+    def claim_object(self, device_id: str, recording_id: str, name: str, sha256: str, size: int,
+                     object_key: str, now_ms: int) -> dict[str, Any]:
+        """Insert the object's row unless one exists; returns the row now there (maybe another sha256)."""
+
+    def mark_stored(self, device_id: str, recording_id: str, name: str, now_ms: int) -> None: ...
+    def object(self, device_id: str, recording_id: str, name: str) -> dict[str, Any] | None: ...
+    def objects(self, device_id: str, recording_id: str) -> list[dict[str, Any]]: ...
+    def forget_objects(self, device_id: str, recording_id: str) -> None: ...
+
+    def add_recording(self, row: dict[str, Any]) -> bool:
+        """Insert a recording unless it is indexed already; True when this call inserted it."""
+
+    def recording(self, recording_id: str) -> dict[str, Any] | None: ...
+    def device_recordings(self, device_id: str) -> list[dict[str, Any]]: ...
+    def recordings_at(self, device_id: str, seq: int) -> list[dict[str, Any]]: ...
+    def recordings(self, *, device_id: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None, caller: str | None = None, flagged: bool | None = None,
+                   min_duration_ms: int | None = None, erased: bool | None = False) -> list[dict[str, Any]]: ...
+
+    def add_problem(self, device_id: str, recording_id: str | None, seq: int | None, kind: str,
+                    detail: str, now_ms: int) -> None: ...
+    def problems(self, device_id: str) -> list[dict[str, Any]]: ...
+
+    def set_hold(self, recording_id: str, hold: bool, reason: str | None) -> None: ...
+    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class SqliteIndex:
+    """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        try:
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
+                                   "the file's permissions") from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> SqliteIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise SyncError(f"index {self.path} is closed")
+            try:
+                yield self._db
+            except sqlite3.OperationalError as e:
+                # Disk full, database locked past the busy timeout, I/O error: all "try again later".
+                raise StoreUnavailable(f"index {self.path}: {e}") from e
+
+    # -- devices --
+
+    def enroll(self, device_id: str, public_key_b64: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO devices (device_id, public_key, enrolled_ms) VALUES (?, ?, ?) "
+                       "ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, "
+                       "enrolled_ms = excluded.enrolled_ms", (device_id, public_key_b64, now_ms))
+
+    def device_key(self, device_id: str) -> str | None:
+        with self._sql() as db:
+            row = db.execute("SELECT public_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else row["public_key"]
+
+    def devices(self) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM devices ORDER BY device_id")]
+
+    # -- objects --
+
+    def claim_object(self, device_id: str, recording_id: str, name: str, sha256: str, size: int,
+                     object_key: str, now_ms: int) -> dict[str, Any]:
+        with self._sql() as db:
+            db.execute("INSERT INTO objects (device_id, recording_id, name, sha256, size, object_key, "
+                       "claimed_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (device_id, recording_id, name, sha256, size, object_key, now_ms))
+            row = db.execute("SELECT * FROM objects WHERE device_id = ? AND recording_id = ? AND name = ?",
+                             (device_id, recording_id, name)).fetchone()
+        return dict(row)
+
+    def mark_stored(self, device_id: str, recording_id: str, name: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE objects SET stored_ms = ? WHERE device_id = ? AND recording_id = ? "
+                       "AND name = ? AND stored_ms IS NULL", (now_ms, device_id, recording_id, name))
+
+    def object(self, device_id: str, recording_id: str, name: str) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT * FROM objects WHERE device_id = ? AND recording_id = ? AND name = ?",
+                             (device_id, recording_id, name)).fetchone()
+        return None if row is None else dict(row)
+
+    def objects(self, device_id: str, recording_id: str) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT * FROM objects WHERE device_id = ? AND recording_id = ? ORDER BY name",
+                (device_id, recording_id))]
+
+    def forget_objects(self, device_id: str, recording_id: str) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM objects WHERE device_id = ? AND recording_id = ?", (device_id, recording_id))
+
+    # -- recordings --
+
+    def add_recording(self, row: dict[str, Any]) -> bool:
+        values = [json.dumps(row[c]) if c in _JSON_COLUMNS and row[c] is not None else
+                  int(row[c]) if c in _FLAG_COLUMNS else row[c] for c in RECORDING_COLUMNS]
+        with self._sql() as db:
+            cursor = db.execute(f"INSERT INTO recordings ({', '.join(RECORDING_COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(RECORDING_COLUMNS))}) ON CONFLICT DO NOTHING", values)
+            return cursor.rowcount == 1
+
+    def recording(self, recording_id: str) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT * FROM recordings WHERE recording_id = ?", (recording_id,)).fetchone()
+        return None if row is None else _recording(row)
+
+    def device_recordings(self, device_id: str) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            rows = db.execute("SELECT * FROM recordings WHERE device_id = ? ORDER BY seq, stored_ms",
+                              (device_id,)).fetchall()
+        return [_recording(r) for r in rows]
+
+    def recordings_at(self, device_id: str, seq: int) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            rows = db.execute("SELECT * FROM recordings WHERE device_id = ? AND seq = ? ORDER BY stored_ms",
+                              (device_id, seq)).fetchall()
+        return [_recording(r) for r in rows]
+
+    def recordings(self, *, device_id: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None, caller: str | None = None, flagged: bool | None = None,
+                   min_duration_ms: int | None = None, erased: bool | None = False) -> list[dict[str, Any]]:
+        where, params = [], []
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if since_ms is not None:
+            where.append("started_ms >= ?")
+            params.append(since_ms)
+        if until_ms is not None:
+            where.append("started_ms < ?")
+            params.append(until_ms)
+        if caller is not None:
+            pattern = "%" + caller.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(LOWER(caller_number) LIKE ? ESCAPE '\\' OR LOWER(caller_name) LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
+        if flagged is not None:
+            where.append("flagged = ?")
+            params.append(int(flagged))
+        if min_duration_ms is not None:
+            where.append("duration_ms >= ?")
+            params.append(min_duration_ms)
+        if erased is not None:
+            where.append("erased_ms IS NOT NULL" if erased else "erased_ms IS NULL")
+        sql = "SELECT * FROM recordings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._sql() as db:
+            rows = db.execute(sql + " ORDER BY started_ms, device_id, seq", params).fetchall()
+        return [_recording(r) for r in rows]
+
+    # -- problems --
+
+    def add_problem(self, device_id: str, recording_id: str | None, seq: int | None, kind: str,
+                    detail: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO problems (device_id, recording_id, seq, kind, detail, found_ms) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (device_id, recording_id, seq, kind, detail, now_ms))
+
+    def problems(self, device_id: str) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT * FROM problems WHERE device_id = ? ORDER BY found_ms", (device_id,))]
+
+    # -- holds and erasure --
+
+    def set_hold(self, recording_id: str, hold: bool, reason: str | None) -> None:
+        with self._sql() as db:
+            cursor = db.execute("UPDATE recordings SET hold = ?, hold_reason = ? WHERE recording_id = ?",
+                                (int(hold), reason if hold else None, recording_id))
+        if cursor.rowcount != 1:
+            raise UnknownRecording(f"recording {recording_id} is not in the index; "
+                                   "`linetap-central list` shows the ids")
+
+    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE recordings SET caller_number = NULL, caller_name = NULL, metrics = NULL, "
+                       "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
+                       "WHERE recording_id = ?", (now_ms, reason, tombstone_key, recording_id))
+
+
+def _recording(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        if out[column] is not None:
+            out[column] = json.loads(out[column])
+    for column in _FLAG_COLUMNS:
+        out[column] = bool(out[column])
+    return out

@@ -1,0 +1,427 @@
+"""The ingest core: upload parts in, durable objects and an indexed recording out, acks back.
+
+Transport-free: the MQTT worker (and ``linetap-central import``) hand it one
+validated :class:`~linetap.sync.wire.Part` at a time and publish the
+:class:`~linetap.sync.wire.Ack` list it returns. ``receive`` may be called
+from many threads and from several processes on one data dir at once, and
+the parts of one object may reach different callers. Every step is
+idempotent and every shared decision is taken in the index:
+
+1. the device in the topic must be enrolled (else ``not-enrolled``);
+2. a part of a multi-part object is staged durably under
+   ``staging/<device>/<recording>/<object>/<sha256>/<part>`` and acknowledged
+   per part; whoever stages the last missing part (any worker: each lists
+   the folder after its own rename) joins and checks the whole object;
+3. an object is *claimed* in the index (first sha256 wins; a different one
+   later is ``conflict``), written to the object store, marked stored, and
+   acknowledged object-level;
+4. a manifest is checked against the enrolled key and every stored segment
+   before it is stored; when segments are still missing (another worker is
+   storing the last one right now, or the box has not sent it) the manifest
+   waits in staging and is finished by the worker that stores the last
+   segment. A broken chain link is stored and recorded as a problem
+   (refusing it would lose evidence), and ``verify`` reports it.
+
+Faults: bad input is a ``rejected`` ack with a code; a full disk or an
+unavailable index or store is a ``retry`` ack (``store-unavailable``) with
+nothing half-written. Only a programming error raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyrage
+
+from linetap.firmware import manifest as mf
+from linetap.firmware.clock import Clock, SystemClock
+from linetap.firmware.errors import ConfigError
+from linetap.firmware.keys import public_key_from_b64
+from linetap.sync import wire
+from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
+from linetap.sync.central.keys import load_identity
+from linetap.sync.central.store import (
+    TMP_PREFIX,
+    DurableFiles,
+    FileStore,
+    ObjectStore,
+    StoreUnavailable,
+    manifest_key,
+    segment_key,
+)
+
+logger = logging.getLogger(__name__)
+
+OBJECTS_DIR = "objects"
+STAGING_DIR = "staging"
+PENDING_MANIFEST = "pending-manifest"
+# A manifest lists ~120 bytes per segment: 16 MiB is a call of several days at 10 s segments.
+MAX_MANIFEST = 16 * 1024 * 1024
+CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
+                 "pause-start", "pause-end")
+# Rejections that mean tampering or a broken box, not a race: kept for `verify` to report.
+RECORDED_CODES = ("wrong-device", "hash-mismatch", "bad-signature", "conflict")
+
+
+class Ingest:
+    """Turns upload parts into stored objects and indexed recordings; thread- and process-safe.
+
+    ``store`` and ``index`` default to the file store under ``<data_dir>/objects``
+    and the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
+    writer of both the staging and the default store (tests pass one that
+    fails like a full disk).
+    """
+
+    def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
+                 index: Index | None = None, files: DurableFiles | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self._clock = clock or SystemClock()
+        self._files = files or DurableFiles()
+        self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR, files=self._files)
+        self._owns_index = index is None
+        self.index: Index = index or SqliteIndex(self.data_dir / INDEX_FILE)
+        self._staging = self.data_dir / STAGING_DIR
+        self._identity: pyrage.x25519.Identity | None = None
+
+    def close(self) -> None:
+        if self._owns_index:
+            self.index.close()
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the one entry point --
+
+    def receive(self, part: wire.Part) -> list[wire.Ack]:
+        """Take one upload part; returns the acks to publish on ``wire.ack_topic(device, recording)``."""
+        try:
+            _check_part(part)
+        except wire.WireError as e:
+            return [_ack(part, "rejected", "malformed", str(e))]
+        try:
+            return self._receive(part)
+        except StoreUnavailable as e:
+            logger.error("ingest cannot store device=%s recording=%s object=%s: %s",
+                         part.device_id, part.recording_id, part.object, e)
+            return [_ack(part, "retry", "store-unavailable", str(e), per_part=part.parts > 1)]
+        except OSError as e:
+            logger.error("ingest cannot store device=%s recording=%s object=%s errno=%s: %s",
+                         part.device_id, part.recording_id, part.object, e.errno, e.strerror)
+            return [_ack(part, "retry", "store-unavailable",
+                         f"central store cannot write ({e.strerror}); it will accept a resend",
+                         per_part=part.parts > 1)]
+
+    def _receive(self, part: wire.Part) -> list[wire.Ack]:
+        key_b64 = self.index.device_key(part.device_id)
+        if key_b64 is None:
+            return [_ack(part, "rejected", "not-enrolled",
+                         f"device {part.device_id} is not enrolled at the central store; "
+                         f"run `linetap-central enroll {part.device_id} --signing-key ...`")]
+        if part.object.kind == "manifest" and part.size > MAX_MANIFEST:
+            return [_ack(part, "rejected", "too-large",
+                         f"manifest of {part.size} bytes is over {MAX_MANIFEST}")]
+        name = str(part.object)
+        row = self.index.object(part.device_id, part.recording_id, name)
+        if row is not None and row["sha256"] != part.sha256:
+            return [self._refuse(part, "conflict", f"{name} is already stored with sha256 {row['sha256'][:16]}...")]
+        if row is not None and row["stored_ms"] is not None:
+            if part.object.kind == "seg":
+                return self._stored(part)
+            return self._finish_manifest(part, self.store.get(row["object_key"]), key_b64)
+        recording = self.index.recording(part.recording_id)
+        if recording is not None and recording["erased_ms"] is not None:
+            return self._stored(part)  # stored once, then erased by an operator: nothing to keep
+
+        if part.parts == 1:
+            data = part.payload
+            if hashlib.sha256(data).hexdigest() != part.sha256:
+                return [self._refuse(part, "hash-mismatch", f"{name}'s bytes do not hash to the announced sha256")]
+            acks: list[wire.Ack] = []
+        else:
+            folder = self._object_staging(part)
+            self._files.write(folder / f"{part.part:04d}", part.payload)
+            acks = [_ack(part, "stored", per_part=True)]
+            joined = self.index.object(part.device_id, part.recording_id, name)
+            if joined is not None and joined["stored_ms"] is not None:
+                # Joined by another worker while this part was being staged.
+                _remove_tree(folder)
+                return acks + [_ack(part, "stored")]
+            assembled = self._assemble(folder, part)
+            if assembled is None:
+                return acks
+            if isinstance(assembled, wire.WireError):
+                _remove_tree(folder)
+                return acks + [self._refuse(part, "hash-mismatch", str(assembled))]
+            data = assembled
+
+        if part.object.kind == "manifest":
+            result = self._finish_manifest(part, data, key_b64)
+        else:
+            result = self._store_segment(part, data, key_b64)
+        if part.parts > 1:
+            _remove_tree(self._object_staging(part))
+        return acks + result
+
+    # -- segments --
+
+    def _store_segment(self, part: wire.Part, data: bytes, key_b64: str) -> list[wire.Ack]:
+        claimed = self._store_object(part, segment_key(part.device_id, part.recording_id, part.object.index), data)
+        if claimed is not None:
+            return [claimed]
+        acks = [_ack(part, "stored")]
+        pending = self._recording_staging(part) / PENDING_MANIFEST
+        if pending.exists():
+            try:
+                waiting = pending.read_bytes()
+            except FileNotFoundError:  # finished by another worker a moment ago
+                return acks
+            ref = wire.split(part.device_id, part.recording_id, wire.ObjectRef.manifest(), waiting)[0]
+            acks += [a for a in self._finish_manifest(ref, waiting, key_b64) if a.status == "stored"]
+        return acks
+
+    def _store_object(self, part: wire.Part, key: str, data: bytes) -> wire.Ack | None:
+        """Claim, write and mark one object; returns a refusal, or None once it is stored."""
+        name = str(part.object)
+        now = self._now_ms()
+        row = self.index.claim_object(part.device_id, part.recording_id, name, part.sha256, part.size, key, now)
+        if row["sha256"] != part.sha256:
+            return self._refuse(part, "conflict", f"{name} is already stored with sha256 {row['sha256'][:16]}...")
+        if row["stored_ms"] is not None:
+            return None
+        self.store.put(key, data)
+        self.index.mark_stored(part.device_id, part.recording_id, name, now)
+        logger.debug("object stored device=%s recording=%s object=%s bytes=%d",
+                     part.device_id, part.recording_id, name, len(data))
+        return None
+
+    # -- manifests --
+
+    def _finish_manifest(self, part: wire.Part, data: bytes, key_b64: str) -> list[wire.Ack]:
+        device, rid = part.device_id, part.recording_id
+        try:
+            manifest = mf.verify(data, public_key_from_b64(key_b64))
+        except mf.BadSignature as e:
+            return [self._refuse(part, "bad-signature", str(e))]
+        except (mf.ManifestError, ConfigError) as e:
+            return [_ack(part, "rejected", "malformed", str(e))]
+        if manifest["device_id"] != device:
+            return [self._refuse(part, "wrong-device", f"manifest names device {manifest['device_id']!r}, "
+                                                       f"the topic device {device!r}")]
+        if manifest["recording_id"] != rid:
+            return [_ack(part, "rejected", "malformed",
+                         f"manifest names recording {manifest['recording_id']!r}, the topic {rid}")]
+        listed = _segment_entries(manifest)
+        if listed is None:
+            return [_ack(part, "rejected", "malformed", "manifest 'segments' entries lack index/sha256/bytes")]
+        missing, wrong = self._compare_segments(device, rid, listed)
+        if missing and not wrong:
+            # Whoever stores the last segment finishes the manifest; checking again after the
+            # pending copy is durable closes the race with a worker storing it right now.
+            self._files.write(self._recording_staging(part) / PENDING_MANIFEST, data)
+            missing, wrong = self._compare_segments(device, rid, listed)
+        if wrong:
+            return [self._refuse(part, "hash-mismatch", f"stored segments {wrong[:20]} differ from the "
+                                                        "sha256/size the manifest lists")]
+        if missing:
+            return [_ack(part, "rejected", "missing-segments",
+                         f"{len(missing)} segments not stored yet", missing=tuple(missing))]
+        refusal = self._store_object(part, manifest_key(device, rid), data)
+        if refusal is not None:
+            return [refusal]
+        row = self._recording_row(manifest, data)
+        if self.index.add_recording(row):
+            self._check_links(manifest, row["manifest_sha256"])
+            logger.info("recording stored device=%s recording=%s seq=%d segments=%d",
+                        device, rid, manifest["seq"], len(listed))
+        (self._recording_staging(part) / PENDING_MANIFEST).unlink(missing_ok=True)
+        return [_ack(part, "stored")]
+
+    def _compare_segments(self, device: str, rid: str,
+                          listed: list[tuple[int, str, int]]) -> tuple[list[int], list[int]]:
+        stored = {r["name"]: r for r in self.index.objects(device, rid) if r["stored_ms"] is not None}
+        missing, wrong = [], []
+        for index, sha256, size in listed:
+            row = stored.get(f"seg/{index}")
+            if row is None:
+                missing.append(index)
+            elif row["sha256"] != sha256 or row["size"] != size:
+                wrong.append(index)
+        return missing, wrong
+
+    def _check_links(self, manifest: dict[str, Any], digest: str) -> None:
+        device, rid, seq = manifest["device_id"], manifest["recording_id"], manifest["seq"]
+        if seq == 1 and manifest["prev"] != mf.GENESIS:
+            self._chain_break(device, rid, seq, "seq 1 does not start from the genesis hash")
+        for before in self.index.recordings_at(device, seq - 1):
+            if manifest["prev"] != before["manifest_sha256"]:
+                self._chain_break(device, rid, seq, f"prev {manifest['prev'][:16]}... is not the hash of "
+                                                    f"seq {seq - 1} ({before['manifest_sha256'][:16]}...)")
+        for after in self.index.recordings_at(device, seq + 1):
+            if after["prev"] != digest:
+                self._chain_break(device, after["recording_id"], seq + 1,
+                                  f"prev {after['prev'][:16]}... is not the hash of seq {seq} ({digest[:16]}...)")
+        if len(self.index.recordings_at(device, seq)) > 1:
+            self._chain_break(device, rid, seq, f"more than one recording claims seq {seq}")
+
+    def _chain_break(self, device: str, rid: str, seq: int, detail: str) -> None:
+        logger.warning("chain break stored device=%s recording=%s seq=%d: %s", device, rid, seq, detail)
+        self.index.add_problem(device, rid, seq, "chain-break", detail, self._now_ms())
+
+    def _recording_row(self, manifest: dict[str, Any], data: bytes) -> dict[str, Any]:
+        started = _int_at(manifest, "started", "wall_ms")
+        ended = _int_at(manifest, "ended", "wall_ms")
+        events = manifest.get("events") if isinstance(manifest.get("events"), list) else []
+        number, name = self._open_caller(manifest)
+        segments = _segment_entries(manifest) or []
+        return {
+            "recording_id": manifest["recording_id"], "device_id": manifest["device_id"],
+            "seq": manifest["seq"], "started_ms": started, "ended_ms": ended,
+            "duration_ms": ended - started if started is not None and ended is not None else None,
+            "flagged": manifest.get("flagged") is True, "recorded": manifest.get("recorded") is True,
+            "discarded": manifest.get("discarded") is True,
+            "ended_by": manifest.get("ended_by") if isinstance(manifest.get("ended_by"), str) else None,
+            "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in CONSENT_KINDS],
+            "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None,
+            "caller_number": number, "caller_name": name,
+            "manifest_sha256": mf.manifest_hash(data), "prev": manifest["prev"],
+            "segments": len(segments), "bytes": sum(size for _, _, size in segments),
+            "manifest_key": manifest_key(manifest["device_id"], manifest["recording_id"]),
+            "stored_ms": self._now_ms(),
+        }
+
+    def _open_caller(self, manifest: dict[str, Any]) -> tuple[str | None, str | None]:
+        sealed = manifest.get("caller")
+        if not isinstance(sealed, str):
+            return None, None
+        identity = self._central_identity()
+        if identity is None:
+            return None, None
+        try:
+            caller = json.loads(pyrage.decrypt(base64.b64decode(sealed, validate=True), [identity]))
+        except (binascii.Error, pyrage.DecryptError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            logger.warning("caller id not readable recording=%s: %s", manifest["recording_id"], e)
+            return None, None
+        if not isinstance(caller, dict):
+            return None, None
+        number, name = caller.get("number"), caller.get("name")
+        return (number if isinstance(number, str) else None, name if isinstance(name, str) else None)
+
+    def _central_identity(self) -> pyrage.x25519.Identity | None:
+        if self._identity is None:
+            try:
+                self._identity = load_identity(self.data_dir)
+            except ConfigError as e:
+                logger.warning("caller ids stay sealed in the index: %s", e)
+        return self._identity
+
+    # -- staging --
+
+    def _recording_staging(self, part: wire.Part) -> Path:
+        return self._staging / part.device_id / part.recording_id
+
+    def _object_staging(self, part: wire.Part) -> Path:
+        return self._recording_staging(part) / str(part.object).replace("/", "-") / part.sha256
+
+    def _assemble(self, folder: Path, part: wire.Part) -> bytes | wire.WireError | None:
+        """The joined object once every part is staged; None while parts are missing."""
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(TMP_PREFIX))
+        if len(names) < part.parts:
+            return None
+        try:
+            pieces = [(folder / f"{k:04d}").read_bytes() for k in range(part.parts)]
+        except FileNotFoundError:  # another worker joined and removed the staging meanwhile
+            return None
+        try:
+            return wire.join(pieces, part.sha256, part.size)
+        except wire.WireError as e:
+            return e
+
+    # -- acks --
+
+    def _stored(self, part: wire.Part) -> list[wire.Ack]:
+        acks = [_ack(part, "stored", per_part=True)] if part.parts > 1 else []
+        return acks + [_ack(part, "stored")]
+
+    def _refuse(self, part: wire.Part, code: str, reason: str) -> wire.Ack:
+        logger.warning("upload refused device=%s recording=%s object=%s code=%s: %s",
+                       part.device_id, part.recording_id, part.object, code, reason)
+        if code in RECORDED_CODES:
+            self.index.add_problem(part.device_id, part.recording_id, None, f"refused-{code}",
+                                   f"{part.object}: {reason}", self._now_ms())
+        return _ack(part, "rejected", code, reason)
+
+    def _now_ms(self) -> int:
+        return round(self._clock.wall() * 1000)
+
+
+def _ack(part: wire.Part, status: wire.Status, code: str | None = None, reason: str | None = None, *,
+         per_part: bool = False, missing: tuple[int, ...] = ()) -> wire.Ack:
+    return wire.Ack(part.recording_id, part.object, part.sha256, status,
+                    part.part if per_part else None, code, reason, missing)
+
+
+def _check_part(part: wire.Part) -> None:
+    """The checks ``wire.parse_part`` makes, for parts built by hand (import, tests, other workers)."""
+    wire.check_device_id(part.device_id)
+    wire.check_recording_id(part.recording_id)
+    wire.check_sha256(part.sha256)
+    if not isinstance(part.object, wire.ObjectRef):
+        raise wire.WireError(f"object {part.object!r} is not an ObjectRef")
+    wire.ObjectRef.parse(str(part.object))
+    if not 1 <= part.parts <= wire.MAX_PARTS or not 0 <= part.part < part.parts:
+        raise wire.WireError(f"part {part.part} of {part.parts} is out of range")
+    if part.parts != max(1, -(-part.size // wire.PART_BYTES)):
+        raise wire.WireError(f"{part.parts} parts cannot carry {part.size} bytes")
+    expected = min(wire.PART_BYTES, part.size - part.part * wire.PART_BYTES)
+    if len(part.payload) != expected:
+        raise wire.WireError(f"part {part.part} of {part.object} is {len(part.payload)} bytes; expected {expected}")
+
+
+def _segment_entries(manifest: dict[str, Any]) -> list[tuple[int, str, int]] | None:
+    entries = []
+    for entry in manifest["segments"]:
+        if not isinstance(entry, dict):
+            return None
+        index, sha256, size = entry.get("index"), entry.get("sha256"), entry.get("bytes")
+        if not (isinstance(index, int) and 0 <= index < wire.MAX_SEGMENTS and isinstance(sha256, str)
+                and isinstance(size, int)):
+            return None
+        entries.append((index, sha256, size))
+    return entries
+
+
+def _int_at(manifest: dict[str, Any], member: str, name: str) -> int | None:
+    section = manifest.get(member)
+    value = section.get(name) if isinstance(section, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove a staging folder and its empty parents; another worker may be doing the same."""
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        entry.unlink(missing_ok=True)
+    for path in (folder, *folder.parents):
+        if path.name == STAGING_DIR:
+            break
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                break
+            raise

@@ -1,0 +1,153 @@
+"""The central store's keys: the age identity that decrypts recordings and the operator signing key.
+
+Layout under the central data dir::
+
+    keys/                 0700
+      central.key         0600  age X25519 identity, in age-keygen's file format
+      operator.key        0600  Ed25519 private key, PKCS#8 PEM (tombstones, later fleet commands)
+
+``central.key`` is a standard age identity file: ``age -d -i keys/central.key
+000000.age`` decrypts a stored segment with no project code. Its public half
+(``age1...``) is what every box is given by ``linetap keys init
+--central-recipient``. Keys are never replaced by ``keys init``: a new
+identity would make every stored recording unreadable, a new operator key
+would orphan every tombstone. Key files readable by anyone but the owner are
+refused. Nothing here logs key material.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyrage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from linetap.firmware.errors import ConfigError
+from linetap.firmware.keys import fingerprint, public_key_b64
+
+logger = logging.getLogger(__name__)
+
+KEYS_DIR = "keys"
+IDENTITY_FILE = "central.key"
+OPERATOR_FILE = "operator.key"
+INIT_HINT = "run `linetap-central keys init` (or pass --data-dir of the store that has the keys)"
+
+
+class CentralKeyMissing(ConfigError, FileNotFoundError):
+    """A key the central store needs does not exist yet."""
+
+
+@dataclass(frozen=True)
+class CentralKeys:
+    """What ``keys init`` left in place."""
+
+    recipient: str  # age1...: give it to every box
+    operator_public_key_b64: str
+    identity_created: bool
+    operator_created: bool
+
+
+def keys_init(data_dir: Path, import_identity: Path | None = None) -> CentralKeys:
+    folder = Path(data_dir) / KEYS_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    identity_path = folder / IDENTITY_FILE
+    identity_created = False
+    if import_identity is not None:
+        imported = _parse_identity(Path(import_identity).read_text(encoding="utf-8"), Path(import_identity))
+        if identity_path.exists():
+            if str(load_identity(data_dir).to_public()) != str(imported.to_public()):
+                raise ConfigError(f"{identity_path} already holds another age identity; refusing to replace "
+                                  "it (recordings encrypted to it would become unreadable). Move it aside "
+                                  "first if you really mean to change the central key")
+        else:
+            _write_private(identity_path, _identity_file(imported))
+            identity_created = True
+    elif not identity_path.exists():
+        _write_private(identity_path, _identity_file(pyrage.x25519.Identity.generate()))
+        identity_created = True
+    operator_path = folder / OPERATOR_FILE
+    operator_created = not operator_path.exists()
+    if operator_created:
+        key = Ed25519PrivateKey.generate()
+        _write_private(operator_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    _fsync_dir(folder)
+    operator = load_operator_key(data_dir)
+    keys = CentralKeys(str(load_identity(data_dir).to_public()), public_key_b64(operator.public_key()),
+                       identity_created, operator_created)
+    logger.info("central keys init identity_created=%s operator_created=%s operator=%s",
+                identity_created, operator_created, fingerprint(operator.public_key()))
+    return keys
+
+
+def load_identity(data_dir: Path) -> pyrage.x25519.Identity:
+    path = Path(data_dir) / KEYS_DIR / IDENTITY_FILE
+    _check_private(path)
+    return _parse_identity(path.read_text(encoding="utf-8"), path)
+
+
+def load_operator_key(data_dir: Path) -> Ed25519PrivateKey:
+    path = Path(data_dir) / KEYS_DIR / OPERATOR_FILE
+    _check_private(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as e:
+        raise ConfigError(f"operator key {path} is not a PEM private key ({e})") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"operator key {path} is a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def operator_public_key(data_dir: Path) -> Ed25519PublicKey:
+    return load_operator_key(data_dir).public_key()
+
+
+def _parse_identity(text: str, source: Path) -> pyrage.x25519.Identity:
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("AGE-SECRET-KEY-")]
+    if len(lines) != 1:
+        raise ConfigError(f"{source} holds {len(lines)} age identities (AGE-SECRET-KEY-... lines); "
+                          "expected exactly one, as `age-keygen -o FILE` writes")
+    try:
+        return pyrage.x25519.Identity.from_str(lines[0])
+    except pyrage.IdentityError as e:
+        raise ConfigError(f"{source}: the AGE-SECRET-KEY line is not a valid age X25519 identity ({e})") from e
+
+
+def _identity_file(identity: pyrage.x25519.Identity) -> bytes:
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return (f"# created: {created}\n# public key: {identity.to_public()}\n{identity}\n").encode()
+
+
+def _check_private(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise CentralKeyMissing(f"no central key at {path}: {INIT_HINT}") from None
+    if mode & 0o077:
+        raise ConfigError(f"central key {path} has mode {mode:04o}, readable by others; fix it with "
+                          f"`chmod 600 {path}` (and check who may have copied it)")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,243 @@
+"""The operator's tools through the real CLI: keys, enroll, list, export, verify, import, erase, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from central_boxes import BIG_CODEC, RATE, Box, make_box
+from linetap.firmware.encoder import segments_to_pcm
+from linetap.sync.central.cli import main
+from linetap.sync.central.keys import load_identity
+from linetap.sync.central.store import segment_key
+from linetap.sync.central.tools import StoreTools
+
+
+def cli(central: Path, *argv: str) -> int:
+    return main(["--data-dir", str(central), *argv])
+
+
+@pytest.fixture
+def central(tmp_path: Path, capsys) -> Path:
+    folder = tmp_path / "central"
+    assert cli(folder, "keys", "init") == 0
+    assert "age1" in capsys.readouterr().out
+    return folder
+
+
+@pytest.fixture
+def box(tmp_path: Path, central: Path, capsys) -> Box:
+    made = make_box(tmp_path / "boxes", "desk-1", load_identity(central))
+    assert cli(central, "enroll", made.device_id, "--signing-key", made.public_key_b64) == 0
+    capsys.readouterr()
+    yield made
+    made.spool.close()
+
+
+def imported(central: Path, box: Box, capsys) -> list[dict]:
+    assert cli(central, "import", str(box.data_dir), "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def verify_json(central: Path, capsys, *which: str) -> tuple[int, dict]:
+    code = cli(central, "verify", *(which or ("--all",)), "--json")
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_keys_init_makes_private_keys_and_keeps_them(central: Path, capsys, tmp_path: Path) -> None:
+    keys = central / "keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert stat.S_IMODE((keys / "central.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((keys / "operator.key").stat().st_mode) == 0o600
+    recipient = str(load_identity(central).to_public())
+    assert cli(central, "keys", "init") == 0
+    assert recipient in capsys.readouterr().out  # kept, not replaced
+    other = tmp_path / "other"
+    assert cli(other, "keys", "init", "--import-identity", str(keys / "central.key")) == 0
+    assert str(load_identity(other).to_public()) == recipient
+
+
+def test_age_decrypts_a_stored_segment_with_the_identity_file(central: Path, box: Box, capsys,
+                                                              tmp_path: Path) -> None:
+    rid = box.call(1.5)
+    imported(central, box, capsys)
+    segment = central / "objects" / segment_key(box.device_id, rid, 0)
+    out = tmp_path / "plain.ogg"
+    subprocess.run(["age", "-d", "-i", str(central / "keys" / "central.key"), "-o", str(out), str(segment)],
+                   check=True)
+    assert out.read_bytes()[:4] == b"OggS"
+
+
+def test_enroll_refuses_a_bad_key_and_a_silent_replacement(central: Path, box: Box, capsys) -> None:
+    assert cli(central, "enroll", "desk-2", "--signing-key", "not-base64") == 1
+    assert cli(central, "enroll", "Desk 2", "--signing-key", box.public_key_b64) == 1
+    other = make_box(box.data_dir.parent.parent / "x", "desk-9", load_identity(central))
+    assert cli(central, "enroll", box.device_id, "--signing-key", other.public_key_b64) == 1
+    assert "--replace" in capsys.readouterr().err
+    other.spool.close()
+
+
+def test_import_then_list_with_filters(central: Path, box: Box, capsys) -> None:
+    short = box.call(1.5, number="+15550000007", name="Jane Roe")
+    long = box.call(4.0, flagged=True)
+    results = imported(central, box, capsys)
+    assert [(r["recording_id"], r["status"]) for r in results] == [(short, "stored"), (long, "stored")]
+    assert imported(central, box, capsys)[0]["status"] == "stored"  # a second import is harmless
+
+    def listed(*filters: str) -> list[str]:
+        assert cli(central, "list", "--json", *filters) == 0
+        return [r["recording_id"] for r in json.loads(capsys.readouterr().out)]
+
+    assert listed() == [short, long]
+    assert listed("--caller", "jane") == [short]
+    assert listed("--caller", "0000007") == [short]
+    assert listed("--flagged") == [long]
+    assert listed("--min-duration", "3") == [long]
+    assert listed("--device", "desk-2") == []
+    assert listed("--since", "2026-01-01T00:16:41") == [long]  # the clock starts at 00:16:40
+    assert listed("--until", "2026-01-01T00:16:41") == [short]
+    assert cli(central, "list") == 0
+    assert short in capsys.readouterr().out
+
+
+def test_import_reports_what_it_refused(central: Path, box: Box, capsys) -> None:
+    rid = box.call(1.5)
+    (box.folder(rid) / "000000.age").unlink()
+    assert cli(central, "import", str(box.data_dir)) == 1
+    out = capsys.readouterr().out
+    assert f"{rid}  rejected missing-segments" in out
+
+
+def test_export_to_wav_and_ogg(central: Path, box: Box, capsys, tmp_path: Path) -> None:
+    rid = box.call(25, codec=BIG_CODEC)
+    imported(central, box, capsys)
+    out = tmp_path / "call.wav"
+    assert cli(central, "export", rid, "-o", str(out)) == 0
+    with wave.open(str(out)) as wav:
+        assert (wav.getnchannels(), wav.getframerate(), wav.getnframes()) == (2, RATE, 25 * RATE)
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), np.int16).reshape(-1, 2)
+    assert pcm[RATE:, 0].std() > 1000 and pcm[RATE:, 1].std() > 1000  # both sides carry the tones
+    ogg = tmp_path / "call.ogg"
+    assert cli(central, "export", rid, "-o", str(ogg)) == 0
+    assert len(segments_to_pcm([ogg.read_bytes()], RATE)) == 25 * RATE
+
+
+def test_export_refuses_an_altered_segment(central: Path, box: Box, capsys, tmp_path: Path) -> None:
+    rid = box.call(1.5)
+    imported(central, box, capsys)
+    segment = central / "objects" / segment_key(box.device_id, rid, 0)
+    segment.write_bytes(segment.read_bytes()[:-1] + b"\0")
+    assert cli(central, "export", rid, "-o", str(tmp_path / "x.wav")) == 1
+    assert "altered" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_verify_is_clean_then_finds_an_altered_object_and_a_bad_signature(central: Path, box: Box,
+                                                                          capsys) -> None:
+    first, second = box.call(1.5), box.call(1.5)
+    imported(central, box, capsys)
+    assert verify_json(central, capsys)[0] == 0
+    segment = central / "objects" / segment_key(box.device_id, first, 0)
+    segment.write_bytes(b"\0" + segment.read_bytes()[1:])
+    code, report = verify_json(central, capsys, first)
+    assert code == 1 and [p["kind"] for p in report["devices"][0]["problems"]] == ["altered"]
+    with StoreTools(central) as tools:
+        manifest = central / "objects" / tools.index.recording(second)["manifest_key"]
+    body = json.loads(manifest.read_bytes())
+    body["signature"]["value"] = body["signature"]["value"][::-1]
+    manifest.write_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    code, report = verify_json(central, capsys)
+    kinds = {p["kind"] for p in report["devices"][0]["problems"]}
+    assert code == 1 and {"altered"} <= kinds and any("signature" in p["detail"] or "sha256" in p["detail"]
+                                                       for p in report["devices"][0]["problems"]
+                                                       if p["seq"] == 2)
+
+
+def test_verify_finds_a_missing_seq(central: Path, box: Box, capsys) -> None:
+    box.call(1.5)
+    lost = box.call(1.5)
+    box.call(1.5)
+    for path in box.folder(lost).iterdir():
+        path.unlink()
+    box.folder(lost).rmdir()
+    imported(central, box, capsys)
+    code, report = verify_json(central, capsys)
+    assert code == 1 and report["devices"][0]["missing"] == [2]
+
+
+def test_erase_leaves_a_tombstone_and_verify_sees_erased_not_missing(central: Path, box: Box, capsys) -> None:
+    box.call(1.5)
+    gone = box.call(1.5, number="+15559990000")
+    box.call(1.5)
+    imported(central, box, capsys)
+    assert cli(central, "erase", gone, "--reason", "data subject request") == 0
+    capsys.readouterr()
+    files = sorted(p.name for p in (central / "objects").rglob(f"{gone}/*"))
+    assert files == ["tombstone.json"]
+    code, report = verify_json(central, capsys)
+    device = report["devices"][0]
+    assert code == 0, device["problems"]
+    assert (device["erased"], device["missing"]) == ([2], [])
+    assert cli(central, "list", "--caller", "9990000", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli(central, "export", gone, "-o", str(central / "x.wav")) == 1
+    assert "erased" in capsys.readouterr().err
+
+
+def test_verify_reports_a_tombstone_that_was_tampered_with(central: Path, box: Box, capsys) -> None:
+    gone = box.call(1.5)
+    box.call(1.5)
+    imported(central, box, capsys)
+    assert cli(central, "erase", gone, "--reason", "test") == 0
+    tombstone = next((central / "objects").rglob("tombstone.json"))
+    tombstone.write_bytes(tombstone.read_bytes().replace(b'"reason":"test"', b'"reason":"other"'))
+    capsys.readouterr()
+    code, report = verify_json(central, capsys)
+    assert code == 1 and report["devices"][0]["problems"][0]["kind"] == "bad-tombstone"
+
+
+def test_retention_erases_what_is_due_except_under_legal_hold(central: Path, box: Box, capsys) -> None:
+    plain_old, held_old = box.call(1.5), box.call(1.5)
+    flagged_old = box.call(1.5, flagged=True)
+    imported(central, box, capsys)
+    (central / "central.toml").write_text("[retention]\ndefault_days = 30\nflagged_days = 365\n")
+    assert cli(central, "hold", "set", held_old, "--reason", "litigation 42") == 0
+    assert cli(central, "erase", held_old, "--reason", "x") == 1
+    assert "legal hold" in capsys.readouterr().err
+    # The recordings are from 2026-01-01 and this test runs later than 2026-01-31 by the system clock.
+    assert cli(central, "retention", "run", "--dry-run", "--json") == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert (dry["due"], dry["held"]) == ([plain_old], [held_old])
+    with StoreTools(central) as tools:
+        assert tools.index.recording(plain_old)["erased_ms"] is None
+    assert cli(central, "retention", "run") == 0
+    with StoreTools(central) as tools:
+        assert tools.index.recording(plain_old)["erased_ms"] is not None
+        assert tools.index.recording(held_old)["erased_ms"] is None
+        assert tools.index.recording(flagged_old)["erased_ms"] is None
+    assert cli(central, "hold", "clear", held_old) == 0
+    assert cli(central, "retention", "run", "--json") == 0
+    capsys.readouterr()
+    assert verify_json(central, capsys)[0] == 0
+
+
+def test_config_refuses_unknown_keys(central: Path, capsys) -> None:
+    (central / "central.toml").write_text("[retention]\ndefault_dayz = 30\n")
+    assert cli(central, "retention", "run", "--dry-run") == 1
+    assert "default_dayz" in capsys.readouterr().err
+
+
+def test_the_data_dir_comes_from_the_environment(central: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LINETAP_CENTRAL_DATA_DIR", str(central))
+    assert main(["verify", "--all"]) == 0
+    monkeypatch.delenv("LINETAP_CENTRAL_DATA_DIR")
+    assert main(["verify", "--all"]) == 1
+    assert "LINETAP_CENTRAL_DATA_DIR" in capsys.readouterr().err
+    assert os.environ.get("LINETAP_CENTRAL_DATA_DIR") is None
