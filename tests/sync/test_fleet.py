@@ -1,0 +1,431 @@
+"""The box's side of the fleet protocol: commands run once and answer signed, configs apply or roll back."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from linetap.firmware.clock import ManualClock
+from linetap.firmware.config import Config
+from linetap.firmware.errors import DeviceMissing
+from linetap.sync import fleet
+from linetap.sync.fleet import BirthInfo, Effects, FleetAgent, SpoolFigures, Telemetry
+from linetap.sync.signed import key_table, open_envelope, seal
+
+DEV = "lt-desk-1"
+OPERATOR = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+DEVICE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
+TTL = 60_000
+SPOOL = SpoolFigures(unsynced_recordings=3, unsynced_bytes=90_000, oldest_unsynced_age_s=120,
+                     free_bytes=2_000_000_000)
+
+
+class RecordedEffects:
+    """Effects that note each call; ``fail`` names effects that raise as a failed driver would."""
+
+    def __init__(self, fail: frozenset[str] = frozenset()) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.fail = fail
+
+    def _note(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        if name in self.fail:
+            raise DeviceMissing(f"{name}: audio device 'hw:1' is missing; plug the codec in")
+
+    def effects(self) -> Effects:
+        return Effects(
+            ping=lambda: self._note("ping") or {"uptime_s": 42},
+            identify=lambda seconds: self._note("identify", seconds),
+            test_announcement=lambda: self._note("test_announcement"),
+            sync_now=lambda: self._note("sync_now"),
+            logs=lambda lines: self._note("logs", lines) or [f"line {i}" for i in range(1000)],
+            purge_synced=lambda: self._note("purge_synced") or 4,
+            restart=lambda: self._note("restart"),
+            apply_config=lambda new, changed: self._note("apply_config", new, changed),
+            rollback_config=lambda old: self._note("rollback_config", old),
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+class Box:
+    """One agent with its effects, its persisted state and a clock the test moves."""
+
+    def __init__(self, clock: ManualClock, state: dict[str, Any] | None = None,
+                 fail: frozenset[str] = frozenset(), boot: int = 1, **replaced: Any) -> None:
+        self.clock = clock
+        self.recorded = RecordedEffects(fail)
+        self.saved: list[dict[str, Any]] = []
+        self.agent = FleetAgent(device_id=DEV, signing_key=DEVICE_KEY,
+                                operator_keys=key_table([OPERATOR.public_key()]), clock=clock,
+                                effects=dataclasses.replace(self.recorded.effects(), **replaced), config=Config(device={"id": DEV}),
+                                state=state, save=lambda s: self.saved.append(json.loads(json.dumps(s))),
+                                boot=boot)
+
+    @property
+    def now_ms(self) -> int:
+        return round(self.clock.wall() * 1000)
+
+    def command(self, name: str, seq: int | None = 1, *, topic_name: str | None = None,
+                nonce: str | None = None, correlation: bytes | None = b"req-1",
+                response_topic: str | None = None, **args: Any) -> tuple[fleet.Response, dict[str, Any]]:
+        payload = seal("cmd", DEV, fleet.command_body(name, **args), OPERATOR, seq=seq, nonce=nonce,
+                       now_ms=self.now_ms, ttl_ms=TTL)
+        return self.send(fleet.cmd_topic(DEV, topic_name or name), payload, correlation, response_topic)
+
+    def send(self, topic: str, payload: bytes, correlation: bytes | None = b"req-1",
+             response_topic: str | None = None) -> tuple[fleet.Response, dict[str, Any]]:
+        response = self.agent.handle_command(topic, payload, response_topic or fleet.resp_topic(DEV),
+                                             correlation)
+        return response, verified(response.payload, response.status)
+
+    def push(self, toml: str, version: int, device: str = DEV) -> tuple[fleet.ConfigReport, dict[str, Any]]:
+        payload = seal("config", device, fleet.config_body(toml), OPERATOR, seq=version,
+                       now_ms=self.now_ms, ttl_ms=TTL)
+        report = self.agent.handle_config(payload)
+        return report, verified(report.payload, report.outcome)
+
+
+def verified(payload: bytes, expected_status: str) -> dict[str, Any]:
+    """The body of a box's answer, after checking it as the centre would: signed by the device key."""
+    envelope = open_envelope(payload, trusted_keys=key_table([DEVICE_KEY.public_key()]), device_id=DEV,
+                             kind="resp", now_ms=None, max_bytes=128 * 1024)
+    assert envelope.body.get("status", envelope.body.get("outcome")) == expected_status
+    return envelope.body | {"_seq": envelope.seq, "_nonce": envelope.nonce}
+
+
+@pytest.fixture
+def box(clock: ManualClock) -> Box:
+    return Box(clock)
+
+
+# --------------------------------------------------------------- commands --
+
+@pytest.mark.parametrize("name, args, effect, result", [
+    ("ping", {}, ("ping", ()), {"pong": True, "figures": {"uptime_s": 42}}),
+    ("identify", {"seconds": 30}, ("identify", (30,)), {"seconds": 30}),
+    ("identify", {}, ("identify", (15,)), {"seconds": 15}),
+    ("test-announcement", {}, ("test_announcement", ()), {}),
+    ("sync-now", {}, ("sync_now", ()), {}),
+    ("purge-synced", {}, ("purge_synced", ()), {"purged": 4}),
+    ("restart", {}, ("restart", ()), {"restarting": True}),
+])
+def test_each_command_calls_exactly_its_effect(box: Box, name: str, args: dict[str, int],
+                                               effect: tuple[str, tuple[Any, ...]],
+                                               result: dict[str, Any]) -> None:
+    response, body = box.command(name, seq=12, correlation=b"\x00req-7", **args)
+    assert box.recorded.calls == [effect]
+    assert (response.status, response.command, response.code) == ("ok", name, None)
+    assert response.topic == fleet.resp_topic(DEV) and response.correlation_data == b"\x00req-7"
+    assert body["result"] == result and body["command"] == name
+    assert body["_seq"] == 12 and base64.b64decode(body["correlation"]) == b"\x00req-7"
+    assert body["clock_synced"] is True and body["time_checked"] is True
+
+
+def test_logs_returns_the_last_lines_asked_for(box: Box) -> None:
+    response, body = box.command("logs", lines=3)
+    assert box.recorded.calls == [("logs", (3,))]
+    assert body["result"] == {"lines": ["line 997", "line 998", "line 999"], "truncated": False}
+
+
+def test_logs_stay_within_one_message(clock: ManualClock) -> None:
+    box = Box(clock, logs=lambda lines: ["é" * 5000] * lines)
+    response, body = box.command("logs", lines=fleet.MAX_LOG_LINES)
+    assert body["result"]["truncated"] is True
+    assert all(len(line) == fleet.MAX_LOG_LINE for line in body["result"]["lines"])
+    assert len(response.payload) < 128 * 1024
+
+
+def test_a_nonce_command_is_answered_with_its_nonce(box: Box) -> None:
+    response, body = box.command("ping", seq=None, nonce="n0nce-0000000001")
+    assert response.status == "ok" and body["_nonce"] == "n0nce-0000000001" and body["_seq"] is None
+
+
+def test_a_failing_effect_is_a_failed_response_naming_it(clock: ManualClock) -> None:
+    box = Box(clock, fail=frozenset({"test_announcement"}))
+    response, body = box.command("test-announcement")
+    assert (response.status, response.code) == ("failed", "effect-failed")
+    assert "DeviceMissing" in body["reason"] and "hw:1" in body["reason"]
+
+
+def refusals(box: Box) -> dict[str, tuple[str, bytes, bytes | None]]:
+    """One command per refusal: (topic, payload, correlation)."""
+    def sealed(name: str = "ping", seq: int = 50, device: str = DEV, now_ms: int | None = None,
+               key: Ed25519PrivateKey = OPERATOR, **args: Any) -> bytes:
+        return seal("cmd", device, fleet.command_body(name, **args), key, seq=seq,
+                    now_ms=box.now_ms if now_ms is None else now_ms, ttl_ms=TTL)
+
+    ping = fleet.cmd_topic(DEV, "ping")
+    good = sealed()
+    unsigned = json.loads(good)
+    del unsigned["signature"]
+    return {
+        "replayed": (ping, sealed(seq=1), None),
+        "expired": (ping, sealed(now_ms=box.now_ms - 2 * TTL), None),
+        "unsigned": (ping, json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode(), None),
+        "unknown-key": (ping, sealed(key=DEVICE_KEY), None),
+        "bad-signature": (ping, good.replace(b'"seq":50', b'"seq":51'), None),
+        "wrong-device": (ping, sealed(device="lt-desk-2"), None),
+        "malformed": (ping, b"{not json", None),
+        "oversized": (ping, good[:-1] + b" " * fleet.MAX_COMMAND_BYTES + b"}", None),
+        "unknown-command": (fleet.cmd_topic(DEV, "self-destruct"), sealed("self-destruct"), None),
+        "bad-args": (fleet.cmd_topic(DEV, "identify"), sealed("identify", seconds=0), None),
+    }
+
+
+@pytest.mark.parametrize("code", ["replayed", "expired", "unsigned", "unknown-key", "bad-signature",
+                                  "wrong-device", "malformed", "oversized", "unknown-command", "bad-args"])
+def test_every_refusal_is_a_signed_error_response_and_nothing_runs(box: Box, code: str) -> None:
+    box.command("identify", seq=1)  # the replay guard has now seen seq 1
+    box.recorded.calls.clear()
+    topic, payload, _ = refusals(box)[code]
+    response, body = box.send(topic, payload, correlation=b"req-9")
+    assert (response.status, response.code, body["code"]) == ("refused", code, code)
+    assert box.recorded.calls == []
+    assert base64.b64decode(body["correlation"]) == b"req-9" and body["reason"]
+
+
+@pytest.mark.parametrize("topic, code", [
+    (f"linetap/v1/{DEV}/cmd/identify", "malformed"),  # signed as ping
+    ("linetap/v1/lt-desk-2/cmd/ping", "wrong-device"),
+    (f"linetap/v1/{DEV}/cmd", "malformed"),
+    (f"linetap/v1/{DEV}/cmd/ping/extra", "malformed"),
+])
+def test_the_topic_must_name_this_box_and_the_signed_command(box: Box, topic: str, code: str) -> None:
+    payload = seal("cmd", DEV, fleet.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
+    response, _ = box.send(topic, payload)
+    assert (response.status, response.code) == ("refused", code)
+    assert box.recorded.calls == []
+
+
+def test_a_refused_command_does_not_use_up_its_seq(box: Box) -> None:
+    """Only a signed command whose topic matches is admitted; a misrouted copy does not burn the number."""
+    payload = seal("cmd", DEV, fleet.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
+    assert box.send(fleet.cmd_topic(DEV, "identify"), payload)[0].status == "refused"
+    assert box.send(fleet.cmd_topic(DEV, "ping"), payload)[0].status == "ok"
+    assert box.send(fleet.cmd_topic(DEV, "ping"), payload)[0].code == "replayed"
+    assert box.recorded.names == ["ping"]
+
+
+def test_correlation_data_too_long_is_refused_and_not_echoed(box: Box) -> None:
+    response, body = box.command("ping", correlation=b"x" * (fleet.MAX_CORRELATION + 1))
+    assert (response.code, response.correlation_data) == ("malformed", None) and "correlation" not in body
+    assert box.recorded.calls == []
+
+
+@pytest.mark.parametrize("asked, used", [
+    (f"linetap/v1/{DEV}/resp/central-1/77", f"linetap/v1/{DEV}/resp/central-1/77"),
+    ("linetap/v1/lt-desk-2/resp", f"linetap/v1/{DEV}/resp"),
+    (f"linetap/v1/{DEV}/resp/#", f"linetap/v1/{DEV}/resp"),
+    ("central/inbox", f"linetap/v1/{DEV}/resp"),
+])
+def test_responses_go_only_where_the_box_may_publish(box: Box, asked: str, used: str) -> None:
+    response, _ = box.command("ping", response_topic=asked)
+    assert response.topic == used
+
+
+def test_with_the_clock_unsynchronised_a_stale_sequenced_command_runs_and_says_so(clock: ManualClock) -> None:
+    box = Box(clock)
+    stale = seal("cmd", DEV, fleet.command_body("sync-now"), OPERATOR, seq=5,
+                 now_ms=box.now_ms - 10 * TTL, ttl_ms=TTL)
+    assert box.send(fleet.cmd_topic(DEV, "sync-now"), stale)[0].code == "expired"
+    clock.set_synced(False)
+    response, body = box.send(fleet.cmd_topic(DEV, "sync-now"), stale)
+    assert response.status == "ok" and box.recorded.names == ["sync_now"]
+    assert body["clock_synced"] is False and body["time_checked"] is False
+    response, _ = box.command("ping", seq=None, nonce="n0nce-0000000002")
+    assert response.code == "clock-unsynced"
+
+
+def test_replay_protection_survives_a_restart(clock: ManualClock) -> None:
+    box = Box(clock)
+    payload = seal("cmd", DEV, fleet.command_body("restart"), OPERATOR, seq=8, now_ms=box.now_ms, ttl_ms=TTL)
+    assert box.send(fleet.cmd_topic(DEV, "restart"), payload)[0].status == "ok"
+    reborn = Box(clock, state=box.saved[-1])
+    assert reborn.send(fleet.cmd_topic(DEV, "restart"), payload)[0].code == "replayed"
+    assert reborn.recorded.calls == []
+
+
+def test_the_command_is_saved_as_seen_before_it_runs(clock: ManualClock) -> None:
+    seen_when_run: list[int] = []
+    box = Box(clock, restart=lambda: seen_when_run.append(len(box.saved)))
+    box.command("restart", seq=2)
+    assert seen_when_run == [1]
+
+
+command_names = st.sampled_from([*fleet.COMMANDS, "bogus"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=command_names, payload=st.binary(max_size=400), correlation=st.none() | st.binary(max_size=300))
+def test_any_payload_is_refused_with_a_signed_response(name: str, payload: bytes,
+                                                       correlation: bytes | None) -> None:
+    box = Box(ManualClock())
+    response, body = box.send(fleet.cmd_topic(DEV, name), payload, correlation)
+    assert response.status == "refused" and body["code"] == response.code
+    assert box.recorded.calls == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_mutation_of_a_valid_command_is_refused(data: st.DataObject) -> None:
+    box = Box(ManualClock())
+    valid = seal("cmd", DEV, fleet.command_body("identify", seconds=5), OPERATOR, seq=2, now_ms=box.now_ms,
+                 ttl_ms=TTL)
+    mutated = bytearray(valid)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[at] ^= data.draw(st.integers(1, 255))
+    assume(mutated != valid)  # two changes at one place may cancel out
+    response, _ = box.send(fleet.cmd_topic(DEV, "identify"), bytes(mutated))
+    assert response.status == "refused"
+    assert box.recorded.calls == []
+
+
+# ----------------------------------------------------------------- config --
+
+def test_a_valid_config_is_applied_with_the_sections_that_changed(box: Box) -> None:
+    report, body = box.push('[audio]\nrate = 8000\n\n[controls]\nlong_press_s = 2.5\n', version=4)
+    assert (report.outcome, report.version, report.applied_version, report.code) == ("applied", 4, 4, None)
+    assert report.changed == ("audio", "controls") and body["changed"] == ["audio", "controls"]
+    (name, (new, changed)), = box.recorded.calls
+    assert name == "apply_config" and changed == {"audio", "controls"}
+    assert new.audio.rate == 8000 and new.controls.long_press_s == 2.5 and new.device.id == DEV
+    assert box.agent.config == new and box.agent.config_version == 4
+    assert box.saved[-1]["config"]["applied_version"] == 4
+    assert report.topic == fleet.config_reported_topic(DEV) and report.retain
+
+
+def test_a_schema_error_is_rejected_naming_the_key(box: Box) -> None:
+    report, body = box.push("[audio]\nrat = 8000\n", version=2)
+    assert (report.outcome, report.code, report.applied_version) == ("rejected", "invalid-config", 0)
+    assert "audio.rat" in body["reason"] and "did you mean 'rate'" in body["reason"]
+    assert box.recorded.calls == []
+    report, body = box.push('[audio]\nblock_ms = "20"\n', version=3)
+    assert "audio.block_ms" in body["reason"] and "without quotes" in body["reason"]
+
+
+@pytest.mark.parametrize("toml, why", [
+    ('[device]\nid = "lt-evil"\n', "[device]"),
+    ("[audio\n", "not valid TOML"),
+])
+def test_what_the_local_file_would_refuse_or_the_box_owns_is_rejected(box: Box, toml: str, why: str) -> None:
+    report, _ = box.push(toml, version=2)
+    assert report.outcome == "rejected" and why in report.reason
+    assert box.recorded.calls == []
+
+
+def test_a_driver_failure_rolls_back_and_is_reported(clock: ManualClock) -> None:
+    box = Box(clock, fail=frozenset({"apply_config"}))
+    old = box.agent.config
+    report, body = box.push("[audio]\nrate = 48000\n", version=6)
+    assert (report.outcome, report.code, report.applied_version) == ("rejected", "apply-failed", 0)
+    assert box.recorded.calls[1] == ("rollback_config", (old,))
+    assert box.recorded.names == ["apply_config", "rollback_config"]
+    assert "DeviceMissing" in body["reason"] and "rolled back to version 0" in body["reason"]
+    assert box.agent.config is old
+
+
+def test_a_redelivered_version_is_reported_again_not_reapplied(box: Box) -> None:
+    payload = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
+                   now_ms=box.now_ms, ttl_ms=TTL)
+    first = box.agent.handle_config(payload)
+    again = box.agent.handle_config(payload)
+    assert (first.outcome, again.outcome, again.version, again.changed) == ("applied", "applied", 3, ("audio",))
+    assert box.recorded.names == ["apply_config"]
+    box.clock.advance(5)
+    resealed = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
+                    now_ms=box.now_ms, ttl_ms=TTL)
+    assert resealed != payload and box.agent.handle_config(resealed).outcome == "applied"
+    assert box.recorded.names == ["apply_config"]
+    other = seal("config", DEV, fleet.config_body("[audio]\nrate = 48000\n"), OPERATOR, seq=3,
+                 now_ms=box.now_ms, ttl_ms=TTL)
+    assert box.agent.handle_config(other).code == "older-version"
+
+
+def test_older_versions_are_refused_even_after_a_restart(clock: ManualClock) -> None:
+    box = Box(clock)
+    box.push("[audio]\nrate = 8000\n", version=9)
+    reborn = Box(clock, state=box.saved[-1])
+    assert reborn.agent.config_version == 9
+    report, body = reborn.push("[audio]\nrate = 48000\n", version=8)
+    assert (report.outcome, report.code, report.applied_version) == ("rejected", "older-version", 9)
+    assert "not above 9" in body["reason"] and reborn.recorded.calls == []
+
+
+def test_a_config_with_nothing_new_is_applied_without_touching_drivers(box: Box) -> None:
+    report, _ = box.push("", version=1)
+    assert (report.outcome, report.changed) == ("applied", ()) and box.recorded.calls == []
+
+
+def test_a_fleet_wide_config_applies_and_another_boxs_is_refused(box: Box) -> None:
+    assert box.push("[log]\nlevel = \"debug\"\n", version=2, device="*")[0].outcome == "applied"
+    report, _ = box.push("[log]\nlevel = \"info\"\n", version=3, device="lt-desk-2")
+    assert (report.outcome, report.code, report.version) == ("rejected", "wrong-device", None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(payload=st.binary(max_size=400))
+def test_any_config_payload_is_rejected_without_effects(payload: bytes) -> None:
+    box = Box(ManualClock())
+    report = box.agent.handle_config(payload)
+    assert report.outcome == "rejected" and report.applied_version == 0
+    assert box.recorded.calls == [] and box.saved == []
+    verified(report.payload, "rejected")
+
+
+# ------------------------------------------------ status, birth, telemetry --
+
+def test_each_session_pairs_its_will_with_its_online_status(clock: ManualClock) -> None:
+    box = Box(clock, boot=7)
+    first, second = box.agent.start_session(), box.agent.start_session()
+    for session, number in ((first, 1), (second, 2)):
+        online, will = json.loads(session.online.payload), json.loads(session.will.payload)
+        assert (online["state"], will["state"]) == ("online", "offline")
+        assert (online["boot"], online["session"]) == (will["boot"], will["session"]) == (7, number)
+        assert session.online.topic == session.will.topic == fleet.status_topic(DEV)
+        assert session.online.retain and session.will.retain and session.will.qos == 1
+    assert fleet.fleet_filter("status") == "linetap/v1/+/status"
+
+
+def test_a_late_will_is_answered_by_the_live_box_and_a_newer_session_is_not_fought(clock: ManualClock) -> None:
+    old_boot = Box(clock, boot=3)
+    late_will = old_boot.agent.start_session().will.payload
+    box = Box(clock, boot=4)
+    live = box.agent.start_session()
+    assert box.agent.on_status(late_will).payload == live.online.payload
+    assert box.agent.on_status(live.online.payload) is None
+    assert box.agent.on_status(b"") is not None  # retained status cleared by someone
+    newer = Box(clock, boot=5).agent.start_session().online.payload
+    assert box.agent.on_status(newer) is None
+
+
+def test_birth_telemetry_and_alarms_are_bounded_json_on_their_topics(box: Box) -> None:
+    box.push("[audio]\nrate = 8000\n", version=5)
+    box.agent.start_session()
+    birth = box.agent.birth(BirthInfo("0.1.0", "pi4-usb-codec", tuple(f"cap-{i}" for i in range(100)), SPOOL))
+    body = json.loads(birth.payload)
+    assert (birth.topic, birth.retain) == (fleet.birth_topic(DEV), True)
+    assert body["config_version"] == 5 and body["session"] == 1 and len(body["capabilities"]) == 32
+    assert body["clock"] == {"synced": True, "wall_ms": box.now_ms}
+    assert body["spool"]["unsynced_recordings"] == 3
+    telemetry = box.agent.telemetry(Telemetry(uptime_s=3600, spool=SPOOL, last_sync_ms=None, recording=True,
+                                              near_dbfs=-23.456, far_dbfs=None, overruns=0, cpu_temp_c=51.04))
+    body = json.loads(telemetry.payload)
+    assert (telemetry.topic, telemetry.qos, body["near_dbfs"], body["cpu_temp_c"]) == (
+        fleet.telemetry_topic(DEV), 0, -23.5, 51.0)
+    alarm = box.agent.alarm("spool-full", active=True, detail="x" * 10_000)
+    body = json.loads(alarm.payload)
+    assert alarm.topic == f"linetap/v1/{DEV}/alarm/spool-full" and body["active"] and len(body["detail"]) == 500
+    assert max(len(m.payload) for m in (birth, telemetry, alarm)) <= fleet.MAX_FIGURES
+    with pytest.raises(fleet.SyncError, match="not one of"):
+        box.agent.alarm("on-fire", active=True)
