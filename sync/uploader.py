@@ -1,0 +1,239 @@
+"""The uploader thread: spool → upload protocol → link, and acks back into the catalogue.
+
+:class:`Uploader` owns one named thread, ``uploader``, and the
+:class:`~linetap.sync.upload.Upload` state machine, which only that thread
+touches. It reads the backlog from the spool's catalogue (closed recordings
+and each segment's synced flag), reads segment and manifest files when the
+protocol asks for them, publishes through a :class:`~linetap.sync.link.Link`
+it is given (the app owns the link and may share it with the fleet side), and
+applies the protocol's catalogue updates with :meth:`Spool.mark_synced`.
+
+Wiring. The app passes the uploader's :meth:`on_connected`,
+:meth:`on_disconnected` and :meth:`on_message` to the link (or calls them
+from its own dispatcher); they only queue an event and return, so they are
+safe on the link thread. :meth:`notify` (a recording closed) and
+:meth:`sync_now` may be called from any thread.
+
+Rescans. The backlog is read again on :meth:`notify`, on :meth:`sync_now`,
+and every ``rescan_s`` in case a notification was missed; recordings that
+left the catalogue's unsynced set (retention) leave the protocol too.
+
+Restart. Nothing but the catalogue is kept: after a restart only segments not
+marked synced are sent again, then the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from linetap.firmware.clock import Clock
+from linetap.firmware.config import SyncSection
+from linetap.firmware.errors import SpoolError, SyncError
+from linetap.firmware.spool import MANIFEST_FILE, SEGMENT_SUFFIX, RecordingGone, Spool
+from linetap.sync import wire
+from linetap.sync.link import Link, Message
+from linetap.sync.upload import (
+    Alarm,
+    Pending,
+    Publish,
+    RecordingSynced,
+    SegmentInfo,
+    SegmentsLost,
+    SegmentSynced,
+    Upload,
+)
+from linetap.sync.wire import ObjectRef
+
+logger = logging.getLogger(__name__)
+
+RESCAN_S = 60.0
+_MAX_WAIT_S = 0.25  # the protocol's deadlines are on the injected clock: look at it this often
+_JOIN_S = 10.0
+
+
+class Uploader:
+    """Drains the spool's backlog to the centre over ``link``.
+
+    ``on_alarm(kind, detail)`` is called on the uploader thread with kind
+    ``upload-rejected`` when the centre refuses a recording or the box cannot
+    read one; nothing more of that recording is sent until restart.
+    """
+
+    def __init__(self, spool: Spool, link: Link, settings: SyncSection, *, clock: Clock,
+                 on_alarm: Callable[[str, str], None] | None = None, rescan_s: float = RESCAN_S) -> None:
+        self._spool = spool
+        self._link = link
+        self._clock = clock
+        self._on_alarm = on_alarm
+        self._rescan_s = rescan_s
+        self.device_id = spool.device_id
+        self._protocol = Upload(spool.device_id, self._read, clock, window=settings.window,
+                                ack_timeout_s=settings.ack_timeout_s,
+                                bandwidth_bytes_s=settings.bandwidth_bytes_s)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status_lock = threading.Lock()
+        self._status: dict[str, Any] = {"backlog_recordings": 0, "backlog_bytes": 0, "oldest_age_s": None,
+                                        "last_sync_wall": None, "connected": False, "in_flight": 0,
+                                        "stopped_recordings": 0}
+        link.subscribe(wire.ack_filter(self.device_id), qos=1)
+
+    # -- life cycle --
+
+    def start(self) -> Uploader:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread (the link is the caller's to close). Safe to call twice."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        self._events.put(("stop", None))
+        if thread is not None:
+            thread.join(_JOIN_S)
+            if thread.is_alive():
+                raise SyncError(f"uploader thread did not stop within {_JOIN_S:.0f} s")
+
+    def __enter__(self) -> Uploader:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inputs, from any thread --
+
+    def on_connected(self) -> None:
+        self._events.put(("connected", None))
+
+    def on_disconnected(self, reason: str) -> None:
+        self._events.put(("disconnected", reason))
+
+    def on_message(self, message: Message) -> None:
+        """Link callback: acks for this box are queued; other topics are left to their owners."""
+        if message.topic.startswith(f"{wire.ROOT}/{self.device_id}/ack/"):
+            self._events.put(("ack", message))
+
+    def notify(self) -> None:
+        """A recording was closed: look at the backlog now."""
+        self._events.put(("rescan", None))
+
+    def sync_now(self) -> None:
+        """Rescan the backlog and send what may be sent, without waiting for the next rescan."""
+        self._events.put(("rescan", None))
+
+    def status(self) -> dict[str, Any]:
+        """Figures for telemetry: backlog count, bytes and oldest age, last sync, link state."""
+        with self._status_lock:
+            return dict(self._status)
+
+    # -- the uploader thread --
+
+    def _run(self) -> None:
+        if self._link.connected:
+            self._protocol.connected()
+        self._rescan()
+        next_rescan = self._clock.monotonic() + self._rescan_s
+        while not self._stop.is_set():
+            self._apply(self._protocol.poll())
+            now = self._clock.monotonic()
+            wake = self._protocol.wake_at()
+            deadline = next_rescan if wake is None else min(wake, next_rescan)
+            try:
+                event = self._events.get(timeout=min(_MAX_WAIT_S, max(0.0, deadline - now)))
+            except queue.Empty:
+                event = None
+            rescan = False
+            while event is not None:  # take everything queued before polling again
+                rescan |= self._handle(event)
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    event = None
+            if rescan or self._clock.monotonic() >= next_rescan:
+                self._rescan()
+                next_rescan = self._clock.monotonic() + self._rescan_s
+
+    def _handle(self, event: tuple[str, Any]) -> bool:
+        kind, value = event
+        if kind == "ack":
+            try:
+                ack = wire.parse_ack(value.topic, value.payload, self.device_id)
+            except wire.WireError as e:
+                logger.warning("ack refused topic=%s reason=%s", value.topic, e)
+                return False
+            self._protocol.acked(ack)
+        elif kind == "connected":
+            self._protocol.connected()
+            self._set_status(connected=True)
+        elif kind == "disconnected":
+            self._protocol.disconnected()
+            self._set_status(connected=False)
+        return kind == "rescan"
+
+    def _apply(self, outputs: list) -> None:
+        for out in outputs:
+            if isinstance(out, Publish):
+                part = out.part
+                self._link.publish(part.topic, part.payload, qos=1, user_properties=part.user_properties())
+            elif isinstance(out, SegmentSynced):
+                self._mark(out.recording_id, out.index)
+            elif isinstance(out, RecordingSynced):
+                self._mark(out.recording_id, None)
+                self._set_status(last_sync_wall=self._clock.wall())
+            elif isinstance(out, SegmentsLost):
+                self._unmark(out.recording_id, out.indexes)
+            elif isinstance(out, Alarm):
+                detail = f"recording={out.recording_id} object={out.object} code={out.code} reason={out.reason}"
+                if self._on_alarm is not None:
+                    self._on_alarm("upload-rejected", detail)
+        self._set_status(in_flight=self._protocol.in_flight)
+
+    def _mark(self, recording_id: str, index: int | None) -> None:
+        try:
+            self._spool.mark_synced(recording_id, index)
+        except RecordingGone:
+            logger.warning("synced recording no longer in the catalogue recording=%s", recording_id)
+
+    def _unmark(self, recording_id: str, indexes: tuple[int, ...]) -> None:
+        # Spool has no call for this yet: the centre lost what it had acknowledged, which is rare.
+        with self._spool._lock:
+            self._spool.db.executemany("UPDATE segments SET synced = 0 WHERE recording_id = ? AND idx = ?",
+                                       [(recording_id, i) for i in indexes])
+
+    def _rescan(self) -> None:
+        rows = self._spool.unsynced()
+        backlog = []
+        with self._spool._lock:
+            for row in rows:
+                segments = self._spool.db.execute(
+                    "SELECT idx, size, sha256, synced FROM segments WHERE recording_id = ? ORDER BY idx",
+                    (row["id"],)).fetchall()
+                backlog.append(Pending(row["id"], row["seq"], row["flagged"], row["manifest_sha256"],
+                                       tuple(SegmentInfo(s["idx"], s["size"], s["sha256"], bool(s["synced"]))
+                                             for s in segments)))
+        self._protocol.set_backlog(backlog)
+        oldest = min((r["started_wall_ms"] for r in rows if r["started_wall_ms"] is not None), default=None)
+        self._set_status(
+            backlog_recordings=len(rows),
+            backlog_bytes=sum(r["bytes"] for r in rows),
+            oldest_age_s=None if oldest is None else max(0.0, self._clock.wall() - oldest / 1000),
+            stopped_recordings=sum(self._protocol.is_blocked(r["id"]) for r in rows))
+
+    def _read(self, recording_id: str, ref: ObjectRef) -> bytes:
+        name = MANIFEST_FILE if ref.kind == "manifest" else f"{ref.index:06d}{SEGMENT_SUFFIX}"
+        path = self._spool.root / recording_id / name
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise SpoolError(f"cannot read {path} for upload: {e.strerror}") from e
+
+    def _set_status(self, **figures: Any) -> None:
+        with self._status_lock:
+            self._status.update(figures)

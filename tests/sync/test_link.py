@@ -1,0 +1,256 @@
+"""The box's MQTT link against a real Mosquitto: TLS, Will, back-off, re-subscription, deliveries."""
+
+from __future__ import annotations
+
+import queue
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from linetap.firmware.clock import ManualClock, SystemClock
+from linetap.firmware.config import SyncSection
+from linetap.firmware.errors import ConfigError
+from linetap.sync.broker import LocalBroker, free_port
+from linetap.sync.link import Backoff, Link, Message, Will
+from linetap.sync.pki import CertificateAuthority
+
+WAIT = 10.0
+
+
+class Events:
+    """What a link reported, as queues a test can wait on."""
+
+    def __init__(self) -> None:
+        self.up: queue.Queue[bool] = queue.Queue()
+        self.down: queue.Queue[str] = queue.Queue()
+        self.messages: queue.Queue[Message] = queue.Queue()
+
+    def callbacks(self) -> dict:
+        return {"on_connected": lambda: self.up.put(True), "on_disconnected": self.down.put,
+                "on_message": self.messages.put}
+
+
+def plain(port: int, **kw) -> SyncSection:
+    return SyncSection(broker="127.0.0.1", port=port, tls=False, **kw)
+
+
+def watcher(broker: LocalBroker, topic: str) -> tuple[mqtt.Client, queue.Queue]:
+    got: queue.Queue = queue.Queue()
+    ready = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload))
+    client.on_subscribe = lambda *_a: ready.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    assert ready.wait(WAIT)
+    return client, got
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    with LocalBroker(tmp_path / "broker", persistence=False) as running:
+        yield running
+
+
+# ---------------------------------------------------------------- back-off --
+
+def test_backoff_is_exponential_with_full_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(cap_s=30, base_s=1, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(200)]
+    ceilings = [min(30, 2 ** n) for n in range(200)]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings))
+    assert max(delays[:3]) <= 4 and max(delays[10:]) > 20  # grows, then spreads up to the cap
+    assert len({round(d, 6) for d in delays[10:]}) > 150  # jittered, not a fixed schedule
+    assert Backoff(30, base_s=1, rng=random.Random(7)).next_delay() == delays[0]  # seeded: repeatable
+    backoff.reset()
+    assert backoff.next_delay() <= 1
+
+
+def test_a_missing_broker_is_reported_and_retried_on_the_back_off_schedule(tmp_path: Path) -> None:
+    clock = ManualClock()
+    events = Events()
+    rng_copy = random.Random(3)
+    link = Link(plain(free_port(), reconnect_max_s=60), client_id="lt-desk-1", data_dir=tmp_path,
+                clock=clock, rng=random.Random(3), **events.callbacks())
+    with link:
+        assert "Refused" in events.down.get(timeout=WAIT)
+        first = link.state
+        expected = Backoff(60, rng=rng_copy)
+        assert not first.connected and first.attempts == 1
+        assert first.next_attempt_at == pytest.approx(clock.monotonic() + expected.next_delay())
+        assert events.down.empty()  # nothing more until the clock reaches the next attempt
+        clock.advance(first.next_attempt_at - clock.monotonic())
+        assert "Refused" in events.down.get(timeout=WAIT)
+        assert link.state.attempts == 2
+        assert link.state.next_attempt_at == pytest.approx(clock.monotonic() + expected.next_delay())
+    link.close()  # twice is fine
+
+
+# ------------------------------------------------------------ plain link --
+
+def test_publish_subscribe_and_delivery_completion(broker: LocalBroker, tmp_path: Path) -> None:
+    events = Events()
+    with Link(plain(broker.port), client_id="lt-desk-1", data_dir=tmp_path, clock=SystemClock(),
+              **events.callbacks()) as link:
+        assert events.up.get(timeout=WAIT)
+        link.subscribe("linetap/v1/lt-desk-1/ack/#")
+        spy, got = watcher(broker, "linetap/v1/lt-desk-1/up/#")
+        completed = threading.Event()
+        delivery = link.publish("linetap/v1/lt-desk-1/up/x", b"payload", user_properties=[("sha256", "ab")])
+        delivery.add_done_callback(lambda _d: completed.set())
+        assert delivery.wait(WAIT) and completed.wait(WAIT)
+        assert got.get(timeout=WAIT) == ("linetap/v1/lt-desk-1/up/x", b"payload")
+        late = threading.Event()
+        delivery.add_done_callback(lambda _d: late.set())
+        assert late.is_set()  # added after completion: runs at once
+        spy.publish("linetap/v1/lt-desk-1/ack/r", b"ack", qos=1).wait_for_publish(WAIT)
+        message = events.messages.get(timeout=WAIT)
+        assert (message.topic, message.payload) == ("linetap/v1/lt-desk-1/ack/r", b"ack")
+        spy.loop_stop()
+        spy.disconnect()
+
+
+def test_subscriptions_are_renewed_after_the_broker_restarts(broker: LocalBroker, tmp_path: Path) -> None:
+    events = Events()
+    with Link(plain(broker.port, reconnect_max_s=1), client_id="lt-desk-1", data_dir=tmp_path,
+              clock=SystemClock(), **events.callbacks()) as link:
+        assert events.up.get(timeout=WAIT)
+        link.subscribe("linetap/v1/lt-desk-1/cmd/#")
+        broker.restart()  # no persistence: the broker forgot the session and its subscriptions
+        assert events.down.get(timeout=WAIT)
+        assert events.up.get(timeout=WAIT)
+        spy, _ = watcher(broker, "unused")
+        spy.publish("linetap/v1/lt-desk-1/cmd/reboot", b"now", qos=1).wait_for_publish(WAIT)
+        assert events.messages.get(timeout=WAIT).payload == b"now"
+        spy.loop_stop()
+        spy.disconnect()
+
+
+class Proxy:
+    """A TCP relay in front of the broker whose connections a test can cut, as a network would."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, name="test-proxy-accept", daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inside, _ = self._server.accept()
+            except OSError:
+                return
+            outside = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [inside, outside]
+            for a, b in ((inside, outside), (outside, inside)):
+                thread = threading.Thread(target=self._pump, args=(a, b), name="test-proxy-pump", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass  # the other direction was cut
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def cut(self) -> None:
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+        self._sockets.clear()
+
+    def close(self) -> None:
+        self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+        self._server.close()
+        self.cut()
+        for thread in [self._accepting, *self._threads]:
+            thread.join(WAIT)
+
+
+def test_the_will_is_published_when_the_network_drops_and_the_link_comes_back(
+        broker: LocalBroker, tmp_path: Path) -> None:
+    proxy = Proxy(broker.port)
+    events = Events()
+    spy, got = watcher(broker, "linetap/v1/lt-desk-1/status")
+    try:
+        will = Will("linetap/v1/lt-desk-1/status", b"offline")
+        with Link(plain(proxy.port, reconnect_max_s=1), client_id="lt-desk-1", data_dir=tmp_path,
+                  will=will, clock=SystemClock(), **events.callbacks()) as link:
+            assert events.up.get(timeout=WAIT)
+            proxy.cut()
+            assert got.get(timeout=WAIT) == ("linetap/v1/lt-desk-1/status", b"offline")
+            assert events.down.get(timeout=WAIT)
+            assert events.up.get(timeout=WAIT) and link.connected
+        assert got.empty()  # a clean close sends no Will
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+        proxy.close()
+
+
+# -------------------------------------------------------------------- TLS --
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalBroker, CertificateAuthority]]:
+    work = tmp_path_factory.mktemp("tls-link")
+    ca = CertificateAuthority.create(work / "pki")
+    server = ca.issue_server()
+    lines = [f"cafile {ca.cert_file}", f"certfile {server.cert_file}", f"keyfile {server.key_file}",
+             "require_certificate true", "use_identity_as_username true", "allow_anonymous false"]
+    with LocalBroker(work / "broker", listener_lines=lines, persistence=False) as broker:
+        yield broker, ca
+
+
+def provision(data_dir: Path, ca_file: Path, cert, key) -> None:
+    keys = data_dir / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    (keys / "ca.pem").write_bytes(ca_file.read_bytes())
+    (keys / "device.crt").write_bytes(cert.read_bytes())
+    (keys / "device.key").write_bytes(key.read_bytes())
+
+
+def test_tls_with_the_device_certificate_connects(tls_broker, tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    issued = ca.issue_client("lt-desk-1")
+    provision(tmp_path, ca.cert_file, issued.cert_file, issued.key_file)
+    events = Events()
+    settings = SyncSection(broker="127.0.0.1", port=broker.port)
+    with Link(settings, client_id="lt-desk-1", data_dir=tmp_path, clock=SystemClock(), **events.callbacks()) as link:
+        assert events.up.get(timeout=WAIT) and link.state.reason == "connected"
+
+
+def test_a_certificate_from_another_authority_is_refused_without_raising(tls_broker, tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    rogue = CertificateAuthority.create(tmp_path / "rogue").issue_client("lt-desk-1")
+    provision(tmp_path, ca.cert_file, rogue.cert_file, rogue.key_file)
+    events = Events()
+    clock = ManualClock()
+    settings = SyncSection(broker="127.0.0.1", port=broker.port)
+    with Link(settings, client_id="lt-desk-1", data_dir=tmp_path, clock=clock, **events.callbacks()) as link:
+        reason = events.down.get(timeout=WAIT)
+        assert reason and events.up.empty() and not link.connected
+        assert link.state.next_attempt_at is not None and link.state.attempts == 1
+
+
+def test_a_missing_tls_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sync.ca_file = 'keys/ca.pem'.*does not exist.*CN is device.id"):
+        Link(SyncSection(broker="broker.example"), client_id="lt-desk-1", data_dir=tmp_path, clock=SystemClock())
