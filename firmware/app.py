@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from linetap.firmware.keys import INIT_HINT, KeyMissing
 from linetap.firmware.recorder import Recorder, Recording, Sink
 from linetap.firmware.spool import Codec as SpoolCodec
 from linetap.firmware.spool import Spool, SpoolSettings, SpoolSink
+
+if TYPE_CHECKING:
+    from linetap.sync.agent import BoxSync
 
 logger = logging.getLogger(__name__)
 
@@ -427,10 +430,12 @@ def run(config: Config, data_dir: Path) -> int:
         # so an installer sees that it cannot record.
         logger.error("not recording: %s", exc)
         sink = None
+    sync = start_sync(config, sink.spool, data_dir, clock) if sink is not None else None
     board = build_board(config, clock, inbox.put)
     try:
         loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
-                        heartbeat=notifier.pipeline_alive)
+                        heartbeat=notifier.pipeline_alive,
+                        on_recording=(lambda _recording: sync.notify()) if sync is not None else None)
         reader = _AudioReader(board.codec, loop.post, stop)
         board.codec.start()
         reader.start()
@@ -447,9 +452,21 @@ def run(config: Config, data_dir: Path) -> int:
     finally:
         board.close()
         notifier.close()
+        if sync is not None:
+            sync.close()
         if sink is not None:
             sink.spool.close()
     return 0
+
+
+def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock) -> BoxSync | None:
+    """Upload to the broker in ``sync.broker``; None (recordings stay on the box) when it is empty."""
+    if not config.sync.broker:
+        logger.warning("sync.broker is not set: recordings stay on the box until it is")
+        return None
+    from linetap.sync.agent import BoxSync
+
+    return BoxSync(config, spool, data_dir, clock=clock).start()
 
 
 class _AudioReader(threading.Thread):

@@ -9,10 +9,13 @@ depend on thread timing, while the audio runs as fast as the machine allows
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -37,7 +40,14 @@ from linetap.firmware.config import Config
 from linetap.firmware.dsp import dtmf_tone
 from linetap.firmware.errors import ConfigError, DeviceTimeout
 from linetap.firmware.recorder import Recording, Sink
-from linetap.firmware.spool import list_recordings, verify_spool
+from linetap.firmware.keys import keys_init
+from linetap.firmware.spool import list_recordings
+from linetap.sync.agent import BoxSync
+from linetap.sync.broker import LocalBroker
+from linetap.sync.central.ingest import Ingest
+from linetap.sync.central.keys import keys_init as central_keys_init
+from linetap.sync.central.tools import StoreTools
+from linetap.sync.central.worker import BrokerSettings, run_workers
 
 EVENT_TIMEOUT = 5.0  # a simulated driver answers in milliseconds; this only bounds a failure
 
@@ -262,7 +272,12 @@ def _with_digits(far: np.ndarray, rate: int, at_s: float, digits: str) -> np.nda
 
 
 def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
-    """Three scripted calls on the simulated board, narrated device by device."""
+    """The main job, end to end on one machine: broker, central store, box, three calls, sync, export.
+
+    ``data_dir`` is a work folder made fresh on every run (refused if it holds
+    anything but a previous demo): ``box/`` is the box's data dir, ``central/``
+    the central store's, ``broker/`` the broker's, ``exports/`` the exported call.
+    """
     rate = config.audio.rate
     near, far = bundled_speech(rate)
     seconds = len(near) / rate
@@ -284,75 +299,130 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
                    Step(start, "hook-off"), Step(start + seconds, "hook-on")]
     script += [Step(call_starts[1] + 20.0, "pause"), Step(call_starts[1] + 30.0, "pause"),
                Step(call_starts[0] + 40.0, "flag")]
+
+    _fresh_workdir(data_dir)
+    box_dir, central_dir = data_dir / "box", data_dir / "central"
+    recipient = _demo_keys(config, box_dir, central_dir)
+    print(f"linetap demo, in {data_dir}:")
+    print(f"  central store  {central_dir}  (age identity and operator key made; box enrolled)")
+    print(f"  box            {box_dir}  (device {config.device.id!r}, encrypting to {recipient[:16]}...)")
     recordings: list[Recording] = []
-    box_dir, recipient, identity_file = _demo_keys(data_dir)
-    clock = SystemClock() if realtime else ManualClock()
-    sink = open_spool(config, box_dir, clock)
+    with LocalBroker(data_dir / "broker", persistence=False) as broker, \
+            run_workers(2, functools.partial(Ingest, central_dir),
+                        BrokerSettings(host=broker.host, port=broker.port, tls=False),
+                        client_id_prefix="demo-central"):
+        print(f"  broker         Mosquitto on {broker.host}:{broker.port}, 2 central ingest workers sharing it")
+        config = config.model_copy(update={"sync": config.sync.model_copy(
+            update={"broker": broker.host, "port": broker.port, "tls": False})})
+        clock = SystemClock() if realtime else ManualClock()
+        sink = open_spool(config, box_dir, clock)
+        sync = BoxSync(config, sink.spool, box_dir, clock=SystemClock()).start()
 
-    def narrate(h: Happening) -> None:
-        print(f"  {h.t:7.2f} s  {h.device:<7} {h.what}")
+        def narrate(h: Happening) -> None:
+            print(f"  {h.t:7.2f} s  {h.device:<7} {h.what}")
 
-    print(f"linetap demo: three calls on the simulated board ({config.device.board}), "
-          f"{rate} Hz, {'real time' if realtime else 'as fast as possible'}.")
-    print(f"Consent: announcement {config.consent.language!r}, warning tone every "
-          f"{config.consent.warning_interval_s:g} s, caller opt-out key "
-          f"{config.consent.opt_out_key!r} (set for the demo).")
-    print("What each device did (stream time):")
-    try:
-        calls = SimulatedCalls(config, near_all, far_all, sink=sink, clock=clock,
-                               on_happening=narrate, on_recording=recordings.append)
-        calls.run(script)
-    finally:
-        sink.spool.close()
+        def recorded(recording: Recording) -> None:
+            recordings.append(recording)
+            sync.notify()
+
+        print(f"\nThree calls on the simulated board ({config.device.board}), {rate} Hz, "
+              f"{'real time' if realtime else 'as fast as possible'}. Consent: announcement "
+              f"{config.consent.language!r}, warning tone every {config.consent.warning_interval_s:g} s, "
+              f"caller opt-out key {config.consent.opt_out_key!r} (set for the demo).")
+        print("What each device did (stream time):")
+        try:
+            calls = SimulatedCalls(config, near_all, far_all, sink=sink, clock=clock,
+                                   on_happening=narrate, on_recording=recorded)
+            calls.run(script)
+            synced = _wait_synced(box_dir, [r.call.call_id for r in recordings], SYNC_TIMEOUT_S)
+            upload = sync.status()
+        finally:
+            sync.close()
+            sink.spool.close()
     print()
     reports = [recording_report(r) for r in recordings]
     stored = stored_report(box_dir, [r["call_id"] for r in reports])
     for report in reports:
         report["stored"], report["data_dir"] = stored.get(report["call_id"]), str(box_dir)
         _print_report(report)
-    check = verify_spool(box_dir)
-    print(f"\nlinetap spool verify: {check['recordings']} recordings, {check['manifests']} signed "
-          f"manifests, chain {'intact' if check['ok'] else 'BROKEN'} "
-          f"(linetap spool list --data-dir {box_dir})")
-    exported = _export_first(box_dir, reports[0]["call_id"], identity_file, data_dir / "exports")
-    print(f"The box holds no key that decrypts its recordings. With the central store's key "
-          f"the first call decrypts to one Ogg Opus stream, written to {exported}; by hand:\n"
-          f"  for s in {box_dir}/spool/{reports[0]['call_id']}/*.age; do age -d -i {identity_file} "
-          f"\"$s\"; done | opusdec - call.wav")
-    return 0 if check["ok"] else 1
+    with StoreTools(central_dir) as tools:
+        verified = tools.verify()
+        _print_summary(reports, tools)
+        ok = synced and bool(verified) and all(device.ok for device in verified)
+        for device in verified:
+            print(f"\nlinetap-central verify --all: device {device.device_id}: {device.recordings} recordings, "
+                  f"{'chain intact, every hash and signature checked' if device.ok else 'PROBLEMS'}"
+                  + "".join(f"\n  {p['kind']} seq={p['seq']}: {p['detail']}" for p in device.problems))
+        if not synced:
+            print(f"NOT all synced within {SYNC_TIMEOUT_S:.0f} s: {upload}")
+        kept = next((r for r in reports if r["recorded"]), None)
+        if kept is not None and synced:
+            (data_dir / "exports").mkdir()
+            out = tools.export(kept["call_id"], data_dir / "exports" / f"{kept['call_id']}.wav")
+            print(f"\nThe box holds no key that decrypts its recordings; the central store does. Call "
+                  f"{kept['call_id']} exported to {out.path} ({(out.frames or 0) / out.rate:.1f} s, "
+                  f"stereo: left = agent, right = caller). By hand:\n"
+                  f"  linetap-central --data-dir {central_dir} export {kept['call_id']} -o call.wav")
+    return 0 if ok else 1
 
 
-def _demo_keys(data_dir: Path) -> tuple[Path, str, Path]:
-    """A central key pair standing in for the central store's, and the box's keys made with it."""
-    import os
-
-    import pyrage
-
-    from linetap.firmware.keys import keys_init
-
-    central = data_dir / "central"
-    central.mkdir(parents=True, exist_ok=True, mode=0o700)
-    identity_file = central / "central.key"
-    if not identity_file.exists():
-        identity = pyrage.x25519.Identity.generate()
-        fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"# public key: {identity.to_public()}\n{identity}\n")
-    identity = pyrage.x25519.Identity.from_str(identity_file.read_text().split()[-1])
-    recipient = str(identity.to_public())
-    box_dir = data_dir / "box"
-    keys_init(box_dir, recipient)
-    return box_dir, recipient, identity_file
+SYNC_TIMEOUT_S = 60.0
+DEMO_MARK = ".linetap-demo"
 
 
-def _export_first(box_dir: Path, call_id: str, identity_file: Path, out_dir: Path) -> Path:
-    """Decrypt one recording's segments with the central key into one Ogg Opus file."""
-    import pyrage
+def _fresh_workdir(data_dir: Path) -> None:
+    """Start each demo from nothing, without ever deleting a folder the demo did not make."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / DEMO_MARK).exists():
+            raise ConfigError(f"{data_dir} is not empty and was not made by the demo; the demo starts "
+                              "fresh on every run, so give it a new folder with --data-dir")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / DEMO_MARK).write_text("made by linetap demo; removed and made again on every run\n")
 
-    identity = pyrage.x25519.Identity.from_str(identity_file.read_text().split()[-1])
-    folder = box_dir / "spool" / call_id
-    segments = sorted(folder.glob("*.age"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{call_id}.ogg"
-    out.write_bytes(b"".join(pyrage.decrypt(seg.read_bytes(), [identity]) for seg in segments))
-    return out
+
+def _demo_keys(config: Config, box_dir: Path, central_dir: Path) -> str:
+    """Central keys, the box's keys made with the central recipient, the box enrolled."""
+    central = central_keys_init(central_dir)
+    info = keys_init(box_dir, central.recipient)
+    with StoreTools(central_dir) as tools:
+        tools.enroll(config.device.id, info.public_key_b64)
+    return central.recipient
+
+
+def _wait_synced(box_dir: Path, ids: list[str], timeout: float) -> bool:
+    """Until the central store has acknowledged every recording's manifest (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: a bounded wait between looks at the catalogue
+    while True:
+        states = {row["id"]: row["state"] for row in list_recordings(box_dir)}
+        if all(states.get(i) == "synced" for i in ids):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.05)
+
+
+def _print_summary(reports: list[dict[str, Any]], tools: StoreTools) -> None:
+    rows = [("seq", "call", "length", "kept", "consent and privacy", "QA talk near/far, silence",
+             "at the central store")]
+    names = {"announcement-start": "announced", "opt-out": "caller opted out", "pause-start": "paused",
+             "private": "private", "flag": "flagged"}
+    for report in reports:
+        consent = [names[e["kind"]] for e in report["events"] if e["kind"] in names]
+        if report["masked_spans_s"]:
+            consent.append(f"{len(report['masked_spans_s'])} DTMF masked")
+        qa = report["qa"]
+        talk = (f"{qa['talk_s']['near']:.0f}/{qa['talk_s']['far']:.0f} s, {qa['silence_share']:.0%}"
+                if qa.get("duration_s") else "-")
+        row = tools.index.recording(report["call_id"])
+        where = str(tools.store.path(row["manifest_key"]).parent) if row else "NOT at the central store"
+        seq = str(report["stored"]["seq"]) if report.get("stored") else "-"
+        rows.append((seq, report["call_id"][:13] + "...", f"{report['duration_s']:.1f} s",
+                     f"{report['kept_s']:.1f} s", ", ".join(dict.fromkeys(consent)), talk, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))

@@ -135,6 +135,9 @@ class StoreTools:
         out = Path(out)
         if out.suffix.lower() not in (".ogg", ".wav"):
             raise ConfigError(f"export file {out} must end in .ogg (the recorded Opus stream) or .wav (decoded)")
+        if not out.parent.is_dir():
+            raise ConfigError(f"export folder {out.parent} does not exist; create it or give -o a path "
+                              "in an existing folder")
         row = self._recording(recording_id)
         if row["erased_ms"] is not None:
             raise UnknownRecording(f"recording {recording_id} was erased ({row['erase_reason']}); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -10,24 +12,53 @@ from pathlib import Path
 import soundfile
 
 
-def test_demo_records_three_calls_into_a_verified_spool(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "demo", "--data-dir",
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_demo_records_syncs_verifies_and_exports_and_runs_again(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    result = _run("linetap.firmware.cli", "demo", "--data-dir", str(work))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     out = result.stdout
     calls = re.findall(r"^call (\S+): [\d.]+ s, (recorded|NOT recorded)", out, re.M)
     assert [state for _, state in calls] == ["recorded", "recorded", "NOT recorded"]
     assert out.count("DTMF masked until") >= 4  # the card digits of call 1, the opt-out key of call 3
     assert "pause-start" in out and "opt-out  by=caller" in out
-    assert re.search(r"linetap spool verify: 3 recordings, 3 signed manifests, chain intact", out)
-    export = tmp_path / "exports" / f"{calls[0][0]}.ogg"
-    assert export.exists()
-    decoded = tmp_path / "call.wav"
-    subprocess.run(["opusdec", "--quiet", str(export), str(decoded)], check=True, timeout=60)
-    audio, rate = soundfile.read(decoded)
+    assert out.count(", synced, ") == 3
+    assert re.search(r"verify --all: device \S+: 3 recordings, chain intact", out)
+
+    # The central store, asked through its own command line, holds each call once, byte-identical.
+    env = {**os.environ, "LINETAP_CENTRAL_DATA_DIR": str(work / "central")}
+    listed = _run("linetap.sync.central.cli", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert sorted(r["recording_id"] for r in rows) == sorted(c for c, _ in calls)
+    verified = _run("linetap.sync.central.cli", "verify", "--all", "--json", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for call_id, _ in calls:
+        box_files = sorted(p.name for p in (work / "box" / "spool" / call_id).iterdir())
+        [central_folder] = (work / "central" / "objects").rglob(call_id)
+        for name in box_files:
+            assert (central_folder / name).read_bytes() == (work / "box" / "spool" / call_id / name).read_bytes()
+
+    audio, rate = soundfile.read(work / "exports" / f"{calls[0][0]}.wav")
     assert audio.shape[1] == 2 and 59 < len(audio) / rate < 63
     # Nothing under the box's folder is plaintext audio.
-    for path in (tmp_path / "box").rglob("*"):
+    for path in (work / "box").rglob("*"):
         if path.is_file():
             head = path.read_bytes()[:64]
             assert not head.startswith((b"OggS", b"RIFF")), path
+
+    again = _run("linetap.firmware.cli", "demo", "--data-dir", str(work))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+    assert calls[0][0] not in again.stdout  # a fresh run, not the old calls again
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = _run("linetap.firmware.cli", "demo", "--data-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "was not made by the demo" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
