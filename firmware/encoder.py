@@ -25,17 +25,36 @@ alternating turns with some overlap), decoded (``opusdec``, or in memory in
 the bench), wide-band PESQ per channel averaged over each talker's turns
 (see ``bench/storage.py``):
 
-- 24 kbit/s VBR, application ``voip``, 40 ms frames: 8.9 MB per stereo
-  call-hour stored, PESQ 4.01 / 4.09. 20 ms frames cost 0.2 MB/h more for
-  no better scores (per-packet overhead); 60 ms frames save little more but
-  do not divide common segment lengths (10 s = 250 x 40 ms).
+- 24 kbit/s VBR, application ``voip``, 40 ms frames, complexity 8: 8.9 MB
+  per stereo call-hour stored, PESQ 4.01 / 4.09 (``opusenc --bitrate 24``,
+  the bench's peer: 9.2 MB/h, 3.99 / 3.93). libopus codes it as stereo
+  wide-band SILK, as it does the peer's. 20 ms frames: 9.0 MB/h, 4.00 /
+  3.98, no less CPU; 60 ms frames: 8.8 MB/h, 4.03 / 4.12, no less CPU, and
+  they do not divide common segment lengths (10 s = 250 x 40 ms).
 - Below about 23 kbit/s libopus may code the call as mono (its stereo
   threshold): at 22 kbit/s with 20 ms frames the far channel carried the near
   talker only 47 dB down instead of 70 dB, and at 20 kbit/s only 14 dB down.
   For a recorder whose two channels are two people that is a defect, so
   lower bitrates are refused.
-- Complexity 8: at 16 kHz the output equals complexity 10 (same bytes, same
-  scores) for less CPU; 6-7 scored 0.03-0.15 lower, 5 about 0.35 lower.
+- Complexity 8 is the least that keeps PESQ >= 4.0: 8, 9 and 10 give the
+  same bytes (SILK's settings top out at 8) and, at 16 kHz, the same CPU;
+  6 and 7 give 3.89 / 3.98 (7 adds libopus's signal analysis, about 10 %
+  more CPU, and changes no byte here), 4-5 3.64 / 3.64, 0-3 below 2.95.
+  Application ``audio`` scores the same at 8 (4.02 / 4.00) for no less CPU
+  and at 6 lets CELT code speech (1.6); ``lowdelay`` forces CELT (1.9 /
+  1.8). Constrained VBR gave the same bytes; CBR 11 MB/h and 3.87 / 3.92
+  for more CPU; DTX changed no byte of this call.
+- CPU per stereo call-hour, the whole call in one write (libopus alone),
+  as a fraction of the peer's in the same run: complexity 8 0.65-0.74, 6
+  0.45-0.50, 4 0.45-0.49, 0 0.21-0.24. libopus at the quality floor thus
+  costs about 0.7 of the peer by itself: with the DTMF masker (about 0.2 of
+  the peer) our pipeline cannot reach the 0.75 target without scoring below
+  4.0 (see ``bench/storage.py``).
+- Input reaches the encoder a page at a time (below). Handed over in the
+  recorder's 20 ms blocks, each one a PyAV frame and a pass through PyAV's
+  frame-size filter, the encode stage cost 8-11 s per call-hour more than
+  the whole call in one write; a page at a time, within measurement noise of
+  it, with the same bytes and segments out at the same moments.
 - Coupled stereo (mapping family 0) is kept: two uncoupled mono streams
   (family 255) avoid the coder's stereo trade-offs but opusdec refuses
   family 255, and at equal quality they cost more (each silent side still
@@ -64,7 +83,14 @@ therefore loses the segment in progress plus at most a second.
 :meth:`OpusSegmenter.finish` flushes encoder and muxer and returns the rest,
 ending with the end-of-stream page; it may be a little longer than
 ``segment_s`` (everything not yet handed out) or the only segment of a short
-call. Memory stays bounded by one segment and two pages.
+call. Memory stays bounded by one segment, two pages of Ogg data and one
+page of input.
+
+Input is gathered into whole pages before it goes to the encoder. A page is
+written out only once the next page is complete, and the next page can only
+be complete at a page boundary of the input, so gathering changes neither
+the bytes nor the write that returns a segment; it saves PyAV's per-frame
+costs (see "Settings").
 """
 
 from __future__ import annotations
@@ -208,6 +234,9 @@ class OpusSegmenter:
         self._scanned = 0
         self._cut_target = self._span
         self._samples_in = 0
+        self._page_samples = page_frames(segment_s) * rate * FRAME_MS // 1000
+        self._page = np.empty((self._page_samples, 2), dtype=np.int16)  # the next page's input
+        self._filled = 0
         self._segments_out = 0
         self._closed = False
         page_us = page_frames(segment_s) * FRAME_MS * 1000
@@ -233,15 +262,21 @@ class OpusSegmenter:
             dtype = getattr(frames, "dtype", type(frames).__name__)
             raise SpoolError(f"frames of shape {shape} and type {dtype}; the encoder takes "
                              "(n, 2) int16 arrays, near end in column 0")
-        if len(frames) == 0:
-            return []
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(frames).reshape(1, -1),
-                                           format="s16", layout="stereo")
-        frame.sample_rate = self.rate
-        frame.pts = self._samples_in
-        self._samples_in += len(frames)
-        self._encode(frame)
-        return self._take_segments()
+        # Input goes to the encoder a page at a time: the muxer writes a page only once
+        # the next one is complete, so no segment comes out later, and one hand-over
+        # (a frame object, PyAV's frame-size filter, a burst of libopus) per page costs
+        # less than one per block (see "Settings").
+        segments = []
+        while len(frames):
+            taken = min(len(frames), self._page_samples - self._filled)
+            self._page[self._filled:self._filled + taken] = frames[:taken]
+            self._filled += taken
+            frames = frames[taken:]
+            if self._filled == self._page_samples:
+                self._encode(self._audio_frame(self._page))
+                self._filled = 0
+                segments += self._take_segments()
+        return segments
 
     def finish(self) -> bytes:
         """Flush encoder and muxer; the last segment, ending with the end-of-stream page.
@@ -250,6 +285,9 @@ class OpusSegmenter:
         """
         self._check_open("finish")
         try:
+            if self._filled:
+                self._encode(self._audio_frame(self._page[:self._filled]))
+                self._filled = 0
             self._encode(None)
             self._container.close()
         finally:
@@ -270,6 +308,7 @@ class OpusSegmenter:
         self._closed = True
         self._container.close()
         self._pending.clear()
+        self._filled = 0
 
     def __enter__(self) -> OpusSegmenter:
         return self
@@ -282,6 +321,14 @@ class OpusSegmenter:
         if self._closed:
             raise SpoolError(f"OpusSegmenter.{what}() after finish() or close(); make a new "
                              "segmenter for each recording")
+
+    def _audio_frame(self, frames: np.ndarray) -> av.AudioFrame:
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(frames).reshape(1, -1),
+                                           format="s16", layout="stereo")
+        frame.sample_rate = self.rate
+        frame.pts = self._samples_in
+        self._samples_in += len(frames)
+        return frame
 
     def _encode(self, frame: av.AudioFrame | None) -> None:
         try:

@@ -283,8 +283,8 @@ class _DetectorBank:
         # Within the fill limit, a frame of that energy has every sub-block above this.
         self._gate_fill = 10 ** (FILL_DB / 10) * (1 + 1e-6)
         self._gate_sub_energy = gate_energy / (LOW_FRAME_SUBS * self._gate_fill)
-        self._nothing = np.zeros(channels, dtype=bool)
-        self._windows: dict[int, np.ndarray] = {}
+        self._nothing = [False] * channels
+        self._no_remainder = np.zeros((0, channels))
         self._history_e = np.zeros((channels, _HISTORY_SUBS))
         self._recent: deque[np.ndarray] = deque()  # the latest blocks' sub-blocks, raw
         self._recent_subs = 0
@@ -314,7 +314,7 @@ class _DetectorBank:
         x = np.concatenate([self._remainder, frames]) if len(self._remainder) else frames
         n_subs = len(x) // self._sub
         cut = n_subs * self._sub
-        self._remainder = x[cut:].astype(np.float64)
+        self._remainder = x[cut:].astype(np.float64) if cut < len(x) else self._no_remainder
         if n_subs == 0:
             return
         subs = x[:cut].T.astype(np.float64, order="C").reshape(self.channels, n_subs, self._sub)
@@ -333,9 +333,9 @@ class _DetectorBank:
             maybe = self._maybe_tones(all_energy, n_subs)
         else:
             maybe = self._nothing
-        if maybe.any():
+        if any(maybe):
             values = self._values(n_subs)
-        for channel, (tracker, maybe_tone) in enumerate(zip(self.trackers, maybe.tolist())):
+        for channel, (tracker, maybe_tone) in enumerate(zip(self.trackers, maybe)):
             if maybe_tone:
                 codes = self._classify(values[channel], all_energy[channel], n_subs)
                 if tracker.active_code >= 0 or tracker.run_length or (codes >= 0).any():
@@ -343,21 +343,25 @@ class _DetectorBank:
             elif tracker.active_code >= 0 or tracker.run_length:
                 events += tracker.track([-1] * n_subs, first_end)
 
-    def _maybe_tones(self, all_energy: np.ndarray, n_subs: int) -> np.ndarray:
-        """Per channel: whether any frame ending in the new sub-blocks could pass 2 and 7."""
-        windows = all_energy[:, self._window_index(n_subs)]
-        lowest_passing = np.maximum(windows.max(axis=2) / self._gate_fill, self._gate_sub_energy)
-        return (windows.min(axis=2) >= lowest_passing).any(axis=1)
+    def _maybe_tones(self, all_energy: np.ndarray, n_subs: int) -> list[bool]:
+        """Per channel: whether any frame ending in the new sub-blocks could pass 2 and 7.
 
-    def _window_index(self, n_subs: int) -> np.ndarray:
-        """Index, into history + new sub-blocks, of the sub-blocks of each new frame."""
-        index = self._windows.get(n_subs)
-        if index is None:
-            first = _HISTORY_SUBS - LOW_FRAME_SUBS + 1
-            index = first + np.arange(n_subs)[:, None] + np.arange(LOW_FRAME_SUBS)
-            if len(self._windows) < 8:  # the usual feeds come in one or two sizes
-                self._windows[n_subs] = index
-        return index
+        A feed holds a handful of frames, so plain floats beat numpy calls here,
+        and a channel's search stops at its first passing frame.
+        """
+        first = _HISTORY_SUBS - LOW_FRAME_SUBS + 1
+        least, fill = self._gate_sub_energy, self._gate_fill
+        maybe = []
+        for energies in all_energy.tolist():
+            for start in range(first, first + n_subs):
+                window = energies[start:start + LOW_FRAME_SUBS]
+                lowest = min(window)
+                if lowest >= least and lowest >= max(window) / fill:
+                    maybe.append(True)
+                    break
+            else:
+                maybe.append(False)
+        return maybe
 
     def _values(self, n_subs: int) -> np.ndarray:
         """Phase-referenced filter values of the history and new sub-blocks, per channel."""
@@ -608,7 +612,7 @@ class DtmfMasker:
             self._apply(event, spans)
         joined = np.concatenate([self._held, frames.astype(np.int16, copy=False)])
         n = len(frames)
-        out, self._held = joined[:n].copy(), joined[n:]
+        out, self._held = joined[:n], joined[n:]  # disjoint views: masking out spares held
         self._mask(out, self._fed - self.lookahead_frames)
         self._fed += n
         return MaskedBlock(out.reshape(-1) if mono else out, spans, events)

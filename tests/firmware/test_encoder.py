@@ -139,6 +139,14 @@ def test_how_frames_are_split_into_writes_does_not_change_the_stream(call16: np.
         [[(p.granule, p.body) for p in ogg_pages(s)] for s in in_20ms]
 
 
+def test_a_whole_call_in_one_write_gives_the_same_stream(call16: np.ndarray) -> None:
+    in_20ms, _ = _encode(call16, 16000, segment_s=2.0)
+    at_once, emitted_at = _encode(call16, 16000, segment_s=2.0, block=len(call16))
+    assert emitted_at == [len(call16)] * 4
+    assert [[(p.granule, p.body) for p in ogg_pages(s)] for s in at_once] == \
+        [[(p.granule, p.body) for p in ogg_pages(s)] for s in in_20ms]
+
+
 def test_a_segment_comes_out_about_a_page_after_its_end(call16: np.ndarray) -> None:
     rate = 16000
     _, emitted_at = _encode(call16, rate, segment_s=2.0)
