@@ -1,0 +1,597 @@
+"""Central ingest workers: upload messages from the broker into the store, acknowledgements back.
+
+One :class:`IngestWorker` owns one paho client (MQTT v5) and one thread of
+its own:
+
+- paho's network thread (``paho-mqtt-client-<client id>``) receives upload
+  messages on the shared subscription ``$share/<group>/linetap/v1/+/up/#`` and
+  only puts them in a bounded queue; it never validates, stores or waits.
+- the worker thread (``ingest-<client id>``) validates each message with
+  :func:`wire.parse_part`, hands good parts to ``ingest.receive`` (the store's
+  durable write), publishes every :class:`wire.Ack` it returns at QoS 1 on the
+  device's ack topic, and only then acknowledges the MQTT message.
+
+Why acknowledge that late (paho's ``manual_ack``): a message the broker has
+not seen acknowledged is delivered again after a worker restart, so a worker
+killed mid-write loses nothing. The same choice bounds the work in flight: the
+worker announces a Receive Maximum of half its queue, and the broker should
+never send more unacknowledged messages than that, so the backlog stays at the
+broker. paho's thread waits (a few seconds at most) for room in the queue only
+when a broker overruns that limit.
+
+Sessions persist (clean start off, a session expiry): QoS 1 messages that
+arrive while every worker of a group is away wait in the broker for them.
+Several workers with the same group split the messages between them (the
+broker hands each message to one member), on one machine or many. One gap
+(seen with Mosquitto 2.0.11): a broker restarted from its persistence file
+brings back queued messages but not the shared subscription itself, so what a
+device publishes between the broker's restart and the workers' reconnection
+reaches no worker; the device's uploader resends it after its ack timeout.
+
+A malformed, oversized or misaddressed message is logged with its reason and
+never reaches the store; when its topic names a device, a recording and an
+object, the device is told with a ``rejected`` ack (code ``malformed`` or
+``too-large``) so its uploader stops resending it.
+
+Errors from the store itself are not caught: the worker thread ends, its
+:attr:`IngestWorker.failure` says why, the message stays unacknowledged, and
+:func:`serve` exits non-zero so the service manager restarts the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import queue
+import random
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from linetap.firmware.errors import ConfigError, SyncError
+from linetap.sync import wire
+
+if TYPE_CHECKING:
+    from linetap.sync.central.config import BrokerSection
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+NO_HASH = "0" * 64  # in a rejection of a message whose sha256 could not be read
+STOP_POLL_S = 0.2  # how often an idle worker thread looks at its stop event
+HANDOFF_WAIT_S = 5.0  # longest paho's thread waits for room in the queue
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the broker is and how a central worker proves who it is.
+
+    With ``tls`` the worker shows the client certificate in ``cert_file``
+    (CN ``central``, see ``image/mosquitto/``) and trusts only ``ca_file``.
+    Plain TCP is allowed to a broker on this machine only.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8883
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps messages for an absent worker
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("broker host is empty; set it to the broker's name or address")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"broker port {self.port} is not between 1 and 65535")
+        if not 5 <= self.keepalive <= 3600:
+            raise ConfigError(f"keepalive {self.keepalive} s is not between 5 and 3600")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError(f"reconnect back-off {self.reconnect_min_s}..{self.reconnect_max_s} s "
+                              "needs 0 < minimum <= maximum")
+        if self.tls:
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(self, name)
+                if path is None or not Path(path).is_file():
+                    raise ConfigError(f"broker {name} {path} is not a file; TLS to {self.host} needs the "
+                                      "fleet CA, and the central certificate and key")
+        elif self.host not in LOOPBACK:
+            raise ConfigError(f"plain TCP to broker {self.host!r} would expose every recording's "
+                              "acknowledgements; set tls with ca_file, cert_file and key_file")
+
+
+class Receiver(Protocol):
+    """What a worker feeds: the central store's ingest (``sync/central/ingest.py``)."""
+
+    def receive(self, part: wire.Part) -> list[wire.Ack]:
+        """Store or stage ``part`` durably and say so; never raises for bad input."""
+
+
+@dataclass(frozen=True)
+class _Inbound:
+    connection: int  # which connection it came on: only that connection may acknowledge it
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    user_properties: tuple[tuple[str, str], ...]
+
+
+class IngestWorker:
+    """One broker connection feeding ``ingest``; see the module docstring.
+
+    ``ingest.receive`` is called on this worker's own thread only, one part at
+    a time. Use as a context manager, or :meth:`start` and :meth:`close`
+    (safe to call twice).
+    """
+
+    def __init__(self, ingest: Receiver, broker_settings: BrokerSettings, *, group: str = "ingest",
+                 client_id: str | None = None, receive_maximum: int = 32,
+                 rng: random.Random | None = None) -> None:
+        if not group or any(c in group for c in "/+#"):
+            raise ConfigError(f"ingest group {group!r} must be a non-empty name without '/', '+' or '#'")
+        if not 1 <= receive_maximum <= 65535:
+            raise ConfigError(f"receive_maximum {receive_maximum} is not between 1 and 65535")
+        self.ingest = ingest
+        self.settings = broker_settings
+        self.group = group
+        self.client_id = client_id or f"linetap-central-{group}-{socket.gethostname()}"
+        self.topic_filter = f"$share/{group}/{wire.up_filter()}"
+        self._receive_maximum = receive_maximum
+        # Room for one reconnect's redeliveries on top of a full window.
+        self._queue: queue.Queue[_Inbound] = queue.Queue(maxsize=2 * receive_maximum)
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._disconnected = threading.Event()
+        self._stopped = threading.Event()
+        self._sessions = 0  # times connected and subscribed
+        self._sessions_changed = threading.Condition()
+        self._rng = rng or random.Random()
+        self._failed_attempts = 0
+        self._connection = 0
+        self._failure: BaseException | None = None
+        self._started = False
+        self._closed = False
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{self.client_id}", daemon=True)
+
+    # ------------------------------------------------------------ owner --
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this worker stopped on its own (its thread ended), or None."""
+        return self._failure
+
+    @property
+    def ready(self) -> bool:
+        """Connected and subscribed."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def sessions(self) -> int:
+        """How many times this worker has connected and subscribed."""
+        with self._sessions_changed:
+            return self._sessions
+
+    def wait_sessions(self, count: int, timeout: float) -> bool:
+        """True once the worker has connected and subscribed ``count`` times (reconnects count)."""
+        with self._sessions_changed:
+            return self._sessions_changed.wait_for(lambda: self._sessions >= count, timeout)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once the worker thread has ended (closed, or :attr:`failure` set)."""
+        return self._stopped.wait(timeout)
+
+    def start(self) -> IngestWorker:
+        if self._started:
+            return self
+        self._started = True
+        self._thread.start()
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive,
+                                   clean_start=False, properties=self._connect_properties())
+        self._client.loop_start()
+        logger.info("ingest worker started client_id=%s broker=%s:%d tls=%s filter=%s", self.client_id,
+                    self.settings.host, self.settings.port, self.settings.tls, self.topic_filter)
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the part in hand, then disconnect; the broker keeps the session for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("ingest worker thread did not stop client_id=%s timeout_s=%.1f",
+                               self.client_id, timeout)
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            # Stopping paho's loop at once could drop the last acknowledgements still queued
+            # ahead of the DISCONNECT; they are sent once the broker sees the DISCONNECT.
+            self._disconnected.wait(timeout)
+        self._client.loop_stop()  # paho's thread notices within its one-second loop tick
+        self._ready.clear()
+        logger.info("ingest worker stopped client_id=%s", self.client_id)
+
+    def __enter__(self) -> IngestWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------- paho (network thread) --
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if self.settings.tls:
+            client.tls_set(ca_certs=str(self.settings.ca_file), certfile=str(self.settings.cert_file),
+                           keyfile=str(self.settings.key_file), cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_min_s)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum
+        return props
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
+                    reason: mqtt.ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            logger.error("broker refused ingest worker client_id=%s reason=%s; check its certificate "
+                         "(CN central) and the broker's ACL", self.client_id, reason)
+            return
+        self._failed_attempts = 0
+        self._disconnected.clear()
+        self._connection += 1
+        if flags.session_present:
+            # The broker sends every unacknowledged message again on a resumed session; what the
+            # queue still holds from the old connection would only be stored twice.
+            self._drain_queue()
+        logger.info("ingest worker connected client_id=%s session_present=%s",
+                    self.client_id, flags.session_present)
+        client.subscribe(self.topic_filter, qos=1)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
+                      reasons: list[mqtt.ReasonCode], _props: Properties | None) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self._fail(SyncError(f"broker refused subscription {self.topic_filter} for {self.client_id}: "
+                                 f"{', '.join(refused)}; the ACL must let the central identity read "
+                                 f"{wire.ROOT}/#"))
+            return
+        self._ready.set()
+        with self._sessions_changed:
+            self._sessions += 1
+            self._sessions_changed.notify_all()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: mqtt.DisconnectFlags,
+                       reason: mqtt.ReasonCode, _props: Properties | None) -> None:
+        self._ready.clear()
+        self._disconnected.set()
+        if self._stopping.is_set():
+            return
+        delay = self._next_delay()
+        logger.warning("ingest worker disconnected client_id=%s reason=%s retry_in_s=%.2f",
+                       self.client_id, reason, delay)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        delay = self._next_delay()
+        logger.warning("ingest worker cannot reach broker client_id=%s broker=%s:%d retry_in_s=%.2f",
+                       self.client_id, self.settings.host, self.settings.port, delay)
+
+    def _next_delay(self) -> float:
+        """Exponential back-off with jitter, so a fleet of workers does not reconnect in step."""
+        ceiling = min(self.settings.reconnect_max_s,
+                      self.settings.reconnect_min_s * 2 ** min(self._failed_attempts, 30))
+        self._failed_attempts += 1
+        delay = max(self.settings.reconnect_min_s, ceiling * self._rng.uniform(0.5, 1.0))
+        # paho's next wait before reconnecting is exactly this (it doubles from the minimum,
+        # capped by the maximum: both set to the delay chosen here).
+        self._client.reconnect_delay_set(delay, delay)
+        return delay
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg.properties, "UserProperty", None) or ()
+        inbound = _Inbound(self._connection, msg.mid, msg.qos, msg.topic, msg.payload,
+                           tuple((str(k), str(v)) for k, v in props))
+        try:
+            self._queue.put_nowait(inbound)
+        except queue.Full:
+            # The broker sent more than our Receive Maximum (seen with Mosquitto 2.0.11 under
+            # load): hold paho's thread until the worker takes one, which pushes back on the
+            # broker through TCP. Only a store stuck for HANDOFF_WAIT_S makes us let go; left
+            # unacknowledged, the message comes again with the next session, and the device
+            # resends it meanwhile.
+            try:
+                self._queue.put(inbound, timeout=HANDOFF_WAIT_S)
+            except queue.Full:
+                logger.warning("ingest queue full client_id=%s waited_s=%.0f dropped_topic=%s",
+                               self.client_id, HANDOFF_WAIT_S, _short(msg.topic))
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    # ----------------------------------------------------------- worker thread --
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    inbound = self._queue.get(timeout=STOP_POLL_S)
+                except queue.Empty:
+                    continue
+                self._handle(inbound)
+        except Exception as e:  # the store failed: reported to the owner, never swallowed
+            logger.exception("ingest worker failed client_id=%s", self.client_id)
+            self._fail(e)
+        finally:
+            self._stopped.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._stopping.set()
+
+    def _handle(self, inbound: _Inbound) -> None:
+        try:
+            if len(inbound.payload) > wire.MAX_MESSAGE:
+                raise _TooLarge(f"message on {_short(inbound.topic)} is {len(inbound.payload)} bytes; "
+                                f"at most {wire.MAX_MESSAGE}")
+            part = wire.parse_part(inbound.topic, inbound.payload, inbound.user_properties)
+        except wire.WireError as e:
+            logger.warning("upload refused topic=%s bytes=%d reason=%s", _short(inbound.topic),
+                           len(inbound.payload), e)
+            self._reject(inbound, "too-large" if isinstance(e, _TooLarge) else "malformed", str(e))
+        else:
+            for ack in self.ingest.receive(part):
+                self._publish_ack(part.device_id, ack)
+        if inbound.connection == self._connection:
+            self._client.ack(inbound.mid, inbound.qos)
+
+    def _reject(self, inbound: _Inbound, code: str, reason: str) -> None:
+        addressed = _address(inbound.topic, inbound.user_properties)
+        if addressed is None:
+            return  # nobody to tell: the topic does not name a device, recording and object
+        device_id, ack = addressed
+        self._publish_ack(device_id, dataclasses.replace(ack, status="rejected", code=code, reason=reason))
+
+    def _publish_ack(self, device_id: str, ack: wire.Ack) -> None:
+        # QoS 1 and queued by paho while disconnected; a lost one is harmless, as the device
+        # resends what stays unacknowledged and the store answers a repeat again.
+        self._client.publish(wire.ack_topic(device_id, ack.recording_id), ack.encode(), qos=1)
+        logger.debug("ack sent device=%s recording=%s object=%s part=%s status=%s code=%s", device_id,
+                     ack.recording_id, ack.object, ack.part, ack.status, ack.code)
+
+
+class _TooLarge(wire.WireError):
+    """A message above the protocol's size limit."""
+
+
+def _address(topic: str, user_properties: Iterable[tuple[str, str]]) -> tuple[str, wire.Ack] | None:
+    """The device and the object a refused upload message names, when its topic says."""
+    levels = topic.split("/")
+    if levels[:2] != wire.ROOT.split("/") or len(levels) not in (7, 8) or levels[3] != "up":
+        return None
+    try:
+        device_id = wire.check_device_id(levels[2])
+        recording_id = wire.check_recording_id(levels[4])
+        obj = wire.ObjectRef.parse("/".join(levels[5:-1]))
+    except wire.WireError:
+        return None
+    announced = dict(user_properties).get("sha256", "")
+    sha256 = announced if wire.SHA256.fullmatch(announced) else NO_HASH
+    part_text = levels[-1]
+    part = int(part_text) if part_text.isdigit() and len(part_text) <= 4 and int(part_text) < wire.MAX_PARTS else None
+    return device_id, wire.Ack(recording_id, obj, sha256, "rejected", part=part)
+
+
+def _short(topic: str, limit: int = 160) -> str:
+    """A topic fit for one log line (a hostile one can be 64 KiB long)."""
+    text = topic if len(topic) <= limit else topic[:limit] + "..."
+    return repr(text)
+
+
+# ------------------------------------------------------------------ many workers --
+
+class _WorkerProcess:
+    """An :class:`IngestWorker` in a process of its own, seen from the parent."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext, make_ingest: Callable[[], Receiver],
+                 settings: BrokerSettings, group: str, client_id: str) -> None:
+        self.client_id = client_id
+        self._ready = context.Event()
+        self._stop = context.Event()
+        self._process = context.Process(target=_process_main, name=f"ingest-{client_id}",
+                                        args=(make_ingest, settings, group, client_id, self._ready, self._stop))
+        self._closed = False
+
+    def start(self) -> _WorkerProcess:
+        self._process.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def failure(self) -> BaseException | None:
+        code = self._process.exitcode
+        if code is None or (code == 0 and self._stop.is_set()):
+            return None
+        return SyncError(f"ingest worker process {self.client_id} ended with exit code {code}")
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._process.join(timeout)
+        if self._process.is_alive():
+            logger.warning("ingest worker process did not stop client_id=%s; terminating", self.client_id)
+            self._process.terminate()
+            self._process.join(timeout)
+
+
+def _process_main(make_ingest: Callable[[], Receiver], settings: BrokerSettings, group: str, client_id: str,
+                  ready: threading.Event, stop: threading.Event) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    ingest = make_ingest()
+    with IngestWorker(ingest, settings, group=group, client_id=client_id) as worker:
+        while not stop.wait(STOP_POLL_S) and worker.failure is None:
+            if worker.ready:
+                ready.set()
+    close_ingest = getattr(ingest, "close", None)
+    if close_ingest is not None:
+        close_ingest()
+    if worker.failure is not None:
+        raise SystemExit(1)
+
+
+class WorkerGroup:
+    """Workers started by :func:`run_workers`; closing it stops them all."""
+
+    def __init__(self, workers: Sequence[IngestWorker | _WorkerProcess]) -> None:
+        self.workers = list(workers)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Every worker connected and subscribed (shared by the timeout, not per worker)."""
+        deadline = time.monotonic() + timeout
+        return all(worker.wait_ready(max(0.0, deadline - time.monotonic())) for worker in self.workers)
+
+    @property
+    def failure(self) -> BaseException | None:
+        return next((w.failure for w in self.workers if w.failure is not None), None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        for worker in self.workers:
+            worker.close(timeout)
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_workers(n: int, make_ingest: Callable[[], Receiver], broker_settings: BrokerSettings, *,
+                group: str = "ingest", client_id_prefix: str | None = None,
+                processes: bool = False) -> WorkerGroup:
+    """Start ``n`` workers in one shared group, each with its own ``make_ingest()``.
+
+    Threads share one interpreter (the store's fsyncs overlap, its Python does
+    not); ``processes=True`` gives each worker a process so n workers use n
+    cores; ``make_ingest`` must then be picklable (a module-level function or a
+    ``functools.partial`` of one). Client ids are ``<prefix>-<i>``, the same at
+    every start, so each worker resumes its broker session.
+    """
+    if n < 1:
+        raise ConfigError(f"number of ingest workers {n} must be at least 1")
+    prefix = client_id_prefix or f"linetap-central-{group}-{socket.gethostname()}"
+    workers: list[IngestWorker | _WorkerProcess] = []
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+    try:
+        for i in range(n):
+            client_id = f"{prefix}-{i}"
+            if processes:
+                workers.append(_WorkerProcess(context, make_ingest, broker_settings, group, client_id).start())
+            else:
+                workers.append(IngestWorker(make_ingest(), broker_settings, group=group,
+                                            client_id=client_id).start())
+    except BaseException:
+        WorkerGroup(workers).close()
+        raise
+    return WorkerGroup(workers)
+
+
+def serve(broker_settings: BrokerSettings, make_ingest: Callable[[], Receiver], *, workers: int = 1,
+          group: str = "ingest", client_id_prefix: str | None = None, processes: bool = False,
+          stop: threading.Event | None = None) -> int:
+    """Run ingest workers until SIGTERM/SIGINT (or ``stop``); the exit status for the CLI.
+
+    0 after a requested stop; 1 when a worker failed, so the service manager
+    restarts the service (the failed message is still unacknowledged and
+    comes back).
+    """
+    stop = stop or threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        with run_workers(workers, make_ingest, broker_settings, group=group, client_id_prefix=client_id_prefix,
+                         processes=processes) as group_:
+            while not stop.wait(1.0):
+                if group_.failure is not None:
+                    logger.error("central ingest stopping: %s", group_.failure)
+                    return 1
+            return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- the CLI --
+
+def add_serve_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """``linetap-central serve``: plugged into :mod:`linetap.sync.central.cli`."""
+    parser = subparsers.add_parser("serve", parents=[common],
+                                   help="ingest uploads from the broker until stopped (SIGTERM)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="central config with [broker] (default: DATA_DIR/central.toml, else a "
+                             "broker on 127.0.0.1:1883 without TLS)")
+    parser.set_defaults(run=_serve_command)
+
+
+def broker_settings(section: BrokerSection, data_dir: Path) -> BrokerSettings:
+    """The config's ``[broker]`` as worker settings; relative TLS paths are inside ``data_dir``."""
+    def inside(name: str | None) -> Path | None:
+        return None if name is None else Path(data_dir) / name
+
+    return BrokerSettings(host=section.host, port=section.port, tls=section.tls,
+                          ca_file=inside(section.ca_file), cert_file=inside(section.cert_file),
+                          key_file=inside(section.key_file), keepalive=section.keepalive_s,
+                          reconnect_max_s=float(section.reconnect_max_s))
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from linetap.sync.central.cli import data_dir
+    from linetap.sync.central.config import load_config
+    from linetap.sync.central.ingest import Ingest
+
+    folder = data_dir(args)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = load_config(args.config, folder)
+    section = config.broker
+    # Ingest is process-safe on one data dir: several workers each get a core.
+    return serve(broker_settings(section, folder), functools.partial(Ingest, folder), workers=section.workers,
+                 group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)
