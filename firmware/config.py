@@ -139,7 +139,7 @@ class SyncSection(Schema):
     key_file: str = "keys/device.key"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     reconnect_max_s: float = Field(default=120.0, ge=1, le=3600)  # back-off ceiling after the broker drops
-    window: int = Field(default=8, ge=1, le=1000)  # upload messages in flight before an acknowledgement
+    window: int = Field(default=32, ge=1, le=1000)  # upload messages in flight before an acknowledgement
     ack_timeout_s: float = Field(default=60.0, ge=1, le=3600)  # resend what is not acknowledged by then
     bandwidth_bytes_s: int = Field(default=0, ge=0)  # upload cap; 0: no cap
 

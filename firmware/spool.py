@@ -48,7 +48,8 @@ with ``on_full = "overwrite-oldest"``; by default (``stop-and-alarm``) new
 calls are refused with :class:`SpoolFull` and an alarm is raised.
 
 Threads. :class:`Spool` is used by the call thread (:class:`SpoolSink`) and by
-the sync side (:meth:`Spool.mark_synced`); one lock serialises the catalogue.
+the sync side (:meth:`Spool.segments`, :meth:`Spool.mark_synced`,
+:meth:`Spool.mark_unsynced`); one lock serialises the catalogue.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -460,23 +461,68 @@ class Spool:
 
     # -- sync hooks --
 
-    def mark_synced(self, recording_id: str, index: int | None = None) -> None:
-        """The central store has durably stored segment ``index``, or (None) the whole recording."""
+    def segments(self, recording_id: str) -> list[dict[str, Any]]:
+        """A recording's segments as the catalogue lists them, by index: index, size, sha256, synced."""
         with self._lock:
-            row = self.db.execute("SELECT state FROM recordings WHERE id = ?", (recording_id,)).fetchone()
-            if row is None:
-                raise RecordingGone(f"recording {recording_id} is not in the spool catalogue")
-            if index is not None:
-                self.db.execute("UPDATE segments SET synced = 1 WHERE recording_id = ? AND idx = ?",
-                                (recording_id, index))
-                return
-            if row["state"] not in ("closed", "synced"):
-                raise SpoolError(f"recording {recording_id} is {row['state']}; only a closed "
+            self._recording_state(recording_id)
+            rows = self.db.execute("SELECT idx, size, sha256, synced FROM segments WHERE recording_id = ? "
+                                   "ORDER BY idx", (recording_id,)).fetchall()
+        return [{"index": r["idx"], "size": r["size"], "sha256": r["sha256"], "synced": bool(r["synced"])}
+                for r in rows]
+
+    def mark_synced(self, recording_id: str, index: int | None = None) -> None:
+        """The central store has durably stored segment ``index``, or (None) the whole recording.
+
+        Durability differs on purpose. A segment's mark is only a resume hint:
+        losing it to a power cut means that segment is sent again, and the
+        centre acknowledges a repeat without storing it twice. So it is
+        committed with ``synchronous=NORMAL``, which in WAL mode appends to the
+        WAL without an fsync (one fsync per segment was most of the cost of
+        draining a backlog, and SD-card wear). The recording's mark is what
+        retention relies on, so it is committed with ``synchronous=FULL`` and
+        is on disk when this returns. That fsync of the WAL also makes every
+        earlier hint durable: hints are frames earlier in the same file, and a
+        checkpoint under NORMAL fsyncs the WAL before copying it into the
+        database. A torn tail of hints cannot corrupt anything either: WAL
+        frames carry cumulative checksums, so recovery keeps a prefix of the
+        commits.
+        """
+        if index is not None:
+            self.mark_segments_synced(recording_id, (index,))
+            return
+        with self._lock:
+            state = self._recording_state(recording_id)
+            if state not in ("closed", "synced"):
+                raise SpoolError(f"recording {recording_id} is {state}; only a closed "
                                  "recording can be marked synced")
-            self.db.execute("UPDATE segments SET synced = 1 WHERE recording_id = ?", (recording_id,))
-            self.db.execute("UPDATE recordings SET state = 'synced', synced_wall_ms = ? WHERE id = ?",
-                            (mf.ms(self._clock.wall()), recording_id))
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("UPDATE segments SET synced = 1 WHERE recording_id = ?", (recording_id,))
+                self.db.execute("UPDATE recordings SET state = 'synced', synced_wall_ms = ? WHERE id = ?",
+                                (mf.ms(self._clock.wall()), recording_id))
+            except sqlite3.Error:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
             logger.info("recording synced recording=%s", recording_id)
+
+    def mark_segments_synced(self, recording_id: str, indexes: Iterable[int]) -> None:
+        """Segments the central store has durably stored: resume hints, in one commit without an fsync."""
+        with self._lock:
+            self._recording_state(recording_id)
+            self._commit_hint("UPDATE segments SET synced = 1 WHERE recording_id = ? AND idx = ?",
+                              [(recording_id, i) for i in indexes])
+
+    def mark_unsynced(self, recording_id: str, indexes: Iterable[int]) -> None:
+        """The centre lacks these segments after all: clear their marks so they are sent again.
+
+        A hint like the marks it clears (see :meth:`mark_synced`): if a power
+        cut undoes it, the manifest is refused again for the same segments.
+        """
+        with self._lock:
+            self._recording_state(recording_id)
+            self._commit_hint("UPDATE segments SET synced = 0 WHERE recording_id = ? AND idx = ?",
+                              [(recording_id, i) for i in indexes])
 
     def unsynced(self) -> list[dict[str, Any]]:
         """Closed recordings the central store does not have yet, oldest first."""
@@ -522,6 +568,27 @@ class Spool:
                 "fault": self.fault}
 
     # -- internals --
+
+    def _recording_state(self, recording_id: str) -> str:
+        row = self.db.execute("SELECT state FROM recordings WHERE id = ?", (recording_id,)).fetchone()
+        if row is None:
+            raise RecordingGone(f"recording {recording_id} is not in the spool catalogue")
+        return row["state"]
+
+    def _commit_hint(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction that may be lost to a power cut (no fsync); see :meth:`mark_synced`."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+            except sqlite3.Error:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     def _seal(self, call: CallRecord) -> str | None:
         if call.caller is None:

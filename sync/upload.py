@@ -43,7 +43,6 @@ Rules, all in this file:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -166,7 +165,7 @@ class _Recording:
 class Upload:
     """The box side of the upload protocol for one device. Not thread-safe: one owner thread."""
 
-    def __init__(self, device_id: str, reader: Reader, clock: Clock, *, window: int = 8,
+    def __init__(self, device_id: str, reader: Reader, clock: Clock, *, window: int = 32,
                  ack_timeout_s: float = 60.0, bandwidth_bytes_s: int = 0,
                  retry_base_s: float = 1.0) -> None:
         if window < 1:
@@ -185,6 +184,10 @@ class Upload:
         self._recordings: dict[str, _Recording] = {}
         self._order: list[_Recording] = []
         self._inflight: dict[tuple[str, ObjectRef, int], float] = {}  # -> when sent
+        # Objects with an object-level ack deadline or a retry back-off: what poll and wake_at look at,
+        # so each costs O(window) rather than O(backlog) (a week's backlog is tens of thousands of objects).
+        self._timed: dict[tuple[str, ObjectRef], _Object] = {}
+        self._polled_at = float("-inf")
         self._out: list[Output] = []
         self._connected = False
         self._bucket_at = 0.0  # the token bucket's virtual clock
@@ -211,6 +214,7 @@ class Upload:
                 if not obj.done:
                     obj.staged.clear()
                     obj.staged_at = None
+        self._timed = {key: obj for key, obj in self._timed.items() if obj.not_before > 0}
 
     def disconnected(self) -> None:
         self._connected = False
@@ -242,6 +246,7 @@ class Upload:
     def poll(self) -> list[Output]:
         """Resend what timed out, fill the window; returns everything to do, in order."""
         now = self._clock.monotonic()
+        self._polled_at = now
         self._expire(now)
         self._fill(now)
         out, self._out = self._out, []
@@ -254,16 +259,12 @@ class Upload:
             times += [sent + self._ack_timeout for sent in self._inflight.values()]
             if self._bandwidth_wait is not None:
                 times.append(self._bandwidth_wait)
-            for rec in self._order:
-                if rec.blocked:
-                    continue
-                for obj in rec.objects.values():
-                    if obj.done:
-                        continue
-                    if obj.staged_at is not None:
-                        times.append(obj.staged_at + self._ack_timeout)
-                    if obj.not_before > 0:
-                        times.append(obj.not_before)
+            for obj in self._timed.values():
+                if obj.staged_at is not None:
+                    times.append(obj.staged_at + self._ack_timeout)
+                # A back-off that had passed at the last poll waits for a window slot, which an input frees.
+                if obj.not_before > self._polled_at:
+                    times.append(obj.not_before)
         return min(times) if times else None
 
     # -- figures --
@@ -301,6 +302,18 @@ class Upload:
         rec = self._recordings.pop(recording_id)
         self._order.remove(rec)
         self._drop_inflight(recording_id)
+        self._untrack(recording_id)
+
+    def _track(self, recording_id: str, obj: _Object) -> None:
+        key = (recording_id, obj.ref)
+        if not obj.done and (obj.staged_at is not None or obj.not_before > 0):
+            self._timed[key] = obj
+        else:
+            self._timed.pop(key, None)
+
+    def _untrack(self, recording_id: str) -> None:
+        for key in [k for k in self._timed if k[0] == recording_id]:
+            del self._timed[key]
 
     def _drop_inflight(self, recording_id: str, ref: ObjectRef | None = None) -> None:
         for key in [k for k in self._inflight if k[0] == recording_id and (ref is None or k[1] == ref)]:
@@ -314,10 +327,12 @@ class Upload:
             if obj.count is not None and len(obj.staged) >= obj.count:
                 obj.parts = None  # all staged: free the bytes; re-read if the object must go again
                 obj.staged_at = now
+                self._track(rid, obj)
             return
         obj.done = True
         obj.parts = None
         self._drop_inflight(rid, obj.ref)
+        self._track(rid, obj)
         if obj.ref == MANIFEST:
             self._out.append(RecordingSynced(rid))
             self._forget(rid)
@@ -338,6 +353,7 @@ class Upload:
         else:
             self._inflight.pop((rid, obj.ref, ack.part), None)
             obj.staged.discard(ack.part)
+        self._track(rid, obj)
         logger.info("centre asks to retry recording=%s object=%s code=%s delay_s=%.1f", rid, obj.ref,
                     ack.code, delay)
 
@@ -357,12 +373,14 @@ class Upload:
             obj = rec.objects[ref]
             if obj.done:
                 obj.reset()
+                self._track(rid, obj)
                 rec.todo.append(ref)
                 lost.append(ref.index)
         rec.todo.sort()
         manifest = rec.objects[MANIFEST]
         manifest.reset()
         manifest.parts = None
+        self._track(rid, manifest)
         self._drop_inflight(rid, MANIFEST)
         if lost:
             self._out.append(SegmentsLost(rid, tuple(lost)))
@@ -373,6 +391,7 @@ class Upload:
         rid = rec.pending.recording_id
         rec.blocked = True
         self._drop_inflight(rid)
+        self._untrack(rid)
         for obj in rec.objects.values():
             obj.parts = None
         self._out.append(Alarm(rid, ref, code, reason))
@@ -384,14 +403,12 @@ class Upload:
             if now >= sent + self._ack_timeout:
                 del self._inflight[key]
                 logger.info("ack overdue recording=%s object=%s part=%d", key[0], key[1], key[2])
-        for rec in self._order:
-            if rec.blocked:
-                continue
-            for obj in rec.objects.values():
-                if not obj.done and obj.staged_at is not None and now >= obj.staged_at + self._ack_timeout:
-                    logger.info("object ack overdue recording=%s object=%s", rec.pending.recording_id, obj.ref)
-                    obj.staged.clear()
-                    obj.staged_at = None
+        for (rid, ref), obj in list(self._timed.items()):
+            if obj.staged_at is not None and now >= obj.staged_at + self._ack_timeout:
+                logger.info("object ack overdue recording=%s object=%s", rid, ref)
+                obj.staged.clear()
+                obj.staged_at = None
+                self._track(rid, obj)
 
     def _fill(self, now: float) -> None:
         self._bandwidth_wait = None
@@ -450,12 +467,13 @@ class Upload:
         except SpoolError as e:
             self._block(rec, obj.ref, "unreadable", str(e))
             return False
-        if hashlib.sha256(data).hexdigest() != obj.sha256:
+        parts = wire.split(self.device_id, rid, obj.ref, data)  # hashes the object, once
+        if parts[0].sha256 != obj.sha256:
             self._block(rec, obj.ref, "altered", f"{obj.ref} no longer has the sha256 the catalogue "
                         "recorded; check the spool with 'linetap spool verify'")
             return False
-        obj.parts = wire.split(self.device_id, rid, obj.ref, data)
-        obj.count = len(obj.parts)
+        obj.parts = parts
+        obj.count = len(parts)
         return True
 
 

@@ -2,11 +2,13 @@
 
 :class:`Uploader` owns one named thread, ``uploader``, and the
 :class:`~linetap.sync.upload.Upload` state machine, which only that thread
-touches. It reads the backlog from the spool's catalogue (closed recordings
-and each segment's synced flag), reads segment and manifest files when the
-protocol asks for them, publishes through a :class:`~linetap.sync.link.Link`
-it is given (the app owns the link and may share it with the fleet side), and
-applies the protocol's catalogue updates with :meth:`Spool.mark_synced`.
+touches. It reads the backlog from the spool's catalogue
+(:meth:`Spool.unsynced` and :meth:`Spool.segments`), reads segment and
+manifest files when the protocol asks for them, publishes through a
+:class:`~linetap.sync.link.Link` it is given (the app owns the link and may
+share it with the fleet side), and applies the protocol's catalogue updates
+with :meth:`Spool.mark_segments_synced`, :meth:`Spool.mark_synced` and
+:meth:`Spool.mark_unsynced`.
 
 Wiring. The app passes the uploader's :meth:`on_connected`,
 :meth:`on_disconnected` and :meth:`on_message` to the link (or calls them
@@ -178,14 +180,18 @@ class Uploader:
         return kind == "rescan"
 
     def _apply(self, outputs: list) -> None:
+        segment_marks: dict[str, list[int]] = {}  # one catalogue commit per recording and poll
         for out in outputs:
+            if isinstance(out, SegmentSynced):
+                segment_marks.setdefault(out.recording_id, []).append(out.index)
+                continue
             if isinstance(out, Publish):
                 part = out.part
                 self._link.publish(part.topic, part.payload, qos=1, user_properties=part.user_properties())
-            elif isinstance(out, SegmentSynced):
-                self._mark(out.recording_id, out.index)
-            elif isinstance(out, RecordingSynced):
-                self._mark(out.recording_id, None)
+                continue
+            self._mark_segments(segment_marks)  # catalogue updates keep the protocol's order
+            if isinstance(out, RecordingSynced):
+                self._mark(out.recording_id)
                 self._set_status(last_sync_wall=self._clock.wall())
             elif isinstance(out, SegmentsLost):
                 self._unmark(out.recording_id, out.indexes)
@@ -193,31 +199,37 @@ class Uploader:
                 detail = f"recording={out.recording_id} object={out.object} code={out.code} reason={out.reason}"
                 if self._on_alarm is not None:
                     self._on_alarm("upload-rejected", detail)
+        self._mark_segments(segment_marks)
         self._set_status(in_flight=self._protocol.in_flight)
 
-    def _mark(self, recording_id: str, index: int | None) -> None:
+    def _mark_segments(self, marks: dict[str, list[int]]) -> None:
+        while marks:
+            recording_id, indexes = marks.popitem()
+            try:
+                self._spool.mark_segments_synced(recording_id, indexes)
+            except RecordingGone:
+                logger.warning("synced segments of a recording no longer in the catalogue recording=%s",
+                               recording_id)
+
+    def _mark(self, recording_id: str) -> None:
         try:
-            self._spool.mark_synced(recording_id, index)
+            self._spool.mark_synced(recording_id)
         except RecordingGone:
             logger.warning("synced recording no longer in the catalogue recording=%s", recording_id)
 
     def _unmark(self, recording_id: str, indexes: tuple[int, ...]) -> None:
-        # Spool has no call for this yet: the centre lost what it had acknowledged, which is rare.
-        with self._spool._lock:
-            self._spool.db.executemany("UPDATE segments SET synced = 0 WHERE recording_id = ? AND idx = ?",
-                                       [(recording_id, i) for i in indexes])
+        try:
+            self._spool.mark_unsynced(recording_id, indexes)
+        except RecordingGone:
+            logger.warning("recording with lost segments no longer in the catalogue recording=%s", recording_id)
 
     def _rescan(self) -> None:
         rows = self._spool.unsynced()
         backlog = []
-        with self._spool._lock:
-            for row in rows:
-                segments = self._spool.db.execute(
-                    "SELECT idx, size, sha256, synced FROM segments WHERE recording_id = ? ORDER BY idx",
-                    (row["id"],)).fetchall()
-                backlog.append(Pending(row["id"], row["seq"], row["flagged"], row["manifest_sha256"],
-                                       tuple(SegmentInfo(s["idx"], s["size"], s["sha256"], bool(s["synced"]))
-                                             for s in segments)))
+        for row in rows:
+            segments = tuple(SegmentInfo(s["index"], s["size"], s["sha256"], s["synced"])
+                             for s in self._spool.segments(row["id"]))
+            backlog.append(Pending(row["id"], row["seq"], row["flagged"], row["manifest_sha256"], segments))
         self._protocol.set_backlog(backlog)
         oldest = min((r["started_wall_ms"] for r in rows if r["started_wall_ms"] is not None), default=None)
         self._set_status(

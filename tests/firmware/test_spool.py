@@ -392,6 +392,58 @@ def test_disk_full_mid_call_keeps_the_stored_part_valid_and_raises_the_alarm(dat
     assert not list(data.rglob("*.tmp"))
 
 
+# ---------------------------------------------------------------- sync hooks --
+
+def synchronous_at_commit(statements: list[str]) -> str | None:
+    """The ``PRAGMA synchronous`` level in force when the traced transaction committed."""
+    level = "FULL"  # what the spool opens its catalogue with
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous="):
+            level = sql.partition("=")[2]
+        elif sql == "COMMIT":
+            return level
+    return None
+
+
+def test_segments_list_the_catalogue_and_marks_go_both_ways(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 3.5)
+        spool.mark_segments_synced(call.call_id, [0, 2])
+        spool.mark_synced(call.call_id, 3)
+        spool.mark_unsynced(call.call_id, [2])
+        with pytest.raises(RecordingGone, match="no-such-recording"):
+            spool.segments("no-such-recording")
+        with pytest.raises(RecordingGone):
+            spool.mark_unsynced("no-such-recording", [0])
+    manifest = json.loads((data / "spool" / call.call_id / "manifest.json").read_bytes())
+    with open_spool(data, clock) as spool:  # the marks outlive the process that wrote them
+        segments = spool.segments(call.call_id)
+    assert [s["synced"] for s in segments] == [True, False, False, True]
+    assert [(s["index"], s["size"], s["sha256"]) for s in segments] == \
+        [(m["index"], m["bytes"], m["sha256"]) for m in manifest["segments"]]
+    assert [r["state"] for r in list_recordings(data)] == ["closed"]
+
+
+def test_segment_marks_skip_the_fsync_and_the_recording_mark_does_not(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 2.5)
+        statements: list[str] = []
+        spool.db.set_trace_callback(statements.append)
+        spool.mark_segments_synced(call.call_id, [0, 1])
+        hint, statements[:] = list(statements), []
+        spool.mark_unsynced(call.call_id, [1])
+        unmark, statements[:] = list(statements), []
+        spool.mark_synced(call.call_id)
+        final = list(statements)
+        level_after = spool.db.execute("PRAGMA synchronous").fetchone()[0]
+    assert synchronous_at_commit(hint) == "NORMAL" and synchronous_at_commit(unmark) == "NORMAL"
+    assert synchronous_at_commit(final) == "FULL"
+    assert level_after == 2  # FULL again for the segment rows the call thread writes
+    # Synced is one transaction: the state and every segment's mark together.
+    assert sum(sql.startswith("UPDATE") for sql in final) == 2 and final.count("COMMIT") == 1
+    assert [r["state"] for r in list_recordings(data)] == ["synced"]
+
+
 # --------------------------------------------------------------- retention --
 
 def test_synced_recordings_expire_after_keep_synced_days(data: Path, clock) -> None:

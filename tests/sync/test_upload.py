@@ -274,6 +274,35 @@ def test_retry_backs_off_and_doubles(clock: ManualClock) -> None:
     assert delays == [2, 4, 8]
 
 
+def test_a_passed_back_off_does_not_keep_waking_the_caller(clock: ManualClock) -> None:
+    store = Store()
+    r = store.add(1, [10, 10])
+    up = make(store, clock, window=1, retry_base_s=2, ack_timeout_s=60)
+    up.connected()
+    [first] = store.apply(up.poll())
+    up.acked(Ack(r, first.object, first.sha256, "retry", code="store-unavailable"))
+    clock.advance(2)
+    [again] = store.apply(up.poll())
+    assert again == first
+    # Sent again and waiting for its ack: the next thing due is that ack's timeout, not the past back-off.
+    assert up.wake_at() == pytest.approx(clock.monotonic() + 60)
+
+
+def test_a_back_off_that_passes_while_the_window_is_full_waits_for_an_ack(clock: ManualClock) -> None:
+    store = Store()
+    r = store.add(1, [10, 10])
+    up = make(store, clock, window=1, retry_base_s=2, ack_timeout_s=60)
+    up.connected()
+    [seg0] = store.apply(up.poll())
+    up.acked(Ack(r, seg0.object, seg0.sha256, "retry", code="store-unavailable"))
+    [seg1] = store.apply(up.poll())
+    clock.advance(2)
+    assert store.apply(up.poll()) == []  # seg/0 is due but seg/1 holds the only slot
+    assert up.wake_at() == pytest.approx(clock.monotonic() - 2 + 60)  # seg/1's ack timeout
+    up.acked(Ack(r, seg1.object, seg1.sha256, "stored"))
+    assert store.apply(up.poll()) == [seg0]
+
+
 def test_a_rejection_raises_an_alarm_and_stops_that_recording_only(clock: ManualClock) -> None:
     store = Store()
     bad, good = store.add(1, [10, 10]), store.add(2, [10])

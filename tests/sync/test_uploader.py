@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,11 @@ class NotifyingSpool(Spool):
 
     def mark_synced(self, recording_id: str, index: int | None = None) -> None:
         super().mark_synced(recording_id, index)
+        with CHANGED:
+            CHANGED.notify_all()
+
+    def mark_segments_synced(self, recording_id: str, indexes: Iterable[int]) -> None:
+        super().mark_segments_synced(recording_id, indexes)
         with CHANGED:
             CHANGED.notify_all()
 
@@ -285,7 +290,7 @@ def test_a_restarted_uploader_sends_only_what_is_not_acknowledged(data: Path, br
     centre.drop = lambda ack: ack.object.kind == "seg" and ack.object.index >= 3
     with Box(data, broker, window=8) as box:
         assert wait_until(lambda: all((rid, f"seg/{i}") in centre.stored for i in range(6)))
-        assert wait_until(lambda: synced_flags(box.spool) == [1, 1, 1, 0, 0, 0])
+        assert wait_until(lambda: synced_flags(box.spool, rid) == [True] * 3 + [False] * 3)
     centre.drop = lambda ack: False
     centre.received.clear()
     with Box(data, broker):
@@ -294,9 +299,25 @@ def test_a_restarted_uploader_sends_only_what_is_not_acknowledged(data: Path, br
     assert stored_identical(data, centre, rid)
 
 
-def synced_flags(spool: Spool) -> list[int]:
-    with spool._lock:
-        return [r["synced"] for r in spool.db.execute("SELECT synced FROM segments ORDER BY idx")]
+def synced_flags(spool: Spool, rid: str) -> list[bool]:
+    return [s["synced"] for s in spool.segments(rid)]
+
+
+def test_a_segment_mark_lost_to_a_power_cut_only_sends_that_segment_again(data: Path, broker, centre) -> None:
+    with open_spool(data) as spool:
+        rid = record(spool, ManualClock(), 4)
+    centre.drop = lambda ack: ack.object.kind == "manifest"
+    with Box(data, broker) as box:
+        assert wait_until(lambda: synced_flags(box.spool, rid) == [True] * 4)
+        assert wait_until(lambda: (rid, "manifest") in centre.stored)
+        # What a power cut can do to the last marks, which are committed without an fsync.
+        box.spool.mark_unsynced(rid, [2])
+    centre.drop = lambda ack: False
+    centre.received.clear()
+    with Box(data, broker):
+        assert wait_synced(data, [rid])
+    assert sorted(centre.received) == [(rid, "manifest"), (rid, "seg/2")]
+    assert stored_identical(data, centre, rid)
 
 
 def test_a_rejection_raises_an_alarm_and_the_rest_still_drains(data: Path, broker, centre) -> None:
