@@ -47,7 +47,8 @@ from linetap.firmware.spool import Codec as SpoolCodec
 from linetap.firmware.spool import Spool, SpoolSettings, SpoolSink
 
 if TYPE_CHECKING:
-    from linetap.sync.agent import BoxSync
+    from linetap.firmware.service import Notifier
+    from linetap.sync.agent import AppHooks, BoxSync
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,18 @@ class _NoSink:
 # ------------------------------------------------------------- call loop --
 
 @dataclass(frozen=True)
+class Identify:
+    """A fleet request: show the identify pattern for ``seconds``, then what the call flow shows."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TestAnnouncement:
+    """A fleet request: play the prompt into the idle line, recording nothing."""
+
+
+@dataclass(frozen=True)
 class Happening:
     """One thing the box did or saw, for the demo's narration and the log."""
 
@@ -253,6 +266,10 @@ class CallLoop:
         self._on_happening = on_happening
         self._on_recording = on_recording
         self.line_state: str | None = None
+        self._status_pattern = "idle"
+        # Set by the app once the fleet connection exists: alarm(name, active, detail), any thread.
+        self.on_alarm: Callable[[str, bool, str], None] | None = None
+        self._identify_until: float | None = None
         self._panel.show_status("idle")
         if sink is None:
             self.handle(cf.Fault(f"no central recipient or device key: {INIT_HINT}"))
@@ -289,12 +306,20 @@ class CallLoop:
         elif isinstance(item, LineState):
             self.line_state = item.state
             self._tell("line", f"modem {item.state}" + (f" ({item.detail})" if item.detail else ""))
+            if item.state in ("lost", "ready"):
+                self._alarm("modem-lost", item.state == "lost", item.detail)
         elif isinstance(item, HookChanged) and item.source != self._hook_source:
             logger.debug("hook event from %s ignored (this board detects calls by %s)",
                          item.source, self._hook_source)
         elif isinstance(item, _FLOW_EVENTS):
             self._tell(*_describe_input(item))
             self.handle(item)
+        elif isinstance(item, Identify):
+            self._identify_until = self._clock.monotonic() + item.seconds
+            self._panel.show_status("identify")
+            self._tell("led", f"status LED: identify for {item.seconds:g} s")
+        elif isinstance(item, TestAnnouncement):
+            self._test_announcement()
         else:
             logger.debug("driver event not used by the call flow: %s", type(item).__name__)
 
@@ -308,6 +333,9 @@ class CallLoop:
             self._prompt_playing = False
             self.handle(cf.PromptFinished())
         self.handle(cf.Tick())
+        if self._identify_until is not None and self._clock.monotonic() >= self._identify_until:
+            self._identify_until = None
+            self._panel.show_status(self._status_pattern)
         # Only a loop that processes audio and keeps up says it is alive (the service watchdog).
         if self._heartbeat is not None and self._queue.qsize() <= MAX_BACKLOG_BLOCKS:
             self._heartbeat()
@@ -357,6 +385,10 @@ class CallLoop:
                 self.recorder.discard()
                 self._tell("rec", "audio kept so far destroyed")
             case cf.Indicate(pattern=pattern):
+                # The call flow shows "fault" exactly when a call should be kept and cannot be.
+                if (pattern == "fault") != (self._status_pattern == "fault"):
+                    self._alarm("not-recording", pattern == "fault", self.flow.fault or "")
+                self._status_pattern = pattern
                 self._panel.show_status(pattern)
                 self._tell("led", f"status LED: {pattern}")
             case cf.CloseCall(call=call):
@@ -364,6 +396,21 @@ class CallLoop:
                 self._tell("call", f"call {call.call_id} closed ({call.ended_by})")
             case _:
                 raise AssertionError(f"unhandled action {action!r}")
+
+    def _test_announcement(self) -> None:
+        prompt = self.prompts.get(self._config.consent.language)
+        if self.flow.call is not None or prompt is None:
+            logger.warning("test announcement skipped reason=%s",
+                           "call in progress" if prompt is not None else "no prompt configured")
+            return
+        self._codec.play(prompt.samples)
+        self._tell("codec", f"test announcement ({prompt.seconds:.1f} s) into the line, not recorded")
+
+    def _alarm(self, name: str, active: bool, detail: str) -> None:
+        logger.log(logging.WARNING if active else logging.INFO, "alarm %s name=%s detail=%s",
+                   "raised" if active else "cleared", name, detail)
+        if self.on_alarm is not None:
+            self.on_alarm(name, active, detail)
 
     def _tell(self, device: str, what: str) -> None:
         happening = Happening(round(self._stream_t, 3), device, what)
@@ -412,30 +459,54 @@ def _describe_input(event: object) -> tuple[str, str]:
 # ---------------------------------------------------------------- commands --
 
 def run(config: Config, data_dir: Path) -> int:
-    """The service: run calls until stopped (SIGTERM) or the audio device is lost."""
+    """The service: run calls until stopped (SIGTERM, a fleet restart) or the audio device is lost.
+
+    A config the fleet pushed (``<data>/config/pushed.toml``) is laid over
+    ``config``; if the drivers do not start with a pushed config still on
+    trial, the config before it is brought back and the box reports the
+    pushed version rejected (see :mod:`linetap.sync.agent`).
+    """
     import signal
 
     from linetap.firmware.service import Notifier
+    from linetap.sync.agent import PushedConfig, set_log_level
 
     clock = SystemClock()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     notifier = Notifier(clock)
     inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-    prompts = load_prompts(config)  # a bad prompt stops the box now, not at the first call
+    pushed = PushedConfig(data_dir)
+    local = config
     try:
-        sink: SpoolSink | None = open_spool(config, data_dir, clock)
-    except KeyMissing as exc:
-        # Keep running: the box still detects calls and shows the fault pattern,
-        # so an installer sees that it cannot record.
-        logger.error("not recording: %s", exc)
-        sink = None
-    sync = start_sync(config, sink.spool, data_dir, clock) if sink is not None else None
-    board = build_board(config, clock, inbox.put)
+        config = pushed.overlay(local)
+        prompts = load_prompts(config)  # a bad prompt stops the box now, not at the first call
+        board = build_board(config, clock, inbox.put)
+    except LinetapError as exc:
+        if not pushed.on_trial:
+            raise
+        config = pushed.roll_back(local, f"{type(exc).__name__}: {exc}")
+        prompts = load_prompts(config)
+        board = build_board(config, clock, inbox.put)
+    pushed.confirm()
+    set_log_level(config.log.level)
+    sink: SpoolSink | None = None
+    sync: BoxSync | None = None
     try:
+        try:
+            sink = open_spool(config, data_dir, clock)
+        except KeyMissing as exc:
+            # Keep running: the box still detects calls and shows the fault pattern,
+            # so an installer sees that it cannot record.
+            logger.error("not recording: %s", exc)
         loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
                         heartbeat=notifier.pipeline_alive,
-                        on_recording=(lambda _recording: sync.notify()) if sync is not None else None)
+                        on_recording=lambda _recording: sync.notify() if sync is not None else None)
+        if sink is not None:
+            sync = start_sync(config, sink.spool, data_dir, clock,
+                              hooks=fleet_hooks(loop, board, stop, notifier))
+            if sync is not None:
+                loop.on_alarm = sync.alarm
         reader = _AudioReader(board.codec, loop.post, stop)
         board.codec.start()
         reader.start()
@@ -459,14 +530,48 @@ def run(config: Config, data_dir: Path) -> int:
     return 0
 
 
-def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock) -> BoxSync | None:
-    """Upload to the broker in ``sync.broker``; None (recordings stay on the box) when it is empty."""
+def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: Notifier) -> AppHooks:
+    """What the fleet's commands do on this box: requests to the call loop, or the stop event."""
+    from linetap.sync.agent import AppHooks, AudioFigures
+
+    def test_announcement() -> None:
+        if loop.flow.call is not None:
+            raise DeviceError("test-announcement: a call is in progress; try again when the line is idle")
+        if loop.prompts.get(loop.flow.policy.language) is None:
+            raise ConfigError("test-announcement: no announcement is configured (consent.announce is off)")
+        loop.post(TestAnnouncement())
+
+    def restart(reason: str) -> None:
+        logger.warning("restart requested reason=%s", reason)
+        notifier.status(f"restart requested: {reason}")
+        stop.set()  # the service exits; systemd's Restart=always starts it again
+
+    def audio() -> AudioFigures:
+        stats = board.codec.stats()
+        assert board.panel is not None
+        return AudioFigures(recording=board.panel.rec_led_lit, near_dbfs=None, far_dbfs=None,
+                            overruns=stats.overruns + stats.dropped_blocks)
+
+    def check_config(new: Config) -> None:
+        new.board_profile()
+        load_prompts(new)
+
+    return AppHooks(identify=lambda seconds: loop.post(Identify(seconds)), test_announcement=test_announcement,
+                    restart=restart, audio=audio, check_config=check_config)
+
+
+def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,
+               hooks: AppHooks | None = None) -> BoxSync | None:
+    """Upload and take fleet orders over the broker in ``sync.broker``; None when it is empty.
+
+    ``hooks`` are :class:`linetap.sync.agent.AppHooks` (see :func:`fleet_hooks`).
+    """
     if not config.sync.broker:
         logger.warning("sync.broker is not set: recordings stay on the box until it is")
         return None
     from linetap.sync.agent import BoxSync
 
-    return BoxSync(config, spool, data_dir, clock=clock).start()
+    return BoxSync(config, spool, data_dir, clock=clock, hooks=hooks).start()
 
 
 class _AudioReader(threading.Thread):

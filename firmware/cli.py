@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help="create the signing key (once) and store the central recipient")
     init.add_argument("--central-recipient", required=True, metavar="AGE1...",
                       help="the central store's age X25519 recipient (age-keygen -y central.key)")
+    init.add_argument("--operator-key", metavar="BASE64",
+                      help="the fleet operator's Ed25519 public key (linetap-central keys show); without "
+                           "one the box refuses every fleet command and config")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 
     spool = sub.add_parser("spool", parents=[common], help="the recordings kept on this box")
@@ -158,11 +161,20 @@ def _keys(args: argparse.Namespace) -> int:
 
     folder = data_dir(args.data_dir)
     if args.keys_command == "init":
-        info = keys.keys_init(folder, args.central_recipient)
+        info = keys.keys_init(folder, args.central_recipient, args.operator_key)
         print(f"{'created' if info.created else 'kept existing'} device signing key {info.device_key}")
         print(f"central recipient stored in {info.recipient_file}")
+        if info.operator_key_file is not None:
+            print(f"operator key stored in {info.operator_key_file}")
     public = keys.load_signing_key(folder).public_key()
     print(f"enrol this box at the central store with its public key:\n  {keys.public_key_b64(public)}")
+    operators = keys.load_operator_keys(folder)
+    if operators:
+        print("fleet commands and configs accepted from operator key:\n"
+              + "".join(f"  {keys.public_key_b64(k)} (fingerprint {keys.fingerprint(k)})\n" for k in operators),
+              end="")
+    else:
+        print(f"no operator key: fleet commands and configs are refused; {keys.OPERATOR_HINT}")
     return 0
 
 

@@ -142,6 +142,7 @@ class SyncSection(Schema):
     window: int = Field(default=32, ge=1, le=1000)  # upload messages in flight before an acknowledgement
     ack_timeout_s: float = Field(default=60.0, ge=1, le=3600)  # resend what is not acknowledged by then
     bandwidth_bytes_s: int = Field(default=0, ge=0)  # upload cap; 0: no cap
+    telemetry_s: float = Field(default=60.0, ge=5, le=3600)  # fleet telemetry period
 
     @model_validator(mode="after")
     def _plain_tcp_only_on_loopback(self) -> SyncSection:
@@ -197,6 +198,25 @@ def load_config(path: str | Path | None) -> Config:
     logger.info("config loaded source=%s device_id=%s board=%s rate=%d", source, config.device.id,
                 board.name, config.audio.rate)
     return config
+
+
+def overlay_config(config: Config, pushed: Path) -> Config:
+    """``config`` with every section but ``[device]`` taken from ``pushed``, a config the fleet pushed.
+
+    The same rule the fleet agent judged the document by: a section missing
+    from the pushed file takes its defaults, not the local file's values, so
+    the box runs exactly what it reported as applied. ``[device]`` (id and
+    board) stays the local file's.
+    """
+    data = read_toml(pushed, missing_hint="it is written when the fleet pushes a config; "
+                                          "without it the local file applies alone")
+    if "device" in data:
+        raise ConfigError(f"{pushed}: [device] is this box's own section and cannot come from a pushed "
+                          "config; delete the file to run on the local config alone")
+    data["device"] = config.device.model_dump()
+    merged = load_model(Config, data, source=str(pushed))
+    logger.info("pushed config overlaid source=%s", pushed)
+    return merged
 
 
 def _resolve_board_path(data: dict, *, relative_to: Path) -> None:

@@ -5,6 +5,7 @@ Layout under the data dir::
     keys/                 0700
       device.key          0600  Ed25519 private key, PKCS#8 PEM, unencrypted
       central.recipient   0644  the central store's X25519 recipient (age1...)
+      operator.pub        0644  the fleet operator's Ed25519 public key (base64), optional
 
 The box holds no key that decrypts its recordings: segments are encrypted to
 the central recipient only. The signing key proves which box wrote a
@@ -15,6 +16,11 @@ The signing key is unencrypted on disk on purpose: the box must sign after an
 unattended reboot, and there is no secure element to hold a passphrase.
 Protecting it is the file mode's job, so a key file that anyone but the owner
 can read is refused rather than used.
+
+The operator key is the one whose signed commands and configs the box
+obeys (:mod:`linetap.sync.fleet`). Without it the box refuses every fleet
+command and config: a box nobody enrolled an operator for takes orders from
+nobody.
 
 Nothing here logs key material; log records name files and fingerprints only.
 """
@@ -40,7 +46,10 @@ logger = logging.getLogger(__name__)
 KEYS_DIR = "keys"
 DEVICE_KEY = "device.key"
 CENTRAL_RECIPIENT = "central.recipient"
+OPERATOR_KEY = "operator.pub"
 INIT_HINT = "run `linetap keys init --central-recipient age1...` with the central store's recipient"
+OPERATOR_HINT = ("run `linetap keys init --central-recipient age1... --operator-key <base64>` with the "
+                 "operator public key `linetap-central keys show` prints")
 
 
 class KeyMissing(ConfigError, FileNotFoundError):
@@ -59,6 +68,7 @@ class KeyInfo:
     recipient_file: Path
     public_key_b64: str
     created: bool  # False when an existing signing key was kept
+    operator_key_file: Path | None = None  # stored by this init; None when none was given
 
 
 def keys_dir(data_dir: Path) -> Path:
@@ -78,14 +88,15 @@ def parse_recipient(text: str) -> pyrage.x25519.Recipient:
                           "copy it again from `age-keygen -y central.key` on the central store") from e
 
 
-def keys_init(data_dir: Path, recipient: str) -> KeyInfo:
-    """Create the signing key (once) and store the central recipient.
+def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None) -> KeyInfo:
+    """Create the signing key (once), store the central recipient and, if given, the operator key.
 
     An existing signing key is kept: the central store has enrolled its public
     half, and replacing it would orphan every manifest signed so far. The
-    recipient is replaced, so a fleet can move to a new central key.
+    recipient and operator key are replaced, so a fleet can move to new ones.
     """
     parsed = parse_recipient(recipient)
+    operator = None if operator_key is None else _parse_operator_key(operator_key)
     folder = keys_dir(data_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
@@ -99,8 +110,13 @@ def keys_init(data_dir: Path, recipient: str) -> KeyInfo:
     key = load_signing_key(data_dir)
     recipient_path = folder / CENTRAL_RECIPIENT
     _replace_file(recipient_path, (str(parsed) + "\n").encode(), mode=0o644)
+    operator_path = None
+    if operator is not None:
+        operator_path = folder / OPERATOR_KEY
+        _replace_file(operator_path, (public_key_b64(operator) + "\n").encode(), mode=0o644)
+        logger.info("keys init operator_key=%s fingerprint=%s", operator_path, fingerprint(operator))
     _fsync_dir(folder)
-    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created)
+    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path)
     logger.info("keys init device_key=%s created=%s fingerprint=%s", key_path, created,
                 fingerprint(key.public_key()))
     return info
@@ -134,6 +150,25 @@ def load_recipient(data_dir: Path) -> pyrage.x25519.Recipient:
         raise KeyMissing(f"no central recipient at {path}: the box cannot encrypt recordings; "
                          f"{INIT_HINT}") from None
     return parse_recipient(text)
+
+
+def load_operator_keys(data_dir: Path) -> list[Ed25519PublicKey]:
+    """The operator public keys the box obeys: none until ``keys init --operator-key`` stored one."""
+    path = keys_dir(data_dir) / OPERATOR_KEY
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"operator key {path} cannot be read ({e}); {OPERATOR_HINT}") from e
+    return [_parse_operator_key(text, source=str(path))]
+
+
+def _parse_operator_key(text: str, *, source: str = "--operator-key") -> Ed25519PublicKey:
+    try:
+        return public_key_from_b64(text.strip())
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}; {OPERATOR_HINT}") from None
 
 
 def public_key_raw(key: Ed25519PublicKey) -> bytes:

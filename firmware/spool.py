@@ -558,6 +558,16 @@ class Spool:
             self._set_fault(None)
         return purged
 
+    def purge_synced(self) -> list[str]:
+        """Delete every synced recording now, whatever its age (an operator's request); returns the ids."""
+        with self._lock:
+            rows = self.db.execute("SELECT id FROM recordings WHERE state = 'synced' ORDER BY seq").fetchall()
+            for row in rows:
+                self._purge(row["id"], "purge-synced")
+            purged = [row["id"] for row in rows]
+            purged += self.enforce_retention()  # recomputes the fault: freed space may clear spool-full
+        return purged
+
     def status(self) -> dict[str, Any]:
         """Figures for telemetry and the birth message."""
         with self._lock:

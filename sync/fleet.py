@@ -76,7 +76,7 @@ MAX_LOG_LINES = 500
 MAX_LOG_LINE = 400  # characters kept of each log line
 MAX_LOG_BYTES = 64 * 1024  # keeps a logs response well inside one 128 KiB message
 MAX_FIGURES = 4096  # status, birth, telemetry and alarm payloads
-ALARMS = ("not-recording", "spool-full", "clock-unsynced", "device-missing", "modem-lost")
+ALARMS = ("not-recording", "spool-full", "clock-unsynced", "device-missing", "modem-lost", "upload-rejected")
 
 Outcome = Literal["applied", "rejected"]
 ResponseStatus = Literal["ok", "refused", "failed"]

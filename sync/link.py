@@ -251,12 +251,19 @@ class Link:
             self._client.subscribe(topic_filter, qos)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                user_properties: Sequence[tuple[str, str]] = ()) -> Delivery:
-        """Queue a message; while disconnected, paho keeps QoS 1 messages for the next connect."""
+                user_properties: Sequence[tuple[str, str]] = (),
+                correlation_data: bytes | None = None) -> Delivery:
+        """Queue a message; while disconnected, paho keeps QoS 1 messages for the next connect.
+
+        ``correlation_data`` is the MQTT v5 property a response echoes from its request.
+        """
         properties = None
-        if user_properties:
+        if user_properties or correlation_data is not None:
             properties = Properties(PacketTypes.PUBLISH)
-            properties.UserProperty = list(user_properties)
+            if user_properties:
+                properties.UserProperty = list(user_properties)
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
         delivery = Delivery(topic)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):

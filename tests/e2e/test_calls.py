@@ -269,3 +269,34 @@ def test_calls_detected_by_voice_activity_where_there_is_no_hook_signal(tmp_path
     assert recording.call.events[0].detail == {"source": "vad"}
     assert recording.call.recorded and len(audio) > 15 * RATE
 
+
+
+class _DiskFillsUp(MemorySink):
+    """The spool's disk fills after ``room`` frames of a call."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, frames: np.ndarray) -> None:
+        from linetap.firmware.errors import SpoolError
+
+        if len(frames) > self.room:
+            raise SpoolError("disk full")
+        self.room -= len(frames)
+        super().write(frames)
+
+
+def test_alarms_for_the_fleet_follow_what_the_box_cannot_do() -> None:
+    from linetap.drivers.events import LineState
+
+    config = load_config(None)
+    near, far = voice(12.0), voice(12.0, 500.0)
+    calls = SimulatedCalls(config, near, far, sink=_DiskFillsUp(room=RATE * 3), clock=ManualClock())
+    alarms: list[tuple[str, bool]] = []
+    calls.loop.on_alarm = lambda name, active, detail: alarms.append((name, active))
+    calls.loop.process(LineState("lost", "unplugged"))
+    calls.loop.process(LineState("ready"))
+    calls.run([Step(0.5, "hook-off"), Step(10.0, "hook-on")])
+    assert alarms[:2] == [("modem-lost", True), ("modem-lost", False)]
+    assert ("not-recording", True) in alarms[2:]  # the disk filled during the call
