@@ -504,7 +504,7 @@ def run(config: Config, data_dir: Path) -> int:
                         on_recording=lambda _recording: sync.notify() if sync is not None else None)
         if sink is not None:
             sync = start_sync(config, sink.spool, data_dir, clock,
-                              hooks=fleet_hooks(loop, board, stop, notifier))
+                              hooks=fleet_hooks(loop, board, stop, notifier), local_config=local)
             if sync is not None:
                 loop.on_alarm = sync.alarm
         reader = _AudioReader(board.codec, loop.post, stop)
@@ -561,7 +561,7 @@ def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: N
 
 
 def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,
-               hooks: AppHooks | None = None) -> BoxSync | None:
+               hooks: AppHooks | None = None, local_config: Config | None = None) -> BoxSync | None:
     """Upload and take fleet orders over the broker in ``sync.broker``; None when it is empty.
 
     ``hooks`` are :class:`linetap.sync.agent.AppHooks` (see :func:`fleet_hooks`).
@@ -571,7 +571,7 @@ def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,
         return None
     from linetap.sync.agent import BoxSync
 
-    return BoxSync(config, spool, data_dir, clock=clock, hooks=hooks).start()
+    return BoxSync(config, spool, data_dir, clock=clock, hooks=hooks, local_config=local_config).start()
 
 
 class _AudioReader(threading.Thread):

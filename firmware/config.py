@@ -201,22 +201,33 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def overlay_config(config: Config, pushed: Path) -> Config:
-    """``config`` with every section but ``[device]`` taken from ``pushed``, a config the fleet pushed.
-
-    The same rule the fleet agent judged the document by: a section missing
-    from the pushed file takes its defaults, not the local file's values, so
-    the box runs exactly what it reported as applied. ``[device]`` (id and
-    board) stays the local file's.
-    """
+    """``config`` (the local file) with the keys of ``pushed``, a config the fleet pushed, laid over it."""
     data = read_toml(pushed, missing_hint="it is written when the fleet pushes a config; "
                                           "without it the local file applies alone")
-    if "device" in data:
-        raise ConfigError(f"{pushed}: [device] is this box's own section and cannot come from a pushed "
-                          "config; delete the file to run on the local config alone")
-    data["device"] = config.device.model_dump()
-    merged = load_model(Config, data, source=str(pushed))
+    merged = merge_pushed(config, data, source=str(pushed))
     logger.info("pushed config overlaid source=%s", pushed)
     return merged
+
+
+def merge_pushed(local: Config, pushed: dict, *, source: str) -> Config:
+    """The local config with each key a pushed config names replaced, validated as one config.
+
+    A pushed config names only what the fleet manages: keys it leaves out keep
+    the local file's values (so pushing ``[log]`` alone cannot blank a box's
+    broker), and each push is judged against the local file, not the pushes
+    before it, so removing a key from the next push gives the local value
+    back. ``[device]`` (id and board) is the box's own and is refused.
+    """
+    if "device" in pushed:
+        raise ConfigError(f"{source}: device: is each box's own section (its id and board) and cannot be "
+                          "pushed; remove the [device] table")
+    data = local.model_dump()
+    for section, values in pushed.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values  # not a known table: the schema names the mistake
+    return load_model(Config, data, source=source)
 
 
 def _resolve_board_path(data: dict, *, relative_to: Path) -> None:

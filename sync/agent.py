@@ -322,13 +322,16 @@ class BoxSync:
     thread). ``hooks`` are the app's effects (:class:`AppHooks`); without
     them the commands that need the app fail with a signed ``failed``
     response. ``config`` is the config running now (local file and pushed
-    overlay).
+    overlay); ``local_config`` the local file alone, which a pushed config is
+    laid over (default: ``config``).
     """
 
     def __init__(self, config: Config, spool: Spool, data_dir: Path, *, clock: Clock,
                  on_alarm: Callable[[str, str], None] | None = None, hooks: AppHooks | None = None,
-                 thermal_path: Path = THERMAL_ZONE, software_version: str = __version__) -> None:
+                 thermal_path: Path = THERMAL_ZONE, software_version: str = __version__,
+                 local_config: Config | None = None) -> None:
         self._config = config
+        self._local_config = local_config or config
         self._spool = spool
         self._data_dir = Path(data_dir)
         self._clock = clock
@@ -357,7 +360,7 @@ class BoxSync:
         self.agent = FleetAgent(device_id=config.device.id, signing_key=load_signing_key(self._data_dir),
                                 operator_keys=key_table(operators), clock=clock, effects=self._effects(),
                                 config=config, state=self._load_state(), save=self._save_state,
-                                boot=self.boot)
+                                boot=self.boot, local_config=self._local_config)
         self._session = self.agent.start_session()
         will = self._session.will
         self.link = Link(config.sync, client_id=config.device.id, data_dir=self._data_dir, clock=clock,

@@ -37,7 +37,8 @@ a box allowed to read its own ``status`` topic repairs it with
 Config. A pushed config is the same TOML as the local file (body
 ``{"toml": text}``: TOML keeps the file's floats, which canonical JSON does
 not carry), validated by the same schema, except that ``[device]`` is the
-box's own and may not be pushed. Its version is the envelope's ``seq``.
+box's own and may not be pushed. It is laid over the box's local file key by
+key: what it leaves out keeps the local value. Its version is the envelope's ``seq``.
 Versions only move forward: one not above the last applied or judged is
 refused, and the same version delivered again (a retained message after every
 reconnect) is answered with the report already given, without applying it
@@ -57,10 +58,10 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from linetap.firmware.clock import Clock
-from linetap.firmware.config import Config
+from linetap.firmware.config import Config, merge_pushed
 from linetap.firmware.errors import ConfigError, LinetapError, SyncError
 from linetap.firmware.manifest import canonical, plain
-from linetap.firmware.schema import load_model, parse_toml
+from linetap.firmware.schema import parse_toml
 from linetap.sync.signed import Envelope, EnvelopeRefused, Malformed, ReplayGuard, StaleVersion, WrongDevice, \
     open_envelope, seal
 from linetap.sync.wire import ROOT, check_device_id
@@ -327,20 +328,22 @@ class FleetAgent:
 
     ``operator_keys`` maps fingerprints to the operator public keys whose
     commands and configs the box obeys (:func:`~linetap.sync.signed.key_table`).
-    ``config`` is the config running now; ``state`` is what ``save`` was last
+    ``config`` is the config running now and ``local_config`` the box's own
+    file that pushed configs are laid over (default: ``config``); ``state`` is what ``save`` was last
     given (None on a new box); ``boot`` is the app's persisted boot counter.
     """
 
     def __init__(self, *, device_id: str, signing_key: Ed25519PrivateKey,
                  operator_keys: Mapping[str, Ed25519PublicKey], clock: Clock, effects: Effects,
                  config: Config, state: Mapping[str, Any] | None,
-                 save: Callable[[dict[str, Any]], None], boot: int) -> None:
+                 save: Callable[[dict[str, Any]], None], boot: int, local_config: Config | None = None) -> None:
         self.device_id = check_device_id(device_id)
         self._key = signing_key
         self._operator_keys = dict(operator_keys)
         self._clock = clock
         self._effects = effects
         self._config = config
+        self._local = local_config or config  # what pushed configs are laid over
         self._save_state = save
         self._boot = boot
         self._session = 0
@@ -494,12 +497,7 @@ class FleetAgent:
         if set(body) != {"toml"} or not isinstance(body["toml"], str):
             raise ConfigError(f"{source}: body must be {{\"toml\": <the config file's text>}}, "
                               f"not members {', '.join(sorted(body))[:200]}")
-        data = parse_toml(body["toml"], source=source)
-        if "device" in data:
-            raise ConfigError(f"{source}: device: is this box's own section (its id and board) and "
-                              "cannot be pushed; remove the [device] table")
-        data["device"] = self._config.device.model_dump()
-        return load_model(Config, data, source=source)
+        return pushed_config(body["toml"], self._local, source=source)
 
     def _judged(self, version: int, digest: str, outcome: Outcome, code: str | None, reason: str | None,
                 changed: tuple[str, ...]) -> ConfigReport:
@@ -613,6 +611,15 @@ class FleetAgent:
     @staticmethod
     def _as_state(applied: int, last: dict[str, Any] | None, replay: dict[str, Any]) -> dict[str, Any]:
         return {"config": {"applied_version": applied, "last": last}, "replay": replay}
+
+
+def pushed_config(text: str, local: Config, *, source: str) -> Config:
+    """A pushed config's TOML laid over the box's local config, validated as the box runs it.
+
+    See :func:`linetap.firmware.config.merge_pushed`; the centre checks with
+    the defaults as the local config before pushing.
+    """
+    return merge_pushed(local, parse_toml(text, source=source), source=source)
 
 
 def _command(body: Mapping[str, Any], topic_name: str) -> tuple[str, Mapping[str, Any]]:

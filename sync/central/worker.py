@@ -586,12 +586,16 @@ def broker_settings(section: BrokerSection, data_dir: Path) -> BrokerSettings:
 def _serve_command(args: argparse.Namespace) -> int:
     from linetap.sync.central.cli import data_dir
     from linetap.sync.central.config import load_config
+    from linetap.sync.central.fleet import start_tracker
     from linetap.sync.central.ingest import Ingest
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = load_config(args.config, folder)
     section = config.broker
-    # Ingest is process-safe on one data dir: several workers each get a core.
-    return serve(broker_settings(section, folder), functools.partial(Ingest, folder), workers=section.workers,
-                 group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)
+    settings = broker_settings(section, folder)
+    # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
+    with start_tracker(settings, folder, client_id=f"{section.client_id}-fleet"):
+        # Ingest is process-safe on one data dir: several workers each get a core.
+        return serve(settings, functools.partial(Ingest, folder), workers=section.workers,
+                     group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)

@@ -245,3 +245,16 @@ def test_toml_error_on_a_secret_line_does_not_show_the_secret(tmp_path: Path) ->
     assert "line 2" in message
     assert "hunter2" not in message
     assert f"password = {MASK}" in message
+
+
+def test_a_pushed_config_changes_only_the_keys_it_names() -> None:
+    from linetap.firmware.config import merge_pushed
+
+    local = Config().model_copy(update={"sync": Config().sync.model_copy(update={"broker": "mqtt.site"})})
+    merged = merge_pushed(local, {"sync": {"bandwidth_bytes_s": 5000}, "log": {"level": "debug"}}, source="push")
+    assert merged.sync.broker == "mqtt.site" and merged.sync.bandwidth_bytes_s == 5000
+    assert merged.log.level == "debug" and merged.consent == local.consent
+    with pytest.raises(ConfigError, match="device: is each box's own"):
+        merge_pushed(local, {"device": {"id": "x"}}, source="push")
+    with pytest.raises(ConfigError, match="sync.bandwith_bytes_s"):
+        merge_pushed(local, {"sync": {"bandwith_bytes_s": 1}}, source="push")
