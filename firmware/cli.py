@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--central-recipient", required=True, metavar="AGE1...",
                       help="the central store's age X25519 recipient (age-keygen -y central.key)")
     init.add_argument("--operator-key", metavar="BASE64",
-                      help="the fleet operator's Ed25519 public key (linetap-central keys show); without "
+                      help="the fleet operator's Ed25519 public key (printed by linetap-central keys init); without "
                            "one the box refuses every fleet command and config")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 

@@ -49,7 +49,7 @@ CENTRAL_RECIPIENT = "central.recipient"
 OPERATOR_KEY = "operator.pub"
 INIT_HINT = "run `linetap keys init --central-recipient age1...` with the central store's recipient"
 OPERATOR_HINT = ("run `linetap keys init --central-recipient age1... --operator-key <base64>` with the "
-                 "operator public key `linetap-central keys show` prints")
+                 "operator public key `linetap-central keys init` prints")
 
 
 class KeyMissing(ConfigError, FileNotFoundError):

@@ -375,8 +375,10 @@ def _keys_init(args: argparse.Namespace) -> int:
     keys = keys_init(data_dir(args), args.import_identity)
     print(f"{'created' if keys.identity_created else 'kept existing'} age identity in "
           f"{data_dir(args) / 'keys'}")
-    print(f"operator public key: {keys.operator_public_key_b64}")
     print(f"give every box this recipient (linetap keys init --central-recipient ...):\n  {keys.recipient}")
+    print(f"and this operator key, so it obeys the fleet commands and config you sign "
+          f"(linetap keys init --operator-key ...; image: operator.pub on the boot partition):\n"
+          f"  {keys.operator_public_key_b64}")
     return 0
 
 
