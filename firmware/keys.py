@@ -39,6 +39,7 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from linetap.firmware.durable import fsync_dir, write_durably, write_new_private
 from linetap.firmware.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -106,16 +107,16 @@ def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None) -
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        _write_new_private(key_path, pem)
+        write_new_private(key_path, pem)
     key = load_signing_key(data_dir)
     recipient_path = folder / CENTRAL_RECIPIENT
-    _replace_file(recipient_path, (str(parsed) + "\n").encode(), mode=0o644)
+    write_durably(recipient_path, (str(parsed) + "\n").encode(), mode=0o644)
     operator_path = None
     if operator is not None:
         operator_path = folder / OPERATOR_KEY
-        _replace_file(operator_path, (public_key_b64(operator) + "\n").encode(), mode=0o644)
+        write_durably(operator_path, (public_key_b64(operator) + "\n").encode(), mode=0o644)
         logger.info("keys init operator_key=%s fingerprint=%s", operator_path, fingerprint(operator))
-    _fsync_dir(folder)
+    fsync_dir(folder)
     info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path)
     logger.info("keys init device_key=%s created=%s fingerprint=%s", key_path, created,
                 fingerprint(key.public_key()))
@@ -204,33 +205,3 @@ def _check_private(path: Path, wanted: int, what: str) -> None:
     if mode & 0o077:
         raise KeyPermissions(f"device key {what} {path} has mode {mode:04o}, readable by others; "
                              f"fix it with `chmod {wanted:o} {path}` (and check who may have copied it)")
-
-
-def _write_new_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_file(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from linetap.firmware import manifest as mf
 from linetap.firmware.callflow import CallRecord
 from linetap.firmware.clock import Clock
+from linetap.firmware.durable import DurableFiles
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.keys import load_recipient, load_signing_key
 from linetap.firmware.recorder import Recording
@@ -152,38 +153,6 @@ class Segmenter(Protocol):
 
 
 # ----------------------------------------------------------- durable files --
-
-class DurableFiles:
-    """Whole-file writes that are complete or absent: temp name, fsync, rename, fsync folder.
-
-    The file system layer of the spool, a constructor argument so tests can
-    make it fail (disk full) the way a real disk does.
-    """
-
-    def write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        self.sync_dir(path.parent)
-
-    def sync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
 
 def _disk_free(path: Path) -> int:
     st = os.statvfs(path)

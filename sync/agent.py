@@ -47,7 +47,6 @@ import collections
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from typing import Any
 from linetap.firmware import __version__
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config, overlay_config
+from linetap.firmware.durable import remove_durably, write_durably
 from linetap.firmware.errors import ConfigError, DeviceMissing, SyncError
 from linetap.firmware.keys import OPERATOR_HINT, load_operator_keys, load_signing_key
 from linetap.firmware.spool import Spool
@@ -102,36 +102,6 @@ class AppHooks:
     audio: Callable[[], AudioFigures] | None = None
     # Raise a LinetapError if ``config`` could not start (prompts, board profile); touches no device.
     check_config: Callable[[Config], None] | None = None
-
-
-# ------------------------------------------------------------ durable files --
-
-def write_durably(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync the folder: the file is the old or the new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _remove_durably(path: Path) -> None:
-    if path.exists():
-        path.unlink()
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def next_boot(data_dir: Path) -> int:
@@ -222,8 +192,8 @@ class PushedConfig:
     def restore(self, before: dict[str, Any] | None, text: str | None) -> None:
         """Undo :meth:`save`: ``before`` and ``text`` are the state and document it replaced."""
         if before is None:
-            _remove_durably(self.state_path)
-            _remove_durably(self.toml_path)
+            remove_durably(self.state_path)
+            remove_durably(self.toml_path)
             return
         self._write(before)
         self._write_text(text)
@@ -272,7 +242,7 @@ class PushedConfig:
 
     def _write_text(self, text: str | None) -> None:
         if text is None:
-            _remove_durably(self.toml_path)
+            remove_durably(self.toml_path)
         else:
             write_durably(self.toml_path, text.encode("utf-8"))
 
@@ -661,4 +631,4 @@ def _rejected_after_restart(state: dict[str, Any], rejection: dict[str, Any], ba
 
 
 __all__ = ["AppHooks", "AudioFigures", "BoxSync", "PushedConfig", "RecentLog", "cpu_temperature", "next_boot",
-           "set_log_level", "write_durably"]
+           "set_log_level"]

@@ -28,6 +28,7 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from linetap.firmware.durable import fsync_dir, write_new_private
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.keys import fingerprint, public_key_b64
 
@@ -67,18 +68,18 @@ def keys_init(data_dir: Path, import_identity: Path | None = None) -> CentralKey
                                   "it (recordings encrypted to it would become unreadable). Move it aside "
                                   "first if you really mean to change the central key")
         else:
-            _write_private(identity_path, _identity_file(imported))
+            write_new_private(identity_path, _identity_file(imported))
             identity_created = True
     elif not identity_path.exists():
-        _write_private(identity_path, _identity_file(pyrage.x25519.Identity.generate()))
+        write_new_private(identity_path, _identity_file(pyrage.x25519.Identity.generate()))
         identity_created = True
     operator_path = folder / OPERATOR_FILE
     operator_created = not operator_path.exists()
     if operator_created:
         key = Ed25519PrivateKey.generate()
-        _write_private(operator_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        write_new_private(operator_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()))
-    _fsync_dir(folder)
+    fsync_dir(folder)
     operator = load_operator_key(data_dir)
     keys = CentralKeys(str(load_identity(data_dir).to_public()), public_key_b64(operator.public_key()),
                        identity_created, operator_created)
@@ -133,21 +134,3 @@ def _check_private(path: Path) -> None:
     if mode & 0o077:
         raise ConfigError(f"central key {path} has mode {mode:04o}, readable by others; fix it with "
                           f"`chmod 600 {path}` (and check who may have copied it)")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,11 +27,11 @@ import datetime as dt
 import errno
 import logging
 import os
-import threading
 import uuid
 from pathlib import Path
 from typing import Protocol
 
+from linetap.firmware import durable
 from linetap.firmware.errors import SyncError
 
 logger = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ def is_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-class DurableFiles:
-    """Whole-file writes that are complete or absent, safe when several writers race on one path.
+class DurableFiles(durable.DurableFiles):
+    """Durable writes safe when several writers race on one path (the centre's workers).
 
     The temporary name is unique per process and thread, so two workers
     storing the same object never write into each other's file. A
@@ -110,30 +110,12 @@ class DurableFiles:
     tests can make it fail the way a full disk does.
     """
 
+    def __init__(self) -> None:
+        super().__init__(temp_prefix=TMP_PREFIX, temp_suffix="", unique_temp=True)
+
     def write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        self.sync_dir(path.parent)
-
-    def sync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        super().write(path, data)
 
 
 class FileStore:

@@ -354,6 +354,7 @@ class FillingDisk(DurableFiles):
     """A disk that runs out of space after ``room`` segment files: partial write, then ENOSPC."""
 
     def __init__(self, room: int) -> None:
+        super().__init__()
         self.room = room
 
     def write(self, path: Path, data: bytes) -> None:

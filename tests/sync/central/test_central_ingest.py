@@ -291,6 +291,7 @@ def test_a_chain_break_is_stored_and_reported(tmp_path: Path, box: Box, ingest: 
 
 class FullDisk(DurableFiles):
     def __init__(self) -> None:
+        super().__init__()
         self.full = True
 
     def write(self, path: Path, data: bytes) -> None:
