@@ -150,8 +150,8 @@ def tls_files(settings: SyncSection, data_dir: Path) -> tuple[Path, Path, Path]:
 class Link:
     """One MQTT v5 session to the fleet broker, kept up until :meth:`close`.
 
-    ``on_connected()`` runs after every successful CONNACK (subscriptions are
-    already renewed); ``on_disconnected(reason)`` after every lost or failed
+    ``on_connected()`` runs after every successful connect, once the broker
+    has acknowledged the renewed subscriptions; ``on_disconnected(reason)`` after every lost or failed
     connection; ``on_message(Message)`` for each message received. All on the
     link thread (see the module docstring).
     """
@@ -185,6 +185,8 @@ class Link:
         self._connected_since: float | None = None
         self._next_attempt_at: float | None = None
         self._reason = "not started"
+        self._renewing: int | None = None  # mid of the SUBSCRIBE renewing subscriptions after a connect
+        self._session_present = False
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if settings.tls:
@@ -198,6 +200,7 @@ class Link:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         self._client = client
 
     # -- life cycle --
@@ -247,7 +250,7 @@ class Link:
         """Subscribe now if connected, and again on every connect."""
         with self._lock:
             self._subscriptions[topic_filter] = qos
-        if self._connected:
+        if self._connected or self._renewing is not None:
             self._client.subscribe(topic_filter, qos)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
@@ -326,6 +329,7 @@ class Link:
         """The socket is gone (after a connection, or after a refused CONNACK)."""
         self._socket_open = False
         self._connecting_since = None
+        self._renewing = None
         was_connected, self._connected = self._connected, False
         if was_connected and self._connected_since is not None \
                 and self._clock.monotonic() - self._connected_since >= STABLE_S:
@@ -340,15 +344,33 @@ class Link:
             self._reason = f"refused: {reason_code}"
             return  # the broker closes the socket; _handle_disconnect or the loop reports it
         self._connecting_since = None
+        self._session_present = flags.session_present
         with self._lock:
             subscriptions = list(self._subscriptions.items())
         if subscriptions:
-            self._client.subscribe(subscriptions)
+            # Up only once the broker has the subscriptions back: a message sent to this box
+            # right after on_connected must not find them missing.
+            _rc, self._renewing = self._client.subscribe(subscriptions)
+            return
+        self._up()
+
+    def _handle_subscribe(self, _client: mqtt.Client, _userdata: object, mid: int,
+                          reason_codes: list[mqtt.ReasonCode], _properties: Properties | None) -> None:
+        if mid != self._renewing:
+            return
+        self._renewing = None
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            logger.warning("link subscriptions refused client=%s reasons=%s (check the broker ACL)",
+                           self.client_id, ",".join(refused))
+        self._up()
+
+    def _up(self) -> None:
         self._connected = True
         self._connected_since = self._clock.monotonic()
         self._reason = "connected"
         logger.info("link up client=%s broker=%s:%d session_present=%s", self.client_id, self.settings.broker,
-                    self.settings.port, flags.session_present)
+                    self.settings.port, self._session_present)
         if self._on_connected is not None:
             self._on_connected()
 

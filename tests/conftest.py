@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 from linetap.firmware.clock import ManualClock
@@ -11,3 +14,12 @@ from linetap.firmware.clock import ManualClock
 def clock() -> ManualClock:
     """A clock that moves only when the code under test sleeps on it or a test advances it."""
     return ManualClock()
+
+
+@pytest.fixture(autouse=True)
+def _linetap_log_level() -> Iterator[None]:
+    """A test that applies a config's [log] level (the fleet pushes one) must not silence later tests."""
+    logger = logging.getLogger("linetap")
+    level = logger.level
+    yield
+    logger.setLevel(level)
