@@ -304,7 +304,7 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
     box_dir, central_dir = data_dir / "box", data_dir / "central"
     recipient = _demo_keys(config, box_dir, central_dir)
     print(f"linetap demo, in {data_dir}:")
-    print(f"  central store  {central_dir}  (age identity and operator key made; box enrolled)")
+    print(f"  central store  {central_dir}  (age identity and operator key made; box enrolled and trusting the operator)")
     print(f"  box            {box_dir}  (device {config.device.id!r}, encrypting to {recipient[:16]}...)")
     recordings: list[Recording] = []
     with LocalBroker(data_dir / "broker", persistence=False) as broker, \
@@ -368,12 +368,15 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
 
 SYNC_TIMEOUT_S = 60.0
 DEMO_MARK = ".linetap-demo"
+DEMO_FOLDERS = {"box", "central", "broker", "exports", DEMO_MARK}
 
 
 def _fresh_workdir(data_dir: Path) -> None:
     """Start each demo from nothing, without ever deleting a folder the demo did not make."""
     if data_dir.exists() and any(data_dir.iterdir()):
-        if not (data_dir / DEMO_MARK).exists():
+        made_by_demo = (data_dir / DEMO_MARK).exists() or \
+            {p.name for p in data_dir.iterdir()} <= DEMO_FOLDERS  # an older demo, before the mark
+        if not made_by_demo:
             raise ConfigError(f"{data_dir} is not empty and was not made by the demo; the demo starts "
                               "fresh on every run, so give it a new folder with --data-dir")
         shutil.rmtree(data_dir)
@@ -382,9 +385,9 @@ def _fresh_workdir(data_dir: Path) -> None:
 
 
 def _demo_keys(config: Config, box_dir: Path, central_dir: Path) -> str:
-    """Central keys, the box's keys made with the central recipient, the box enrolled."""
+    """Central keys, the box's keys made with the central recipient and operator key, the box enrolled."""
     central = central_keys_init(central_dir)
-    info = keys_init(box_dir, central.recipient)
+    info = keys_init(box_dir, central.recipient, operator_key=central.operator_public_key_b64)
     with StoreTools(central_dir) as tools:
         tools.enroll(config.device.id, info.public_key_b64)
     return central.recipient
