@@ -97,30 +97,11 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
                                 block_frames=config.audio.block_frames, clock=clock,
                                 queue_blocks=config.audio.queue_blocks)
     else:
-        assert audio.device is not None  # the profile schema requires it for sounddevice
-        codec = SoundDeviceCodec(audio.device, rate=config.audio.rate,
-                                 block_frames=config.audio.block_frames, channels=audio.channels,
-                                 near=audio.near, far=audio.far, out_channels=audio.out_channels,
-                                 line_out=tuple(audio.line_out),
-                                 queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
+        codec = sound_device_codec(config)
     board = Board(profile=profile, codec=codec)
     try:
-        if gpio.pin_factory == "mock":
-            board.pin_factory = sim_pin_factory()
-            if gpio.hook is not None:
-                # The simulated handset starts on its cradle (a floating mock pin reads low).
-                on_hook = board.pin_factory.pin(gpio.hook)
-                (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
-        else:
-            # gpiozero's own way of naming the factory; Panel raises if it cannot load it.
-            os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
-        board.panel = Panel(rec_led=gpio.rec_led,
-                            status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
-                            pause_button=gpio.pause_button, flag_button=gpio.flag_button,
-                            hook=gpio.hook, hook_active_high=gpio.hook_active == "high",
-                            hook_debounce=gpio.hook_debounce_ms / 1000,
-                            long_press=config.controls.long_press_s,
-                            pin_factory=board.pin_factory, on_event=on_event)
+        board.pin_factory = board_pin_factory(config)
+        board.panel = make_panel(config, board.pin_factory, on_event)
         if profile.line.driver == "sim":
             board.modem = SimModem()
             board.line = V253Line(board.modem.path, clock=clock, on_event=on_event)
@@ -134,6 +115,46 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
     logger.info("board ready name=%s audio=%s gpio=%s line=%s call_detect=%s", profile.name,
                 audio.driver, gpio.pin_factory, profile.line.driver, profile.call_detect.source)
     return board
+
+
+def sound_device_codec(config: Config) -> SoundDeviceCodec:
+    """The real codec the board profile names, opened by name."""
+    audio = config.board_profile().audio
+    assert audio.device is not None  # the profile schema requires it for sounddevice
+    return SoundDeviceCodec(audio.device, rate=config.audio.rate, block_frames=config.audio.block_frames,
+                            channels=audio.channels, near=audio.near, far=audio.far,
+                            out_channels=audio.out_channels, line_out=tuple(audio.line_out),
+                            queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
+
+
+def board_pin_factory(config: Config) -> Any:
+    """gpiozero's MockFactory on the simulated board (handset on its cradle); None on a real board.
+
+    On a real board gpiozero loads the factory the profile names itself.
+    """
+    gpio = config.board_profile().gpio
+    if gpio.pin_factory != "mock":
+        # gpiozero's own way of naming the factory; Panel raises if it cannot load it.
+        os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
+        return None
+    factory = sim_pin_factory()
+    if gpio.hook is not None:
+        # The simulated handset starts on its cradle (a floating mock pin reads low).
+        on_hook = factory.pin(gpio.hook)
+        (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
+    return factory
+
+
+def make_panel(config: Config, pin_factory: Any, on_event: Callable[[object], None] | None) -> Panel:
+    """The front panel on the profile's pins."""
+    gpio = config.board_profile().gpio
+    return Panel(rec_led=gpio.rec_led,
+                 status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
+                 pause_button=gpio.pause_button, flag_button=gpio.flag_button,
+                 hook=gpio.hook, hook_active_high=gpio.hook_active == "high",
+                 hook_debounce=gpio.hook_debounce_ms / 1000,
+                 long_press=config.controls.long_press_s,
+                 pin_factory=pin_factory, on_event=on_event)
 
 
 # ------------------------------------------------------------------ spool --

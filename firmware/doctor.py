@@ -57,11 +57,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from gpiozero.exc import GPIOZeroError
 
-from linetap.drivers.audio import Block, Codec, CodecStats, SimCodec, SoundDeviceCodec, tone
+from linetap.drivers.audio import Block, Codec, CodecStats, SimCodec, tone
 from linetap.drivers.events import HookChanged
-from linetap.drivers.gpio import Panel, sim_pin_factory
+from linetap.drivers.gpio import Panel
 from linetap.drivers.line import CALLER_ID_COMMANDS, SimModem, V253Line
 from linetap.firmware import keys, spool
+from linetap.firmware.app import board_pin_factory, make_panel, sound_device_codec
 from linetap.firmware.board import HEADER_PIN
 from linetap.firmware.clock import Clock, ManualClock
 from linetap.firmware.config import Config, load_config
@@ -209,35 +210,17 @@ class BoardParts:
             return SimTap(SimCodec(near, far, rate=rate, block_frames=frames, clock=ManualClock(),
                                    queue_blocks=config.audio.queue_blocks),
                           swapped=self._swapped, line_out_connected=self._line_out_connected)
-        assert audio.device is not None  # the profile schema requires it for sounddevice
-        return SoundDeviceCodec(audio.device, rate=rate, block_frames=frames, channels=audio.channels,
-                                near=audio.near, far=audio.far, out_channels=audio.out_channels,
-                                line_out=tuple(audio.line_out), queue_blocks=config.audio.queue_blocks,
-                                native_rate=audio.native_rate)
+        return sound_device_codec(config)
 
     def pin_factory(self, config: Config) -> Any:
         """The simulated board's MockFactory, or None for gpiozero's default on a real board."""
-        gpio = config.board_profile().gpio
-        if gpio.pin_factory != "mock":
-            # gpiozero's own way of naming the factory, as the service does.
-            os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
-            return None
         if self._pin_factory is None:
-            self._pin_factory, self._own_factory = sim_pin_factory(), True
-            if gpio.hook is not None:
-                hook = self._pin_factory.pin(gpio.hook)
-                (hook.drive_low if gpio.hook_active == "high" else hook.drive_high)()
+            self._pin_factory = board_pin_factory(config)
+            self._own_factory = self._pin_factory is not None
         return self._pin_factory
 
     def panel(self, config: Config, on_event: Callable[[object], None] | None = None) -> Panel:
-        gpio = config.board_profile().gpio
-        factory = self.pin_factory(config)
-        return Panel(rec_led=gpio.rec_led,
-                     status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
-                     pause_button=gpio.pause_button, flag_button=gpio.flag_button, hook=gpio.hook,
-                     hook_active_high=gpio.hook_active == "high",
-                     hook_debounce=gpio.hook_debounce_ms / 1000,
-                     long_press=config.controls.long_press_s, pin_factory=factory, on_event=on_event)
+        return make_panel(config, self.pin_factory(config), on_event)
 
     def sim_modem(self) -> SimModem:
         if self._modem is None:

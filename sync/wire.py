@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from linetap.firmware.config import DEVICE_ID
 from linetap.firmware.errors import SyncError
 
 ROOT = "linetap/v1"
@@ -50,7 +51,6 @@ MAX_MESSAGE = 128 * 1024
 PART_BYTES = MAX_MESSAGE - 8 * 1024
 MAX_ACK = 4096
 
-DEVICE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SEGMENTS = 1_000_000  # a ten-year call at 1 s segments; anything above is garbage

@@ -67,7 +67,7 @@ from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import fleet, wire
 from linetap.sync.central.index import INDEX_FILE, FleetUpdate, SqliteIndex
 from linetap.sync.central.keys import load_operator_key
-from linetap.sync.central.worker import BrokerSettings
+from linetap.sync.central.worker import HANDOFF_WAIT_S, BrokerSettings, hand_over
 from linetap.sync.signed import EnvelopeRefused, key_table, open_envelope, seal
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ LIVE_FILTERS = tuple(f for f in TRACKED_FILTERS if not f.endswith("/telemetry"))
 TRACKER_QUEUE = 4096
 TRACKER_BATCH = 500
 STOP_POLL_S = 0.2
-HANDOFF_WAIT_S = 5.0
 _JOIN_S = 10.0
 
 State = Literal["online", "offline", "unknown"]
@@ -598,15 +597,9 @@ class FleetTracker:
     # -- paho's network thread --
 
     def _enqueue(self, inbound: Inbound) -> None:
-        try:
-            self._queue.put_nowait(inbound)
-        except queue.Full:
-            # Hold paho's thread (TCP pushes back on the broker) while the index catches up.
-            try:
-                self._queue.put(inbound, timeout=HANDOFF_WAIT_S)
-            except queue.Full:
-                logger.warning("fleet tracker queue full waited_s=%.0f dropped_topic=%s", HANDOFF_WAIT_S,
-                               _short(inbound.topic))
+        if not hand_over(self._queue, inbound):
+            logger.warning("fleet tracker queue full waited_s=%.0f dropped_topic=%s", HANDOFF_WAIT_S,
+                           _short(inbound.topic))
 
     # -- the tracker's thread --
 

@@ -116,6 +116,22 @@ class BrokerSettings:
                               "acknowledgements; set tls with ca_file, cert_file and key_file")
 
 
+def hand_over(into: queue.Queue[Any], item: Any, *, wait_s: float = HANDOFF_WAIT_S) -> bool:
+    """Queue ``item`` from paho's network thread; False if the queue stayed full for ``wait_s``.
+
+    Holding paho's thread while the consumer catches up pushes back on the
+    broker through TCP; only a consumer stuck for ``wait_s`` makes it let go.
+    """
+    try:
+        into.put_nowait(item)
+    except queue.Full:
+        try:
+            into.put(item, timeout=wait_s)
+        except queue.Full:
+            return False
+    return True
+
+
 class Receiver(Protocol):
     """What a worker feeds: the central store's ingest (``sync/central/ingest.py``)."""
 
@@ -321,19 +337,12 @@ class IngestWorker:
         props = getattr(msg.properties, "UserProperty", None) or ()
         inbound = _Inbound(self._connection, msg.mid, msg.qos, msg.topic, msg.payload,
                            tuple((str(k), str(v)) for k, v in props))
-        try:
-            self._queue.put_nowait(inbound)
-        except queue.Full:
-            # The broker sent more than our Receive Maximum (seen with Mosquitto 2.0.11 under
-            # load): hold paho's thread until the worker takes one, which pushes back on the
-            # broker through TCP. Only a store stuck for HANDOFF_WAIT_S makes us let go; left
-            # unacknowledged, the message comes again with the next session, and the device
-            # resends it meanwhile.
-            try:
-                self._queue.put(inbound, timeout=HANDOFF_WAIT_S)
-            except queue.Full:
-                logger.warning("ingest queue full client_id=%s waited_s=%.0f dropped_topic=%s",
-                               self.client_id, HANDOFF_WAIT_S, _short(msg.topic))
+        # More than our Receive Maximum can arrive (seen with Mosquitto 2.0.11 under load). Left
+        # unacknowledged, a dropped message comes again with the next session, and the device
+        # resends it meanwhile.
+        if not hand_over(self._queue, inbound):
+            logger.warning("ingest queue full client_id=%s waited_s=%.0f dropped_topic=%s",
+                           self.client_id, HANDOFF_WAIT_S, _short(msg.topic))
 
     def _drain_queue(self) -> None:
         while True:
