@@ -64,13 +64,21 @@ def test_sync_imports_no_drivers(path: Path) -> None:
 
 
 def test_every_package_folder_is_packaged() -> None:
-    """A subpackage missing from pyproject works in the editable install and vanishes from the wheel."""
+    """A subpackage missing from pyproject works in the editable install and vanishes from the wheel.
+
+    Code packages have an ``__init__.py``; data-only folders are packages too when
+    package-data names them (that is how setuptools ships their files).
+    """
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapping = setuptools["package-dir"]
     declared = set(setuptools["packages"])
-    found = set()
+    found = set(setuptools["package-data"])
     for package, folder in mapping.items():
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *rel.parts]))
     assert found == declared, f"pyproject packages differ from folders: missing {sorted(found - declared)}, extra {sorted(declared - found)}"
+    for package in setuptools["package-data"]:
+        top = next(p for p in mapping if package == p or package.startswith(p + "."))
+        folder = ROOT / mapping[top] / Path(*package[len(top):].split(".")[1:])
+        assert folder.is_dir() and any(folder.iterdir()), f"package-data names {package}, but {folder} is empty or missing"
