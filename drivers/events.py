@@ -30,7 +30,14 @@ class ButtonPressed:
 
 @dataclass(frozen=True)
 class Ring:
-    """The line is ringing (one event per ring burst)."""
+    """The line is ringing (one event per ring burst).
+
+    ``cadence`` is the distinctive-ring pattern the modem reported with it
+    (``RING 2``, ``RING B``: which of the line's numbers was called), or
+    ``None`` for a plain ring.
+    """
+
+    cadence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,16 @@ class CallerId:
     name: str | None = None
     date: str | None = None  # MMDD as sent on the line
     time: str | None = None  # HHMM as sent on the line
-    reason_withheld: str | None = None  # "P" private, "O" out of area, ...
+    # Why the number (or, beside a number, the name) was not delivered: one of
+    # WITHHELD_REASONS. Plain, not personal data: it identifies nobody.
+    reason_withheld: str | None = None
+
+
+WITHHELD_REASONS = ("private", "out-of-area", "unavailable", "failed")
+"""Reasons a caller ID carries no number: the caller asked for privacy; the
+network could not deliver it (out of area, e.g. an international or payphone
+call); the line said "unavailable"/"no name"; the modem heard a caller-ID
+signal it could not decode."""
 
 
 @dataclass(frozen=True)

@@ -553,21 +553,29 @@ class SimModem:
 
     # -- what a test or the demo injects ----------------------------------------
 
-    def ring(self) -> None:
-        """One ring burst: ``RING``."""
-        self._call(lambda: self._send_lines(["RING"]))
+    def ring(self, cadence: str | None = None) -> None:
+        """One ring burst: ``RING``, or ``RING <cadence>`` for a distinctive ring (``RING 2``, ``RING B``)."""
+        self._call(lambda: self._send_lines([f"RING {cadence}" if cadence else "RING"]))
 
     def caller_id(self, number: str | None = None, name: str | None = None, date: str | None = None,
-                  time: str | None = None) -> None:
-        """A formatted caller-ID block (``DATE``, ``TIME``, ``NMBR``, ``NAME``); ``"P"``/``"O"`` withhold."""
+                  time: str | None = None, *, encoding: str = "utf-8", framed: bool = False) -> None:
+        """A formatted caller-ID block (``DATE``, ``TIME``, ``NMBR``, ``NAME``); ``"P"``/``"O"`` withhold.
+
+        ``encoding``: how a name with letters beyond ASCII reaches the line
+        (``"latin-1"`` or ``"utf-8"``). ``framed``: as a V.253 complex event
+        report (``DLE X`` ... ``DLE .``), as voice-mode modems send it.
+        """
         fields = [("DATE", date), ("TIME", time), ("NMBR", number), ("NAME", name)]
         lines = [f"{tag} = {value}" for tag, value in fields if value is not None]
 
         def send() -> None:
-            if self._caller_id:
-                self._send_lines(lines)
-            else:
+            if not self._caller_id:
                 logger.debug("event=sim_caller_id_off path=%s", self.path)
+            elif framed:
+                body = b"".join(line.encode(encoding) + b"\r\n" for line in lines)
+                self._write(_DLE + b"X" + body + _DLE + b".")
+            else:
+                self._send_lines(lines, encoding)
         self._call(send)
 
     def handset(self, off_hook: bool) -> None:
@@ -701,8 +709,8 @@ class SimModem:
         elif command.startswith("AT+FCLASS="):
             self._voice = command == "AT+FCLASS=8"
 
-    def _send_lines(self, lines: list[str] | tuple[str, ...]) -> None:
-        self._write(b"".join(b"\r\n" + line.encode("ascii") + b"\r\n" for line in lines))
+    def _send_lines(self, lines: list[str] | tuple[str, ...], encoding: str = "ascii") -> None:
+        self._write(b"".join(b"\r\n" + line.encode(encoding) + b"\r\n" for line in lines))
 
     def _send_event(self, code: bytes) -> None:
         if self._voice:

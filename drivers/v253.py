@@ -11,10 +11,19 @@ What comes out:
 
 - lines: final result codes as :class:`Result`, information text (ATI
   answers, command echo) as :class:`Response`, ``RING`` as
-  :class:`~linetap.drivers.events.Ring`;
+  :class:`~linetap.drivers.events.Ring`, and so are the distinctive-ring
+  forms ``RING 2`` (Rockwell) and ``RING B`` (USR/3Com, Hayes ``S101``), with
+  the pattern in ``Ring.cadence``;
 - caller ID in the formatted form modems print after ``AT+VCID=1``,
   ``AT#CID=1`` or ``AT%CCID=1`` (``DATE = 1129``, ``NMBR = 5551234``...), one
-  :class:`~linetap.drivers.events.CallerId` per block;
+  :class:`~linetap.drivers.events.CallerId` per block, also when V.253 frames
+  it as a complex event (``DLE X`` ... ``DLE .``). A name in 8-bit text is
+  UTF-8 if it decodes as such, else Latin-1. What a modem prints in place of
+  a withheld number or name (``P``, ``O``, ``Restricted``, ``NO NAME``,
+  ``0000000000``...) is no number or name but a plain ``reason_withheld``
+  (:func:`withheld_reason`); a block that says only that caller ID failed
+  (``MESG = CALID_202``) gives ``reason_withheld="failed"`` and nothing else,
+  and a block with no data at all gives no event;
 - DLE-shielded events of voice mode (V.253, after IS-101): hook,
   DTMF, call-progress tones, end of a voice data stream;
 - :class:`Garbage` for anything that is not the protocol.
@@ -48,6 +57,7 @@ __all__ = [
     "V253ProtocolError",
     "VoiceData",
     "VoiceDataEnd",
+    "withheld_reason",
 ]
 
 MAX_LINE = 512
@@ -187,16 +197,86 @@ _CID_TAGS = {
     "CALLER NAME": "name",
     "MESG": "message",
 }
-# What a modem prints in place of a number or name that was not delivered (Bellcore GR-30 "O"/"P").
+# What modems and networks print in place of a number or name that was not
+# delivered, upper case with everything but letters and digits taken out
+# (so "Out-of-area", "OUT OF AREA" and "Private Number" each have one key):
+# Bellcore GR-30's "P" (private) and "O" (out of area) as the Rockwell,
+# Conexant and USR/3Com manuals give them, and the words caller-ID loggers
+# record from exchanges and VoIP gateways.
 _WITHHELD = {
-    "P": "P",
-    "PRIVATE": "P",
-    "ANONYMOUS": "P",
-    "O": "O",
-    "OUT OF AREA": "O",
-    "OUT-OF-AREA": "O",
-    "UNAVAILABLE": "O",
+    "P": "private",
+    "PRIVATE": "private",
+    "PRIVATENUMBER": "private",
+    "PRIVATECALLER": "private",
+    "PRIVATENAME": "private",
+    "PRIVDIROFF": "private",
+    "ANONYMOUS": "private",
+    "RESTRICTED": "private",
+    "WITHHELD": "private",
+    "BLOCKED": "private",
+    "O": "out-of-area",
+    "OUTOFAREA": "out-of-area",
+    "UNAVAILABLE": "unavailable",
+    "NOTAVAILABLE": "unavailable",
+    "UNKNOWN": "unavailable",
+    "UNKNOWNCALLER": "unavailable",
+    "UNKNOWNNAME": "unavailable",
+    "UNKNOWNNUMBER": "unavailable",
+    "NONAME": "unavailable",
+    "NONUMBER": "unavailable",
+    "NOCALLERID": "unavailable",
 }
+# MDMF parameters 04 and 08: reason for absence of the number, of the name ("P" or "O").
+_MDMF_ABSENCE = (0x04, 0x08)
+_MDMF_REASONS = {ord("P"): "private", ord("O"): "out-of-area"}
+# Distinctive ring: Rockwell prints the cadence number, USR/3Com and Hayes (S101) a letter A-D or U.
+_RING = re.compile(r"RING(?: (?P<cadence>[A-Z0-9]{1,2}))?")
+_COMPLEX_START = ord("X")  # V.253 complex event report: DLE X <text> DLE .
+_COMPLEX_END = ord(".")
+_COMPLEX_MAX_SKIPPED = 16  # lines of a complex event that is not caller ID, before it counts as lost
+
+
+def withheld_reason(value: str) -> str | None:
+    """The reason a caller-ID number or name is a placeholder, or ``None`` for real data.
+
+    ``"private"``, ``"out-of-area"`` or ``"unavailable"``; a number of zeros
+    only (``0000000000``) is ``"unavailable"``.
+    """
+    key = "".join(char for char in value.upper() if char.isalnum())
+    if key and key.strip("0") == "":
+        return "unavailable"
+    return _WITHHELD.get(key)
+
+
+def _message_reason(value: str) -> str | None:
+    """What a ``MESG`` line says about a missing caller ID, or ``None``.
+
+    ``CALID_202``: the modem heard the caller-ID signal but no packet it
+    could read (Intel/Ambient MD566x). Otherwise the value is one MDMF
+    parameter the modem did not decode, in hex (tag, length, data, maybe a
+    checksum); parameters 04 and 08 carry the reason a number or name is
+    absent.
+    """
+    upper = value.upper().replace(" ", "")
+    if upper.startswith("CALID"):
+        return "failed"
+    try:
+        packet = bytes.fromhex(upper)
+    except ValueError:
+        return None
+    if len(packet) >= 3 and packet[0] in _MDMF_ABSENCE and packet[1] == 1:
+        return _MDMF_REASONS.get(packet[2])
+    return None
+
+
+def _text(raw: bytes) -> str | None:
+    """A line's text: ASCII, else UTF-8 if valid, else Latin-1; ``None`` if it holds control bytes."""
+    if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in raw):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 class V253Parser:
@@ -227,6 +307,9 @@ class V253Parser:
         self._dtmf_shielded = False
         self._dtmf_reported: int | None = None
         self._caller_id: dict[str, str] = {}
+        self._framed = False  # inside a complex event report, DLE X ... DLE .
+        self._framed_caller_id = False  # the report held caller-ID lines
+        self._framed_skipped = 0  # lines of the report that were not caller ID
 
     # -- input ------------------------------------------------------------
 
@@ -246,7 +329,7 @@ class V253Parser:
                 self._shielded(byte)
             elif byte == DLE:
                 self._dle = True
-            elif self._in_voice_data:
+            elif self._in_voice_data and not self._framed:
                 if byte != self._skip_terminator:
                     self._voice_data.append(byte)
                 self._skip_terminator = None
@@ -292,6 +375,8 @@ class V253Parser:
             self._emit(Garbage(bytes(self._line[:_GARBAGE_SAMPLE]), "stream ended inside a line"))
         if self._in_voice_data:
             self._emit(Garbage(b"", "stream ended inside voice data, without DLE ETX"))
+        if self._framed:
+            self._emit(Garbage(b"", "stream ended inside a complex event report, without DLE ."))
         self._complete_caller_id()
         self._flush_voice_data()
         self._reset()
@@ -306,6 +391,10 @@ class V253Parser:
         elif code == ETX:
             self._in_voice_data = False
             self._emit(VoiceDataEnd())
+        elif code == _COMPLEX_START:
+            self._start_complex_event()
+        elif code == _COMPLEX_END and self._framed:
+            self._end_complex_event()
         elif code == _DTMF_SHIELD_START:
             self._dtmf_shielded = True
             self._dtmf_reported = None
@@ -354,19 +443,56 @@ class V253Parser:
         self._line.clear()
         self._line_received(raw, terminator)
 
+    def _start_complex_event(self) -> None:
+        if self._framed:
+            self._lose_complex_event()
+        # The report is a block of its own: whatever caller ID came before it is complete.
+        self._complete_caller_id()
+        self._framed, self._framed_caller_id, self._framed_skipped = True, False, 0
+
+    def _end_complex_event(self) -> None:
+        self._end_line(LF)  # DLE . ends the report's last line too
+        self._framed = False
+        if self._framed_caller_id:
+            self._complete_caller_id()
+        else:
+            self._emit(ShieldedCode("X", "complex event report without caller ID, skipped"))
+
+    def _lose_complex_event(self) -> None:
+        self._framed = False
+        self._emit(Garbage(b"", "complex event report not closed by DLE ."))
+
     def _line_received(self, raw: bytes, terminator: int) -> None:
-        if any((byte < 0x20 and byte != 0x09) or byte > 0x7E for byte in raw):
+        decoded = _text(raw)
+        if decoded is None:
             self._emit(Garbage(raw[:_GARBAGE_SAMPLE], "line with non-text bytes"))
             return
-        text = raw.decode("ascii").strip()
+        text = decoded.strip()
         if not text:
             return
+        if not text.isascii():
+            # 8-bit text is taken only as a caller-ID value (a name such as
+            # "Mäkinen"); anywhere else it is line noise.
+            match = _CID_LINE.fullmatch(text)
+            tag = " ".join(match["tag"].upper().split()) if match else ""
+            if tag in _CID_TAGS:
+                self._caller_id_line(_CID_TAGS[tag], match["value"].strip())
+            elif self._framed:
+                self._skip_framed_line()
+            else:
+                self._emit(Garbage(raw[:_GARBAGE_SAMPLE], "line with non-text bytes"))
+            return
         upper = " ".join(text.upper().split())
-        if upper == "RING":
-            self._emit(Ring())
+        ring = _RING.fullmatch(upper)
+        if ring:
+            if self._framed:
+                self._lose_complex_event()
+            self._emit(Ring(ring["cadence"]))
             return
         code, detail = ("CONNECT", upper[len("CONNECT "):]) if upper.startswith("CONNECT ") else (upper, "")
         if code in _RESULT_CODES:
+            if self._framed:
+                self._lose_complex_event()
             self._emit(Result(_RESULT_CODES[code], detail))
             if code == "CONNECT" and self.voice:
                 self._in_voice_data = True
@@ -379,13 +505,24 @@ class V253Parser:
         if tag in _CID_TAGS:
             self._caller_id_line(_CID_TAGS[tag], match["value"].strip())
             return
+        if self._framed:
+            self._skip_framed_line()
+            return
         self._emit(Response(text))
+
+    def _skip_framed_line(self) -> None:
+        # A complex event linetap does not read (V.253 DID, call-waiting ID...).
+        self._framed_skipped += 1
+        if self._framed_skipped > _COMPLEX_MAX_SKIPPED:
+            self._lose_complex_event()
 
     def _caller_id_line(self, field: str, value: str) -> None:
         if field in self._caller_id:
             # The same tag again: a second block followed the first with nothing between.
             self._complete_caller_id()
         self._caller_id[field] = value
+        if self._framed:
+            self._framed_caller_id = True
 
     def _complete_caller_id(self) -> None:
         if not self._caller_id:
@@ -393,12 +530,16 @@ class V253Parser:
         fields, self._caller_id = self._caller_id, {}
         number = fields.get("number") or fields.get("dialable") or None
         name = fields.get("name") or None
-        withheld_number = _WITHHELD.get(number.upper()) if number else None
-        withheld_name = _WITHHELD.get(name.upper()) if name else None
-        self._events.append(CallerId(
+        withheld_number = withheld_reason(number) if number else None
+        withheld_name = withheld_reason(name) if name else None
+        message = fields.get("message")
+        caller_id = CallerId(
             number=None if withheld_number else number,
             name=None if withheld_name else name,
             date=fields.get("date") or None,
             time=fields.get("time") or None,
-            reason_withheld=withheld_number or withheld_name,
-        ))
+            reason_withheld=withheld_number or withheld_name or (_message_reason(message) if message else None),
+        )
+        if caller_id == CallerId():
+            return  # nothing but an undecoded MESG or empty values: no caller ID to report
+        self._events.append(caller_id)

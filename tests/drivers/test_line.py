@@ -204,7 +204,38 @@ def test_ring_caller_id_handset_and_dtmf_arrive_in_order(sim: SimModem, line: V2
 def test_caller_id_sent_last_is_delivered_after_an_idle_gap(sim: SimModem, line: V253Line,
                                                            delivered: Delivered) -> None:
     sim.caller_id(number="P", date="0101", time="0000")
-    assert delivered.next() == CallerId(date="0101", time="0000", reason_withheld="P")
+    assert delivered.next() == CallerId(date="0101", time="0000", reason_withheld="private")
+
+
+def test_distinctive_ring_and_a_latin1_name_arrive_whole(sim: SimModem, line: V253Line,
+                                                         delivered: Delivered) -> None:
+    # Rockwell with distinctive ring on in its stored profile, on a Finnish line (Latin-1 name).
+    sim.send(b"\r\nRING 2\r\n\r\nDATE = 0612\r\nTIME = 0915\r\nNAME = M\xe4kinen\r\n"
+             b"NMBR = 0401234567\r\n\r\nRING 2\r\n")
+    assert delivered.take(3) == [
+        Ring("2"), CallerId(number="0401234567", name="Mäkinen", date="0612", time="0915"), Ring("2")]
+    assert line.dropped == 0
+
+
+def test_voice_mode_caller_id_framed_as_a_complex_event_drops_nothing(sim: SimModem, line: V253Line,
+                                                                      delivered: Delivered) -> None:
+    # Conexant/CX93001 in voice mode (AT+FCLASS=8, AT+VCID=1): DLE R, DLE X <caller ID> DLE ., DLE R.
+    sim.send(b"\x10R\x10XDATE=0321\r\nTIME=1405\r\nNMBR=5045551234\r\nNAME=A N OTHER\r\n\x10.\x10R")
+    assert delivered.take(3) == [
+        Ring(), CallerId(number="5045551234", name="A N OTHER", date="0321", time="1405"), Ring()]
+    assert line.dropped == 0
+
+
+def test_the_simulated_modem_sends_distinctive_rings_8bit_names_and_framed_caller_id(
+        sim: SimModem, line: V253Line, delivered: Delivered) -> None:
+    sim.ring("B")
+    sim.caller_id(number="0401234567", name="Järvinen", encoding="latin-1")
+    sim.ring("B")
+    sim.caller_id(number="Restricted", name="Mäkinen", framed=True)
+    assert delivered.take(4) == [
+        Ring("B"), CallerId(number="0401234567", name="Järvinen"), Ring("B"),
+        CallerId(name="Mäkinen", reason_withheld="private")]
+    assert line.dropped == 0
 
 
 def test_noise_is_counted_and_does_not_hide_the_next_ring(sim: SimModem, line: V253Line,

@@ -146,7 +146,7 @@ def test_caller_id_block_completed_at_end_of_stream() -> None:
     (b"NMBR = 5551234\r\nDDN_NMBR = 15551234\r\n", CallerId(number="5551234")),
     (b"date = 1129\r\nnmbr = 5551234\r\nname = Smith John\r\n",
      CallerId(number="5551234", name="Smith John", date="1129")),
-    (b"MESG = 060342424331\r\n", CallerId()),
+    (b"NMBR = 5551234\r\nMESG = 060342424331\r\n", CallerId(number="5551234")),
     (b"NMBR = \r\nNAME = SMITH JOHN\r\n", CallerId(name="SMITH JOHN")),
 ])
 def test_caller_id_variants(block: bytes, expected: CallerId) -> None:
@@ -155,12 +155,13 @@ def test_caller_id_variants(block: bytes, expected: CallerId) -> None:
 
 @pytest.mark.parametrize("block, expected", [
     (b"DATE = 1129\r\nTIME = 0930\r\nNMBR = P\r\nNAME = P\r\n",
-     CallerId(date="1129", time="0930", reason_withheld="P")),
+     CallerId(date="1129", time="0930", reason_withheld="private")),
     (b"DATE = 1129\r\nTIME = 0930\r\nNMBR = O\r\nNAME = O\r\n",
-     CallerId(date="1129", time="0930", reason_withheld="O")),
-    (b"NMBR = 5551234\r\nNAME = O\r\n", CallerId(number="5551234", reason_withheld="O")),
-    (b"NMBR = PRIVATE\r\n", CallerId(reason_withheld="P")),
-    (b"NMBR = OUT OF AREA\r\nNAME = SMITH JOHN\r\n", CallerId(name="SMITH JOHN", reason_withheld="O")),
+     CallerId(date="1129", time="0930", reason_withheld="out-of-area")),
+    (b"NMBR = 5551234\r\nNAME = O\r\n", CallerId(number="5551234", reason_withheld="out-of-area")),
+    (b"NMBR = PRIVATE\r\n", CallerId(reason_withheld="private")),
+    (b"NMBR = OUT OF AREA\r\nNAME = SMITH JOHN\r\n",
+     CallerId(name="SMITH JOHN", reason_withheld="out-of-area")),
 ])
 def test_withheld_number_or_name(block: bytes, expected: CallerId) -> None:
     assert parse(block) == [expected]

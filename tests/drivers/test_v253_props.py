@@ -6,12 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linetap.drivers.events import CallerId, DtmfDigit, HookChanged, LineTone, Ring
-from linetap.drivers.v253 import Response, Result, V253Parser, VoiceData, VoiceDataEnd
+from linetap.drivers.v253 import Response, Result, ShieldedCode, V253Parser, VoiceData, VoiceDataEnd, withheld_reason
 
 DLE = b"\x10"
 ENDINGS = [b"\r", b"\n", b"\r\n", b"\n\r"]
-# What modems print instead of a withheld name; a generated name must not be one.
-WITHHELD_WORDS = {"P", "O", "PRIVATE", "ANONYMOUS", "OUT OF AREA", "OUT-OF-AREA", "UNAVAILABLE"}
+# What modems print in place of a withheld number (Rockwell, Conexant/CX93001, USR/3Com), and the reason.
+WITHHELD_NUMBERS = [("P", "private"), ("O", "out-of-area"), ("Restricted", "private"),
+                    ("Anonymous", "private"), ("PRIVATE", "private"), ("Out of area", "out-of-area"),
+                    ("0000000000", "unavailable"), ("Unavailable", "unavailable")]
+# Letters a Latin-1 or UTF-8 name brings (Finnish, Swedish, German, Spanish): all
+# at or above 0xC0, so a Latin-1 name that holds one is never valid UTF-8.
+EIGHT_BIT_LETTERS = "ÄÖÅäöåÉéÜüßÑñ"
 
 Unit = tuple[bytes, list[object]]
 # Timing belongs to benchmarks; a loaded CI machine must not fail a property.
@@ -26,7 +31,9 @@ results = st.builds(
     lambda code, ending: (_line(code, ending), [Result(code)]),
     st.sampled_from(["OK", "ERROR", "NO CARRIER", "VCON", "BUSY", "NO DIALTONE", "NO ANSWER"]),
     st.sampled_from(ENDINGS))
-rings = st.builds(lambda ending: (_line("RING", ending), [Ring()]), st.sampled_from(ENDINGS))
+rings = st.builds(lambda cadence, ending: (_line(f"RING {cadence}" if cadence else "RING", ending),
+                                           [Ring(cadence)]),
+                  st.sampled_from([None, "1", "2", "3", "A", "B", "C", "D", "U"]), st.sampled_from(ENDINGS))
 texts = st.builds(
     lambda body, ending: (_line(f"INFO-{body}", ending), [Response(f"INFO-{body}")]),
     st.text(alphabet="ABCXYZ0123456789-.", min_size=1, max_size=20), st.sampled_from(ENDINGS))
@@ -42,19 +49,21 @@ shielded = st.sampled_from([
     (DLE + b"c", [LineTone("fax")]),
     *[(DLE + digit.encode(), [DtmfDigit(digit)]) for digit in "0123456789*#ABCD"],
 ])
-digits = st.text(alphabet="0123456789", min_size=1, max_size=12)
+digits = st.text(alphabet="0123456789", min_size=1, max_size=12).filter(lambda number: number.strip("0"))
 names = st.builds(lambda first, rest: (first + rest).rstrip(),
-                  st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-                  st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ ,'.", max_size=14)
-                  ).filter(lambda name: name not in WITHHELD_WORDS)
+                  st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZ" + EIGHT_BIT_LETTERS),
+                  st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ ,'." + EIGHT_BIT_LETTERS, max_size=14)
+                  ).filter(lambda name: withheld_reason(name) is None)
 mmdd = st.builds("{:02d}{:02d}".format, st.integers(1, 12), st.integers(1, 31))
 hhmm = st.builds("{:02d}{:02d}".format, st.integers(0, 23), st.integers(0, 59))
 
 
 @st.composite
 def caller_ids(draw: st.DrawFn) -> Unit:
-    """A caller-ID block in a random spelling, then the RING that ends it."""
-    number = draw(st.none() | digits | st.sampled_from(["P", "O"]))
+    """A caller-ID block in a random spelling and encoding, maybe framed as a V.253 complex event, then a RING."""
+    placeholder = draw(st.none() | st.sampled_from(WITHHELD_NUMBERS))
+    number = placeholder[0] if placeholder else draw(st.none() | digits)
+    withheld = placeholder[1] if placeholder else None
     name = draw(st.none() | names)
     date = draw(st.none() | mmdd)
     time = draw(st.none() | hhmm)
@@ -63,12 +72,16 @@ def caller_ids(draw: st.DrawFn) -> Unit:
             draw(st.sampled_from(["NAME", "CALLER NAME"])): name}
     ending = draw(st.sampled_from(ENDINGS))
     separator = draw(st.sampled_from([" = ", "=", " =", ": ", ":"]))
-    lines = b"".join(_line(f"{tag}{separator}{value}", ending)
+    encoding = draw(st.sampled_from(["utf-8", "latin-1"]))
+    lines = b"".join(f"{tag}{separator}{value}".encode(encoding) + ending
                      for tag, value in tags.items() if value is not None)
-    withheld = number if number in ("P", "O") else None
     expected = CallerId(number=None if withheld else number, name=name, date=date, time=time,
                         reason_withheld=withheld)
     events: list[object] = [expected] if lines else []
+    if draw(st.booleans()):
+        lines = DLE + b"X" + lines + DLE + b"."
+        if not events:
+            events = [ShieldedCode("X", "complex event report without caller ID, skipped")]
     return lines + _line("RING", ending), [*events, Ring()]
 
 
