@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="verify, decrypt and write one recording")
     export.add_argument("recording_id", metavar="ID")
     export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.wav|FILE.ogg")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing FILE (atomically; a symbolic link is replaced, not followed)")
     export.set_defaults(run=_export)
 
     verify = sub.add_parser("verify", parents=[common],
@@ -411,7 +413,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     with _tools(args) as tools:
-        result = tools.export(args.recording_id, args.output)
+        result = tools.export(args.recording_id, args.output, force=args.force)
     print(f"wrote {result.path} ({result.segments} segments, {result.rate} Hz stereo)")
     return 0
 

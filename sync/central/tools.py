@@ -16,11 +16,16 @@ finished by running ``erase`` again. A recording on legal hold is refused.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
+import io
 import json
 import logging
+import os
+import re
+import stat
+import tempfile
 import wave
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +35,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linetap.firmware import manifest as mf
+from linetap.firmware import untrusted
 from linetap.firmware.clock import Clock, SystemClock
+from linetap.firmware.durable import fsync_dir
 from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.firmware.keys import public_key_b64, public_key_from_b64
 from linetap.sync import wire
 from linetap.sync.central.config import RetentionSection
 from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex, UnknownRecording
-from linetap.sync.central.ingest import OBJECTS_DIR, Ingest
+from linetap.sync.central import card
+from linetap.sync.central.ingest import MAX_MANIFEST, OBJECTS_DIR, Ingest
 from linetap.sync.central.keys import load_identity, load_operator_key, operator_public_key
 from linetap.sync.central.store import FileStore, ObjectMissing, ObjectStore, segment_key, tombstone_key
 
@@ -54,12 +62,82 @@ class OnHold(SyncError, PermissionError):
     """The recording is on legal hold: it may not be erased."""
 
 
+class ExportExists(ConfigError, FileExistsError):
+    """The export file is already there (a file, a folder or a symbolic link) and ``--force`` was not given."""
+
+
 @dataclass(frozen=True)
 class Exported:
     path: Path
     segments: int
     frames: int | None  # decoded stereo frames (WAV only)
     rate: int
+
+
+def write_private_file(out: Path, data: bytes, *, replace: bool) -> None:
+    """Write ``out`` complete or not at all, mode 0600, never through a symbolic link.
+
+    The bytes go to a new temporary file in the same folder (``mkstemp``:
+    exclusive, no link followed, 0600), which is then renamed over ``out``
+    (``replace``: a link at ``out`` is itself replaced, its target untouched)
+    or hard-linked to it, which fails if anything, even a dangling link, is
+    there. On a file system without hard links (a FAT stick) the file is
+    created with ``O_EXCL | O_NOFOLLOW`` instead.
+    """
+    folder = out.parent
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        if replace:
+            try:
+                os.replace(tmp, out)
+            except IsADirectoryError:
+                raise ConfigError(f"export file {out} is a folder; give -o a file name") from None
+        else:
+            try:
+                os.link(tmp, out, follow_symlinks=False)
+            except FileExistsError:
+                raise _exists(out) from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                _create_exclusive(out, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+
+
+def _create_exclusive(out: Path, data: bytes) -> None:
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise _exists(out) from None
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, data)
+    except OSError:
+        os.close(fd)
+        out.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def _exists(out: Path) -> ExportExists:
+    what = "a symbolic link" if out.is_symlink() else "a folder" if out.is_dir() else "a file"
+    return ExportExists(f"export file {out} already exists ({what}); pass --force to replace it "
+                        "(a link is replaced, never written through), or choose another name")
 
 
 @dataclass
@@ -70,6 +148,85 @@ class ImportResult:
     status: str  # stored, rejected, retry, skipped
     code: str | None = None
     reason: str | None = None
+
+
+# The most one object may be on the wire: anything a manifest lists beyond it is garbage.
+MAX_OBJECT = wire.MAX_PARTS * wire.PART_BYTES
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _manifest_summary(data: bytes, shown: Path) -> tuple[str, int]:
+    """(device, seq) of a manifest read from a card, to order the import; CardRefused if it has none."""
+    try:
+        value = untrusted.loads(data, what=str(shown), max_bytes=MAX_MANIFEST)
+    except untrusted.Untrusted as e:
+        raise card.CardRefused(str(e)) from None
+    if not isinstance(value, dict):
+        raise card.CardRefused(f"{shown} is a JSON {type(value).__name__}, not a manifest (an object)")
+    device, seq = value.get("device_id"), value.get("seq")
+    if not isinstance(device, str):
+        raise card.CardRefused(f"{shown}: device_id {_short(device)} is not a device id")
+    try:
+        wire.check_device_id(device)
+    except wire.WireError as e:
+        raise card.CardRefused(f"{shown}: {e}") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise card.CardRefused(f"{shown}: seq {_short(seq)} is not a positive integer")
+    return device, seq
+
+
+def _listed_segments(manifest: dict[str, Any], rid: str, shown: Path) -> list[tuple[int, str, int]]:
+    """(index, sha256, bytes) of each segment a verified manifest lists; CardRefused if one is not well typed."""
+    if manifest["recording_id"] != rid:
+        raise card.CardRefused(f"names recording {_short(manifest['recording_id'])} but lies in folder {rid}")
+    if not isinstance(manifest["prev"], str) or not _SHA256.match(manifest["prev"]):
+        raise card.CardRefused(f"prev {_short(manifest['prev'])} is not a sha256 (64 lowercase hex digits)")
+    listed, seen = [], set()
+    for n, entry in enumerate(manifest["segments"]):
+        index, sha256, size = ((entry.get("index"), entry.get("sha256"), entry.get("bytes"))
+                               if isinstance(entry, dict) else (None, None, None))
+        if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < wire.MAX_SEGMENTS
+                and isinstance(sha256, str) and _SHA256.match(sha256)
+                and isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_OBJECT):
+            raise card.CardRefused(f"segments[{n}] = {_short(entry)} is not {{index: 0..{wire.MAX_SEGMENTS - 1}, "
+                                   f"sha256: 64 hex digits, bytes: 1..{MAX_OBJECT}}}")
+        if index in seen:
+            raise card.CardRefused(f"segment {index} is listed twice")
+        seen.add(index)
+        listed.append((index, sha256, size))
+    return listed
+
+
+def _check_segments(fd: int, folder: Path, listed: list[tuple[int, str, int]]) -> list[int]:
+    """The listed segments missing from ``folder``; CardRefused (hash-mismatch) at the first that differs."""
+    missing = []
+    for entry in listed:
+        try:
+            _read_segment(fd, folder, entry)
+        except FileNotFoundError:
+            missing.append(entry[0])
+    return missing
+
+
+def _read_segment(fd: int, folder: Path, entry: tuple[int, str, int]) -> bytes:
+    index, sha256, size = entry
+    path = folder / card.segment_file(index)
+    mismatch = (f"{path} does not match the sha256 and size ({size} bytes) its verified manifest lists: "
+                "damaged on the card or altered", "hash-mismatch")
+    try:
+        data = card.read_file(fd, path, size, code="hash-mismatch")
+    except card.CardRefused as e:
+        if e.code == "hash-mismatch":
+            raise card.CardRefused(*mismatch) from None
+        raise
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        raise card.CardRefused(*mismatch)
+    return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -130,14 +287,21 @@ class StoreTools:
 
     # -- export --
 
-    def export(self, recording_id: str, out: Path) -> Exported:
-        """Check the recording's hashes and signature, decrypt and write it as ``.ogg`` or ``.wav``."""
+    def export(self, recording_id: str, out: Path, *, force: bool = False) -> Exported:
+        """Check the recording's hashes and signature, decrypt and write it as ``.ogg`` or ``.wav``.
+
+        The file is decrypted audio: it is created mode 0600, an existing file
+        is replaced only with ``force``, and a symbolic link at ``out`` is
+        never written through (with ``force`` the link itself is replaced).
+        """
         out = Path(out)
         if out.suffix.lower() not in (".ogg", ".wav"):
             raise ConfigError(f"export file {out} must end in .ogg (the recorded Opus stream) or .wav (decoded)")
         if not out.parent.is_dir():
             raise ConfigError(f"export folder {out.parent} does not exist; create it or give -o a path "
                               "in an existing folder")
+        if not force and os.path.lexists(out):
+            raise _exists(out)
         row = self._recording(recording_id)
         if row["erased_ms"] is not None:
             raise UnknownRecording(f"recording {recording_id} was erased ({row['erase_reason']}); "
@@ -159,17 +323,20 @@ class StoreTools:
         rate = manifest.get("codec", {}).get("rate")
         frames = None
         if out.suffix.lower() == ".ogg":
-            out.write_bytes(b"".join(plaintexts))
+            audio = b"".join(plaintexts)
         else:
             from linetap.firmware.encoder import segments_to_pcm  # PyAV: only the WAV export needs it
 
             pcm = segments_to_pcm(plaintexts, rate)
-            with wave.open(str(out), "wb") as wav:
+            buffer = io.BytesIO()
+            with wave.open(buffer, "wb") as wav:
                 wav.setnchannels(2)
                 wav.setsampwidth(2)
                 wav.setframerate(rate)
                 wav.writeframes(pcm.tobytes())
+            audio = buffer.getvalue()
             frames = len(pcm)
+        write_private_file(out, audio, replace=force)
         logger.info("recording exported recording=%s segments=%d file=%s", recording_id, len(plaintexts), out)
         return Exported(out, len(plaintexts), frames, rate)
 
@@ -263,53 +430,105 @@ class StoreTools:
     # -- import --
 
     def import_dir(self, box_data_dir: Path, *, ingest: Ingest | None = None) -> list[ImportResult]:
-        """Feed a box's data dir (``<dir>/spool/<recording>/``) through the ingest checks, oldest first."""
-        spool = Path(box_data_dir) / "spool"
-        if not spool.is_dir():
-            raise ConfigError(f"{box_data_dir} has no spool/ folder; pass the box's data dir "
-                              "(the SD card's /var/lib/linetap)")
+        """Feed a box's data dir (``<dir>/spool/<recording>/``) through the ingest checks, oldest first.
+
+        Nothing on the card is trusted (:mod:`linetap.sync.central.card`): no
+        link is followed, no file is read past the most it may hold. A
+        recording's segments are read only once its manifest has verified with
+        the device's enrolled key, and handed to ingest only when every one
+        the manifest lists is there with its sha256 and size; a recording that
+        fails is refused with the reason and leaves nothing stored, so the
+        box's own upload of it, or a later import of a good copy, is stored as
+        if this one never happened. One bad recording never stops the others.
+        """
+        spool = Path(box_data_dir) / card.SPOOL_DIR
+        try:
+            spool_fd = card.open_folder(spool)
+        except FileNotFoundError:
+            raise ConfigError(f"{box_data_dir} has no {card.SPOOL_DIR}/ folder; pass the box's data dir "
+                              "(the SD card's /var/lib/linetap)") from None
+        except card.CardRefused as e:
+            raise ConfigError(str(e)) from None
         owned = ingest is None
         ingest = ingest or Ingest(self.data_dir, clock=self._clock, store=self.store, index=self.index)
         try:
-            found = []
-            results = []
-            for folder in sorted(p for p in spool.iterdir() if p.is_dir()):
-                manifest_path = folder / "manifest.json"
-                if not manifest_path.is_file():
-                    results.append(ImportResult(folder.name, "skipped", None, "no manifest.json: the call "
+            results: list[ImportResult] = []
+            found: list[tuple[str, int, Path, bytes]] = []
+            with os.scandir(spool_fd) as entries:
+                names = sorted(entry.name for entry in entries
+                               if entry.is_symlink() or entry.is_dir(follow_symlinks=False))
+            for name in names:
+                folder = spool / name
+                try:
+                    wire.check_recording_id(name)
+                except wire.WireError:
+                    results.append(ImportResult(name, "skipped", None, f"{folder} is not a recording folder"))
+                    continue
+                try:
+                    data = self._read_from(spool_fd, folder, lambda fd: card.read_file(
+                        fd, folder / card.MANIFEST_FILE, MAX_MANIFEST))
+                    device, seq = _manifest_summary(data, folder / card.MANIFEST_FILE)
+                except FileNotFoundError:
+                    results.append(ImportResult(name, "skipped", None, f"no {card.MANIFEST_FILE}: the call "
                                                 "was still open or was lost on the box"))
                     continue
-                data = manifest_path.read_bytes()
-                try:
-                    summary = json.loads(data)
-                    device, seq = summary["device_id"], summary["seq"]
-                    segments = [entry["index"] for entry in summary["segments"]]
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-                    results.append(ImportResult(folder.name, "rejected", "malformed",
-                                                f"manifest.json is not a manifest: {e}"))
+                except card.CardRefused as e:
+                    results.append(ImportResult(name, "rejected", e.code, str(e)))
                     continue
-                found.append((seq if isinstance(seq, int) else 0, folder, device, segments, data))
-            for _, folder, device, segments, data in sorted(found, key=lambda item: item[0]):
-                results.append(self._import_recording(ingest, folder, device, segments, data))
+                found.append((device, seq, folder, data))
+            for device, _, folder, data in sorted(found, key=lambda item: (item[0], item[1])):
+                results.append(self._import_recording(ingest, spool_fd, folder, device, data))
             return results
         finally:
+            os.close(spool_fd)
             if owned:
                 ingest.close()
 
-    def _import_recording(self, ingest: Ingest, folder: Path, device: str, segments: Iterable[int],
+    def _import_recording(self, ingest: Ingest, spool_fd: int, folder: Path, device: str,
                           manifest: bytes) -> ImportResult:
         rid = folder.name
+        key_b64 = self.index.device_key(device)
+        if key_b64 is None:
+            return ImportResult(rid, "rejected", "not-enrolled",
+                                f"device {device} is not enrolled at this central store; run "
+                                f"`linetap-central enroll {device} --signing-key ...` with what its "
+                                "`linetap keys show` prints, then import again")
         try:
-            for index in segments:
-                path = folder / f"{index:06d}.age"
-                if path.is_file():
-                    self._feed(ingest, wire.split(device, rid, wire.ObjectRef.segment(index), path.read_bytes()))
+            listed = _listed_segments(mf.verify(manifest, public_key_from_b64(key_b64)), rid,
+                                      folder / card.MANIFEST_FILE)
+        except mf.BadSignature as e:
+            return ImportResult(rid, "rejected", "bad-signature",
+                                f"{folder / card.MANIFEST_FILE}: {e}; nothing of this recording was read further")
+        except (mf.ManifestError, card.CardRefused) as e:
+            return ImportResult(rid, "rejected", "malformed", f"{folder / card.MANIFEST_FILE}: {e}")
+        try:
+            missing = self._read_from(spool_fd, folder, lambda fd: _check_segments(fd, folder, listed))
+            if missing:
+                shown = ", ".join(card.segment_file(i) for i in missing[:10])
+                return ImportResult(rid, "rejected", "missing-segments",
+                                    f"{len(missing)} of the {len(listed)} segments its manifest lists are not in "
+                                    f"{folder} ({shown}{', ...' if len(missing) > 10 else ''}); nothing of this "
+                                    "recording was stored: the box uploads it, or import a complete copy")
+            for entry in listed:  # read again: what is stored is what was checked just now
+                data = self._read_from(spool_fd, folder, lambda fd: _read_segment(fd, folder, entry))
+                self._feed(ingest, wire.split(device, rid, wire.ObjectRef.segment(entry[0]), data))
             final = self._feed(ingest, wire.split(device, rid, wire.ObjectRef.manifest(), manifest))
+        except card.CardRefused as e:
+            return ImportResult(rid, "rejected", e.code, f"{e}; nothing of this recording was stored")
         except wire.WireError as e:
             return ImportResult(rid, "rejected", "malformed", str(e))
         if final is None:
             return ImportResult(rid, "rejected", "malformed", "no answer for the manifest")
         return ImportResult(rid, final.status, final.code, final.reason)
+
+    @staticmethod
+    def _read_from(spool_fd: int, folder: Path, read):
+        """``read(fd)`` on recording ``folder`` opened inside the spool; never through a link."""
+        fd = card.open_folder(folder, dir_fd=spool_fd)
+        try:
+            return read(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _feed(ingest: Ingest, parts: list[wire.Part]) -> wire.Ack | None:

@@ -17,6 +17,7 @@ from linetap.firmware.encoder import segments_to_pcm
 from linetap.sync.central.cli import main
 from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import segment_key
+from linetap.sync import wire
 from linetap.sync.central.tools import StoreTools
 
 
@@ -241,3 +242,199 @@ def test_the_data_dir_comes_from_the_environment(central: Path, capsys, monkeypa
     assert main(["verify", "--all"]) == 1
     assert "LINETAP_CENTRAL_DATA_DIR" in capsys.readouterr().err
     assert os.environ.get("LINETAP_CENTRAL_DATA_DIR") is None
+
+
+# -- hostile boxes and hostile files: import --
+
+
+def _objects_hold(central: Path, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in (central / "objects").rglob("*") if p.is_file())
+
+
+def test_import_never_follows_a_symlinked_segment(central: Path, box: Box, capsys) -> None:
+    stolen, kept = box.call(1.5), box.call(1.5)
+    segment = box.folder(stolen) / "000000.age"
+    segment.unlink()
+    segment.symlink_to(central / "keys" / "central.key")
+    results = {r["recording_id"]: r for r in _import_json(central, box, capsys, expect=1)}
+    assert results[stolen]["status"] == "rejected"
+    assert str(segment) in results[stolen]["reason"] and "symbolic link" in results[stolen]["reason"]
+    assert results[kept]["status"] == "stored"
+    assert not _objects_hold(central, b"AGE-SECRET-KEY")
+    with StoreTools(central) as tools:
+        assert tools.index.objects(box.device_id, stolen) == []
+
+
+def test_import_refuses_a_symlinked_spool_or_recording_folder(central: Path, box: Box, capsys,
+                                                              tmp_path: Path) -> None:
+    rid = box.call(1.5)
+    elsewhere = tmp_path / "elsewhere"
+    box.folder(rid).rename(elsewhere)
+    box.folder(rid).symlink_to(elsewhere, target_is_directory=True)
+    (result,) = _import_json(central, box, capsys, expect=1)
+    assert result["status"] == "rejected" and str(box.folder(rid)) in result["reason"]
+    spool = box.data_dir / "spool"
+    spool.rename(tmp_path / "real-spool")
+    spool.symlink_to(tmp_path / "real-spool", target_is_directory=True)
+    assert cli(central, "import", str(box.data_dir)) == 1
+    err = capsys.readouterr().err
+    assert str(spool) in err and "symbolic link" in err
+
+
+def test_import_stores_nothing_a_verified_manifest_does_not_vouch_for(central: Path, box: Box, capsys) -> None:
+    forged = box.call(1.5)
+    manifest = box.folder(forged) / "manifest.json"
+    body = json.loads(manifest.read_bytes())
+    body["signature"]["value"] = body["signature"]["value"][::-1]
+    manifest.write_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    (result,) = _import_json(central, box, capsys, expect=1)
+    assert (result["status"], result["code"]) == ("rejected", "bad-signature")
+    with StoreTools(central) as tools:
+        assert tools.index.objects(box.device_id, forged) == []
+    assert not list((central / "objects").rglob("*.age"))
+
+
+def test_a_corrupt_segment_from_a_card_does_not_block_the_genuine_upload(central: Path, box: Box, capsys) -> None:
+    from linetap.sync.central.ingest import Ingest
+
+    damaged, fine = box.call(2.5), box.call(1.5)
+    segment = box.folder(damaged) / "000001.age"
+    genuine = segment.read_bytes()
+    segment.write_bytes(genuine[:100] + bytes([genuine[100] ^ 0xFF]) + genuine[101:])
+    results = {r["recording_id"]: r for r in _import_json(central, box, capsys, expect=1)}
+    assert (results[damaged]["status"], results[damaged]["code"]) == ("rejected", "hash-mismatch")
+    assert "000001.age" in results[damaged]["reason"]
+    assert results[fine]["status"] == "stored"
+    # The box still has the genuine bytes and uploads them: nothing of the card's copy is in the way.
+    segment.write_bytes(genuine)
+    with Ingest(central) as ingest:
+        acks = [ack for part in box.parts(damaged) for ack in ingest.receive(part)]
+    assert all(ack.status == "stored" for ack in acks), [(a.object, a.code, a.reason) for a in acks]
+    assert acks[-1].object == wire.ObjectRef.manifest() and acks[-1].part is None
+    assert {r["recording_id"]: r["status"] for r in _import_json(central, box, capsys)} == \
+        {damaged: "stored", fine: "stored"}
+    assert verify_json(central, capsys)[0] == 0
+
+
+def test_a_corrupt_segment_can_be_imported_again_once_restored(central: Path, box: Box, capsys) -> None:
+    rid = box.call(1.5)
+    segment = box.folder(rid) / "000000.age"
+    genuine = segment.read_bytes()
+    segment.write_bytes(b"\0" * len(genuine))
+    assert _import_json(central, box, capsys, expect=1)[0]["code"] == "hash-mismatch"
+    segment.write_bytes(genuine)
+    assert _import_json(central, box, capsys)[0]["status"] == "stored"
+
+
+def _hostile(box: Box, serial: int, content: bytes) -> str:
+    from central_boxes import uuid7_at
+
+    rid = uuid7_at(box.clock.wall(), 900 + serial)
+    folder = box.data_dir / "spool" / rid
+    folder.mkdir()
+    (folder / "manifest.json").write_bytes(content)
+    return rid
+
+
+def test_import_refuses_hostile_manifests_one_by_one_and_goes_on(central: Path, box: Box, capsys) -> None:
+    good = box.call(1.5)
+    hostile = {
+        _hostile(box, 1, b"[" * 200_000 + b"]" * 200_000): "nests deeper",
+        _hostile(box, 2, json.dumps({"device_id": box.device_id, "seq": 2, "recording_id": "x",
+                                     "segments": [{"index": "zero", "sha256": 5, "bytes": None}]}).encode()): "",
+        _hostile(box, 3, json.dumps({"device_id": 5, "seq": "two", "segments": "abc"}).encode()): "",
+        _hostile(box, 4, json.dumps({"device_id": box.device_id, "seq": 10 ** 30, "segments": []}).encode()): "",
+        _hostile(box, 5, b"\xff\xfe not text"): "UTF-8",
+        _hostile(box, 6, json.dumps([1, 2, 3]).encode()): "",
+    }
+    results = {r["recording_id"]: r for r in _import_json(central, box, capsys, expect=1)}
+    assert results[good]["status"] == "stored"
+    for rid, says in hostile.items():
+        assert results[rid]["status"] == "rejected", results[rid]
+        assert results[rid]["code"] == "malformed" and "manifest.json" in results[rid]["reason"]
+        assert says in results[rid]["reason"]
+
+
+def test_import_reads_no_more_than_a_manifest_or_segment_can_be(central: Path, box: Box, capsys) -> None:
+    import tracemalloc
+
+    from linetap.sync.central.ingest import MAX_MANIFEST
+
+    swollen, good = box.call(1.5), box.call(1.5)
+    with open(box.folder(swollen) / "000000.age", "r+b") as f:
+        f.truncate(130 * 1024 * 1024)  # sparse: costs no disk, only whoever reads it whole
+    huge = _hostile(box, 1, b"")
+    with open(box.data_dir / "spool" / huge / "manifest.json", "r+b") as f:
+        f.truncate(130 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        code = cli(central, "import", str(box.data_dir), "--json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 1
+    results = {r["recording_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert results[good]["status"] == "stored"
+    assert results[swollen]["code"] == "hash-mismatch" and "000000.age" in results[swollen]["reason"]
+    assert results[huge]["code"] == "too-large" and str(MAX_MANIFEST) in results[huge]["reason"]
+    assert peak < 3 * MAX_MANIFEST, f"import held {peak} bytes at once"
+
+
+def _import_json(central: Path, box: Box, capsys, *, expect: int = 0) -> list[dict]:
+    assert cli(central, "import", str(box.data_dir), "--json") == expect
+    return json.loads(capsys.readouterr().out)
+
+
+# -- hostile boxes and hostile files: export --
+
+
+def test_export_refuses_to_overwrite_without_force(central: Path, box: Box, capsys, tmp_path: Path) -> None:
+    rid = box.call(1.5)
+    imported(central, box, capsys)
+    out = tmp_path / "call.ogg"
+    out.write_bytes(b"an earlier export")
+    assert cli(central, "export", rid, "-o", str(out)) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "--force" in err
+    assert out.read_bytes() == b"an earlier export"
+    assert cli(central, "export", rid, "-o", str(out), "--force") == 0
+    assert out.read_bytes()[:4] == b"OggS"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix", [".ogg", ".wav"])
+def test_export_never_writes_through_a_symlink(central: Path, box: Box, capsys, tmp_path: Path,
+                                               suffix: str) -> None:
+    rid = box.call(1.5)
+    imported(central, box, capsys)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    out = tmp_path / f"call{suffix}"
+    out.symlink_to(victim)
+    assert cli(central, "export", rid, "-o", str(out)) == 1
+    assert "--force" in capsys.readouterr().err
+    assert victim.read_bytes() == b"precious"
+    dangling = tmp_path / f"dangling{suffix}"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert cli(central, "export", rid, "-o", str(dangling)) == 1
+    assert not (tmp_path / "nowhere").exists()
+    assert cli(central, "export", rid, "-o", str(out), "--force") == 0
+    assert victim.read_bytes() == b"precious"
+    assert not out.is_symlink() and out.stat().st_size > 44
+
+
+@pytest.mark.parametrize("suffix", [".ogg", ".wav"])
+def test_exported_audio_is_readable_by_its_owner_only(central: Path, box: Box, capsys, tmp_path: Path,
+                                                      suffix: str) -> None:
+    rid = box.call(1.5)
+    imported(central, box, capsys)
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / f"call{suffix}"
+        assert cli(central, "export", rid, "-o", str(out)) == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        out.chmod(0o644)
+        assert cli(central, "export", rid, "-o", str(out), "--force") == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
