@@ -63,6 +63,7 @@ from paho.mqtt.properties import Properties
 
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.sync import wire
+from linetap.sync.dynsec import identity_settings
 
 if TYPE_CHECKING:
     from linetap.sync.central.config import BrokerSection
@@ -80,7 +81,8 @@ class BrokerSettings:
     """Where the broker is and how a central worker proves who it is.
 
     With ``tls`` the worker shows the client certificate in ``cert_file``
-    (CN ``central``, see ``image/mosquitto/``) and trusts only ``ca_file``.
+    and trusts only ``ca_file``; the broker takes the certificate CN as user
+    name and client id (see ``image/mosquitto/``).
     Plain TCP is allowed to a broker on this machine only.
     """
 
@@ -280,8 +282,8 @@ class IngestWorker:
     def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
                     reason: mqtt.ReasonCode, _props: Properties | None) -> None:
         if reason.is_failure:
-            logger.error("broker refused ingest worker client_id=%s reason=%s; check its certificate "
-                         "(CN central) and the broker's ACL", self.client_id, reason)
+            logger.error("broker refused ingest worker client_id=%s reason=%s; check its certificate (CN = "
+                         "client id) and its role in the broker's dynamic-security file", self.client_id, reason)
             return
         self._failed_attempts = 0
         self._disconnected.clear()
@@ -521,7 +523,9 @@ def run_workers(n: int, make_ingest: Callable[[], Receiver], broker_settings: Br
     not); ``processes=True`` gives each worker a process so n workers use n
     cores; ``make_ingest`` must then be picklable (a module-level function or a
     ``functools.partial`` of one). Client ids are ``<prefix>-<i>``, the same at
-    every start, so each worker resumes its broker session.
+    every start, so each worker resumes its broker session. Over TLS each
+    worker shows its own certificate, ``<prefix>-<i>.pem`` next to
+    ``cert_file``: the shipped broker makes the certificate CN the client id.
     """
     if n < 1:
         raise ConfigError(f"number of ingest workers {n} must be at least 1")
@@ -531,11 +535,11 @@ def run_workers(n: int, make_ingest: Callable[[], Receiver], broker_settings: Br
     try:
         for i in range(n):
             client_id = f"{prefix}-{i}"
+            own = identity_settings(broker_settings, client_id)
             if processes:
-                workers.append(_WorkerProcess(context, make_ingest, broker_settings, group, client_id).start())
+                workers.append(_WorkerProcess(context, make_ingest, own, group, client_id).start())
             else:
-                workers.append(IngestWorker(make_ingest(), broker_settings, group=group,
-                                            client_id=client_id).start())
+                workers.append(IngestWorker(make_ingest(), own, group=group, client_id=client_id).start())
     except BaseException:
         WorkerGroup(workers).close()
         raise
@@ -604,7 +608,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     section = config.broker
     settings = broker_settings(section, folder)
     # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
-    with start_tracker(settings, folder, client_id=f"{section.client_id}-fleet"):
+    tracker_id = f"{section.client_id}-fleet"
+    with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id):
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, functools.partial(Ingest, folder), workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)

@@ -5,13 +5,18 @@ never delivers a message a subscriber may not read. So "not delivered" is
 proven by ordering: after the forbidden messages the same connection sends a
 marker on a topic it may use, and once the marker has arrived, nothing sent
 before it can still be on its way.
+
+The broker runs the shipped listener section with its dynamic-security
+plugin and a file written by :func:`dynsec.write_initial_config`, as
+``linetap-central broker-init`` writes it: the operator tools (``central``),
+two ingest workers and the fleet tracker, and the boxes enrolled so far.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import ssl
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +26,24 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from linetap.sync import wire
+from linetap.firmware.errors import ConfigError
+from linetap.sync import dynsec, wire
 from linetap.sync.broker import LocalBroker, free_port
-from linetap.sync.central.worker import BrokerSettings, IngestWorker
+from linetap.sync.central.worker import BrokerSettings, IngestWorker, run_workers
 from linetap.sync.pki import CENTRAL, CertificateAuthority, Issued
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "image" / "mosquitto"
 ROOT = "linetap/v1"
 WAIT = 5.0
+NOT_AUTHORIZED = 135  # MQTT v5 reason code 0x87
+WORKERS = dynsec.centre_identities("linetap-central", workers=2)  # linetap-central-0, -1, -fleet
+BOXES = ("box-a", "box-b", "box-c")  # enrolled before the broker's first start
+HOSTILE = tuple(f"box-h{i}" for i in range(6))  # enrolled boxes that misbehave
 
 
-def listener_lines(pki: Path, server: Issued, port: int) -> list[str]:
+def listener_lines(pki: Path, server: Issued, port: int, dynsec_file: Path) -> list[str]:
     """The shipped template's listener section, filled with this test's files."""
-    text = string.Template((CONF_DIR / "linetap.conf").read_text()).substitute(
-        port=port, ca_file=pki / "ca.pem", cert_file=server.cert_file, key_file=server.key_file,
-        acl_file=CONF_DIR / "acl")
-    lines = [line.strip() for line in text.splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("listener "))
-    return [line for line in lines[start + 1:] if line and not line.startswith("#")]
+    return dynsec.shipped_listener_lines(port=port, ca_file=pki / "ca.pem", cert_file=server.cert_file,
+                                         key_file=server.key_file, dynsec_file=dynsec_file)
 
 
 @dataclass
@@ -47,15 +52,25 @@ class Fleet:
     ca: CertificateAuthority
     certs: dict[str, Issued]
 
+    def settings(self, name: str = CENTRAL) -> BrokerSettings:
+        issued = self.certs[name]
+        return BrokerSettings(host="localhost", port=self.broker.port, tls=True, ca_file=self.ca.cert_file,
+                              cert_file=issued.cert_file, key_file=issued.key_file, keepalive=10,
+                              reconnect_min_s=0.2, reconnect_max_s=1.0,
+                              session_expiry_s=0)  # no test leaves a subscription behind for the next
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("secure-broker")
     ca = CertificateAuthority.create(work / "pki")
     server = ca.issue_server()
-    certs = {name: ca.issue_client(name) for name in ("box-a", "box-b", CENTRAL)}
+    certs = {name: ca.issue_client(name) for name in (*BOXES, *HOSTILE, CENTRAL, *WORKERS, "box-late")}
+    dynsec_file = work / "dynsec.json"
+    dynsec.write_initial_config(dynsec_file, WORKERS, boxes=(*BOXES, *HOSTILE))
     port = free_port()
-    broker = LocalBroker(work / "broker", port=port, listener_lines=listener_lines(work / "pki", server, port),
+    broker = LocalBroker(work / "broker", port=port, listener_lines=listener_lines(work / "pki", server, port,
+                                                                                   dynsec_file),
                          persistence=False)
     broker.start()
     yield Fleet(broker, ca, certs)
@@ -65,25 +80,36 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 class Client:
     """A paho client with its received messages in a queue."""
 
-    def __init__(self, broker: LocalBroker, ca_file: Path, identity: Issued | None, name: str) -> None:
+    def __init__(self, broker: LocalBroker, ca_file: Path, identity: Issued | None, name: str, *,
+                 client_id: str | None = None, session_expiry_s: int = 0) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connected: queue.Queue[str] = queue.Queue()
         self.granted: queue.Queue[list[int]] = queue.Queue()
-        self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{name}",
+        self.session_present: bool | None = None
+        self.session_expiry_s = session_expiry_s
+        self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{name}",
                                 protocol=mqtt.MQTTv5)
         self.mqtt.tls_set(ca_certs=str(ca_file),
                           certfile=str(identity.cert_file) if identity else None,
                           keyfile=str(identity.key_file) if identity else None)
-        self.mqtt.on_connect = lambda _c, _u, _f, rc, _p: self.connected.put("ok" if not rc.is_failure else str(rc))
+        self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = lambda _c, _u, _f, rc, _p: self.connected.put(f"disconnected: {rc}")
         self.mqtt.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload))
         self.mqtt.on_subscribe = lambda _c, _u, _mid, codes, _p: self.granted.put([c.value for c in codes])
         self.broker = broker
 
-    def connect(self) -> str:
+    def _on_connect(self, _c: object, _u: object, flags: mqtt.ConnectFlags, rc: mqtt.ReasonCode,
+                    _p: object) -> None:
+        self.session_present = flags.session_present
+        self.connected.put("ok" if not rc.is_failure else str(rc))
+
+    def connect(self, *, clean_start: bool = True) -> str:
         """``ok``, or what went wrong (TLS alert, refused CONNACK, dropped connection)."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
         try:
-            self.mqtt.connect(self.broker.host, self.broker.port, keepalive=10)
+            self.mqtt.connect(self.broker.host, self.broker.port, keepalive=10, clean_start=clean_start,
+                              properties=props)
         except (ssl.SSLError, OSError) as e:
             return f"refused: {e}"
         self.mqtt.loop_start()
@@ -96,8 +122,8 @@ class Client:
         self.mqtt.subscribe(topic_filter, qos=1)
         return self.granted.get(timeout=WAIT)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.mqtt.publish(topic, payload, qos=1).wait_for_publish(WAIT)
+    def publish(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
+        self.mqtt.publish(topic, payload, qos=1, properties=properties).wait_for_publish(WAIT)
 
     def received_until(self, marker_topic: str) -> list[str]:
         """Topics received up to and including the marker (which must arrive)."""
@@ -117,11 +143,13 @@ class Client:
 def connect(fleet: Fleet) -> Iterator:
     opened: list[Client] = []
 
-    def open_client(name: str, identity: Issued | None = None, ca_file: Path | None = None) -> Client:
+    def open_client(name: str, identity: Issued | None = None, ca_file: Path | None = None, *,
+                    client_id: str | None = None, clean_start: bool = True, session_expiry_s: int = 0) -> Client:
         client = Client(fleet.broker, ca_file or fleet.ca.cert_file,
-                        identity if identity is not None else fleet.certs.get(name), name)
+                        identity if identity is not None else fleet.certs.get(name), name,
+                        client_id=client_id, session_expiry_s=session_expiry_s)
         opened.append(client)
-        outcome = client.connect()
+        outcome = client.connect(clean_start=clean_start)
         assert outcome == "ok", f"{name} could not connect: {outcome}\n{fleet.broker.log_tail()}"
         return client
 
@@ -163,10 +191,12 @@ def test_a_box_may_write_each_of_its_own_upward_topics(connect) -> None:
 
 def test_a_box_reads_only_what_the_centre_sends_to_it(connect) -> None:
     box_a = connect("box-a")
-    # Some of these filters reach beyond box-a's subtree; the broker may grant or refuse them,
-    # but must never deliver another box's messages through them.
+    # The wide filters are refused at SUBSCRIBE time; even if one were granted, the broker must
+    # never deliver another box's messages through it.
     for topic_filter in (f"{ROOT}/#", f"{ROOT}/box-b/#", f"{ROOT}/box-a/#", "#"):
-        box_a.subscribe(topic_filter)
+        assert box_a.subscribe(topic_filter) == [NOT_AUTHORIZED]
+    for leaf in ("ack/#", "config/desired", "cmd/#"):
+        assert box_a.subscribe(f"{ROOT}/box-a/{leaf}") == [1]
     central = connect(CENTRAL)
     box_b = connect("box-b")
 
@@ -201,28 +231,149 @@ def test_central_reads_and_writes_every_box_and_uses_shared_subscriptions(connec
     assert box_a.received_until(ack) == [ack]
 
 
-def test_an_ingest_worker_with_the_central_certificate_ingests_over_tls(fleet: Fleet, connect) -> None:
-    got: queue.Queue[wire.Part] = queue.Queue()
+class Store:
+    """Stands in for the central store: every part is stored at once."""
 
-    class Store:
-        def receive(self, part: wire.Part) -> list[wire.Ack]:
-            got.put(part)
-            return [wire.Ack(part.recording_id, part.object, part.sha256, "stored")]
+    def __init__(self) -> None:
+        self.got: queue.Queue[wire.Part] = queue.Queue()
 
-    central = fleet.certs[CENTRAL]
-    settings = BrokerSettings(host="localhost", port=fleet.broker.port, tls=True, ca_file=fleet.ca.cert_file,
-                              cert_file=central.cert_file, key_file=central.key_file)
-    with IngestWorker(Store(), settings, group="tls", client_id="central-tls") as worker:
-        assert worker.wait_ready(WAIT), fleet.broker.log_tail()
-        box_a = connect("box-a")
-        assert box_a.subscribe(wire.ack_filter("box-a")) == [1]
-        part = wire.split("box-a", "0190c3a4-0000-7000-8000-000000000002", wire.ObjectRef.manifest(), b"m")[0]
+    def receive(self, part: wire.Part) -> list[wire.Ack]:
+        self.got.put(part)
+        return [wire.Ack(part.recording_id, part.object, part.sha256, "stored")]
+
+
+def upload(box: Client, device_id: str, count: int, tag: int) -> set[str]:
+    """``count`` one-part uploads from ``box``; the recording ids sent."""
+    sent = set()
+    for i in range(count):
+        recording_id = f"0190c3a4-{tag:04x}-7000-8000-{i:012x}"
+        part = wire.split(device_id, recording_id, wire.ObjectRef.manifest(), b"m%d" % i)[0]
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = part.user_properties()
-        box_a.mqtt.publish(part.topic, part.payload, qos=1, properties=props).wait_for_publish(WAIT)
-        assert got.get(timeout=WAIT) == part
-        topic, payload = box_a.messages.get(timeout=WAIT)
-    assert wire.parse_ack(topic, payload, "box-a").status == "stored"
+        box.publish(part.topic, part.payload, props)
+        sent.add(recording_id)
+    return sent
+
+
+def acks_for(box: Client, device_id: str, expected: set[str]) -> set[str]:
+    """Recording ids acknowledged as stored, until all of ``expected`` are or nothing comes for WAIT s."""
+    acked: set[str] = set()
+    while not expected <= acked:
+        try:
+            topic, payload = box.messages.get(timeout=WAIT)
+        except queue.Empty:
+            break
+        ack = wire.parse_ack(topic, payload, device_id)
+        if ack.status == "stored":
+            acked.add(ack.recording_id)
+    return acked & expected
+
+
+def test_ingest_workers_over_tls_each_show_their_own_certificate(fleet: Fleet, connect) -> None:
+    stores: list[Store] = []
+
+    def make_store() -> Store:
+        stores.append(Store())
+        return stores[-1]
+
+    # Given the operator tools' settings, each worker finds <client id>.pem next to central.pem.
+    with run_workers(2, make_store, fleet.settings(CENTRAL), group="tls", client_id_prefix="linetap-central") as group:
+        assert group.wait_ready(WAIT), fleet.broker.log_tail()
+        assert [w.settings.cert_file.name for w in group.workers] == ["linetap-central-0.pem", "linetap-central-1.pem"]
+        box_a = connect("box-a")
+        assert box_a.subscribe(wire.ack_filter("box-a")) == [1]
+        sent = upload(box_a, "box-a", 10, tag=1)
+        assert acks_for(box_a, "box-a", sent) == sent
+    assert all(store.got.qsize() > 0 for store in stores), "the shared group split nothing: one worker was shut out"
+
+
+def test_a_worker_without_its_own_certificate_is_told_which_to_issue(fleet: Fleet) -> None:
+    with pytest.raises(ConfigError, match=r"CN linetap-central-7 .*dynsec|CN linetap-central-7"):
+        run_workers(1, Store, fleet.settings(CENTRAL), client_id_prefix="linetap-central-7")
+
+
+# ------------------------------------------------------------ hostile boxes --
+
+@pytest.mark.parametrize("topic_filter", [f"$share/ingest/{ROOT}/+/up/#", f"{ROOT}/+/up/#", "#",
+                                          f"{ROOT}/box-b/ack/#", f"{ROOT}/+/ack/#", f"{ROOT}/box-a/#",
+                                          "$share/ingest/#", f"$CONTROL/dynamic-security/v1/#", "$SYS/#"])
+def test_a_box_is_refused_a_subscription_beyond_its_own_topics(connect, topic_filter: str) -> None:
+    box_a = connect("box-a")
+    assert box_a.subscribe(topic_filter) == [NOT_AUTHORIZED]
+
+
+def test_a_box_may_subscribe_to_what_the_centre_sends_it(connect) -> None:
+    box_a = connect("box-a")
+    for topic_filter in (wire.ack_filter("box-a"), f"{ROOT}/box-a/config/desired", f"{ROOT}/box-a/cmd/+"):
+        assert box_a.subscribe(topic_filter) == [1], topic_filter
+
+
+def test_uploads_are_all_acknowledged_while_hostile_boxes_try_to_join_the_ingest_group(fleet: Fleet,
+                                                                                        connect) -> None:
+    """Six boxes ask for the workers' shared subscription; before, they took 6 of 7 uploads and dropped them."""
+    store = Store()
+    with IngestWorker(store, fleet.settings(WORKERS[1]), group="ingest", client_id=WORKERS[1]) as worker:
+        assert worker.wait_ready(WAIT), fleet.broker.log_tail()
+        for name in HOSTILE:
+            connect(name).subscribe(f"$share/ingest/{ROOT}/+/up/#")  # refused, but the box does not care
+        box_a = connect("box-a")
+        assert box_a.subscribe(wire.ack_filter("box-a")) == [1]
+        sent = upload(box_a, "box-a", 40, tag=2)
+        acked = acks_for(box_a, "box-a", sent)
+        assert len(acked) == 40, f"{40 - len(acked)} of 40 uploads went unacknowledged"
+        assert store.got.qsize() == 40
+
+
+def test_a_box_asking_for_a_worker_client_id_connects_as_itself(fleet: Fleet, connect) -> None:
+    store = Store()
+    with IngestWorker(store, fleet.settings(WORKERS[0]), group="takeover", client_id=WORKERS[0]) as worker:
+        assert worker.wait_ready(WAIT), fleet.broker.log_tail()
+        hostile = connect("box-h0", client_id=WORKERS[0], clean_start=False, session_expiry_s=3600)
+        # Resuming the worker's session would have said so, and closed the worker's connection.
+        assert hostile.session_present is False
+        box_a = connect("box-a")
+        assert box_a.subscribe(wire.ack_filter("box-a")) == [1]
+        sent = upload(box_a, "box-a", 5, tag=3)
+        assert acks_for(box_a, "box-a", sent) == sent
+        assert worker.sessions == 1 and worker.failure is None  # never disconnected, never resubscribed
+
+
+def test_a_box_asking_for_another_box_id_leaves_its_queued_messages(connect) -> None:
+    box_b = connect("box-b", client_id="box-b", session_expiry_s=3600)
+    assert box_b.subscribe(wire.ack_filter("box-b")) == [1]
+    box_b.close()
+    central = connect(CENTRAL)
+    queued = [f"{ROOT}/box-b/ack/0190c3a4-0000-7000-8000-00000000000{i}" for i in range(3)]
+    for topic in queued:
+        central.publish(topic, b"queued for box-b")
+    # A clean start under box-b's client id would have thrown box-b's session away.
+    hostile = connect("box-h1", client_id="box-b", clean_start=True)
+    assert hostile.subscribe(f"{ROOT}/box-h1/ack/#") == [1]
+    back = connect("box-b", client_id="box-b", clean_start=False, session_expiry_s=3600)
+    assert back.session_present is True
+    assert back.received_until(queued[-1]) == queued
+
+
+def test_enrolment_gives_a_new_box_its_role_at_run_time_and_only_the_enroller_can(fleet: Fleet,
+                                                                                   connect) -> None:
+    late = connect("box-late")  # a valid certificate, but no role yet: allowed nothing
+    assert late.subscribe(wire.ack_filter("box-late")) == [NOT_AUTHORIZED]
+    # A box sending the same commands to the plugin is ignored (and cannot read the answer).
+    box_a = connect("box-a")
+    box_a.publish(dynsec.CONTROL_TOPIC, json.dumps(dynsec.enrol_commands("box-late")).encode())
+    assert late.subscribe(wire.ack_filter("box-late")) == [NOT_AUTHORIZED]
+
+    assert dynsec.grant_box(fleet.settings(CENTRAL), "box-late", timeout=WAIT) == ["ok", "ok"]
+    assert late.subscribe(wire.ack_filter("box-late")) == [1]
+    assert late.subscribe(f"$share/ingest/{ROOT}/+/up/#") == [NOT_AUTHORIZED]
+    # Again (enrolled twice, or a replaced key): nothing to do, no error.
+    assert dynsec.grant_box(fleet.settings(CENTRAL), "box-late", timeout=WAIT) == [
+        "Role already exists", "Client already exists"]
+
+
+def test_a_worker_identity_cannot_give_roles(fleet: Fleet) -> None:
+    with pytest.raises(Exception, match="enrolling certificate must be CN central"):
+        dynsec.grant_box(fleet.settings(WORKERS[2]), "box-late", timeout=WAIT)
 
 
 def test_a_client_without_a_certificate_cannot_connect(fleet: Fleet) -> None:
@@ -246,5 +397,5 @@ def test_a_certificate_from_another_ca_cannot_connect(fleet: Fleet, tmp_path: Pa
 
 def test_keys_are_private_to_their_owner(fleet: Fleet) -> None:
     keys = sorted(fleet.ca.folder.glob("*.key"))
-    assert [k.name for k in keys] == ["box-a.key", "box-b.key", "ca.key", "central.key", "server.key"]
+    assert [k.name for k in keys] == sorted(f"{name}.key" for name in (*fleet.certs, "ca", "server"))
     assert {k.stat().st_mode & 0o777 for k in keys} == {0o600}
