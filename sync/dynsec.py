@@ -135,6 +135,16 @@ def identity_settings(settings: BrokerSettings, name: str) -> BrokerSettings:
     return dataclasses.replace(settings, cert_file=cert, key_file=key)
 
 
+def check_box_name(device_id: str, client_id: str = "linetap-central") -> str:
+    """Refuse a device id that names one of the centre's identities (``central``, ``<client_id>-...``)."""
+    wire.check_device_id(device_id)
+    if device_id in (ADMIN, client_id) or device_id.startswith(f"{client_id}-"):
+        raise ConfigError(f"device id {device_id!r} is the name of a central process (the centre's names are "
+                          f"{ADMIN!r} and {client_id}-...): a box with that certificate CN would act as the centre; "
+                          "give the box another id")
+    return device_id
+
+
 def _client(username: str, roles: Iterable[str], text: str) -> dict[str, Any]:
     return {"username": username, "textname": text,
             "roles": [{"rolename": role, "priority": 0} for role in roles]}

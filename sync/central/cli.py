@@ -61,11 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use this age identity file (age-keygen -o FILE) instead of making one")
     init.set_defaults(run=_keys_init)
 
-    enroll = sub.add_parser("enroll", parents=[common], help="enrol a box's signing key")
+    enroll = sub.add_parser("enroll", parents=[common],
+                            help="enrol a box's signing key and give it its role on the TLS broker")
     enroll.add_argument("device", help="the box's device id (its TLS certificate CN)")
     enroll.add_argument("--signing-key", required=True, metavar="B64",
                         help="the public key `linetap keys show` prints on the box")
     enroll.add_argument("--replace", action="store_true", help="replace a different key enrolled before")
+    enroll.add_argument("--config", type=Path, metavar="FILE",
+                        help="central config with [broker]: with tls = true the box's role is created on the "
+                             "running broker (default: DATA_DIR/central.toml, else a loopback broker: no role)")
+    enroll.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for the broker")
     enroll.set_defaults(run=_enroll)
 
     listing = sub.add_parser("list", parents=[common], help="list stored recordings, oldest first")
@@ -126,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_command(sub, common)
     add_fleet_commands(sub, common)
+    add_broker_commands(sub, common)
     return parser
 
 
@@ -303,6 +309,13 @@ def _fleet_cmd(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def add_broker_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """``broker-init``: the broker's first dynamic-security file (``sync/dynsec.py``)."""
+    from linetap.sync.dynsec import add_broker_commands as register
+
+    register(subparsers, common)
+
+
 def add_serve_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Plug-in point of ``serve``, the MQTT ingest service.
 
@@ -385,9 +398,25 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from linetap.sync.central.config import load_config
+    from linetap.sync.central.worker import broker_settings
+    from linetap.firmware.errors import SyncError
+    from linetap.sync.dynsec import check_box_name, grant_box
+
+    section = load_config(args.config, data_dir(args)).broker
+    check_box_name(args.device, section.client_id)
     with _tools(args) as tools:
         tools.enroll(args.device, args.signing_key, replace=args.replace)
     print(f"enrolled {args.device}")
+    if not section.tls:
+        print("the broker has no TLS (a loopback broker): no broker role to give")
+        return 0
+    try:
+        grant_box(broker_settings(section, data_dir(args)), args.device, timeout=args.timeout)
+    except LinetapError as e:
+        raise SyncError(f"{args.device}'s key is enrolled, but it has no broker role yet, so the broker "
+                           f"refuses everything it does: {e}; run this enroll again once that is fixed") from e
+    print(f"{args.device} may now use its own topics on {section.host}:{section.port}")
     return 0
 
 

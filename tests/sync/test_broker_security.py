@@ -23,12 +23,15 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from linetap.firmware.errors import ConfigError
+from linetap.firmware.keys import public_key_b64
 from linetap.sync import dynsec, wire
 from linetap.sync.broker import LocalBroker, free_port
+from linetap.sync.central import cli
 from linetap.sync.central.worker import BrokerSettings, IngestWorker, run_workers
 from linetap.sync.pki import CENTRAL, CertificateAuthority, Issued
 
@@ -399,3 +402,69 @@ def test_keys_are_private_to_their_owner(fleet: Fleet) -> None:
     keys = sorted(fleet.ca.folder.glob("*.key"))
     assert [k.name for k in keys] == sorted(f"{name}.key" for name in (*fleet.certs, "ca", "server"))
     assert {k.stat().st_mode & 0o777 for k in keys} == {0o600}
+
+
+# ------------------------------------------------------------------ the CLI --
+
+def central_dir(fleet: Fleet, folder: Path) -> Path:
+    central = fleet.certs[CENTRAL]
+    folder.mkdir(parents=True)
+    (folder / "central.toml").write_text(
+        f'[broker]\nhost = "localhost"\nport = {fleet.broker.port}\ntls = true\n'
+        f'ca_file = "{fleet.ca.cert_file}"\ncert_file = "{central.cert_file}"\nkey_file = "{central.key_file}"\n')
+    return folder
+
+
+def signing_key() -> str:
+    return public_key_b64(Ed25519PrivateKey.generate().public_key())
+
+
+def test_enroll_gives_the_box_its_broker_role(fleet: Fleet, connect, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    fleet.certs["box-cli"] = fleet.ca.issue_client("box-cli")
+    box = connect("box-cli")
+    assert box.subscribe(wire.ack_filter("box-cli")) == [NOT_AUTHORIZED]
+    folder = central_dir(fleet, tmp_path / "central")
+    assert cli.main(["enroll", "box-cli", "--signing-key", signing_key(), "--data-dir", str(folder)]) == 0
+    assert "box-cli may now use its own topics" in capsys.readouterr().out
+    assert box.subscribe(wire.ack_filter("box-cli")) == [1]
+
+
+@pytest.mark.parametrize("name", [CENTRAL, "linetap-central", "linetap-central-0", "linetap-central-fleet"])
+def test_enroll_refuses_a_device_id_that_names_the_centre(fleet: Fleet, tmp_path: Path, name: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder = central_dir(fleet, tmp_path / "central")
+    assert cli.main(["enroll", name, "--signing-key", signing_key(), "--data-dir", str(folder)]) == 1
+    assert "is the name of a central process" in capsys.readouterr().err
+
+
+def test_enroll_says_when_the_broker_role_could_not_be_given(fleet: Fleet, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    folder = central_dir(fleet, tmp_path / "central")
+    config = folder / "central.toml"
+    config.write_text(config.read_text().replace(f"port = {fleet.broker.port}", f"port = {free_port()}"))
+    assert cli.main(["enroll", "box-down", "--signing-key", signing_key(), "--data-dir", str(folder),
+                     "--timeout", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "key is enrolled, but it has no broker role yet" in err and "run this enroll again" in err
+
+
+def test_broker_init_writes_the_centre_identities_and_the_enrolled_boxes(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "central"
+    folder.mkdir()
+    (folder / "central.toml").write_text('[broker]\nworkers = 3\n')
+    assert cli.main(["enroll", "lt-desk-1", "--signing-key", signing_key(), "--data-dir", str(folder)]) == 0
+    target = tmp_path / "dynsec.json"
+    assert cli.main(["broker-init", str(target), "--data-dir", str(folder)]) == 0
+    data = json.loads(target.read_text())
+    clients = {c["username"]: [r["rolename"] for r in c["roles"]] for c in data["clients"]}
+    assert clients == {CENTRAL: [dynsec.CENTRE_ROLE, dynsec.ENROL_ROLE],
+                       "linetap-central-0": [dynsec.CENTRE_ROLE], "linetap-central-1": [dynsec.CENTRE_ROLE],
+                       "linetap-central-2": [dynsec.CENTRE_ROLE], "linetap-central-fleet": [dynsec.CENTRE_ROLE],
+                       "lt-desk-1": ["linetap-box-lt-desk-1"]}
+    assert data["defaultACLAccess"] == dynsec.DEFAULT_ACCESS
+    assert target.stat().st_mode & 0o777 == 0o600
+    # The broker rewrites this file as boxes are enrolled: it is never overwritten by accident.
+    assert cli.main(["broker-init", str(target), "--data-dir", str(folder)]) == 1
+    assert "pass --replace" in capsys.readouterr().err
