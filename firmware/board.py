@@ -56,8 +56,9 @@ def _board_name(name: str) -> str:
 
 BcmPin = Annotated[StrictInt, AfterValidator(_bcm_pin)]
 # TOML arrays arrive as lists; frozen models keep them as tuples of strictly typed items.
-PinList = Annotated[tuple[BcmPin, ...], Field(strict=False)]
-ChannelList = Annotated[tuple[Annotated[StrictInt, Field(ge=0)], ...], Field(strict=False, min_length=1)]
+PinList = Annotated[tuple[BcmPin, ...], Field(strict=False, max_length=len(HEADER_PIN))]
+ChannelList = Annotated[tuple[Annotated[StrictInt, Field(ge=0, le=31)], ...],
+                        Field(strict=False, min_length=1, max_length=32)]
 
 
 class AudioProfile(Schema):
@@ -67,8 +68,8 @@ class AudioProfile(Schema):
     # Case-insensitive substring of the PortAudio device name; required for "sounddevice".
     device: str | None = None
     channels: int = Field(default=2, ge=2, le=32)
-    near: int = Field(default=0, ge=0)  # capture channel carrying the agent (handset mic)
-    far: int = Field(default=1, ge=0)  # capture channel carrying the caller (earpiece)
+    near: int = Field(default=0, ge=0, le=31)  # capture channel carrying the agent (handset mic)
+    far: int = Field(default=1, ge=0, le=31)  # capture channel carrying the caller (earpiece)
     out_channels: int = Field(default=2, ge=1, le=32)
     line_out: ChannelList = (0,)  # playback channels that carry the announcement into the call
     native_rate: int | None = Field(default=None, ge=8000, le=192000)  # force the device rate
@@ -219,8 +220,9 @@ def load_board(name_or_path: str) -> BoardProfile:
     """
     if is_profile_path(name_or_path):
         path = Path(name_or_path)
+        # Any path may be written here: only a regular file is read, and no line of it is echoed.
         data = read_toml(path, missing_hint="fix the path in device.board, or use a built-in board: "
-                                            + ", ".join(builtin_boards()))
+                                            + ", ".join(builtin_boards()), show_line=False)
         source = str(path)
     else:
         resource = resources.files("linetap.hardware") / "boards" / f"{name_or_path}.toml"

@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from linetap.firmware import app
-    from linetap.firmware.config import load_config
+    from linetap.firmware.config import check_prompts, load_config
 
     if args.command == "config":
         config = load_config(args.file)
+        check_prompts(config, source=str(args.file))  # start-up loads them too: fail here first
         if args.json:
             print(json.dumps(config.model_dump(mode="json"), indent=2))
         else:

@@ -119,12 +119,27 @@ class CallsSection(Schema):
     hold_min_s: float = Field(default=10.0, gt=0, le=3600)  # two-sided silence this long is a hold span
 
 
+# The one bound of the segment length: the spool and the encoder ask here. Below half a second
+# the fsyncs, age headers and upload messages per second of audio outweigh what a power cut saves.
+SEGMENT_S_MIN = 0.5
+SEGMENT_S_MAX = 120.0
+MAX_SPOOL_BYTES = 2**44  # 16 TiB: more than any card the box takes
+
+
+def segment_s_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a segment length in seconds, or None."""
+    if SEGMENT_S_MIN <= value <= SEGMENT_S_MAX:
+        return None
+    return f"use {SEGMENT_S_MIN:g} to {SEGMENT_S_MAX:g} seconds"
+
+
 class SpoolSection(Schema):
-    segment_s: float = Field(default=10.0, ge=1, le=120)  # audio per encrypted segment: what a power cut can lose
+    # Audio per encrypted segment: what a power cut can lose.
+    segment_s: float = Field(default=10.0, ge=SEGMENT_S_MIN, le=SEGMENT_S_MAX)
     bitrate: int = Field(default=24000, ge=12000, le=128000)  # Opus bit rate for the stereo call, bit/s
     keep_synced_days: float = Field(default=7.0, ge=0, le=3650)  # synced recordings stay this long on the box
-    max_bytes: int = Field(default=0, ge=0)  # 0: no limit but free space
-    min_free_mb: int = Field(default=256, ge=16)  # free-space floor
+    max_bytes: int = Field(default=0, ge=0, le=MAX_SPOOL_BYTES)  # 0: no limit but free space
+    min_free_mb: int = Field(default=256, ge=16, le=MAX_SPOOL_BYTES // 2**20)  # free-space floor
     on_full: Literal["stop-and-alarm", "overwrite-oldest"] = "stop-and-alarm"
 
 
@@ -141,7 +156,7 @@ class SyncSection(Schema):
     reconnect_max_s: float = Field(default=120.0, ge=1, le=3600)  # back-off ceiling after the broker drops
     window: int = Field(default=32, ge=1, le=1000)  # upload messages in flight before an acknowledgement
     ack_timeout_s: float = Field(default=60.0, ge=1, le=3600)  # resend what is not acknowledged by then
-    bandwidth_bytes_s: int = Field(default=0, ge=0)  # upload cap; 0: no cap
+    bandwidth_bytes_s: int = Field(default=0, ge=0, le=10**9)  # upload cap; 0: no cap
     telemetry_s: float = Field(default=60.0, ge=5, le=3600)  # fleet telemetry period
 
     @model_validator(mode="after")
@@ -198,6 +213,28 @@ def load_config(path: str | Path | None) -> Config:
     logger.info("config loaded source=%s device_id=%s board=%s rate=%d", source, config.device.id,
                 board.name, config.audio.rate)
     return config
+
+
+def check_prompts(config: Config, *, source: str) -> None:
+    """Load every configured prompt as start-up does (``linetap config check``); one ConfigError lists each bad one.
+
+    Start-up loads them anyway, so :func:`load_config` does not: decoding
+    and resampling every prompt twice would only slow the service down.
+    """
+    from linetap.firmware.consent import load_prompt
+
+    consent = config.consent
+    if not consent.announce:
+        return
+    problems = []
+    for language, location in consent.prompts.items():
+        try:
+            load_prompt(language, location, rate=config.audio.rate, max_seconds=consent.max_prompt_s,
+                        level_dbfs=consent.prompt_level_dbfs)
+        except ConfigError as exc:
+            problems.append(f"{source}: consent.prompts.{language} = {location!r}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def overlay_config(config: Config, pushed: Path) -> Config:

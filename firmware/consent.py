@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from linetap.firmware.errors import ConfigError
+from linetap.firmware.schema import FileRefused, read_bounded
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 SILENCE_DBFS = -50.0  # a prompt whose RMS is below this is taken for a silent (broken) file
+# 60 s (the longest consent.max_prompt_s) of 96 kHz 24-bit stereo WAV is 35 MB.
+PROMPT_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ def _read_bytes(location: str) -> bytes:
                               f"Record one and set its path in [consent.prompts].")
         return resource.read_bytes()
     try:
-        return Path(location).read_bytes()
+        return read_bounded(Path(location), max_bytes=PROMPT_MAX_BYTES)
+    except FileRefused as exc:
+        raise ConfigError(f"consent prompt {location!r} {exc}; give the path of a WAV or Ogg file "
+                          f"in [consent.prompts]") from None
     except FileNotFoundError:
         raise ConfigError(f"consent prompt {location!r} does not exist; fix the path in "
                           f"[consent.prompts] or use \"builtin:en\"") from None

@@ -105,6 +105,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from linetap.firmware.config import segment_s_problem
 from linetap.firmware.errors import ConfigError, SpoolError
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,8 @@ class OpusSegmenter:
         if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
             raise ConfigError(f"Opus bitrate = {bitrate}; use {MIN_BITRATE} to {MAX_BITRATE} bit/s "
                               "(below that libopus may merge the two talkers into mono)")
-        if not 0.5 <= segment_s <= 120:
-            raise ConfigError(f"segment_s = {segment_s}; use 0.5 to 120 seconds")
+        if (problem := segment_s_problem(segment_s)) is not None:
+            raise ConfigError(f"segment_s = {segment_s}; {problem}")
         if not 0 <= complexity <= 10:
             raise ConfigError(f"Opus complexity = {complexity}; use 0 to 10")
         self.rate = rate

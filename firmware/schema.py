@@ -25,7 +25,9 @@ do unknown keys that look like secrets.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -37,13 +39,18 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from linetap.firmware.errors import ConfigError
 
-__all__ = ["Schema", "Problem", "Invalid", "load_model", "parse_toml", "read_toml"]
+__all__ = ["Schema", "Problem", "Invalid", "FileRefused", "load_model", "parse_toml", "read_bounded",
+           "read_toml"]
 
 MASK = "**********"
 # Unknown keys whose names look like these may hold a secret typed under a wrong name.
 _SECRET_WORDS = ("pass", "secret", "token", "private", "key")
 
 _MISSING = object()  # the value of a key the file left out
+
+# A config or board profile is a few KiB; these bounds keep a hostile one cheap to refuse.
+TOML_MAX_BYTES = 256 * 1024
+TOML_MAX_DEPTH = 32  # arrays and inline tables inside each other; tomllib recurses once per level
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -76,8 +83,54 @@ class Invalid(ValueError):
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-def parse_toml(text: str, *, source: str) -> dict[str, Any]:
-    """Parse TOML text; a syntax error becomes a ConfigError with line, column and the line itself."""
+_TOML_NEXT = re.compile(r"""["'#\[\]{}]""")
+_TOML_STRING_END = {  # from just after the opening quote(s) to just after the closing one(s)
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""', re.DOTALL),
+    "'''": re.compile(r"(?:[^']|'(?!''))*'''"),
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*"'),
+    "'": re.compile(r"[^'\n]*'"),
+}
+
+
+def _check_toml_depth(text: str, source: str) -> None:
+    """Refuse arrays and inline tables nested deeper than TOML_MAX_DEPTH, before tomllib recurses.
+
+    Brackets in strings and comments do not count; one pass, linear in the text.
+    """
+    depth = 0
+    pos = 0
+    while (found := _TOML_NEXT.search(text, pos)) is not None:
+        char, start = found.group(), found.start()
+        if char == "#":
+            end = text.find("\n", start)
+            pos = len(text) if end < 0 else end + 1
+        elif char in "\"'":
+            quote = char * 3 if text.startswith(char * 3, start) else char
+            closed = _TOML_STRING_END[quote].match(text, start + len(quote))
+            if closed is None:
+                return  # an unclosed string: the parser reports it with its line
+            pos = closed.end()
+        else:
+            pos = start + 1
+            if char in "[{":
+                depth += 1
+                if depth > TOML_MAX_DEPTH:
+                    line = text.count("\n", 0, start) + 1
+                    raise ConfigError(f"{source}, line {line}: arrays or tables nest deeper than "
+                                      f"{TOML_MAX_DEPTH} levels; a linetap file needs two at most")
+            else:
+                depth = max(depth - 1, 0)
+
+
+def parse_toml(text: str, *, source: str, show_line: bool = True) -> dict[str, Any]:
+    """Parse TOML text; a syntax error becomes a ConfigError with line and column.
+
+    ``show_line`` adds the offending line (masked if it holds a secret). For
+    a file that may be anything (a board profile path) it is False, so that an
+    error never repeats what another file holds. Nesting deeper than
+    :data:`TOML_MAX_DEPTH` is refused before the parser sees the text.
+    """
+    _check_toml_depth(text, source)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -88,13 +141,19 @@ def parse_toml(text: str, *, source: str) -> dict[str, Any]:
                               f"check the file's last lines for an unclosed quote or bracket") from None
         line, column = int(where.group(1)), int(where.group(2))
         reason = reason[:where.start()]
+        message = (f"{source}, line {line}, column {column}: not valid TOML: {reason}; "
+                   f"strings need double quotes, tables [brackets], keys 'name = value'")
+        if not show_line:
+            raise ConfigError(message) from None
         lines = text.splitlines()
         shown = _mask_secret_line(lines[line - 1]) if 0 < line <= len(lines) else ""
         raise ConfigError(
-            f"{source}, line {line}, column {column}: not valid TOML: {reason}; "
-            f"strings need double quotes, tables [brackets], keys 'name = value'\n"
+            f"{message}\n"
             f"    {line} | {shown}\n"
             f"    {' ' * len(str(line))} | {' ' * (column - 1)}^") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer past Python's digit limit
+        raise ConfigError(f"{source}: not valid TOML ({str(exc)[:100]}); "
+                          "write plain numbers and strings") from None
 
 
 def _mask_secret_line(line: str) -> str:
@@ -104,14 +163,68 @@ def _mask_secret_line(line: str) -> str:
     return line
 
 
-def read_toml(path: Path, *, missing_hint: str) -> dict[str, Any]:
-    """Read and parse a TOML file. ``missing_hint`` tells the reader what to do when it does not exist."""
+class FileRefused(ValueError):
+    """A path that is not a regular file, or a file over its size bound; the message says which."""
+
+    def __init__(self, message: str, *, folder: bool = False) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_bounded(path: Path, *, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path``: never a device, pipe or socket, at most ``max_bytes``.
+
+    Kind and size are judged from ``stat`` before anything is opened (opening
+    some devices acts, and ``/dev/zero`` never ends); a symbolic link to a
+    regular file is followed. Raises :class:`FileRefused`, or ``OSError``
+    (``FileNotFoundError``, ``PermissionError``) as ``open`` would.
+    """
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise FileRefused(f"is {_file_kind(before.st_mode)}, not a regular file",
+                          folder=stat.S_ISDIR(before.st_mode))
+    if before.st_size > max_bytes:
+        raise FileRefused(f"is {before.st_size} bytes; at most {max_bytes} are accepted")
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        raw = path.read_bytes()
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise FileRefused("was replaced while it was being opened; try again")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRefused(f"grew past {max_bytes} bytes while it was read; at most {max_bytes} are accepted")
+    return b"".join(chunks)
+
+
+def read_toml(path: Path, *, missing_hint: str, show_line: bool = True) -> dict[str, Any]:
+    """Read and parse a TOML file. ``missing_hint`` tells the reader what to do when it does not exist.
+
+    Only a regular file of at most :data:`TOML_MAX_BYTES` is read, and
+    refused before it is read whole; ``show_line`` as for :func:`parse_toml`.
+    """
+    try:
+        raw = read_bounded(path, max_bytes=TOML_MAX_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; {missing_hint}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a file; give the path of the TOML file") from None
+    except FileRefused as exc:
+        if exc.folder:
+            raise ConfigError(f"{path}: is a folder, not a file; give the path of the TOML file") from None
+        raise ConfigError(f"{path}: {exc}; give the path of a TOML file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}); "
                           f"check its permissions for the linetap user") from None
@@ -120,7 +233,7 @@ def read_toml(path: Path, *, missing_hint: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: byte {exc.start} is not UTF-8 text; "
                           f"save the file as UTF-8") from None
-    return parse_toml(text, source=str(path))
+    return parse_toml(text, source=str(path), show_line=show_line)
 
 
 # ---------------------------------------------------------------- schema --
@@ -222,6 +335,9 @@ def _explain(model_cls: type[BaseModel], error: Any, guide: str) -> str:
         hint = " (without quotes)" if quoted_number else ""
         return f"not an allowed value; use one of {expected}{hint}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bounds = _bounds(model_cls, loc)
+        if bounds:
+            return f"out of range; use a value {' and '.join(bounds)}"
         bound = next(iter(ctx.values()))
         relation = {"greater_than_equal": ">=", "greater_than": ">",
                     "less_than_equal": "<=", "less_than": "<"}[kind]
@@ -236,6 +352,20 @@ def _explain(model_cls: type[BaseModel], error: Any, guide: str) -> str:
         # Field validators write their own "what; how to fix" message.
         return str(ctx.get("error", error["msg"]))
     return f"{error['msg']}; see {guide}"
+
+
+def _bounds(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Both ends of a field's range (">= 1", "<= 120"), so one error shows the whole range."""
+    names = [part for part in loc if isinstance(part, str)]
+    parent = _model_at(model_cls, names[:-1])
+    if parent is None or not names or names[-1] not in parent.model_fields:
+        return []
+    out = []
+    for item in parent.model_fields[names[-1]].metadata:
+        for attr, relation in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(item, attr, None) is not None:
+                out.append(f"{relation} {getattr(item, attr)}")
+    return out
 
 
 def _unknown_key(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from linetap.firmware import manifest as mf
 from linetap.firmware.callflow import CallRecord
 from linetap.firmware.clock import Clock
+from linetap.firmware.config import segment_s_problem
 from linetap.firmware.durable import DurableFiles
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.keys import load_recipient, load_signing_key
@@ -122,8 +123,8 @@ class SpoolSettings:
     def __post_init__(self) -> None:
         if self.on_full not in ("stop-and-alarm", "overwrite-oldest"):
             raise SpoolError(f"spool on_full = {self.on_full!r}; use 'stop-and-alarm' or 'overwrite-oldest'")
-        if not 0.5 <= self.segment_s <= 120:
-            raise SpoolError(f"spool segment_s = {self.segment_s}; use 0.5 to 120 seconds")
+        if (problem := segment_s_problem(self.segment_s)) is not None:
+            raise SpoolError(f"spool segment_s = {self.segment_s}; {problem}")
 
 
 @dataclass(frozen=True)

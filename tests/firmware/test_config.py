@@ -258,3 +258,111 @@ def test_a_pushed_config_changes_only_the_keys_it_names() -> None:
         merge_pushed(local, {"device": {"id": "x"}}, source="push")
     with pytest.raises(ConfigError, match="sync.bandwith_bytes_s"):
         merge_pushed(local, {"sync": {"bandwith_bytes_s": 1}}, source="push")
+
+
+# ---------------------------------------------- hostile files, via the CLI --
+
+def config_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from linetap.firmware.cli import main
+
+    code = main(["config", "check", str(path)])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_config_check_refuses_deep_nesting_without_recursing(tmp_path: Path, capsys) -> None:
+    depth = 100_000
+    code, out = config_check(write(tmp_path, "x = " + "[" * depth + "]" * depth + "\n"), capsys)
+    assert code == 1
+    assert "line 1: arrays or tables nest deeper than 32 levels" in out and "Traceback" not in out
+
+
+def test_config_check_refuses_a_file_over_the_size_cap(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "# padding\n" * 100_000)
+    code, out = config_check(path, capsys)
+    assert code == 1 and f"{path}: is 1000000 bytes; at most 262144 are accepted" in out
+
+
+def test_config_check_refuses_a_device_as_the_config(capsys) -> None:
+    code, out = config_check(Path("/dev/zero"), capsys)
+    assert code == 1 and "/dev/zero: is a character device, not a regular file" in out
+
+
+def test_a_board_path_to_a_device_is_refused_without_reading_it(tmp_path: Path, capsys) -> None:
+    code, out = config_check(write(tmp_path, '[device]\nboard = "/dev/zero"\n'), capsys)
+    assert code == 1
+    assert "device.board = '/dev/zero' is not usable" in out
+    assert "/dev/zero: is a character device, not a regular file" in out
+
+
+def test_a_board_path_error_never_shows_the_files_content(tmp_path: Path, capsys) -> None:
+    (tmp_path / "secret.txt").write_text("root:$6$hash-that-must-not-show:19000:0\n")
+    code, out = config_check(write(tmp_path, '[device]\nboard = "./secret.txt"\n'), capsys)
+    assert code == 1 and "secret.txt, line 1, column" in out
+    assert "hash-that-must-not-show" not in out and "19000" not in out
+
+
+def test_the_config_files_own_syntax_error_still_shows_its_line(tmp_path: Path, capsys) -> None:
+    code, out = config_check(write(tmp_path, "[audio]\nrate = 16000 16000\n"), capsys)
+    assert code == 1 and "2 | rate = 16000 16000" in out
+
+
+def test_config_check_loads_the_prompt_files(tmp_path: Path, capsys) -> None:
+    text = '[consent]\nprompts = { en = "builtin:en", de = "%s" }\n'
+    code, out = config_check(write(tmp_path, text % (tmp_path / "missing.wav")), capsys)
+    assert code == 1 and "consent.prompts.de = " in out and "missing.wav' does not exist" in out
+    code, out = config_check(write(tmp_path, text % "/dev/zero"), capsys)
+    assert code == 1 and "'/dev/zero' is a character device, not a regular file" in out
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF" + bytes(200))
+    code, out = config_check(write(tmp_path, text % (tmp_path / "garbage.wav")), capsys)
+    assert code == 1 and "is not a readable WAV or Ogg file" in out
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[spool]\nmax_bytes = 99999999999999999999\n", "spool.max_bytes = 99999999999999999999"),
+    ("[spool]\nmin_free_mb = 99999999999999999999\n", "spool.min_free_mb = 99999999999999999999"),
+    ("[sync]\nbandwidth_bytes_s = 99999999999999999999\n", "sync.bandwidth_bytes_s = 99999999999999999999"),
+    ("[spool]\nsegment_s = 121.0\n", "spool.segment_s = 121.0"),
+])
+def test_every_integer_has_a_sane_range(tmp_path: Path, capsys, text: str, key: str) -> None:
+    code, out = config_check(write(tmp_path, text), capsys)
+    assert code == 1 and f"{key}: out of range; use a value >= " in out and " and <= " in out
+
+
+def test_every_number_in_the_schemas_has_both_bounds() -> None:
+    from linetap.firmware.board import BoardProfile
+
+    def numeric_fields(model: type[pydantic.BaseModel], prefix: str = ""):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+            if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+                yield from numeric_fields(annotation, prefix + name + ".")
+            elif annotation in (int, float) or set(inner) & {int, float} and type(None) in inner:
+                yield prefix + name, field
+
+    unbounded = []
+    for model in (Config, BoardProfile):
+        for path, field in numeric_fields(model):
+            kinds = {type(m).__name__ for m in field.metadata}
+            if "AfterValidator" in kinds:  # GPIO numbers: checked against the header map
+                continue
+            if not kinds & {"Ge", "Gt"} or not kinds & {"Le", "Lt"}:
+                unbounded.append(path)
+    assert not unbounded
+
+
+def test_segment_length_has_one_bound_that_spool_and_encoder_share() -> None:
+    from linetap.firmware.encoder import OpusSegmenter
+    from linetap.firmware.spool import SpoolSettings
+
+    field = config_module.SpoolSection.model_fields["segment_s"]
+    assert [(getattr(m, "ge", None), getattr(m, "le", None)) for m in field.metadata] == \
+        [(config_module.SEGMENT_S_MIN, None), (None, config_module.SEGMENT_S_MAX)]
+    for bad in (config_module.SEGMENT_S_MIN - 0.1, config_module.SEGMENT_S_MAX + 1):
+        with pytest.raises(ConfigError, match="use 0.5 to 120 seconds"):
+            OpusSegmenter(16000, segment_s=bad)
+        with pytest.raises(Exception, match="use 0.5 to 120 seconds"):
+            SpoolSettings(segment_s=bad)
+    SpoolSettings(segment_s=config_module.SEGMENT_S_MIN)
+    load_model(config_module.SpoolSection, {"segment_s": config_module.SEGMENT_S_MIN}, source="t")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -79,5 +80,14 @@ def test_garbage_file_is_refused(tmp_path: Path) -> None:
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "dir.wav"
     path.mkdir()
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="is a folder, not a regular file"):
         load_prompt("en", str(path), rate=16000, max_seconds=15)
+
+
+def test_a_device_or_pipe_is_refused_without_reading_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'/dev/zero' is a character device, not a regular file"):
+        load_prompt("en", "/dev/zero", rate=16000, max_seconds=15)
+    fifo = tmp_path / "prompt.wav"
+    os.mkfifo(fifo)  # opening a FIFO for reading would wait for a writer forever
+    with pytest.raises(ConfigError, match=r"is a pipe \(FIFO\), not a regular file"):
+        load_prompt("en", str(fifo), rate=16000, max_seconds=15)
