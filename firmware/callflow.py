@@ -144,6 +144,14 @@ class CallRecord:
     ended_mono: float | None = None
     events: tuple[CallEvent, ...] = ()
 
+    @property
+    def caller_withheld(self) -> str | None:
+        """Why the caller's number (or name) was not delivered: ``private``, ``out-of-area``...
+
+        Plain, not personal data: the manifest and the central index carry it unsealed.
+        """
+        return None if self.caller is None else self.caller.reason_withheld
+
 
 # --------------------------------------------------------------- actions --
 

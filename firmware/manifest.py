@@ -23,7 +23,10 @@ recording chains to. The first recording of a device has ``seq`` 1 and
 
 Personal data. The caller's number and name are encrypted to the central
 recipient (age, base64) in ``caller``; everything else is readable so that the
-central store can index without decrypting.
+central store can index without decrypting. ``caller_withheld`` says, in
+the clear, why no number came (``private``, ``out-of-area``, ``unavailable``,
+``failed``; ``null`` when one did or the line sent no caller ID): a reason
+identifies nobody.
 
 This module has no box-only assumptions: the central store verifies with it.
 """

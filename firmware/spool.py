@@ -351,6 +351,7 @@ class Spool:
                 "started": {"wall_ms": mf.ms(call.started_wall), "mono_ms": mf.ms(call.started_mono),
                             "clock_synced": call.clock_synced, "boot_id": boot_id()},
                 "codec": codec.as_dict(), "caller": self._seal(call), "flagged": call.flagged,
+                "caller_withheld": call.caller_withheld,
             }
             try:
                 folder.mkdir(mode=0o700)
@@ -425,6 +426,8 @@ class Spool:
             "audio": {"frames": recording.frames, "start_ms": mf.ms(recording.audio_start_s),
                       "stopped_by_full_disk": rec.full},
             "caller": self._seal(call) or rec.opening.get("caller"),
+            # Plain: a reason such as "private" identifies nobody, and the centre indexes it.
+            "caller_withheld": call.caller_withheld or rec.opening.get("caller_withheld"),
         }
         with self._lock:
             return self._close(rec.recording_id, rec.seq, rec.opening, rec.segments, rec.discarded, extra)
@@ -751,6 +754,7 @@ class Spool:
                                            "which does not fit this folder or reuses a seq")
                 opening = {"recording_id": m["recording_id"], "seq": m["seq"], "device_id": m["device_id"],
                            "started": m["started"], "codec": m["codec"], "caller": m.get("caller"),
+                           "caller_withheld": m.get("caller_withheld"),
                            "flagged": m.get("flagged", False)}
                 self._insert_row(opening, "closed")
                 self.db.execute("UPDATE recordings SET manifest_sha256 = ?, ended_by = ?, "
@@ -896,6 +900,7 @@ class Spool:
             "recorded": bool(segments), "events": [], "pauses": [], "masks": [], "metrics": {},
             "audio": {"frames": None, "start_ms": None, "stopped_by_full_disk": False},
             "caller": opening.get("caller"),
+            "caller_withheld": opening.get("caller_withheld"),
         }
         digest = self._close(rid, row["seq"], opening, segments, bool(row["discarded"]), extra)
         self._found("closed-after-crash", folder, f"seq={row['seq']} closed from {len(segments)} complete "
