@@ -44,11 +44,18 @@ import pyrage
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from linetap.firmware.errors import AuthError, SpoolError
+from linetap.firmware import untrusted
+from linetap.firmware.errors import AuthError, ConfigError, SpoolError
 from linetap.firmware.keys import public_key_b64, public_key_from_b64
 
 FORMAT = "linetap-manifest/1"
 GENESIS = "0" * 64  # ``prev`` of a device's first recording
+# A manifest lists ~120 bytes per segment: 16 MiB is a call of several days at 10 s segments.
+MAX_BYTES = 16 * 1024 * 1024
+# The box writes at most five levels (manifest, events, event, details, value); room to grow.
+MAX_DEPTH = 16
+# Gaps wider than this are reported as one range, not one finding per missing seq.
+MAX_LISTED_GAP = 1000
 
 
 class ManifestError(SpoolError, ValueError):
@@ -122,11 +129,16 @@ def manifest_hash(data: bytes) -> str:
 
 
 def parse(data: bytes) -> dict[str, Any]:
-    """Parse manifest bytes and check that they are in canonical form."""
+    """Parse manifest bytes and check that they are in canonical form.
+
+    The bytes are untrusted: size, nesting depth and every integer's range
+    (I-JSON, so any 64-bit column holds it) are bounded before anything is
+    built, and a breach is a :class:`ManifestError` naming it.
+    """
     try:
-        value = json.loads(data.decode("utf-8"), parse_float=_float_refused)
-    except (UnicodeDecodeError, json.JSONDecodeError, ManifestError) as e:
-        raise ManifestError(f"manifest is not canonical JSON: {e}") from e
+        value = untrusted.loads(data, what="manifest", max_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
+    except untrusted.Untrusted as e:
+        raise ManifestError(f"manifest is not canonical JSON: {e}") from None
     if not isinstance(value, dict):
         raise ManifestError(f"manifest is a JSON {type(value).__name__}, not an object")
     if canonical(value) != data:
@@ -137,11 +149,9 @@ def parse(data: bytes) -> dict[str, Any]:
             raise ManifestError(f"manifest member {name!r} is missing or not a {kind.__name__}")
     if value["format"] != FORMAT:
         raise ManifestError(f"manifest format {value['format']!r} is not {FORMAT!r}")
+    if value["seq"] < 1:
+        raise ManifestError(f"manifest seq {value['seq']} is not a sequence number (they start at 1)")
     return value
-
-
-def _float_refused(text: str) -> Any:
-    raise ManifestError(f"float {text} in manifest")
 
 
 def verify(data: bytes, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
@@ -156,14 +166,17 @@ def verify(data: bytes, public_key: Ed25519PublicKey | None = None) -> dict[str,
     if not isinstance(embedded, str) or not isinstance(sig.get("value"), str):
         raise ManifestError("manifest signature lacks 'public_key' or 'value'")
     if public_key is not None and public_key_b64(public_key) != embedded:
-        raise BadSignature(f"manifest {manifest['recording_id']} seq={manifest['seq']} is signed "
+        raise BadSignature(f"manifest {manifest['recording_id'][:40]} seq={manifest['seq']} is signed "
                            f"by key {embedded[:12]}..., not the device's enrolled key")
-    key = public_key if public_key is not None else public_key_from_b64(embedded)
+    try:
+        key = public_key if public_key is not None else public_key_from_b64(embedded)
+    except ConfigError as e:
+        raise ManifestError(f"manifest signature's public key is unusable: {e}") from None
     body = {k: v for k, v in manifest.items() if k != "signature"}
     try:
         key.verify(base64.b64decode(sig["value"], validate=True), canonical(body))
     except (InvalidSignature, ValueError) as e:
-        raise BadSignature(f"manifest {manifest['recording_id']} seq={manifest['seq']}: "
+        raise BadSignature(f"manifest {manifest['recording_id'][:40]} seq={manifest['seq']}: "
                            "signature does not verify (the manifest was altered)") from e
     return manifest
 
@@ -285,10 +298,18 @@ def verify_chain(manifests: Iterable[bytes], public_key: Ed25519PublicKey | None
         manifest, digest = by_seq[seq][0]
         rid = manifest["recording_id"]
         if previous is not None:
-            for gap in range(previous.seq + 1, seq):
-                if gap not in explained:
-                    report.problems.append(ChainProblem(
-                        "missing", gap, None, f"no manifest for seq {gap} (between {previous.seq} and {seq})"))
+            if seq - previous.seq - 1 > MAX_LISTED_GAP:
+                # A hostile seq (2**53 - 1) must not make us list billions of gaps.
+                known = sum(1 for g in explained if previous.seq < g < seq)
+                report.problems.append(ChainProblem(
+                    "missing", previous.seq + 1, None,
+                    f"no manifests for seq {previous.seq + 1} to {seq - 1} "
+                    f"({seq - previous.seq - 1 - known} recordings, between {previous.seq} and {seq})"))
+            else:
+                for gap in range(previous.seq + 1, seq):
+                    if gap not in explained:
+                        report.problems.append(ChainProblem(
+                            "missing", gap, None, f"no manifest for seq {gap} (between {previous.seq} and {seq})"))
             adjacent = previous.seq + 1 == seq
             if manifest["prev"] != previous.sha256 and (adjacent or manifest["prev"] in hash_to_seq):
                 if manifest["prev"] in hash_to_seq:
@@ -307,8 +328,8 @@ def verify_chain(manifests: Iterable[bytes], public_key: Ed25519PublicKey | None
 
 def _peek_seq(data: bytes) -> int | None:
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = untrusted.loads(data, what="manifest", max_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
+    except untrusted.Untrusted:
         return None
     seq = value.get("seq") if isinstance(value, dict) else None
     return seq if isinstance(seq, int) else None

@@ -163,3 +163,56 @@ def test_a_chain_must_start_at_genesis_unless_told_otherwise(key) -> None:
 def test_malformed_input_is_reported_not_raised(key) -> None:
     report = mf.verify_chain([b"", b"{}"] + chain(key, 1), key.public_key())
     assert [p.kind for p in report.problems] == ["malformed", "malformed"]
+
+
+# -- hostile input: bounded before anything else looks at it --
+
+def signed_with_raw(key: Ed25519PrivateKey, manifest: dict, raw: bytes) -> bytes:
+    """A validly signed manifest whose member ``x`` is the JSON text ``raw`` (too deep for json.dumps)."""
+    unsigned = mf.canonical(manifest | {"x": "RAW"}).replace(b'"RAW"', raw)
+    signature = {"alg": "ed25519", "public_key": base64.b64encode(key.public_key().public_bytes_raw()).decode(),
+                 "value": base64.b64encode(key.sign(unsigned)).decode()}
+    return mf.canonical(manifest | {"x": "RAW", "signature": signature}).replace(b'"RAW"', raw)
+
+
+DEEP = b"[" * 50_000 + b"]" * 50_000
+HUGE = b"1" * 100_000
+
+
+@pytest.mark.parametrize("raw, reason", [(DEEP, "nests deeper"), (HUGE, "integer")])
+def test_deep_nesting_and_huge_integers_are_malformed_signed_or_not(key, raw, reason) -> None:
+    for data in (signed_with_raw(key, body(1, mf.GENESIS), raw),
+                 mf.canonical(body(1, mf.GENESIS) | {"x": "RAW"}).replace(b'"RAW"', raw)):
+        with pytest.raises(mf.ManifestError, match=reason):
+            mf.verify(data, key.public_key())
+        with pytest.raises(mf.ManifestError, match=reason):
+            mf.verify(data)
+        report = mf.verify_chain([data], key.public_key())
+        assert [(p.kind, p.seq) for p in report.problems] == [("malformed", None)]
+    with pytest.raises(mf.ManifestError, match="nests deeper"):
+        mf.parse(b"[" * 50_000)
+
+
+@pytest.mark.parametrize("change", [{"seq": 2**64}, {"seq": 2**53}, {"seq": 0}, {"seq": -1},
+                                    {"started": {"wall_ms": 10**20}}, {"ended": {"wall_ms": -(2**63)}}])
+def test_integers_outside_what_every_peer_and_column_holds_are_malformed(key, change) -> None:
+    data = mf.sign(body(1, mf.GENESIS) | change, key)  # signed by the right key: only the value is wrong
+    with pytest.raises(mf.ManifestError):
+        mf.verify(data, key.public_key())
+    assert [p.kind for p in mf.verify_chain([data], key.public_key()).problems] == ["malformed"]
+
+
+def test_the_largest_safe_seq_verifies_and_its_gap_is_one_finding(key) -> None:
+    first = mf.sign(body(1, mf.GENESIS), key)
+    far = mf.sign(body(2**53 - 1, mf.manifest_hash(first)), key)
+    assert mf.verify(far, key.public_key())["seq"] == 2**53 - 1
+    report = mf.verify_chain([first, far], key.public_key())  # must not list 9e15 gaps one by one
+    assert [(p.kind, p.seq) for p in report.problems] == [("missing", 2)]
+    assert "to 9007199254740990" in report.problems[0].detail
+
+
+def test_an_unusable_embedded_key_is_malformed_not_a_crash(key) -> None:
+    data = json.loads(mf.sign(body(1, mf.GENESIS), key))
+    data["signature"]["public_key"] = "not base64!"
+    with pytest.raises(mf.ManifestError, match="public key"):
+        mf.verify(mf.canonical(data))
