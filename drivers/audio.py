@@ -19,7 +19,6 @@ column 1 the far end (caller), whatever capture channels the board wires them to
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import wave
@@ -500,39 +499,148 @@ class PlayRecord(NamedTuple):
     frames: int
 
 
-def _read_wav(path: Path, side: str, rate: int) -> np.ndarray:
-    try:
-        with wave.open(str(path), "rb") as wav:
-            channels, width, file_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            if (channels, width, file_rate) != (1, 2, rate):
-                raise ConfigError(
-                    f"simulated codec {side} file {path}: {file_rate} Hz, {channels} channel(s), "
-                    f"{8 * width}-bit; it needs mono 16-bit at {rate} Hz: convert it with "
-                    f"`sox {path} -r {rate} -c 1 -b 16 out.wav`")
-            raw = wav.readframes(wav.getnframes())
-    except FileNotFoundError as error:
-        raise ConfigError(f"simulated codec {side} file {path} does not exist") from error
-    except (wave.Error, EOFError) as error:
-        raise ConfigError(f"simulated codec {side} file {path} is not a readable WAV file: {error}") from error
-    return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+class SampleSource(Protocol):
+    """One side of the simulated line: mono int16 at the codec's rate, read in order.
+
+    ``read(frames)`` returns up to ``frames`` samples, fewer only at the end,
+    then empty arrays. A file is read as the codec asks for it, so a long call
+    costs no more memory than a short one.
+    """
+
+    def read(self, frames: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
-def _side(source: np.ndarray | str | os.PathLike, side: str, rate: int) -> np.ndarray:
+class _ArraySource:
+    """Samples already in memory, handed out as views."""
+
+    def __init__(self, samples: np.ndarray, side: str) -> None:
+        samples = np.asarray(samples)
+        if samples.dtype != np.int16 or samples.ndim != 1:
+            raise ConfigError(f"simulated codec {side}: expected mono int16 samples, got {samples.dtype} "
+                              f"of shape {samples.shape}")
+        self._samples, self._pos = samples, 0
+
+    def read(self, frames: int) -> np.ndarray:
+        chunk = self._samples[self._pos:self._pos + frames]
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+class WavSource:
+    """A mono 16-bit WAV file at ``rate``, streamed; any other format is refused with the sox command."""
+
+    def __init__(self, path: str | os.PathLike, side: str, rate: int) -> None:
+        path = Path(path)
+        try:
+            self._wav = wave.open(str(path), "rb")
+        except FileNotFoundError as error:
+            raise ConfigError(f"simulated codec {side} file {path} does not exist") from error
+        except (wave.Error, EOFError) as error:
+            raise ConfigError(f"simulated codec {side} file {path} is not a readable WAV file: {error}") from error
+        channels, width, file_rate = (self._wav.getnchannels(), self._wav.getsampwidth(),
+                                      self._wav.getframerate())
+        if (channels, width, file_rate) != (1, 2, rate):
+            self._wav.close()
+            raise ConfigError(
+                f"simulated codec {side} file {path}: {file_rate} Hz, {channels} channel(s), "
+                f"{8 * width}-bit; it needs mono 16-bit at {rate} Hz: convert it with "
+                f"`sox {path} -r {rate} -c 1 -b 16 out.wav`")
+
+    def read(self, frames: int) -> np.ndarray:
+        return np.frombuffer(self._wav.readframes(frames), dtype="<i2").astype(np.int16)
+
+    def close(self) -> None:
+        self._wav.close()
+
+
+class AudioFileSource:
+    """A WAV or Ogg file at any rate, streamed as mono int16 at ``rate``.
+
+    The file is decoded :attr:`CHUNK` frames at a time as the codec asks for
+    samples: channels are mixed down and another rate is converted with
+    soxr's streaming resampler, so memory stays flat in the file's length. A
+    mono 16-bit PCM file at ``rate`` is passed through sample for sample.
+    ``label`` names the file in the ConfigError an unreadable one raises.
+    """
+
+    CHUNK = 8192  # file frames per decode: half a second at 16 kHz
+
+    def __init__(self, path: str | os.PathLike, rate: int, *, label: str = "audio file") -> None:
+        import soundfile
+
+        self.path = Path(path)
+        self._what = f"{label} {self.path}"
+        if not self.path.is_file():
+            raise ConfigError(f"{self._what} does not exist (or is not a file)")
+        self._errors = (soundfile.LibsndfileError, RuntimeError, TypeError)
+        try:
+            self._file = soundfile.SoundFile(self.path)
+        except self._errors as exc:
+            raise self._unreadable(exc) from None
+        self.file_rate, self.channels = self._file.samplerate, self._file.channels
+        self._exact = self.channels == 1 and self.file_rate == rate and self._file.subtype == "PCM_16"
+        self._resampler = None
+        if self.file_rate != rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.file_rate, rate, 1, dtype="float32")
+        self._pending = np.zeros(0, np.int16)
+        self._eof = False
+
+    def _unreadable(self, exc: BaseException) -> ConfigError:
+        return ConfigError(f"{self._what} is not a readable WAV or Ogg file "
+                           f"({str(exc).rsplit(': ', 1)[-1]}); "
+                           f"convert it, e.g. with: sox IN.mp3 -r 16000 -c 1 OUT.wav")
+
+    def read(self, frames: int) -> np.ndarray:
+        while len(self._pending) < frames and not self._eof:
+            self._pending = np.concatenate([self._pending, self._decode()])
+        chunk, self._pending = self._pending[:frames], self._pending[frames:]
+        return chunk
+
+    def _decode(self) -> np.ndarray:
+        try:
+            if self._exact:
+                samples = self._file.read(self.CHUNK, dtype="int16")
+                self._eof = len(samples) < self.CHUNK
+                return samples
+            audio = self._file.read(self.CHUNK, dtype="float32", always_2d=True)
+        except self._errors as exc:
+            raise self._unreadable(exc) from None
+        self._eof = len(audio) < self.CHUNK
+        mono = audio.mean(axis=1, dtype=np.float32)
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono, last=self._eof)
+        return (np.clip(mono, -1, 1) * 32767).astype(np.int16)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _source(source: np.ndarray | str | os.PathLike | SampleSource, side: str, rate: int) -> SampleSource:
     if isinstance(source, (str, os.PathLike)):
-        return _read_wav(Path(source), side, rate)
-    samples = np.asarray(source)
-    if samples.dtype != np.int16 or samples.ndim != 1:
-        raise ConfigError(f"simulated codec {side}: expected mono int16 samples, got {samples.dtype} "
-                          f"of shape {samples.shape}")
-    return samples
+        return WavSource(source, side, rate)
+    if isinstance(source, np.ndarray):
+        return _ArraySource(source, side)
+    if callable(getattr(source, "read", None)):
+        return source
+    return _ArraySource(np.asarray(source), side)
 
 
 class SimCodec:
-    """A codec fed from arrays or WAV files, paced by an injected clock.
+    """A codec fed from arrays, WAV files or sample sources, paced by an injected clock.
 
-    ``near`` and ``far`` are mono int16 arrays or paths of mono 16-bit WAV
-    files at ``rate`` (other WAV formats raise ConfigError; convert them with
-    sox); the shorter side is padded with silence, and so is the last block.
+    ``near`` and ``far`` are mono int16 arrays, paths of mono 16-bit WAV files
+    at ``rate`` (other WAV formats raise ConfigError; convert them with sox),
+    or :class:`SampleSource` objects (:class:`AudioFileSource` converts any
+    WAV or Ogg). Sources are read a block at a time as the blocks fall due,
+    never loaded whole, and closed with the codec. The shorter side is padded
+    with silence, and so is the last block.
     Block k is due at start + (k + 1) * block_frames / rate on the clock:
     ``read()`` sleeps on the clock until then, so with SystemClock it runs in
     real time and with ManualClock as fast as the reader takes blocks.
@@ -540,23 +648,33 @@ class SimCodec:
     Like a duplex stream, each block captured also plays ``block_frames`` of
     the play queue (silence when empty); :attr:`played` is the line signal so
     far, sample i played at stream time i / rate, and :attr:`play_log` has one
-    :class:`PlayRecord` per ``play()``. :meth:`inject_overrun` and
+    :class:`PlayRecord` per ``play()``. With ``keep_played=False`` the line
+    signal is not kept (a long replay), only the log. :meth:`inject_overrun` and
     :meth:`lose_device` fake the device faults. No thread of its own: all the
     work happens in ``read()`` on the reader's thread.
     """
 
-    def __init__(self, near: np.ndarray | str | os.PathLike, far: np.ndarray | str | os.PathLike, *,
-                 rate: int = 16000, block_frames: int = 320, clock: Clock, queue_blocks: int = 100) -> None:
+    def __init__(self, near: np.ndarray | str | os.PathLike | SampleSource,
+                 far: np.ndarray | str | os.PathLike | SampleSource, *,
+                 rate: int = 16000, block_frames: int = 320, clock: Clock, queue_blocks: int = 100,
+                 keep_played: bool = True) -> None:
         _check_layout(rate, block_frames, queue_blocks)
         self.rate = rate
         self.block_frames = block_frames
         self._clock = clock
-        near_samples, far_samples = _side(near, "near", rate), _side(far, "far", rate)
-        self._blocks = math.ceil(max(len(near_samples), len(far_samples)) / block_frames)
-        self._source = np.zeros((self._blocks * block_frames, 2), dtype=np.int16)
-        self._source[: len(near_samples), 0] = near_samples
-        self._source[: len(far_samples), 1] = far_samples
-        self._played = np.zeros(self._blocks * block_frames, dtype=np.int16)
+        self._sources: list[SampleSource] = []
+        try:
+            for side, source in (("near", near), ("far", far)):
+                self._sources.append(_source(source, side, rate))
+        except BaseException:
+            self._close_sources()
+            raise
+        self._block = np.zeros((block_frames, 2), dtype=np.int16)  # the next block, once read
+        self._block_ready = False
+        self._ended = False
+        # The line signal so far (grown by doubling), or None when not kept.
+        self._played: np.ndarray | None = np.zeros(64 * block_frames, np.int16) if keep_played else None
+        self._line = np.zeros(block_frames, dtype=np.int16)
         self._ring = CaptureRing(queue_blocks, block_frames, source="simulated codec")
         self._playback = PlaybackQueue()
         self._play_log: list[PlayRecord] = []
@@ -580,11 +698,12 @@ class SimCodec:
         if self._lose_after == 0:
             self._ring.fail(DeviceLost("simulated audio device lost (lose_device was called)"))
             return self._deliver(timeout=0)
-        while self._to_drop and self._next < self._blocks:
+        while self._to_drop and self._next_block():
             self._to_drop -= 1
+            self._block_ready = False
             self._ring.skip()
             self._play_block()
-        if self._next >= self._blocks:
+        if not self._next_block():
             return None
         wait = self._start + (self._next + 1) * self.block_frames / self.rate - self._clock.monotonic()
         if timeout is not None and wait > timeout:
@@ -592,16 +711,37 @@ class SimCodec:
             raise DeviceTimeout(f"no audio block from the simulated codec within {timeout} s "
                                 f"(the next is due in {wait:.3f} s)")
         self._clock.sleep(wait)
-        start = self._next * self.block_frames
-        self._ring.push(self._source[start:start + self.block_frames])
+        self._block_ready = False
+        self._ring.push(self._block)
         self._play_block()
         if self._lose_after is not None:
             self._lose_after -= 1
         return self._deliver(timeout=0)
 
+    def _next_block(self) -> bool:
+        """Read the next block from the sources into ``_block``; False once both have ended."""
+        if self._block_ready:
+            return True
+        if self._ended:
+            return False
+        got = 0
+        for column, source in enumerate(self._sources):
+            samples = source.read(self.block_frames)
+            self._block[: len(samples), column] = samples
+            self._block[len(samples):, column] = 0
+            got = max(got, len(samples))
+        self._ended = got == 0
+        self._block_ready = not self._ended
+        return self._block_ready
+
     def _play_block(self) -> None:
-        start = self._next * self.block_frames
-        self._playback.read_into(self._played[start:start + self.block_frames])
+        if self._played is None:
+            self._playback.read_into(self._line)
+        else:
+            start = self._next * self.block_frames
+            if start + self.block_frames > len(self._played):
+                self._played = np.concatenate([self._played, np.zeros_like(self._played)])
+            self._playback.read_into(self._played[start:start + self.block_frames])
         self._next += 1
 
     def _deliver(self, timeout: float) -> Block | None:
@@ -626,6 +766,8 @@ class SimCodec:
     @property
     def played(self) -> np.ndarray:
         """Everything played into the line so far, mono int16 aligned with capture."""
+        if self._played is None:
+            raise DeviceError("this simulated codec does not keep the line signal (keep_played=False)")
         return self._played[: self._next * self.block_frames].copy()
 
     @property
@@ -648,6 +790,12 @@ class SimCodec:
     def close(self) -> None:
         self._closed = True
         self._ring.close()
+        self._close_sources()
+
+    def _close_sources(self) -> None:
+        for source in self._sources:
+            source.close()
+        self._sources = []
 
     def __enter__(self) -> SimCodec:
         return self

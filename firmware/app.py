@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from linetap.drivers.audio import Block, Codec, SimCodec, SoundDeviceCodec
+from linetap.drivers.audio import Block, Codec, SampleSource, SimCodec, SoundDeviceCodec
 from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, Ring
 from linetap.drivers.gpio import Panel, sim_pin_factory
 from linetap.drivers.line import SimModem, V253Line
@@ -81,12 +81,14 @@ class Board:
 
 
 def build_board(config: Config, clock: Clock, on_event: Callable[[object], None], *,
-                near: np.ndarray | None = None, far: np.ndarray | None = None) -> Board:
+                near: np.ndarray | SampleSource | None = None, far: np.ndarray | SampleSource | None = None,
+                keep_played: bool = True) -> Board:
     """Build the codec, panel and line interface of ``config``'s board.
 
-    ``near``/``far`` feed a simulated codec; a real board ignores them. A
-    device the profile names but the machine lacks is an error, never a
-    switch to the simulation.
+    ``near``/``far`` feed a simulated codec (arrays, or sources streamed as
+    the call runs); ``keep_played=False`` spares it keeping the line signal.
+    A real board ignores them. A device the profile names but the machine
+    lacks is an error, never a switch to the simulation.
     """
     profile = config.board_profile()
     audio, gpio = profile.audio, profile.gpio
@@ -95,7 +97,7 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
         codec: Codec = SimCodec(near if near is not None else silence,
                                 far if far is not None else silence, rate=config.audio.rate,
                                 block_frames=config.audio.block_frames, clock=clock,
-                                queue_blocks=config.audio.queue_blocks)
+                                queue_blocks=config.audio.queue_blocks, keep_played=keep_played)
     else:
         codec = sound_device_codec(config)
     board = Board(profile=profile, codec=codec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import queue
 import shutil
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from linetap.drivers.audio import AudioFileSource, SampleSource
 from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
 from linetap.firmware.app import (
     Board,
@@ -34,14 +36,15 @@ from linetap.firmware.app import (
     open_spool,
     read_speech,
 )
+from linetap.firmware.callflow import CallRecord
 from linetap.firmware.consent import Prompt
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.dsp import dtmf_tone
-from linetap.firmware.errors import ConfigError, DeviceTimeout
+from linetap.firmware.errors import ConfigError, DeviceTimeout, SpoolError
 from linetap.firmware.recorder import Recording, Sink
 from linetap.firmware.keys import keys_init
-from linetap.firmware.spool import list_recordings
+from linetap.firmware.spool import SpoolSink, list_recordings
 from linetap.sync.agent import BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.ingest import Ingest
@@ -88,16 +91,18 @@ class Step:
 class SimulatedCalls:
     """Runs a script against the simulated board through the real call loop."""
 
-    def __init__(self, config: Config, near: np.ndarray, far: np.ndarray, *, sink: Sink,
-                 clock: Clock, prompts: dict[str, Prompt] | None = None,
+    def __init__(self, config: Config, near: np.ndarray | SampleSource, far: np.ndarray | SampleSource, *,
+                 sink: Sink, clock: Clock, prompts: dict[str, Prompt] | None = None,
                  on_happening: Callable[[Happening], None] | None = None,
-                 on_recording: Callable[[Recording], None] | None = None) -> None:
+                 on_recording: Callable[[Recording], None] | None = None,
+                 keep_played: bool = True) -> None:
         profile = config.board_profile()
         if profile.audio.driver != "sim" or profile.gpio.pin_factory != "mock":
             raise ConfigError(f"scripted calls need the simulated board; device.board is "
                               f"{config.device.board!r}. Use the default config or board = \"sim\"")
         self._inbox = _Inbox()
-        self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far)
+        self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far,
+                                        keep_played=keep_played)
         try:
             self.loop = CallLoop(config, self.board, sink, clock, inbox=self._inbox.queue,
                                  prompts=prompts, on_happening=on_happening,
@@ -200,32 +205,113 @@ def stored_report(data_dir: Path, call_ids: list[str]) -> dict[str, dict[str, An
             for cid in call_ids if cid in rows}
 
 
+class _StorageWatch:
+    """The spool's sink as the recorder sees it, noting per call what could not be stored and why.
+
+    Errors pass through unchanged (the recorder turns them into the call
+    flow's fault); replay reports them afterwards and exits 1.
+    """
+
+    def __init__(self, sink: SpoolSink) -> None:
+        self._sink = sink
+        self._call: str | None = None
+        self.failures: dict[str, list[tuple[str, str]]] = {}  # call id -> (step, why)
+
+    def open(self, call: CallRecord) -> None:
+        self._call = call.call_id
+        self._watch("open", self._sink.open, call)
+
+    def write(self, frames: np.ndarray) -> None:
+        self._watch("write", self._sink.write, frames)
+
+    def discard(self) -> None:
+        self._watch("discard", self._sink.discard)
+
+    def close(self, recording: Recording) -> None:
+        rec = self._sink.recording
+        self._watch("close", self._sink.close, recording)
+        if rec is not None and rec.full and not self.failures.get(recording.call.call_id):
+            self._note("write", f"disk full while writing segment {len(rec.segments)} (the call's last)")
+
+    def _watch(self, step: str, method: Callable[..., None], *args: object) -> None:
+        try:
+            method(*args)
+        except SpoolError as exc:
+            self._note(step, str(exc))
+            raise
+
+    def _note(self, step: str, why: str) -> None:
+        self.failures.setdefault(self._call or "?", []).append((step, why))
+
+
+def storage_loss(report: dict[str, Any], failures: list[tuple[str, str]], config: Config) -> str | None:
+    """One line saying what of a replayed call the spool lost and why; None when nothing was lost."""
+    if not failures:
+        return None
+    call = f"call {report['call_id']}"
+    stored = report.get("stored") or {}
+    segments = stored.get("segments", 0)
+    lines = []
+    for step, why in failures:
+        if step == "open":
+            lines.append(f"{call}: nothing stored: {why} (config: spool.max_bytes = {config.spool.max_bytes}, "
+                         f"spool.min_free_mb = {config.spool.min_free_mb})")
+        elif step == "write":
+            meant = report["duration_s"] - (report["audio_start_s"] or 0.0)
+            lines.append(f"{call}: audio lost after {segments * config.spool.segment_s:.1f} s of "
+                         f"{meant:.1f} s: {why}; the {segments} segments stored before it are kept")
+        elif step == "close":
+            lines.append(f"{call}: not closed: {why}; its {segments} stored segments are kept and the next "
+                         f"start closes the recording from them")
+        else:
+            lines.append(f"{call}: {step} failed: {why}")
+    return "; ".join(dict.fromkeys(lines))
+
+
 def run_replay(config: Config, data_dir: Path, near_path: Path, far_path: Path, *, as_json: bool,
                realtime: bool) -> int:
+    """One call from two audio files, streamed through the simulated board into the spool.
+
+    Exit 0 when everything the call flow meant to keep was stored; 1 (what
+    was stored stays stored) when the spool could not take it, saying what
+    was lost and why.
+    """
     rate = config.audio.rate
-    near, far = read_speech(near_path, rate), read_speech(far_path, rate)
-    seconds = max(len(near), len(far)) / rate
     clock = SystemClock() if realtime else ManualClock()
     prompts = load_prompts(config)  # a bad prompt is a config error: reported before anything else
+    near = AudioFileSource(near_path, rate)
+    try:
+        far = AudioFileSource(far_path, rate)
+    except BaseException:
+        near.close()
+        raise
     sink = open_spool(config, data_dir, clock)
+    watch = _StorageWatch(sink)
     recordings: list[Recording] = []
     try:
-        calls = SimulatedCalls(config, near, far, sink=sink, clock=clock, prompts=prompts,
-                               on_recording=recordings.append)
-        calls.run([Step(0.0, "hook-off"), Step(seconds, "hook-on")])
+        calls = SimulatedCalls(config, near, far, sink=watch, clock=clock, prompts=prompts,
+                               on_recording=recordings.append, keep_played=False)
+        # The hook goes back on when the audio ends, whatever its length.
+        calls.run([Step(0.0, "hook-off"), Step(math.inf, "hook-on")])
     finally:
         sink.spool.close()
+        near.close()
+        far.close()
     reports = [recording_report(r) for r in recordings]
     stored = stored_report(data_dir, [r["call_id"] for r in reports])
     for report in reports:
         report["stored"] = stored.get(report["call_id"])
         report["data_dir"] = str(data_dir)
+        report["lost"] = storage_loss(report, watch.failures.get(report["call_id"], []), config)
     if as_json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
         for report in reports:
             _print_report(report)
-    return 0
+    losses = [r["lost"] for r in reports if r["lost"]]
+    for loss in losses:
+        print(f"linetap: {loss}", file=sys.stderr)
+    return 1 if losses else 0
 
 
 def _print_report(report: dict[str, Any], out=sys.stdout) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from linetap.drivers.audio import (
+    AudioFileSource,
     CaptureRing,
     CodecStats,
     PlaybackQueue,
@@ -271,6 +272,107 @@ def test_sim_refuses_missing_files_and_non_int16_arrays(tmp_path: Path, clock: M
         SimCodec(tmp_path / "none.wav", np.zeros(10, np.int16), clock=clock)
     with pytest.raises(ConfigError, match="int16"):
         SimCodec(np.zeros(10, np.float32), np.zeros(10, np.int16), clock=clock)
+
+
+class CountingSource:
+    """A sample source that says how far the codec has read it."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.samples, self.taken, self.closed = samples, 0, False
+
+    def read(self, frames: int) -> np.ndarray:
+        chunk = self.samples[self.taken:self.taken + frames]
+        self.taken += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sim_reads_its_sources_only_as_blocks_fall_due(clock: ManualClock) -> None:
+    near, far = CountingSource(tone(300, 1.0, 16000)), CountingSource(tone(900, 0.5, 16000))
+    codec = SimCodec(near, far, clock=clock, keep_played=False)
+    assert near.taken == far.taken == 0
+    codec.start()
+    for k in range(1, 4):
+        codec.read()
+        assert near.taken == far.taken == k * 320
+    codec.inject_overrun(blocks=2)
+    assert codec.read().seq == 5 and near.taken == 6 * 320
+    blocks = 6
+    while codec.read() is not None:
+        blocks += 1
+    assert blocks == 50 and far.taken == len(far.samples)  # the shorter side padded with silence
+    with pytest.raises(DeviceError, match="keep_played"):
+        codec.played
+    codec.close()
+    assert near.closed and far.closed
+
+
+def write_long_file(path: Path, seconds: float, rate: int, channels: int, fmt: str, subtype: str) -> np.ndarray:
+    """A file of a swept tone, written a second at a time; returns its first channel as float32."""
+    import soundfile
+
+    t = np.arange(int(seconds * rate)) / rate
+    signal = (0.3 * np.sin(2 * np.pi * (200 + 20 * t) * t)).astype(np.float32)
+    with soundfile.SoundFile(path, "w", rate, channels, subtype, format=fmt) as out:
+        for start in range(0, len(signal), rate):
+            out.write(np.repeat(signal[start:start + rate, None], channels, axis=1))
+    return signal
+
+
+@pytest.mark.parametrize(("rate", "channels", "fmt", "subtype"), [
+    (48000, 2, "WAV", "PCM_16"), (8000, 1, "OGG", "VORBIS"), (16000, 2, "WAV", "FLOAT")])
+def test_file_source_streams_any_rate_and_layout_as_mono_at_the_pipeline_rate(
+        tmp_path: Path, rate: int, channels: int, fmt: str, subtype: str) -> None:
+    import soxr
+
+    path = tmp_path / f"in.{fmt.lower()}"
+    signal = write_long_file(path, 3.0, rate, channels, fmt, subtype)
+    source = AudioFileSource(path, 16000)
+    parts = []
+    while len(part := source.read(320)):
+        assert part.dtype == np.int16 and len(part) <= 320
+        parts.append(part)
+    source.close()
+    got = np.concatenate(parts).astype(np.float64) / 32767
+    expected = soxr.resample(signal, rate, 16000) if rate != 16000 else signal
+    assert abs(len(got) - len(expected)) <= 2
+    n = min(len(got), len(expected))
+    tolerance = 0.05 if subtype == "VORBIS" else 0.002  # a lossy codec is near, not exact
+    assert np.sqrt(np.mean((got[:n] - expected[:n]) ** 2)) < tolerance
+
+
+def test_file_source_passes_pipeline_rate_pcm_through_exactly(tmp_path: Path) -> None:
+    samples = tone(700, 1.3, 16000, -6.0)
+    path = write_wav(tmp_path / "exact.wav", samples, 16000)
+    source = AudioFileSource(path, 16000)
+    got = np.concatenate([source.read(500) for _ in range(len(samples) // 500 + 2)])
+    assert np.array_equal(got, samples)
+
+
+def test_file_source_holds_a_chunk_not_the_file(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "long.wav"
+    write_long_file(path, 120.0, 48000, 2, "WAV", "PCM_16")  # 23 MB on disk
+    codec = SimCodec(AudioFileSource(path, 16000), np.zeros(0, np.int16), clock=clock, keep_played=False)
+    codec.start()
+    codec.read()
+    tracemalloc.start()
+    try:
+        while codec.read() is not None:
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_file_source_names_a_missing_or_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="audio file .*none.wav does not exist"):
+        AudioFileSource(tmp_path / "none.wav", 16000)
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(ConfigError, match="not a readable WAV or Ogg file.*sox"):
+        AudioFileSource(tmp_path / "junk.wav", 16000)
 
 
 def test_play_takes_mono_int16_only(clock: ManualClock) -> None:

@@ -300,3 +300,71 @@ def test_alarms_for_the_fleet_follow_what_the_box_cannot_do() -> None:
     calls.run([Step(0.5, "hook-off"), Step(10.0, "hook-on")])
     assert alarms[:2] == [("modem-lost", True), ("modem-lost", False)]
     assert ("not-recording", True) in alarms[2:]  # the disk filled during the call
+
+
+# --- replay on a hostile box: what could not be stored is an error ------------------------------
+
+def linetap(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linetap.firmware.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def box_with_keys(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    done = linetap("--data-dir", str(data), "keys", "init", "--central-recipient", recipient, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+def test_replay_into_a_full_spool_fails_and_says_what_was_lost(tmp_path: Path) -> None:
+    data = box_with_keys(tmp_path)
+    config = tmp_path / "small.toml"
+    config.write_text("[spool]\nmax_bytes = 1000\n")
+    near, far = tmp_path / "near.wav", tmp_path / "far.wav"
+    soundfile.write(near, voice(4), RATE)
+    soundfile.write(far, voice(4, 400), RATE)
+    args = ("--config", str(config), "--data-dir", str(data), "replay", str(near), str(far))
+    first = linetap(*args, "--json")
+    assert first.returncode == 0, first.stderr  # an empty spool takes the first call whole
+    kept = json.loads(first.stdout)
+    assert kept["stored"]["bytes"] > 1000
+    second = linetap(*args)
+    assert second.returncode == 1
+    call_id = second.stdout.split()[1].rstrip(":")
+    assert f"call {call_id}: nothing stored:" in second.stderr
+    assert "max_bytes 1000" in second.stderr and "spool.max_bytes" in second.stderr
+    # What was stored before stays stored and intact.
+    rows = json.loads(linetap("--data-dir", str(data), "spool", "list", "--json").stdout)
+    assert [(r["id"], r["state"]) for r in rows] == [(kept["call_id"], "closed")]
+    assert linetap("--data-dir", str(data), "spool", "verify").returncode == 0
+
+
+def test_replay_fails_when_the_disk_fills_mid_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from linetap.firmware import durable
+    from linetap.firmware.cli import main
+
+    data = box_with_keys(tmp_path)
+    near, far = tmp_path / "near.wav", tmp_path / "far.wav"
+    soundfile.write(near, voice(35), RATE)
+    soundfile.write(far, voice(35, 400), RATE)
+    write = durable.DurableFiles.write
+
+    def disk_fills_after_two_segments(self, path: Path, data: bytes) -> None:
+        if path.name.endswith(".age") and int(path.name.split(".")[0]) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(self, path, data)
+
+    monkeypatch.setattr(durable.DurableFiles, "write", disk_fills_after_two_segments)
+    assert main(["--data-dir", str(data), "replay", str(near), str(far), "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["stored"] == {"seq": 1, "state": "closed", "segments": 2, "bytes": report["stored"]["bytes"]}
+    assert report["lost"].startswith(f"call {report['call_id']}: audio lost after 20.0 s of 3")
+    assert "disk full while writing segment 2" in report["lost"]
+    assert report["lost"] in err
+    monkeypatch.undo()
+    assert main(["--data-dir", str(data), "spool", "verify"]) == 0
