@@ -150,8 +150,9 @@ class SyncSection(Schema):
     # broker on this machine (the demo): anything else would expose the fleet's topics.
     tls: bool = True
     ca_file: str = "keys/ca.pem"  # relative paths are inside the data directory
-    cert_file: str = "keys/device.crt"
-    key_file: str = "keys/device.key"
+    # The TLS client certificate and key: never keys/device.key, the Ed25519 key that signs manifests.
+    cert_file: str = "keys/tls.crt"
+    key_file: str = "keys/tls.key"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     reconnect_max_s: float = Field(default=120.0, ge=1, le=3600)  # back-off ceiling after the broker drops
     window: int = Field(default=32, ge=1, le=1000)  # upload messages in flight before an acknowledgement

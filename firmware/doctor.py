@@ -696,6 +696,12 @@ def check_broker(ctx: Context) -> CheckResult:
                           f"copy the fleet CA to {files['ca_file']}, this box's certificate (CN = "
                           f"{config.device.id}) to {files['cert_file']} and its key to {files['key_file']} "
                           f"(chmod 600)", **details)
+        for key, check in (("cert_file", keys.check_tls_certificate),
+                           ("key_file", lambda path: keys.check_tls_key(path, ctx.data_dir))):
+            try:
+                check(files[key])
+            except keys.WrongKeyKind as exc:
+                return failed("broker", f"sync.{key}: {exc.finding}", exc.fix, **details)
         certificate = _client_certificate(ctx, config, files["cert_file"])
         if certificate is not None and certificate.status == "fail":
             return CheckResult("broker", "fail", certificate.finding, certificate.fix, details)

@@ -3,9 +3,12 @@
 Layout under the data dir::
 
     keys/                 0700
-      device.key          0600  Ed25519 private key, PKCS#8 PEM, unencrypted
+      device.key          0600  Ed25519 private key, PKCS#8 PEM, unencrypted: signs manifests
       central.recipient   0644  the central store's X25519 recipient (age1...)
       operator.pub        0644  the fleet operator's Ed25519 public key (base64), optional
+      ca.pem              0644  the fleet CA                       } the broker connection
+      tls.crt             0644  this box's client certificate      } (``sync.ca_file``,
+      tls.key             0600  its private key (RSA or EC)        }  ``cert_file``, ``key_file``)
 
 The box holds no key that decrypts its recordings: segments are encrypted to
 the central recipient only. The signing key proves which box wrote a
@@ -22,6 +25,14 @@ obeys (:mod:`linetap.sync.fleet`). Without it the box refuses every fleet
 command and config: a box nobody enrolled an operator for takes orders from
 nobody.
 
+The two private keys have different jobs and different files: the signing
+key is made on the box by ``keys init`` and enrolled once; the TLS key comes
+from the fleet's CA with its certificate and may be renewed. Copying the TLS
+key over ``device.key`` destroys the signing key, so each loader checks what
+its file holds (:func:`pem_contents`) and says what it found and where it
+belongs: an RSA or EC key or a certificate is refused as the signing key, and
+an Ed25519 key or a certificate as the TLS key.
+
 Nothing here logs key material; log records name files and fingerprints only.
 """
 
@@ -31,12 +42,15 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyrage
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from linetap.firmware.durable import fsync_dir, write_durably, write_new_private
@@ -46,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
 DEVICE_KEY = "device.key"
+TLS_KEY = "tls.key"  # the defaults of sync.key_file and sync.cert_file (firmware.config)
+TLS_CERT = "tls.crt"
+MAX_KEY_FILE = 64 * 1024  # a PEM key or certificate chain is a few KiB
 CENTRAL_RECIPIENT = "central.recipient"
 OPERATOR_KEY = "operator.pub"
 INIT_HINT = "run `linetap keys init --central-recipient age1...` with the central store's recipient"
@@ -59,6 +76,38 @@ class KeyMissing(ConfigError, FileNotFoundError):
 
 class KeyPermissions(ConfigError, PermissionError):
     """A key file or folder is readable by more than its owner."""
+
+
+class WrongKeyKind(ConfigError, ValueError):
+    """A key file holds another kind of key (or a certificate) than the one that belongs there.
+
+    ``finding`` says what the file holds, ``fix`` where that belongs and what
+    to do; the message is both, joined by "; ".
+    """
+
+    def __init__(self, finding: str, fix: str) -> None:
+        super().__init__(f"{finding}; {fix}")
+        self.finding = finding
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class PemContents:
+    """What a PEM file holds: its private key's kind (``Ed25519``, ``RSA``, ``EC``, ...), if any, and
+    whether it holds a certificate."""
+
+    key: str | None  # None: no private key; "encrypted"; "unreadable": a PRIVATE KEY block that does not load
+    certificate: bool
+    public_raw: bytes | None = None  # of an Ed25519 key, to tell the box's own signing key
+
+    def describe(self) -> str:
+        if self.key == "encrypted":
+            return "an encrypted private key"
+        if self.key == "unreadable":
+            return "a private key block that does not load"
+        if self.key is not None:
+            return f"{'an' if self.key[0] in 'AEIORSX' else 'a'} {self.key} private key"  # "an RSA", "a DSA"
+        return "a certificate" if self.certificate else "no PEM key or certificate"
 
 
 @dataclass(frozen=True)
@@ -131,15 +180,108 @@ def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
         raise KeyMissing(f"no device signing key at {path}: {INIT_HINT}")
     _check_private(folder, 0o700, "folder")
     _check_private(path, 0o600, "file")
+    data = _read_key_file(path)
+    contents = pem_contents(data)
+    replace = (f"restore {path} from a backup, or move it aside and {INIT_HINT}, then enrol the new "
+               "public key at the central store again")
+    if contents.key in ("RSA", "EC") or (contents.key is None and contents.certificate):
+        held = contents.describe()
+        belongs = (f"a TLS client key belongs at {KEYS_DIR}/{TLS_KEY} (sync.key_file)" if contents.key else
+                   f"a TLS client certificate belongs at {KEYS_DIR}/{TLS_CERT} (sync.cert_file)")
+        raise WrongKeyKind(f"device signing key {path} holds {held} (TLS material for the broker?), not the "
+                           "box's Ed25519 signing key",
+                           f"{belongs}: copy it there from the fleet's CA; the signing key it replaced "
+                           f"cannot be recovered from it: {replace}")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except ValueError as e:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise ConfigError(f"device signing key {path} is not a PEM private key ({e}); move it "
                           f"aside and {INIT_HINT} (the new public key must be enrolled again)") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"device signing key {path} is a {type(key).__name__}, not Ed25519; "
-                          f"move it aside and {INIT_HINT}")
+        raise WrongKeyKind(f"device signing key {path} holds {contents.describe()}, not the box's Ed25519 "
+                           "signing key", replace)
     return key
+
+
+def pem_contents(data: bytes) -> PemContents:
+    """What PEM ``data`` holds, judged without trusting its labels alone."""
+    labels = {m.group(1) for m in _PEM_LABEL.finditer(data)}
+    certificate = b"CERTIFICATE" in labels or b"TRUSTED CERTIFICATE" in labels
+    if b"ENCRYPTED PRIVATE KEY" in labels:
+        return PemContents("encrypted", certificate)
+    if not any(label.endswith(b"PRIVATE KEY") for label in labels):
+        return PemContents(None, certificate)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted" (legacy PEM encryption)
+        return PemContents("encrypted", certificate)
+    except (ValueError, UnsupportedAlgorithm):
+        return PemContents("unreadable", certificate)
+    if isinstance(key, Ed25519PrivateKey):
+        return PemContents("Ed25519", certificate, public_key_raw(key.public_key()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return PemContents("RSA", certificate)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return PemContents("EC", certificate)
+    return PemContents(type(key).__name__.removesuffix("PrivateKey").lstrip("_") or "unknown", certificate)
+
+
+def check_tls_key(path: Path, data_dir: Path) -> None:
+    """Refuse a TLS client key file that holds the signing key, an Ed25519 key, a certificate or no key."""
+    contents = pem_contents(_read_key_file(path))
+    tls_key = f"{KEYS_DIR}/{TLS_KEY}"
+    if contents.key == "Ed25519":
+        own = contents.public_raw == _signing_public_raw(data_dir) or _same_file(path, keys_dir(data_dir) / DEVICE_KEY)
+        raise WrongKeyKind(
+            f"{path} holds " + ("the box's Ed25519 signing key, which signs its recordings" if own else
+                                "an Ed25519 private key, the kind the box signs its recordings with") +
+            ", not a TLS client key",
+            f"copy the TLS key issued with the box's certificate (RSA or EC) to {tls_key} and point "
+            f"sync.key_file at it (the default); leave {KEYS_DIR}/{DEVICE_KEY} where it is")
+    if contents.key is None:
+        raise WrongKeyKind(f"{path} holds {contents.describe()}, not a private key",
+                           f"the TLS client key issued with the certificate belongs there ({tls_key}); a "
+                           f"certificate goes to sync.cert_file ({KEYS_DIR}/{TLS_CERT})")
+    if contents.key in ("encrypted", "unreadable"):
+        raise WrongKeyKind(f"{path} holds {contents.describe()}",
+                           f"the box needs the TLS client key unencrypted in PEM at {tls_key} (mode 0600)")
+
+
+def check_tls_certificate(path: Path) -> None:
+    """Refuse a TLS client certificate file that holds no certificate (a private key, say)."""
+    contents = pem_contents(_read_key_file(path))
+    if not contents.certificate:
+        held = f"{contents.describe()} and no certificate" if contents.key else contents.describe()
+        raise WrongKeyKind(f"{path} holds {held}",
+                           f"the box's client certificate (PEM, CN = its device id) belongs there "
+                           f"({KEYS_DIR}/{TLS_CERT}), its private key at sync.key_file ({KEYS_DIR}/{TLS_KEY})")
+
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
+
+
+def _read_key_file(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise WrongKeyKind(f"{path} is larger than {MAX_KEY_FILE} bytes: not a PEM key or certificate",
+                           "check that sync.* and keys/ name the right files")
+    return data
+
+
+def _signing_public_raw(data_dir: Path) -> bytes | None:
+    try:
+        key = serialization.load_pem_private_key(_read_key_file(keys_dir(data_dir) / DEVICE_KEY), password=None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm, ConfigError):
+        return None
+    return public_key_raw(key.public_key()) if isinstance(key, Ed25519PrivateKey) else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def load_recipient(data_dir: Path) -> pyrage.x25519.Recipient:

@@ -37,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from linetap.firmware import keys
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SyncError
@@ -134,7 +135,8 @@ class Delivery:
 
 
 def tls_files(settings: SyncSection, data_dir: Path) -> tuple[Path, Path, Path]:
-    """The CA, certificate and key files ``config.sync`` names; ConfigError if one is missing."""
+    """The CA, certificate and key files ``config.sync`` names; ConfigError if one is missing, or if the
+    certificate or key file holds the wrong kind (the box's Ed25519 signing key as the TLS key, say)."""
     files = []
     for key in ("ca_file", "cert_file", "key_file"):
         path = Path(getattr(settings, key))
@@ -144,6 +146,12 @@ def tls_files(settings: SyncSection, data_dir: Path) -> tuple[Path, Path, Path]:
                               "the box with the fleet CA and a client certificate whose CN is device.id "
                               "(or set sync.tls = false for a broker on this machine only)")
         files.append(path)
+    for key, path, check in (("cert_file", files[1], keys.check_tls_certificate),
+                             ("key_file", files[2], lambda p: keys.check_tls_key(p, data_dir))):
+        try:
+            check(path)
+        except keys.WrongKeyKind as e:
+            raise keys.WrongKeyKind(f"sync.{key} = {getattr(settings, key)!r}: {e.finding}", e.fix) from None
     return files[0], files[1], files[2]
 
 

@@ -342,9 +342,9 @@ def pki(tmp_path: Path, data_dir: Path) -> Iterator[tuple[TlsServer, bytes]]:
     folder = data_dir / "keys"
     folder.mkdir(mode=0o700, exist_ok=True)
     (folder / "ca.pem").write_bytes(_pem(cert=ca_cert))
-    (folder / "device.crt").write_bytes(_pem(cert=client_cert))
-    (folder / "device.key").write_bytes(_pem(client_key))
-    (folder / "device.key").chmod(0o600)
+    (folder / "tls.crt").write_bytes(_pem(cert=client_cert))
+    (folder / "tls.key").write_bytes(_pem(client_key))
+    (folder / "tls.key").chmod(0o600)
     server = TlsServer(tmp_path, _pem(cert=ca_cert), _pem(cert=server_cert), _pem(server_key))
     yield server, _pem(cert=ca_cert)
     server.close()

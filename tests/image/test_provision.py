@@ -141,3 +141,18 @@ def test_invalid_device_id_file_is_refused(box) -> None:
     result = run()
     assert result.returncode == 1
     assert "'Front Desk!'" in result.stderr and "not valid" in result.stderr
+
+
+def test_it_says_where_the_tls_files_go_apart_from_the_signing_key(box) -> None:
+    run, data_dir, _ = box()
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert f"{data_dir}/keys/tls.key" in first.stdout and f"{data_dir}/keys/tls.crt" in first.stdout
+    assert f"never over {data_dir}/keys/device.key" in first.stdout
+    signing_key = (data_dir / "keys" / "device.key").read_bytes()
+    for name in ("ca.pem", "tls.crt", "tls.key"):
+        (data_dir / "keys" / name).write_text(f"{name} from the fleet CA\n")
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert "tls.key" not in second.stdout
+    assert (data_dir / "keys" / "device.key").read_bytes() == signing_key

@@ -171,8 +171,8 @@ def provision(data_dir: Path, ca_file: Path, cert, key) -> None:
     keys = data_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     (keys / "ca.pem").write_bytes(ca_file.read_bytes())
-    (keys / "device.crt").write_bytes(cert.read_bytes())
-    (keys / "device.key").write_bytes(key.read_bytes())
+    (keys / "tls.crt").write_bytes(cert.read_bytes())
+    (keys / "tls.key").write_bytes(key.read_bytes())
 
 
 def test_tls_with_the_device_certificate_connects(tls_broker, tmp_path: Path) -> None:
