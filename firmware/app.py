@@ -221,7 +221,9 @@ class Happening:
     what: str
 
 
-def policy_from(config: Config, prompt: Prompt | None) -> cf.CallPolicy:
+def policy_from(config: Config, prompt: Prompt | None,
+                consent_note: dict[str, Any] | None = None) -> cf.CallPolicy:
+    """The call flow's policy; ``consent_note`` names consent keys a fleet push changed (noted per call)."""
     consent, calls = config.consent, config.calls
     return cf.CallPolicy(
         announce=consent.announce, announce_when=consent.announce_when,
@@ -230,7 +232,9 @@ def policy_from(config: Config, prompt: Prompt | None) -> cf.CallPolicy:
         warning_tone=consent.warning_tone, warning_interval_s=consent.warning_interval_s,
         opt_out_key=consent.opt_out_key or None, opt_out_window_s=consent.opt_out_window_s,
         ring_timeout_s=calls.ring_timeout_s, hangup_grace_s=calls.hangup_grace_s,
-        caller_id_max_age_s=calls.caller_id_max_age_s)
+        caller_id_max_age_s=calls.caller_id_max_age_s,
+        fleet_consent=tuple(consent_note["changed"]) if consent_note else (),
+        config_version=consent_note["config_version"] if consent_note else 0)
 
 
 def load_prompts(config: Config) -> dict[str, Prompt]:
@@ -262,7 +266,8 @@ class CallLoop:
                  prompts: dict[str, Prompt] | None = None,
                  on_happening: Callable[[Happening], None] | None = None,
                  on_recording: Callable[[Recording], None] | None = None,
-                 heartbeat: Callable[[], None] | None = None) -> None:
+                 heartbeat: Callable[[], None] | None = None,
+                 consent_note: dict[str, Any] | None = None) -> None:
         self._config = config
         self._heartbeat = heartbeat
         self._board = board
@@ -272,7 +277,7 @@ class CallLoop:
         self._clock = clock
         self.prompts = load_prompts(config) if prompts is None else prompts
         prompt = self.prompts.get(config.consent.language)
-        self.flow = cf.CallFlow(policy_from(config, prompt), clock)
+        self.flow = cf.CallFlow(policy_from(config, prompt, consent_note), clock)
         vad = vad_settings(config)
         activity = None
         if board.profile.call_detect.source == "vad":
@@ -493,6 +498,7 @@ def run(config: Config, data_dir: Path) -> int:
 
     from linetap.firmware.service import Notifier
     from linetap.sync.agent import PushedConfig, set_log_level
+    from linetap.sync.pushpolicy import consent_note
 
     clock = SystemClock()
     stop = threading.Event()
@@ -524,6 +530,7 @@ def run(config: Config, data_dir: Path) -> int:
             logger.error("not recording: %s", exc)
         loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
                         heartbeat=notifier.pipeline_alive,
+                        consent_note=consent_note(local, config, pushed.version),
                         on_recording=lambda _recording: sync.notify() if sync is not None else None)
         if sink is not None:
             sync = start_sync(config, sink.spool, data_dir, clock,

@@ -75,6 +75,10 @@ class CallPolicy:
     ring_timeout_s: float = 8.0  # no RING for this long: the call was missed
     hangup_grace_s: float = 0.8  # an on-hook shorter than this is a flash or a bounce, not a hang-up
     caller_id_max_age_s: float = 20.0  # caller ID older than this belongs to no call
+    # Consent keys a fleet push set over the site's own file, and that config's version: every call
+    # then opens with a "policy" event naming them (see linetap.sync.pushpolicy).
+    fleet_consent: tuple[str, ...] = ()
+    config_version: int = 0
 
 
 # ---------------------------------------------------------------- events --
@@ -325,6 +329,9 @@ class CallFlow:
                                clock_synced=self._clock.synced(), caller=self._take_caller())
         self._do(OpenCall(self.call))
         self._note("call-start", source=event.source)
+        if self.policy.fleet_consent:
+            self._note("policy", source="fleet", changed=list(self.policy.fleet_consent),
+                       config_version=self.policy.config_version)
         if self._private_armed:
             self._private_armed = False
             self._go_unrecorded("private", by="agent", when="before-call")

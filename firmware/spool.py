@@ -268,7 +268,7 @@ CREATE TABLE IF NOT EXISTS segments (
 """
 
 _CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
-                  "pause-start", "pause-end")
+                  "pause-start", "pause-end", "policy")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -34,6 +34,19 @@ applies live and what restarts:
 A restart ends a call in progress as a hang-up would: what was recorded
 up to then is kept.
 
+Push policy. The agent judges each push against the local file with
+:mod:`linetap.sync.pushpolicy` (the prompt folder is ``<data>/prompts``; the
+unsynced bytes come from the spool), and :meth:`PushedConfig.overlay` judges
+the kept document again at every start, against the local file as it is
+then: a document the policy now refuses is rolled back like one the drivers
+fail with. While consent keys differ from the local file, the
+``consent-changed`` alarm is raised (and published, raised or cleared, on
+every connect) and the app notes them in every recording's events.
+
+Every file and payload this module reads (``fleet/state.json``,
+``config/pushed.json``, the config envelope) goes through
+:func:`linetap.firmware.untrusted.loads`.
+
 Threads. The link's thread runs the link callbacks: routing, the agent's
 handlers and their effects, which only start work (``purge-synced`` deletes
 files there, bounded by the spool). The ``fleet`` thread publishes telemetry
@@ -55,16 +68,17 @@ from typing import Any
 
 from linetap.firmware import __version__
 from linetap.firmware.clock import Clock
-from linetap.firmware.config import Config, overlay_config
+from linetap.firmware.config import Config
 from linetap.firmware.durable import remove_durably, write_durably
 from linetap.firmware.errors import ConfigError, DeviceMissing, SyncError
 from linetap.firmware.keys import OPERATOR_HINT, load_operator_keys, load_signing_key
 from linetap.firmware.spool import Spool
-from linetap.sync import fleet
+from linetap.firmware.untrusted import Untrusted, loads
+from linetap.sync import fleet, pushpolicy
 from linetap.sync.fleet import BirthInfo, Effects, FleetAgent, SpoolFigures, Telemetry
 from linetap.sync.link import Link, Message, Will
-from linetap.sync.signed import key_table
-from linetap.sync.uploader import Uploader
+from linetap.sync.signed import MAX_DEPTH, key_table
+from linetap.sync.uploader import Uploader, with_overdue_acks
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +90,7 @@ PUSHED_TOML = "pushed.toml"
 PUSHED_STATE = "pushed.json"
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 LIVE_SECTIONS = frozenset({"log"})
+MAX_STATE_BYTES = 1024 * 1024  # fleet/state.json and config/pushed.json (which keeps two pushed documents)
 LOG_LINES = fleet.MAX_LOG_LINES
 _TICK_S = 0.25  # how often the fleet thread looks at its clock
 _JOIN_S = 5.0
@@ -134,6 +149,7 @@ class PushedConfig:
     """
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
         self.folder = Path(data_dir) / CONFIG_DIR
         self.toml_path = self.folder / PUSHED_TOML
         self.state_path = self.folder / PUSHED_STATE
@@ -141,12 +157,17 @@ class PushedConfig:
 
     def state(self) -> dict[str, Any] | None:
         try:
-            state = json.loads(self.state_path.read_bytes())
+            state = loads(self.state_path.read_bytes(), what=str(self.state_path), max_bytes=MAX_STATE_BYTES,
+                          max_depth=4)
         except FileNotFoundError:
             return None
-        except ValueError as e:
-            raise ConfigError(f"{self.state_path} is not JSON ({e}); delete it and {PUSHED_TOML} to run on "
-                              "the local config, then push the config again") from None
+        except Untrusted as e:
+            raise ConfigError(f"{e}; delete it and {PUSHED_TOML} to run on the local config, then push the "
+                              "config again") from None
+        if not _pushed_state_ok(state):
+            raise ConfigError(f"{self.state_path} is not {{version, sha256, trial, previous, rejected}} as this "
+                              f"box writes it; delete it and {PUSHED_TOML} to run on the local config, then "
+                              "push the config again")
         return state
 
     @property
@@ -174,10 +195,21 @@ class PushedConfig:
             raise ConfigError(f"{self.toml_path} does not match the version {state['version']} recorded in "
                               f"{self.state_path}: writing it was cut short")
         try:
-            return overlay_config(local, self.toml_path)
+            return self._merge(local, data.decode("utf-8", errors="replace"), state["version"])
         except ConfigError:
             self._overlay_failed = True
             raise
+
+    def _merge(self, local: Config, text: str, version: int) -> Config:
+        """``text`` laid over ``local`` and judged by the push policy as at the push; ConfigError if not."""
+        source = f"{self.toml_path} (version {version})"
+        merged = fleet.pushed_config(text, local, source=source)
+        verdict = pushpolicy.judge(local, merged, pushpolicy.BoxFacts(data_dir=self.data_dir))
+        if verdict.refusals:
+            raise ConfigError(f"{source} is refused by this box's push policy against its own file: "
+                              + "; ".join(verdict.refusals))
+        logger.info("pushed config overlaid source=%s", self.toml_path)
+        return merged
 
     def save(self, version: int, text: str, *, trial: bool) -> dict[str, Any] | None:
         """Make ``text`` the pushed config; returns the state before, for :meth:`restore`."""
@@ -222,7 +254,16 @@ class PushedConfig:
         self._overlay_failed = False
         logger.error("pushed config rolled back version=%d back_to=%d reason=%s", failed,
                      self.version, reason)
-        return local if text is None else overlay_config(local, self.toml_path)
+        if text is None:
+            return local
+        try:
+            return self._merge(local, text, self.version)
+        except ConfigError as e:  # the one before fails too (the local file changed since): local alone
+            self._write({"previous": None, "rejected": {"reason": reason, "version": failed}, "sha256": None,
+                         "trial": False, "version": 0})
+            self._write_text(None)
+            logger.error("pushed config rolled back to the local file version=%d reason=%s", failed, e)
+            return local
 
     def take_rejection(self) -> dict[str, Any] | None:
         """A rollback's ``{"version", "reason"}`` not yet reported; cleared once taken."""
@@ -330,7 +371,11 @@ class BoxSync:
         self.agent = FleetAgent(device_id=config.device.id, signing_key=load_signing_key(self._data_dir),
                                 operator_keys=key_table(operators), clock=clock, effects=self._effects(),
                                 config=config, state=self._load_state(), save=self._save_state,
-                                boot=self.boot, local_config=self._local_config)
+                                boot=self.boot, local_config=self._local_config, facts=self._facts)
+        # Raised or cleared on the first connect: a restart may have brought consent back to the local file.
+        self._alarm_details: dict[str, str] = {}
+        self._consent_alarm(pushpolicy.consent_note(self._local_config, config, self.agent.config_version),
+                            publish=False)
         self._session = self.agent.start_session()
         will = self._session.will
         self.link = Link(config.sync, client_id=config.device.id, data_dir=self._data_dir, clock=clock,
@@ -391,6 +436,7 @@ class BoxSync:
                 return
             message = self.agent.alarm(name, active=active, detail=detail)
             self._alarms[name] = active
+            self._alarm_details[name] = detail
         log = logger.warning if active else logger.info
         log("fleet alarm name=%s active=%s detail=%s", name, active, detail)
         self._publish(message)
@@ -421,7 +467,7 @@ class BoxSync:
             overruns=audio.overruns if audio else 0, cpu_temp_c=cpu_temperature(self._thermal_path))
         with self._agent_lock:
             message = self.agent.telemetry(figures)
-        self._publish(message)
+        self._publish(with_overdue_acks(message, upload))
 
     # -- the fleet thread --
 
@@ -437,7 +483,8 @@ class BoxSync:
         with self._agent_lock:
             birth = self.agent.birth(BirthInfo(self._software_version, self._config.device.board,
                                                self._capabilities(), status))
-            alarms = [self.agent.alarm(name, active=True) for name, on in self._alarms.items() if on]
+            alarms = [self.agent.alarm(name, active=on, detail=self._alarm_details.get(name, ""))
+                      for name, on in self._alarms.items() if on or name == pushpolicy.CONSENT_ALARM]
         self._publish(self._session.online)
         self._publish(birth)
         for message in alarms:  # a broker that lost its retained messages learns them again
@@ -479,8 +526,30 @@ class BoxSync:
                 self._incoming, self._restore = None, None
             then, self._after_reply = self._after_reply, None
         delivery = self.link.publish(report.topic, report.payload, qos=report.qos, retain=report.retain)
+        self._consent_alarm(None if not report.consent else
+                            {"changed": list(report.consent), "config_version": report.applied_version})
         if then is not None:
             delivery.add_done_callback(lambda _delivery: then())
+
+    def _consent_alarm(self, note: dict[str, Any] | None, *, publish: bool = True) -> None:
+        """Raise ``consent-changed`` while pushed consent keys differ from the local file; else clear it.
+
+        ``publish`` False only sets the state, which the next connect publishes.
+        """
+        name = pushpolicy.CONSENT_ALARM
+        detail = "" if note is None else (f"config version {note['config_version']} changes consent from the "
+                                          "box's own file: " + ", ".join(note["changed"]))
+        if publish:
+            self.alarm(name, note is not None, detail)
+            return
+        with self._agent_lock:
+            self._alarms[name], self._alarm_details[name] = note is not None, detail
+
+    def _facts(self) -> pushpolicy.BoxFacts:
+        """What the push policy asks of this box (link thread)."""
+        by_state = self._spool.status()["by_state"]
+        unsynced = sum(figures["bytes"] for state, figures in by_state.items() if state != "synced")
+        return pushpolicy.BoxFacts(data_dir=self._data_dir, unsynced_bytes=unsynced)
 
     def _upload_alarm(self, kind: str, detail: str) -> None:
         if kind in fleet.ALARMS:
@@ -518,13 +587,13 @@ class BoxSync:
 
     def _load_state(self) -> dict[str, Any] | None:
         try:
-            state = json.loads(self._state_path.read_bytes())
+            state = loads(self._state_path.read_bytes(), what=f"fleet state {self._state_path}",
+                          max_bytes=MAX_STATE_BYTES, max_depth=6)
         except FileNotFoundError:
             state = None
-        except ValueError as e:
-            raise ConfigError(f"fleet state {self._state_path} is not JSON ({e}); restore it from a backup "
-                              "or delete it (commands seen before are then accepted again until they "
-                              "expire)") from None
+        except Untrusted as e:
+            raise ConfigError(f"{e}; restore it from a backup or delete it (commands seen before are then "
+                              "accepted again until they expire)") from None
         rejection = self._pushed.take_rejection()
         if rejection is not None and state is not None:
             state = _rejected_after_restart(state, rejection, self._pushed.version)
@@ -607,13 +676,28 @@ class BoxSync:
 def _version_and_text(payload: bytes) -> tuple[int, str] | None:
     """The version and TOML text of a config envelope, if it has them (the agent verifies it)."""
     try:
-        envelope = json.loads(payload)
+        envelope = loads(payload, what="config envelope", max_bytes=fleet.MAX_CONFIG_BYTES,
+                         max_depth=MAX_DEPTH)
         version, text = envelope["seq"], envelope["body"]["toml"]
-    except (ValueError, TypeError, KeyError):
+    except (Untrusted, TypeError, KeyError):
         return None
     if isinstance(version, int) and isinstance(text, str):
         return version, text
     return None
+
+
+def _pushed_state_ok(state: Any) -> bool:
+    """``pushed.json`` as :class:`PushedConfig` writes it."""
+    if not isinstance(state, dict) or set(state) != {"previous", "rejected", "sha256", "trial", "version"}:
+        return False
+    previous, rejected = state["previous"], state["rejected"]
+    return (isinstance(state["version"], int) and isinstance(state["trial"], bool)
+            and (state["sha256"] is None or isinstance(state["sha256"], str))
+            and (previous is None or isinstance(previous, dict) and set(previous) == {"toml", "version"}
+                 and isinstance(previous["version"], int) and (previous["toml"] is None
+                                                                or isinstance(previous["toml"], str)))
+            and (rejected is None or isinstance(rejected, dict) and set(rejected) == {"reason", "version"}
+                 and isinstance(rejected["reason"], str) and isinstance(rejected["version"], int)))
 
 
 def _rejected_after_restart(state: dict[str, Any], rejection: dict[str, Any], back_to: int) -> dict[str, Any]:

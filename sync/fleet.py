@@ -42,7 +42,14 @@ key: what it leaves out keeps the local value. Its version is the envelope's ``s
 Versions only move forward: one not above the last applied or judged is
 refused, and the same version delivered again (a retained message after every
 reconnect) is answered with the report already given, without applying it
-again.
+again. A valid document is then judged by :mod:`linetap.sync.pushpolicy`
+against the local file: a key the policy refuses rejects the whole document
+(code ``policy-refused``, each refused key and why in the reason); each key
+that changes is logged with its old and new value (at WARNING for consent and
+security keys).
+
+Every payload is read through :func:`linetap.firmware.untrusted.loads`
+(bounded size, depth and integers) before anything looks at it.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ from linetap.firmware.config import Config, merge_pushed
 from linetap.firmware.errors import ConfigError, LinetapError, SyncError
 from linetap.firmware.manifest import canonical, plain
 from linetap.firmware.schema import parse_toml
+from linetap.firmware.untrusted import Untrusted, loads
+from linetap.sync import pushpolicy
+from linetap.sync.pushpolicy import BoxFacts
 from linetap.sync.signed import Envelope, EnvelopeRefused, Malformed, ReplayGuard, StaleVersion, WrongDevice, \
     open_envelope, seal
 from linetap.sync.wire import ROOT, check_device_id
@@ -77,7 +87,9 @@ MAX_LOG_LINES = 500
 MAX_LOG_LINE = 400  # characters kept of each log line
 MAX_LOG_BYTES = 64 * 1024  # keeps a logs response well inside one 128 KiB message
 MAX_FIGURES = 4096  # status, birth, telemetry and alarm payloads
-ALARMS = ("not-recording", "spool-full", "clock-unsynced", "device-missing", "modem-lost", "upload-rejected")
+ALARMS = ("not-recording", "spool-full", "clock-unsynced", "device-missing", "modem-lost", "upload-rejected",
+          pushpolicy.CONSENT_ALARM)
+MAX_TOML_DEPTH = 8  # tables and arrays nested in a pushed config (the schema has two levels)
 
 Outcome = Literal["applied", "rejected"]
 ResponseStatus = Literal["ok", "refused", "failed"]
@@ -168,6 +180,8 @@ class ConfigReport:
     code: str | None
     reason: str | None
     changed: tuple[str, ...]
+    # Consent keys of the running config that differ from the local file (alarm "consent-changed").
+    consent: tuple[str, ...] = ()
     qos: int = 1
     retain: bool = True
 
@@ -330,13 +344,16 @@ class FleetAgent:
     commands and configs the box obeys (:func:`~linetap.sync.signed.key_table`).
     ``config`` is the config running now and ``local_config`` the box's own
     file that pushed configs are laid over (default: ``config``); ``state`` is what ``save`` was last
-    given (None on a new box); ``boot`` is the app's persisted boot counter.
+    given (None on a new box); ``boot`` is the app's persisted boot counter. ``facts`` tells the
+    push policy where the box's prompt folder is and what it holds unsynced (default: nothing
+    known, only the packaged prompts).
     """
 
     def __init__(self, *, device_id: str, signing_key: Ed25519PrivateKey,
                  operator_keys: Mapping[str, Ed25519PublicKey], clock: Clock, effects: Effects,
                  config: Config, state: Mapping[str, Any] | None,
-                 save: Callable[[dict[str, Any]], None], boot: int, local_config: Config | None = None) -> None:
+                 save: Callable[[dict[str, Any]], None], boot: int, local_config: Config | None = None,
+                 facts: Callable[[], BoxFacts] | None = None) -> None:
         self.device_id = check_device_id(device_id)
         self._key = signing_key
         self._operator_keys = dict(operator_keys)
@@ -344,6 +361,7 @@ class FleetAgent:
         self._effects = effects
         self._config = config
         self._local = local_config or config  # what pushed configs are laid over
+        self._facts = facts or BoxFacts
         self._save_state = save
         self._boot = boot
         self._session = 0
@@ -477,6 +495,14 @@ class FleetAgent:
             new = self._validate(envelope.body, version)
         except ConfigError as e:
             return self._judged(version, digest, "rejected", "invalid-config", str(e), ())
+        verdict = pushpolicy.judge(self._local, new, self._facts())
+        if verdict.refusals:
+            for refusal in verdict.refusals:
+                logger.warning("fleet config key refused device_id=%s version=%d %s", self.device_id, version,
+                               refusal)
+            return self._judged(version, digest, "rejected", "policy-refused",
+                                f"config version {version} is refused by this box's push policy: "
+                                + "; ".join(verdict.refusals), ())
         changed = frozenset(name for name in Config.model_fields if getattr(old, name) != getattr(new, name))
         if changed:
             try:
@@ -489,6 +515,9 @@ class FleetAgent:
                                     f"applying sections {', '.join(sorted(changed))} failed "
                                     f"({type(e).__name__}: {e}); rolled back to version "
                                     f"{self._applied_version}", tuple(sorted(changed)))
+        for change in pushpolicy.changes(old, new):
+            log = logger.warning if change.rule.guarded else logger.info
+            log("fleet config key changed device_id=%s version=%d %s", self.device_id, version, change.shown())
         self._config = new
         return self._judged(version, digest, "applied", None, None, tuple(sorted(changed)))
 
@@ -519,8 +548,10 @@ class FleetAgent:
         body = {"applied_version": self._applied_version, "changed": list(changed),
                 "clock_synced": self._clock.synced(), "code": code, "outcome": outcome,
                 "reason": reason, "report": "config", "version": version}
+        consent = tuple(c.key for c in pushpolicy.changes(self._local, self._config)
+                        if c.rule.alarm == pushpolicy.CONSENT_ALARM)
         return ConfigReport(config_reported_topic(self.device_id), self._seal(body, version, None),
-                            version, outcome, self._applied_version, code, reason, changed)
+                            version, outcome, self._applied_version, code, reason, changed, consent)
 
     # -------------------------------------------------- status and figures --
 
@@ -541,10 +572,11 @@ class FleetAgent:
             return None
         current = (self._boot, self._session)
         try:
-            seen = json.loads(payload)
+            seen = loads(payload, what=f"retained status of {self.device_id}", max_bytes=MAX_FIGURES,
+                         max_depth=4)
             pair = (seen["boot"], seen["session"])
             state = seen["state"]
-        except (ValueError, TypeError, KeyError):
+        except (Untrusted, TypeError, KeyError):
             return self._status("online")
         if not all(isinstance(n, int) for n in pair):
             return self._status("online")
@@ -619,7 +651,47 @@ def pushed_config(text: str, local: Config, *, source: str) -> Config:
     See :func:`linetap.firmware.config.merge_pushed`; the centre checks with
     the defaults as the local config before pushing.
     """
-    return merge_pushed(local, parse_toml(text, source=source), source=source)
+    return merge_pushed(local, _bounded_toml(text, source), source=source)
+
+
+def _bounded_toml(text: str, source: str) -> dict[str, Any]:
+    """``text`` parsed as TOML; nesting or an integer out of bounds is a ConfigError, not a crash.
+
+    Brackets are counted before parsing (inside strings too: a config needs few), so a document
+    nested thousands deep is refused without recursing.
+    """
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > MAX_TOML_DEPTH:
+        raise ConfigError(f"{source}: nests tables or arrays {deepest} deep, more than {MAX_TOML_DEPTH}; "
+                          "a config has sections of keys")
+    try:
+        data = parse_toml(text, source=source)
+    except ConfigError:
+        raise
+    except (ValueError, RecursionError) as e:  # tomllib hands an over-long integer to int(), which refuses it
+        raise ConfigError(f"{source}: holds a value out of bounds ({str(e)[:80]})") from None
+    if _depth(data) > MAX_TOML_DEPTH:
+        raise ConfigError(f"{source}: nests tables deeper than {MAX_TOML_DEPTH} levels; a config has "
+                          "sections of keys")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s tables and arrays nest (dotted keys nest too), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_TOML_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _command(body: Mapping[str, Any], topic_name: str) -> tuple[str, Mapping[str, Any]]:

@@ -26,7 +26,10 @@ is one byte form per meaning), and each refusal is its own
 :class:`EnvelopeRefused` subclass with a ``code`` the box puts in its error
 response. Checks run in this order, so a message with several faults is
 named by the first: size, syntax, signature present, key known, signature
-valid, members, kind, device, time.
+valid, members, kind, device, time. Syntax is judged by
+:func:`linetap.firmware.untrusted.loads` before anything is built: at most
+:data:`MAX_DEPTH` levels of nesting, integers within I-JSON's range, no
+floats and no repeated keys.
 
 Time. With ``now_ms`` given (the box's clock is synchronised), an envelope
 is refused once ``now_ms >= expires_ms`` and while ``issued_ms`` is more than
@@ -46,7 +49,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.firmware.keys import fingerprint
 from linetap.firmware.manifest import ManifestError, canonical
+from linetap.firmware.untrusted import Untrusted, loads
 from linetap.sync.wire import DEVICE_ID
 
 FORMAT = "linetap-envelope/1"
@@ -67,6 +70,8 @@ ALG = "ed25519"
 MAX_SKEW_MS = 5 * 60 * 1000  # how far ahead of the box's clock an operator's clock may run
 # Integers a JavaScript or Go consumer reads exactly; anything larger is a mistake.
 MAX_INT = 2**53 - 1
+# Envelope (1), signature or body (2), then what a body holds: a command's args, a report's lists.
+MAX_DEPTH = 8
 NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 _REQUIRED = ("body", "device", "expires_ms", "format", "issued_ms", "kind")
@@ -247,24 +252,20 @@ def _check_time(envelope: Envelope, now_ms: int | None) -> None:
 
 
 def _parse(data: bytes, kind: str) -> dict[str, Any]:
-    problem = None
+    """The envelope's members, read within bounds (:func:`linetap.firmware.untrusted.loads`)."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float)
-        if isinstance(value, dict) and canonical(value) != data:
-            problem = ("is not in canonical form (sorted keys, no spaces, UTF-8); "
-                       "send the signer's bytes unchanged")
-    except (ValueError, RecursionError) as e:  # UnicodeError and JSONDecodeError are ValueErrors
-        problem = f"is not canonical JSON ({type(e).__name__}: {str(e)[:120]})"
-        value = None
-    if problem is None and not isinstance(value, dict):
-        problem = f"is a JSON {type(value).__name__}, not an object"
-    if problem is not None:
-        raise Malformed(f"{kind} envelope {problem}")
+        value = loads(data, what=f"{kind} envelope", max_bytes=len(data), max_depth=MAX_DEPTH)
+    except Untrusted as e:  # too deep, an integer out of range, a float, a repeated key, not JSON
+        raise Malformed(f"{e}; send the signer's canonical bytes") from None
+    if not isinstance(value, dict):
+        raise Malformed(f"{kind} envelope is a JSON {type(value).__name__}, not an object")
+    try:
+        if canonical(value) != data:
+            raise Malformed(f"{kind} envelope is not in canonical form (sorted keys, no spaces, UTF-8); "
+                            "send the signer's bytes unchanged")
+    except (ManifestError, UnicodeError) as e:
+        raise Malformed(f"{kind} envelope is not canonical JSON ({type(e).__name__}: {str(e)[:120]})") from None
     return value
-
-
-def _no_float(text: str) -> Any:
-    raise ManifestError(f"number {text[:40]} is not an integer; envelopes carry no floats")
 
 
 def _signature(sig: Any, kind: str) -> tuple[str, bytes]:

@@ -17,6 +17,7 @@ from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceMissing
 from linetap.sync import fleet
 from linetap.sync.fleet import BirthInfo, Effects, FleetAgent, SpoolFigures, Telemetry
+from linetap.sync.pushpolicy import MIB, BoxFacts
 from linetap.sync.signed import key_table, open_envelope, seal
 
 DEV = "lt-desk-1"
@@ -61,15 +62,17 @@ class Box:
     """One agent with its effects, its persisted state and a clock the test moves."""
 
     def __init__(self, clock: ManualClock, state: dict[str, Any] | None = None,
-                 fail: frozenset[str] = frozenset(), boot: int = 1, **replaced: Any) -> None:
+                 fail: frozenset[str] = frozenset(), boot: int = 1, local: dict[str, Any] | None = None,
+                 facts: BoxFacts | None = None, **replaced: Any) -> None:
         self.clock = clock
         self.recorded = RecordedEffects(fail)
         self.saved: list[dict[str, Any]] = []
+        config = Config.model_validate({"device": {"id": DEV}, **(local or {})})
         self.agent = FleetAgent(device_id=DEV, signing_key=DEVICE_KEY,
                                 operator_keys=key_table([OPERATOR.public_key()]), clock=clock,
-                                effects=dataclasses.replace(self.recorded.effects(), **replaced), config=Config(device={"id": DEV}),
+                                effects=dataclasses.replace(self.recorded.effects(), **replaced), config=config,
                                 state=state, save=lambda s: self.saved.append(json.loads(json.dumps(s))),
-                                boot=boot)
+                                boot=boot, facts=None if facts is None else lambda: facts)
 
     @property
     def now_ms(self) -> int:
@@ -429,3 +432,145 @@ def test_birth_telemetry_and_alarms_are_bounded_json_on_their_topics(box: Box) -
     assert max(len(m.payload) for m in (birth, telemetry, alarm)) <= fleet.MAX_FIGURES
     with pytest.raises(fleet.SyncError, match="not one of"):
         box.agent.alarm("on-fire", active=True)
+
+
+# ------------------------------------------------------------ push policy --
+
+SITE = {"sync": {"broker": "broker.example.net"},
+        "consent": {"opt_out_key": "5", "warning_interval_s": 20.0, "far_speech_wait_s": 8.0}}
+
+
+@pytest.mark.parametrize("toml, key, why", [
+    ('[sync]\nca_file = "/tmp/attacker-ca.pem"\n', "sync.ca_file", "trust anchor"),
+    ('[sync]\nbroker = "localhost"\ntls = false\n', "sync.tls", "TLS stays"),
+    ('[sync]\ncert_file = "/tmp/other.crt"\n', "sync.cert_file", "its own"),
+    ('[sync]\nkey_file = "/etc/shadow"\n', "sync.key_file", "its own"),
+    ('[sync]\nbroker = ""\n', "sync.broker", "cut the box off"),
+    ('[spool]\non_full = "overwrite-oldest"\n', "spool.on_full", "deletes unsynced"),
+    ("[spool]\nmax_bytes = 1\n", "spool.max_bytes", "at least 67108864"),
+    ("[spool]\nmin_free_mb = 100000\n", "spool.min_free_mb", "at most 4096"),
+    ("[sync]\nbandwidth_bytes_s = 1\n", "sync.bandwidth_bytes_s", "at least 16384"),
+    ("[consent]\nannounce = false\n", "consent.announce", "not off"),
+    ("[consent]\nwarning_tone = false\n", "consent.warning_tone", "not off"),
+    ("[consent]\nwarning_interval_s = 600.0\n", "consent.warning_interval_s", "not lengthen"),
+    ("[consent]\nfar_speech_wait_s = 60.0\n", "consent.far_speech_wait_s", "not lengthen"),
+    ('[consent]\nopt_out_key = ""\n', "consent.opt_out_key", "never remove or change"),
+    ('[consent]\nopt_out_key = "9"\n', "consent.opt_out_key", "never remove or change"),
+    ("[consent]\nopt_out_window_s = 1.0\n", "consent.opt_out_window_s", "not shorten"),
+    ("[consent]\nprompt_level_dbfs = -40.0\n", "consent.prompt_level_dbfs", "quieter"),
+    ("[consent]\nwarning_level_dbfs = -40.0\n", "consent.warning_level_dbfs", "quieter"),
+    ('[consent.prompts]\nen = "/etc/shadow"\n', "consent.prompts", "not inside the prompt folders"),
+    ('[consent.prompts]\nen = "prompts/en.ogg"\n', "consent.prompts", "not an absolute path"),
+    ('[consent.prompts]\nen = "builtin:../../../etc/passwd"\n', "consent.prompts", "named by its language"),
+])
+def test_a_push_the_policy_refuses_is_rejected_naming_the_key_and_why(clock: ManualClock, toml: str, key: str,
+                                                                      why: str) -> None:
+    box = Box(clock, local=SITE)
+    before = box.agent.config
+    report, body = box.push(toml, version=2)
+    assert (report.outcome, report.code, report.applied_version) == ("rejected", "policy-refused", 0)
+    assert key in body["reason"] and why in body["reason"] and "push policy" in body["reason"]
+    assert box.recorded.calls == [] and box.agent.config is before
+    assert box.saved[-1]["config"]["last"]["code"] == "policy-refused"  # judged: not tried again
+
+
+def test_a_prompt_path_with_dotdot_or_a_symlink_out_of_the_folder_is_refused(clock: ManualClock,
+                                                                           tmp_path: Any) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "en.ogg").write_bytes(b"OggS")
+    (prompts / "escape.ogg").symlink_to("/etc/passwd")
+    box = Box(clock, facts=BoxFacts(data_dir=tmp_path))
+    for version, (location, why) in enumerate([
+            (f"{prompts}/../../etc/passwd", "'..'"),
+            (f"{prompts}/escape.ogg", "symbolic link"),
+            (str(tmp_path / "en.ogg"), "not inside the prompt folders")], start=2):
+        report, body = box.push(f'[consent.prompts]\nen = "{location}"\n', version=version)
+        assert report.code == "policy-refused" and why in body["reason"], body["reason"]
+    report, _ = box.push(f'[consent.prompts]\nen = "{prompts}/en.ogg"\n', version=9)
+    assert (report.outcome, report.consent) == ("applied", ("consent.prompts",))
+
+
+def test_a_smaller_spool_than_the_unsynced_audio_is_refused_unless_the_local_file_overwrites(
+        clock: ManualClock) -> None:
+    held = BoxFacts(unsynced_bytes=500 * MIB)
+    report, body = Box(clock, facts=held).push(f"[spool]\nmax_bytes = {100 * MIB}\n", version=2)
+    assert report.code == "policy-refused" and "524288000 bytes not yet synced" in body["reason"]
+    assert Box(clock, facts=held).push(f"[spool]\nmax_bytes = {600 * MIB}\n", version=2)[0].outcome == "applied"
+    overwriting = Box(clock, facts=held, local={"spool": {"on_full": "overwrite-oldest"}})
+    assert overwriting.push(f"[spool]\nmax_bytes = {100 * MIB}\n", version=2)[0].outcome == "applied"
+    # Going back to stopping (never deleting) is always allowed.
+    assert overwriting.push('[spool]\non_full = "stop-and-alarm"\n', version=3)[0].outcome == "applied"
+
+
+@pytest.mark.parametrize("toml", [
+    "[consent]\nwarning_interval_s = 10.0\n",
+    '[consent]\nannounce_when = "far-speech"\n',
+    "[consent]\nopt_out_window_s = 60.0\n",
+    '[consent.prompts]\nen = "builtin:en"\nde = "builtin:en"\n',
+])
+def test_a_consent_change_the_policy_allows_is_applied_and_flagged(clock: ManualClock, toml: str) -> None:
+    box = Box(clock, local=SITE)
+    report, _ = box.push(toml, version=2)
+    assert report.outcome == "applied" and len(report.consent) == 1 and report.consent[0].startswith("consent.")
+
+
+def test_an_opt_out_key_may_be_added_where_the_site_has_none(box: Box) -> None:
+    report, _ = box.push('[consent]\nopt_out_key = "5"\n', version=2)
+    assert (report.outcome, report.consent) == ("applied", ("consent.opt_out_key",))
+    report, _ = box.push("", version=3)  # the push no longer names it: the local file's value again
+    assert (report.outcome, report.consent) == ("applied", ())
+
+
+def test_each_changed_key_is_logged_with_old_and_new_values(clock: ManualClock,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    box = Box(clock, local=SITE)
+    with caplog.at_level("INFO", logger="linetap.sync.fleet"):
+        box.push('[consent]\nwarning_interval_s = 10.0\n[sync]\nbroker = "other.example.net"\n'
+                 "window = 64\n", version=4)
+    lines = {r.getMessage().rsplit(" ", 3)[0].split()[-1]: (r.levelname, r.getMessage())
+             for r in caplog.records if "key changed" in r.getMessage()}
+    assert lines["consent.warning_interval_s"][0] == "WARNING" and "20.0 -> 10.0" in lines[
+        "consent.warning_interval_s"][1]
+    assert lines["sync.broker"][0] == "WARNING" and "'broker.example.net' -> 'other.example.net'" in lines[
+        "sync.broker"][1]
+    assert lines["sync.window"] == ("INFO", lines["sync.window"][1]) and "32 -> 64" in lines["sync.window"][1]
+    assert all("version=4" in message for _, message in lines.values())
+
+
+@pytest.mark.parametrize("toml", [
+    "a = " + "[" * 20_000 + "]" * 20_000 + "\n",
+    "a = " + "9" * 60_000 + "\n",
+    "a." * 5_000 + "b = 1\n",
+])
+def test_a_hostile_toml_document_is_rejected_not_a_crash(box: Box, toml: str) -> None:
+    report, body = box.push(toml, version=2)
+    assert (report.outcome, report.code) == ("rejected", "invalid-config") and body["reason"]
+    assert box.recorded.calls == []
+
+
+def sealed_command(box: Box, body: dict[str, Any], seq: int = 7) -> bytes:
+    return seal("cmd", DEV, body, OPERATOR, seq=seq, now_ms=box.now_ms, ttl_ms=TTL)
+
+
+@pytest.mark.parametrize("payload, code", [
+    (b'{"body":' + b"[" * 50_000 + b"]" * 50_000 + b"}", "oversized"),
+    (b'{"body":{"args":{"seconds":' + b"9" * 100_000 + b'}}}', "oversized"),
+    (b"[" * 8_000 + b"]" * 8_000, "malformed"),
+    (b'{"body":{"args":{"seconds":' + b"9" * 4_000 + b'}}}', "malformed"),
+])
+def test_a_deep_or_huge_command_is_refused_with_a_signed_answer(box: Box, payload: bytes, code: str) -> None:
+    response, body = box.send(fleet.cmd_topic(DEV, "identify"), payload)
+    assert (response.status, response.code, body["code"]) == ("refused", code, code)
+    assert box.recorded.calls == []
+
+
+@pytest.mark.parametrize("args", [
+    {"seconds": 10 ** 20},  # beyond what a JSON peer reads exactly
+    {"seconds": [[[[[[[[[[5]]]]]]]]]]},  # deeper than an envelope may nest
+])
+def test_a_signed_command_out_of_json_bounds_is_malformed(box: Box, args: dict[str, Any]) -> None:
+    response, body = box.send(fleet.cmd_topic(DEV, "identify"),
+                              sealed_command(box, {"args": args, "name": "identify"}))
+    assert (response.status, response.code) == ("refused", "malformed")
+    assert box.recorded.calls == []

@@ -24,11 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from linetap.firmware.app import load_prompts
-from linetap.firmware.callflow import CallEvent, CallRecord, uuid7
+from linetap.drivers.events import HookChanged
+from linetap.firmware.app import load_prompts, policy_from
+from linetap.firmware.callflow import CallEvent, CallFlow, CallRecord, uuid7
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config
-from linetap.firmware.errors import DeviceMissing
+from linetap.firmware.errors import ConfigError, DeviceMissing
 from linetap.firmware.keys import keys_init, load_signing_key, public_key_b64
 from linetap.firmware.manifest import canonical
 from linetap.firmware.recorder import Recording
@@ -36,6 +37,7 @@ from linetap.firmware.spool import Codec, Spool, SpoolSink
 from linetap.sync import fleet
 from linetap.sync.agent import AppHooks, AudioFigures, BoxSync, PushedConfig
 from linetap.sync.broker import LocalBroker
+from linetap.sync.pushpolicy import consent_note
 from linetap.sync.signed import key_table, open_envelope, seal
 from netproxy import Proxy
 
@@ -212,10 +214,11 @@ def operator(site: Site) -> Iterator[Operator]:
 class Box:
     """A running BoxSync on a site, with its spool; closed by the fixture."""
 
-    def __init__(self, site: Site, hooks: Hooks, clock: Clock, config: Config | None = None) -> None:
+    def __init__(self, site: Site, hooks: Hooks, clock: Clock, config: Config | None = None,
+                 local: Config | None = None) -> None:
         self.spool = Spool(site.box, device_id=DEV, clock=clock, disk_free=lambda _p: 10 ** 12)
         self.sync = BoxSync(config or site.config(), self.spool, site.box, clock=clock, hooks=hooks.hooks(),
-                            thermal_path=site.box / "thermal")
+                            thermal_path=site.box / "thermal", local_config=local)
         self.sync.start()
 
     def close(self) -> None:
@@ -229,8 +232,9 @@ class Box:
 def boxes() -> Iterator[Callable[..., Box]]:
     started: list[Box] = []
 
-    def start(site: Site, hooks: Hooks, clock: Clock | None = None, config: Config | None = None) -> Box:
-        box = Box(site, hooks, clock or SyncedClock(), config)
+    def start(site: Site, hooks: Hooks, clock: Clock | None = None, config: Config | None = None,
+              local: Config | None = None) -> Box:
+        box = Box(site, hooks, clock or SyncedClock(), config, local)
         started.append(box)
         return box
 
@@ -416,12 +420,12 @@ def test_a_config_for_the_drivers_asks_for_a_restart_and_is_on_trial(site: Site,
     hooks = Hooks()
     boxes(site, hooks)
     online(operator, 1)
-    report = operator.push_config(site.sync_toml("[consent]\nwarning_interval_s = 30.0\n"), version=5)
+    report = operator.push_config(site.sync_toml("[consent]\nwarning_interval_s = 10.0\n"), version=5)
     assert report["outcome"] == "applied" and report["changed"] == ["consent"]
     assert hooks.wait("restart") and "config version 5 changes consent" in hooks.calls[-1][1]
     pushed = PushedConfig(site.box)
     assert pushed.on_trial
-    assert pushed.overlay(site.config()).consent.warning_interval_s == 30.0
+    assert pushed.overlay(site.config()).consent.warning_interval_s == 10.0
     pushed.confirm()
     assert not pushed.on_trial
 
@@ -443,7 +447,7 @@ def test_a_config_that_fails_to_apply_is_rejected_and_the_old_one_kept(site: Sit
     hooks = Hooks(check=load_prompts)
     box = boxes(site, hooks)
     online(operator, 1)
-    missing = site.box / "no-such-prompt.ogg"
+    missing = site.box / "prompts" / "no-such-prompt.ogg"
     report = operator.push_config(site.sync_toml(f'[consent.prompts]\nen = "{missing}"\n'), version=4)
     assert report["outcome"] == "rejected" and report["code"] == "apply-failed"
     assert "no-such-prompt.ogg" in report["reason"] and report["applied_version"] == 0
@@ -551,3 +555,108 @@ def test_after_a_broker_restart_the_retained_status_is_online(site: Site, boxes)
         assert late.latest(fleet.birth_topic(DEV))["boot"] == 1
     finally:
         late.close()
+
+
+# -------------------------------------------------------------- push policy --
+
+@pytest.mark.parametrize("extra, key", [
+    ("[consent]\nannounce = false\nwarning_tone = false\n", "consent.announce"),
+    ('[spool]\non_full = "overwrite-oldest"\nmax_bytes = 1\n', "spool.on_full"),
+    ('[consent.prompts]\nen = "/etc/shadow"\n', "consent.prompts"),
+])
+def test_a_push_the_policy_refuses_is_reported_rejected_and_changes_nothing(site: Site, operator: Operator,
+                                                                           boxes, extra: str, key: str) -> None:
+    hooks = Hooks(check=load_prompts)
+    box = boxes(site, hooks)
+    online(operator, 1)
+    report = operator.push_config(site.sync_toml(extra), version=3)
+    assert (report["outcome"], report["code"], report["applied_version"]) == ("rejected", "policy-refused", 0)
+    assert key in report["reason"] and "push policy" in report["reason"]
+    assert hooks.calls == [] and box.sync.agent.config == site.config()
+    assert not (site.box / "config" / "pushed.toml").exists()
+
+
+def test_a_symlink_out_of_the_prompt_folder_is_refused(site: Site, operator: Operator, boxes) -> None:
+    (site.box / "prompts").mkdir()
+    (site.box / "prompts" / "en.ogg").symlink_to("/etc/passwd")
+    boxes(site, Hooks(check=load_prompts))
+    online(operator, 1)
+    report = operator.push_config(site.sync_toml(f'[consent.prompts]\nen = "{site.box}/prompts/en.ogg"\n'),
+                                  version=2)
+    assert report["code"] == "policy-refused" and "symbolic link" in report["reason"]
+
+
+def test_pushed_consent_raises_the_alarm_and_is_noted_in_every_recording_until_undone(
+        site: Site, operator: Operator, boxes) -> None:
+    hooks = Hooks()
+    first = boxes(site, hooks)
+    online(operator, 1)
+    report = operator.push_config(site.sync_toml("[consent]\nwarning_interval_s = 10.0\n"), version=5)
+    assert report["outcome"] == "applied" and hooks.wait("restart")
+    alarm = operator.latest(fleet.alarm_topic(DEV, "consent-changed"), lambda b: b["active"])
+    assert "consent.warning_interval_s" in alarm["detail"] and "version 5" in alarm["detail"]
+    first.close()
+
+    # The restart, as app.run does it: the pushed document over the local file, then the call loop.
+    local = site.config()
+    pushed = PushedConfig(site.box)
+    config = pushed.overlay(local)
+    note = consent_note(local, config, pushed.version)
+    assert note == {"source": "fleet", "changed": ["consent.warning_interval_s"], "config_version": 5}
+    count = len(operator.messages)
+    second = boxes(site, Hooks(), config=config, local=local)
+    online(operator, 2)
+    again = operator.wait_for(lambda m: m.topic == fleet.alarm_topic(DEV, "consent-changed")
+                              and operator.messages.index(m) >= count)
+    assert json.loads(again.payload)["active"] is True
+
+    for n in range(2):  # every recording while it is in force
+        clock = ManualClock()
+        flow = CallFlow(policy_from(config, None, note), clock)
+        flow.handle(HookChanged(off_hook=True, source="gpio"))
+        manifest = recorded_manifest(second.spool, site.box, flow.call)
+        policy = [e for e in manifest["events"] if e["kind"] == "policy"]
+        assert policy == [{"t_ms": 0, "kind": "policy", "detail": note}]
+
+    # A push that no longer changes consent clears the alarm.
+    report = operator.push_config(site.sync_toml(), version=6)
+    assert report["outcome"] == "applied"
+    cleared = operator.latest(fleet.alarm_topic(DEV, "consent-changed"), lambda b: not b["active"])
+    assert cleared["alarm"] == "consent-changed"
+
+
+def recorded_manifest(spool: Spool, box: Path, call: CallRecord) -> dict[str, Any]:
+    """Close ``call`` as a one-second recording in ``spool``; its manifest as written."""
+    sink = SpoolSink(spool, Codec(rate=8000, segment_s=1.0))
+    sink.open(call)
+    sink.write(np.zeros((8000, 2), dtype=np.int16))
+    ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
+                          "ended_mono": call.started_mono + 1})
+    sink.close(Recording(ended, 8000, 0.0, (), {}))
+    return json.loads((box / "spool" / call.call_id / "manifest.json").read_bytes())
+
+
+def test_a_kept_push_the_policy_now_refuses_is_rolled_back_at_start(site: Site) -> None:
+    pushed = PushedConfig(site.box)
+    pushed.save(4, "[consent]\nannounce = false\n", trial=False)  # kept before this policy, or forged
+    local = site.config()
+    with pytest.raises(ConfigError, match="push policy"):
+        pushed.overlay(local)
+    assert pushed.on_trial  # so app.run rolls back instead of stopping
+    assert pushed.roll_back(local, "refused by the push policy") == local
+    assert pushed.take_rejection() == {"reason": "refused by the push policy", "version": 4}
+
+
+@pytest.mark.parametrize("name, data", [
+    ("config/pushed.json", b"[" * 50_000 + b"]" * 50_000),
+    ("config/pushed.json", b'{"version": ' + b"9" * 100_000 + b"}"),
+    ("config/pushed.json", b'{"version": 3}'),
+    ("fleet/state.json", b"[" * 50_000 + b"]" * 50_000),
+    ("fleet/state.json", b'{"config": ' + b"9" * 100_000 + b"}"),
+])
+def test_a_damaged_agent_file_is_a_config_error_not_a_crash(site: Site, name: str, data: bytes) -> None:
+    (site.box / name).parent.mkdir(parents=True, exist_ok=True)
+    (site.box / name).write_bytes(data)
+    spool = Spool(site.box, device_id=DEV, clock=SystemClock(), disk_free=lambda _p: 10 ** 12)
+    with spool, pytest.raises(ConfigError, match=name.split("/")[-1]):
+        BoxSync(site.config(), spool, site.box, clock=SystemClock())

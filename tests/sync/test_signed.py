@@ -161,6 +161,30 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
         open_cmd(b'{"seq":' + b"9" * 5000 + b"}")
 
 
+@pytest.mark.parametrize("data", [
+    b'{"body":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"body":{"args":{"seconds":' + b"9" * 100_000 + b"}}}",
+], ids=["50000-deep", "100000-digits"])
+def test_a_huge_document_is_malformed_before_anything_is_built(data: bytes) -> None:
+    with pytest.raises(Malformed, match="cmd envelope"):
+        open_cmd(data, max_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("body, why", [
+    ({"args": {"seconds": 2 ** 53}, "name": "identify"}, "integer"),
+    ({"args": {"seconds": [[[[[[[[5]]]]]]]]}, "name": "identify"}, "deeper than 8"),
+], ids=["beyond-i-json", "too-deep"])
+def test_a_signed_envelope_out_of_json_bounds_is_malformed(body: dict[str, Any], why: str) -> None:
+    with pytest.raises(Malformed, match=why):
+        open_cmd(seal("cmd", DEV, body, OPERATOR, seq=7, now_ms=NOW, ttl_ms=TTL))
+
+
+def test_a_repeated_key_is_malformed_whoever_signed_it() -> None:
+    twice = VALID.replace(b'{"body":', b'{"body":{},"body":', 1)
+    with pytest.raises(Malformed, match="repeats the key 'body'"):
+        open_cmd(twice)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, len(VALID) * 8 - 1))
 def test_any_bit_flip_is_refused(bit: int) -> None:
