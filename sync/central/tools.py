@@ -519,6 +519,14 @@ class StoreTools:
             return ImportResult(rid, "rejected", "malformed", str(e))
         if final is None:
             return ImportResult(rid, "rejected", "malformed", "no answer for the manifest")
+        if final.status == "stored":
+            # A broken link is stored as evidence (refusing it would lose the recording); say so here too.
+            breaks = [p["detail"] for p in self.index.problems(device)
+                      if p["kind"] == "chain-break" and p["recording_id"] == rid]
+            if breaks:
+                return ImportResult(rid, "stored", "chain-break",
+                                    f"stored as evidence, but its chain link is broken: {breaks[-1]}; "
+                                    "`linetap-central verify` reports it until the chain is explained")
         return ImportResult(rid, final.status, final.code, final.reason)
 
     @staticmethod

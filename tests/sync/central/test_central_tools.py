@@ -438,3 +438,19 @@ def test_exported_audio_is_readable_by_its_owner_only(central: Path, box: Box, c
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_import_says_when_a_recording_breaks_the_chain(central: Path, box: Box, capsys) -> None:
+    from linetap.firmware import keys as box_keys
+    from linetap.firmware import manifest as mf
+
+    first, second = box.call(1.5), box.call(1.5)
+    path = box.folder(second) / "manifest.json"
+    body = json.loads(path.read_bytes())
+    del body["signature"]
+    body["prev"] = "f" * 64  # signed by the box itself: only the chain can tell
+    path.write_bytes(mf.sign(body, box_keys.load_signing_key(box.data_dir)))
+    results = {r["recording_id"]: r for r in _import_json(central, box, capsys)}
+    assert (results[first]["status"], results[first]["code"]) == ("stored", None)
+    assert (results[second]["status"], results[second]["code"]) == ("stored", "chain-break")
+    assert "seq 1" in results[second]["reason"] and "verify" in results[second]["reason"]
