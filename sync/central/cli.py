@@ -433,7 +433,8 @@ def _list(args: argparse.Namespace) -> int:
         print("no recordings match")
     for row in rows:
         duration = "?" if row["duration_ms"] is None else f"{row['duration_ms'] / 1000:.1f}s"
-        caller = row["caller_number"] or row["caller_name"] or "-"
+        caller = row["caller_number"] or row["caller_name"] or (
+            f"({row['caller_withheld']})" if row.get("caller_withheld") else "-")
         flags = ("F" if row["flagged"] else "-") + ("H" if row["hold"] else "-")
         print(f"{_iso(row['started_ms'])}  {row['device_id']:<16} {row['seq']:>6}  {row['recording_id']}  "
               f"{duration:>8}  {flags}  {row['ended_by'] or '?':<10} {caller}")

@@ -20,7 +20,8 @@ each subject (status, birth, telemetry, config/reported, alarm/<name>), and
 
 Personal data: ``caller_number`` and ``caller_name`` are the only columns that
 hold it; erasure clears them (and the QA metrics and events) and keeps what
-the chain needs.
+the chain needs. ``caller_withheld`` (why no number came: ``private``,
+``out-of-area``, ``unavailable``, ``failed``) identifies nobody and stays.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     metrics TEXT,
     caller_number TEXT,
     caller_name TEXT,
+    caller_withheld TEXT,
     manifest_sha256 TEXT NOT NULL,
     prev TEXT NOT NULL,
     segments INTEGER NOT NULL,
@@ -121,7 +123,7 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
                      "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
                      "caller_number", "caller_name", "manifest_sha256", "prev", "segments", "bytes",
-                     "manifest_key", "stored_ms")
+                     "manifest_key", "stored_ms", "caller_withheld")
 _JSON_COLUMNS = ("consent", "metrics")
 _FLAG_COLUMNS = ("flagged", "recorded", "discarded", "hold")
 
@@ -191,6 +193,9 @@ class SqliteIndex:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            # An index from before caller_withheld: add the column (NULL for the recordings it holds).
+            if "caller_withheld" not in {r["name"] for r in self._db.execute("PRAGMA table_info(recordings)")}:
+                self._db.execute("ALTER TABLE recordings ADD COLUMN caller_withheld TEXT")
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
                                    "the file's permissions") from e

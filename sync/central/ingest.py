@@ -292,7 +292,7 @@ class Ingest:
             "ended_by": manifest.get("ended_by") if isinstance(manifest.get("ended_by"), str) else None,
             "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in CONSENT_KINDS],
             "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None,
-            "caller_number": number, "caller_name": name,
+            "caller_number": number, "caller_name": name, "caller_withheld": _withheld(manifest),
             "manifest_sha256": mf.manifest_hash(data), "prev": manifest["prev"],
             "segments": len(segments), "bytes": sum(size for _, _, size in segments),
             "manifest_key": manifest_key(manifest["device_id"], manifest["recording_id"]),
@@ -404,6 +404,17 @@ def _int_at(manifest: dict[str, Any], member: str, name: str) -> int | None:
     section = manifest.get(member)
     value = section.get(name) if isinstance(section, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _withheld(manifest: dict[str, Any]) -> str | None:
+    """The box's plain reason no number came (``private``, ``out-of-area``...); anything else is dropped.
+
+    Only a short lower-case word is taken, so no caller's number or name can reach the index unsealed.
+    """
+    value = manifest.get("caller_withheld")
+    if not isinstance(value, str) or not 0 < len(value) <= 32 or not value.isascii():
+        return None
+    return value if value.replace("-", "").isalpha() and value.islower() else None
 
 
 def _remove_tree(folder: Path) -> None:
