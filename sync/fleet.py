@@ -548,8 +548,7 @@ class FleetAgent:
         body = {"applied_version": self._applied_version, "changed": list(changed),
                 "clock_synced": self._clock.synced(), "code": code, "outcome": outcome,
                 "reason": reason, "report": "config", "version": version}
-        consent = tuple(c.key for c in pushpolicy.changes(self._local, self._config)
-                        if c.rule.alarm == pushpolicy.CONSENT_ALARM)
+        consent = pushpolicy.consent_keys(self._local, self._config)
         return ConfigReport(config_reported_topic(self.device_id), self._seal(body, version, None),
                             version, outcome, self._applied_version, code, reason, changed, consent)
 

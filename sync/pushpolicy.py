@@ -96,11 +96,6 @@ class Verdict:
     changes: tuple[Change, ...]
     refusals: tuple[str, ...]  # one line per refused key: what and why
 
-    @property
-    def consent(self) -> tuple[str, ...]:
-        """The keys in force that raise :data:`CONSENT_ALARM`."""
-        return tuple(c.key for c in self.changes if c.rule.alarm == CONSENT_ALARM)
-
 
 # ------------------------------------------------------------------ checks --
 
@@ -305,9 +300,14 @@ def judge(local: Config, pushed: Config, facts: BoxFacts) -> Verdict:
     return Verdict(found, tuple(refusals))
 
 
+def consent_keys(local: Config, running: Config) -> tuple[str, ...]:
+    """The consent keys of ``running`` that differ from the local file (they raise :data:`CONSENT_ALARM`)."""
+    return tuple(c.key for c in changes(local, running) if c.rule.alarm == CONSENT_ALARM)
+
+
 def consent_note(local: Config, running: Config, version: int) -> dict[str, Any] | None:
     """The event detail every recording carries while pushed consent settings are in force, or None."""
-    keys = [c.key for c in changes(local, running) if c.rule.alarm == CONSENT_ALARM]
+    keys = list(consent_keys(local, running))
     if not keys:
         return None
     return {"source": "fleet", "changed": keys, "config_version": version}
@@ -321,8 +321,3 @@ def _show(value: Any) -> str:
         value = dict(value)
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
-
-
-def table() -> list[tuple[str, str, str, str]]:
-    """The policy as rows (key, decision, what, alarm) for documentation."""
-    return [(key, rule.decision, rule.what, rule.alarm or "") for key, rule in POLICY.items()]
