@@ -53,6 +53,7 @@ class LocalBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=200)
         self._reader: threading.Thread | None = None
+        self._said_running = False
 
     @property
     def host(self) -> str:
@@ -90,12 +91,14 @@ class LocalBroker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
         ready = threading.Event()
+        self._said_running = False
         self._proc = subprocess.Popen([exe, "-c", str(conf)], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_log, args=(self._proc, ready),
                                         name=f"mosquitto-log-{self.port}", daemon=True)
         self._reader.start()
-        if not ready.wait(timeout) or not self.running:
+        # Its log ends before the process does: a broker that failed can still look alive here.
+        if not ready.wait(timeout) or not self._said_running or not self.running:
             self.kill()
             raise SyncError(f"mosquitto on port {self.port} did not start within {timeout:.0f} s:\n"
                             f"{self.log_tail()}")
@@ -108,6 +111,7 @@ class LocalBroker:
             line = raw.decode("utf-8", "replace").rstrip()
             self._log.append(line)
             if line.endswith(" running"):
+                self._said_running = True
                 ready.set()
         ready.set()  # the process ended: wake the waiter, which then sees it is not running
 

@@ -39,6 +39,13 @@ Rules, all in this file:
   any interval T at most ``rate * T`` plus one message leaves.
 - Acks whose sha256 is not the object's, for unknown recordings, or repeated,
   change nothing.
+- Overdue: a message sent on this connection and still unanswered (no
+  part-level or object-level ack, no ``retry``, no ``rejected``) after
+  ``ack_timeout_s`` is overdue, however often it was resent meanwhile.
+  :meth:`Upload.overdue` gives their count and the age of the oldest; the box
+  reports both in telemetry, so acks lost anywhere (a broker handing uploads
+  to a client that drops them, a stalled centre) show at the centre by name.
+  A reconnect starts the count again: while the link is down nothing is owed.
 """
 
 from __future__ import annotations
@@ -129,6 +136,14 @@ class Alarm:
 Output = Publish | SegmentSynced | RecordingSynced | SegmentsLost | Alarm
 
 
+@dataclass(frozen=True)
+class Overdue:
+    """Messages sent on this connection and unanswered for ``ack_timeout_s`` or longer."""
+
+    count: int
+    oldest_age_s: float | None  # None when nothing is overdue
+
+
 # ----------------------------------------------------------------- state --
 
 @dataclass(eq=False)
@@ -184,6 +199,8 @@ class Upload:
         self._recordings: dict[str, _Recording] = {}
         self._order: list[_Recording] = []
         self._inflight: dict[tuple[str, ObjectRef, int], float] = {}  # -> when sent
+        # -> when first sent on this connection; unlike _inflight, a resend does not restart it
+        self._waiting: dict[tuple[str, ObjectRef, int], float] = {}
         # Objects with an object-level ack deadline or a retry back-off: what poll and wake_at look at,
         # so each costs O(window) rather than O(backlog) (a week's backlog is tens of thousands of objects).
         self._timed: dict[tuple[str, ObjectRef], _Object] = {}
@@ -209,6 +226,7 @@ class Upload:
         """The link is up: everything not acknowledged at object level goes again."""
         self._connected = True
         self._inflight.clear()
+        self._waiting.clear()
         for rec in self._recordings.values():
             for obj in rec.objects.values():
                 if not obj.done:
@@ -219,6 +237,7 @@ class Upload:
     def disconnected(self) -> None:
         self._connected = False
         self._inflight.clear()
+        self._waiting.clear()
 
     def acked(self, ack: wire.Ack) -> None:
         """An acknowledgement from the centre, already validated by :func:`wire.parse_ack`."""
@@ -277,6 +296,12 @@ class Upload:
     def recordings(self) -> int:
         return len(self._recordings)
 
+    def overdue(self) -> Overdue:
+        """What has gone unanswered for ``ack_timeout_s`` or longer on this connection (see the module doc)."""
+        now = self._clock.monotonic()
+        ages = [now - sent for sent in self._waiting.values() if now - sent >= self._ack_timeout]
+        return Overdue(len(ages), max(ages) if ages else None)
+
     def is_blocked(self, recording_id: str) -> bool:
         rec = self._recordings.get(recording_id)
         return rec is not None and rec.blocked
@@ -316,13 +341,17 @@ class Upload:
             del self._timed[key]
 
     def _drop_inflight(self, recording_id: str, ref: ObjectRef | None = None) -> None:
+        """The centre answered (or the recording left): nothing of it is in flight or owed an ack."""
         for key in [k for k in self._inflight if k[0] == recording_id and (ref is None or k[1] == ref)]:
             del self._inflight[key]
+        for key in [k for k in self._waiting if k[0] == recording_id and (ref is None or k[1] == ref)]:
+            del self._waiting[key]
 
     def _stored(self, rec: _Recording, obj: _Object, part: int | None, now: float) -> None:
         rid = rec.pending.recording_id
         if part is not None:
             self._inflight.pop((rid, obj.ref, part), None)
+            self._waiting.pop((rid, obj.ref, part), None)
             obj.staged.add(part)
             if obj.count is not None and len(obj.staged) >= obj.count:
                 obj.parts = None  # all staged: free the bytes; re-read if the object must go again
@@ -352,6 +381,7 @@ class Upload:
             obj.staged_at = None
         else:
             self._inflight.pop((rid, obj.ref, ack.part), None)
+            self._waiting.pop((rid, obj.ref, ack.part), None)
             obj.staged.discard(ack.part)
         self._track(rid, obj)
         logger.info("centre asks to retry recording=%s object=%s code=%s delay_s=%.1f", rid, obj.ref,
@@ -447,6 +477,7 @@ class Upload:
             assert obj.parts is not None
             part = obj.parts[part_no]
             self._inflight[(rid, obj.ref, part_no)] = now
+            self._waiting.setdefault((rid, obj.ref, part_no), now)
             if self._rate:
                 self._bucket_at = max(self._bucket_at, now) + message_bytes(part) / self._rate
             self._out.append(Publish(part))

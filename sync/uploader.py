@@ -26,6 +26,8 @@ marked synced are sent again, then the manifest.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -82,7 +84,7 @@ class Uploader:
         self._status_lock = threading.Lock()
         self._status: dict[str, Any] = {"backlog_recordings": 0, "backlog_bytes": 0, "oldest_age_s": None,
                                         "last_sync_wall": None, "connected": False, "in_flight": 0,
-                                        "stopped_recordings": 0}
+                                        "stopped_recordings": 0, "overdue_acks": 0, "oldest_overdue_s": None}
         # QoS 0 is enough for acks and saves a PUBACK per message: on one TCP connection nothing is
         # lost, and after any reconnect the protocol resends everything not acknowledged, which the
         # centre acknowledges again (idempotent). Acks sent while the box is away were never needed.
@@ -134,7 +136,7 @@ class Uploader:
         self._events.put(("rescan", None))
 
     def status(self) -> dict[str, Any]:
-        """Figures for telemetry: backlog count, bytes and oldest age, last sync, link state."""
+        """Figures for telemetry: backlog count, bytes and oldest age, last sync, link state, overdue acks."""
         with self._status_lock:
             return dict(self._status)
 
@@ -203,7 +205,9 @@ class Uploader:
                 if self._on_alarm is not None:
                     self._on_alarm("upload-rejected", detail)
         self._mark_segments(segment_marks)
-        self._set_status(in_flight=self._protocol.in_flight)
+        overdue = self._protocol.overdue()
+        self._set_status(in_flight=self._protocol.in_flight, overdue_acks=overdue.count,
+                         oldest_overdue_s=overdue.oldest_age_s)
 
     def _mark_segments(self, marks: dict[str, list[int]]) -> None:
         while marks:
@@ -252,3 +256,18 @@ class Uploader:
     def _set_status(self, **figures: Any) -> None:
         with self._status_lock:
             self._status.update(figures)
+
+
+def with_overdue_acks(telemetry: Any, status: dict[str, Any]) -> Any:
+    """The box's telemetry message with ``upload``: the overdue acks of :meth:`Uploader.status`.
+
+    ``{"overdue_acks": <messages>, "oldest_overdue_s": <whole seconds or null>}``;
+    the centre raises its alarm on a count above zero
+    (:mod:`linetap.sync.central.fleet`).
+    """
+    body = json.loads(telemetry.payload)
+    oldest = status.get("oldest_overdue_s")
+    body["upload"] = {"overdue_acks": int(status.get("overdue_acks") or 0),
+                      "oldest_overdue_s": None if oldest is None else int(oldest)}
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return dataclasses.replace(telemetry, payload=payload)

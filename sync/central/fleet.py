@@ -27,6 +27,14 @@ device id can spell) and waits for it to come back: every retained message,
 and everything the broker had routed to this client before the marker, came
 first (:meth:`FleetClient.barrier`). Nothing here sleeps to wait for the broker.
 
+Unacknowledged uploads. Each box's telemetry says how many of its upload
+messages have gone unanswered for its ack timeout, and for how long
+(``upload``, see :meth:`linetap.sync.upload.Upload.overdue`). The tracker
+logs a WARNING naming every box that reports some, each time it does, and
+``fleet list``/``show`` show the alarm :data:`UNACKED_ALARM`: uploads that
+reach no ingest worker (a client in the ingest group that drops them, a
+broker restart, stalled workers) are otherwise silent at the centre.
+
 Bad input. A fleet message that is too large, not JSON of the expected shape,
 on a topic that names no device, or (for ``config/reported``) not signed by
 the device's enrolled key is logged with its reason and ignored.
@@ -90,6 +98,7 @@ STOP_POLL_S = 0.2
 _JOIN_S = 10.0
 
 State = Literal["online", "offline", "unknown"]
+UNACKED_ALARM = "uploads-unacknowledged"  # raised by the centre from telemetry, not by the box
 
 
 class FleetMessageError(SyncError, ValueError):
@@ -133,6 +142,11 @@ class _Birth(_Shape):
     clock: _Clock
 
 
+class _Upload(_Shape):
+    overdue_acks: int = Field(ge=0)
+    oldest_overdue_s: int | None = Field(default=None, ge=0)
+
+
 class _Telemetry(_Shape):
     uptime_s: int = Field(ge=0)
     config_version: int = Field(ge=0)
@@ -140,6 +154,7 @@ class _Telemetry(_Shape):
     overruns: int = Field(ge=0)
     spool: _Spool
     clock: _Clock
+    upload: _Upload | None = None  # boxes before overdue acks were reported send none
 
 
 class _Alarm(_Shape):
@@ -281,8 +296,10 @@ class DeviceView:
     backlog_bytes: int | None
     oldest_unsynced_age_s: int | None
     clock_synced: bool | None
-    alarms: tuple[str, ...]  # active ones
+    alarms: tuple[str, ...]  # active ones, and UNACKED_ALARM while the last telemetry reports overdue acks
     subjects: dict[str, Any] = field(repr=False)  # subject → {"body": ..., "received_ms": ...}
+    overdue_acks: int | None = None  # upload messages unanswered past the box's ack timeout, by its last telemetry
+    oldest_overdue_s: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DeviceView:
@@ -302,6 +319,10 @@ class DeviceView:
                                 body("config/reported").get("applied_version")) if isinstance(v, int)]
         alarms = tuple(sorted(name.split("/", 1)[1] for name, item in subjects.items()
                               if name.startswith("alarm/") and item["body"].get("active")))
+        upload = body("telemetry").get("upload") or {}
+        overdue = upload.get("overdue_acks")
+        if isinstance(overdue, int) and overdue > 0:
+            alarms = tuple(sorted({*alarms, UNACKED_ALARM}))
         return cls(device_id=row["device_id"], enrolled=row["enrolled"],
                    state=status.get("state", "unknown"), boot=row.get("boot"), session=row.get("session"),
                    last_seen_ms=row.get("last_seen_ms"), software_version=birth.get("software_version"),
@@ -309,7 +330,8 @@ class DeviceView:
                    backlog_recordings=spool.get("unsynced_recordings"),
                    backlog_bytes=spool.get("unsynced_bytes"),
                    oldest_unsynced_age_s=spool.get("oldest_unsynced_age_s"),
-                   clock_synced=(newest.get("clock") or {}).get("synced"), alarms=alarms, subjects=subjects)
+                   clock_synced=(newest.get("clock") or {}).get("synced"), alarms=alarms, subjects=subjects,
+                   overdue_acks=overdue, oldest_overdue_s=upload.get("oldest_overdue_s"))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"alarms": list(self.alarms)}
@@ -543,8 +565,14 @@ class FleetTracker:
         self.client = FleetClient(settings, client_id=client_id or f"linetap-central-fleet-{socket.gethostname()}",
                                   filters=TRACKED_FILTERS, on_message=self._enqueue)
         self._thread = threading.Thread(target=self._run, name="fleet-tracker", daemon=True)
+        self._unacked: dict[str, tuple[int, int | None]] = {}  # device → (overdue acks, oldest s)
         self._started = False
         self._closed = False
+
+    @property
+    def unacknowledged(self) -> dict[str, tuple[int, int | None]]:
+        """Boxes whose last telemetry reported overdue acks: device → (count, oldest age in s)."""
+        return dict(self._unacked)
 
     @property
     def failure(self) -> BaseException | None:
@@ -625,16 +653,23 @@ class FleetTracker:
         updates: list[FleetUpdate] = []
         done: list[threading.Event] = []
         now_ms = round(self._clock.wall() * 1000)
+        reported: dict[str, tuple[int, int | None]] = {}
         for item in batch:
             if isinstance(item, threading.Event):
                 done.append(item)
                 continue
             try:
-                updates.append(parse_observation(item.topic, item.payload, retained=item.retained,
-                                                 received_ms=now_ms, device_key=self._device_key).update())
+                observation = parse_observation(item.topic, item.payload, retained=item.retained,
+                                                received_ms=now_ms, device_key=self._device_key)
             except FleetMessageError as e:
                 logger.warning("fleet message ignored topic=%s bytes=%d reason=%s", _short(item.topic),
                                len(item.payload), e)
+                continue
+            updates.append(observation.update())
+            if observation.subject == "telemetry":
+                upload = observation.body.get("upload") or {}
+                reported[observation.device_id] = (upload.get("overdue_acks", 0), upload.get("oldest_overdue_s"))
+        self._check_acks(reported)
         if updates:
             kept = self.index.record_fleet(updates)
             for update, accepted in zip(updates, kept):
@@ -643,6 +678,22 @@ class FleetTracker:
                                 update.order[0], update.order[1])
         for event in done:
             event.set()
+
+
+    def _check_acks(self, reported: Mapping[str, tuple[int, int | None]]) -> None:
+        """The alarm: a WARNING naming every box whose telemetry in this batch reports overdue acks."""
+        for device_id, (count, oldest) in reported.items():
+            if count > 0:
+                self._unacked[device_id] = (count, oldest)
+            elif self._unacked.pop(device_id, None) is not None:
+                logger.info("uploads acknowledged again device_id=%s", device_id)
+        overdue = sorted(d for d in reported if reported[d][0] > 0)
+        if overdue:
+            logger.warning("uploads unacknowledged device_ids=%s overdue_acks=%s oldest_overdue_s=%s; these "
+                           "boxes' uploads reach no ingest worker: check the workers are running and the "
+                           "broker's roles (only central identities may join the ingest group)",
+                           ",".join(overdue), ",".join(str(reported[d][0]) for d in overdue),
+                           ",".join(str(reported[d][1]) for d in overdue))
 
 
 def start_tracker(settings: BrokerSettings, data_dir: Path, *, client_id: str | None = None) -> FleetTracker:
