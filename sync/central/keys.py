@@ -12,7 +12,10 @@ Layout under the central data dir::
 --central-recipient``. Keys are never replaced by ``keys init``: a new
 identity would make every stored recording unreadable, a new operator key
 would orphan every tombstone. Key files readable by anyone but the owner are
-refused. Nothing here logs key material.
+refused, and so is a file holding another kind of key: the broker's TLS key
+(PEM, RSA or EC) copied over ``central.key`` or ``operator.key`` is named as
+such, with where it belongs, rather than reported as a parse error. Nothing
+here logs key material.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from linetap.firmware.durable import fsync_dir, write_new_private
 from linetap.firmware.errors import ConfigError
-from linetap.firmware.keys import fingerprint, public_key_b64
+from linetap.firmware.keys import WrongKeyKind, fingerprint, pem_contents, public_key_b64
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ KEYS_DIR = "keys"
 IDENTITY_FILE = "central.key"
 OPERATOR_FILE = "operator.key"
 INIT_HINT = "run `linetap-central keys init` (or pass --data-dir of the store that has the keys)"
+TLS_HINT = ("the broker's TLS key and certificate belong in the files central.toml's [broker] key_file and "
+            "cert_file name (tls/central.key and tls/central.pem, say), never in keys/")
 
 
 class CentralKeyMissing(ConfigError, FileNotFoundError):
@@ -91,14 +96,33 @@ def keys_init(data_dir: Path, import_identity: Path | None = None) -> CentralKey
 def load_identity(data_dir: Path) -> pyrage.x25519.Identity:
     path = Path(data_dir) / KEYS_DIR / IDENTITY_FILE
     _check_private(path)
-    return _parse_identity(path.read_text(encoding="utf-8"), path)
+    data = path.read_bytes()
+    contents = pem_contents(data)
+    if contents.key is not None or contents.certificate:
+        raise WrongKeyKind(f"{path} holds {contents.describe()} (TLS material for the broker?), not the age "
+                           "identity that decrypts recordings",
+                           f"{TLS_HINT}; restore {path} from its backup: without it no stored recording "
+                           "decrypts")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not text; it must hold one AGE-SECRET-KEY-... line, as `age-keygen -o "
+                          "FILE` writes: restore it from its backup") from None
+    return _parse_identity(text, path)
 
 
 def load_operator_key(data_dir: Path) -> Ed25519PrivateKey:
     path = Path(data_dir) / KEYS_DIR / OPERATOR_FILE
     _check_private(path)
+    data = path.read_bytes()
+    contents = pem_contents(data)
+    if contents.key != "Ed25519" and (contents.key is not None or contents.certificate):
+        raise WrongKeyKind(f"operator key {path} holds {contents.describe()}"
+                           + (" (TLS material for the broker?)" if contents.key in (None, "RSA", "EC") else "")
+                           + ", not the Ed25519 operator signing key",
+                           f"{TLS_HINT}; restore {path} from its backup (every box trusts its public half)")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except ValueError as e:
         raise ConfigError(f"operator key {path} is not a PEM private key ({e})") from e
     if not isinstance(key, Ed25519PrivateKey):

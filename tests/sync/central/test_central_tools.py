@@ -454,3 +454,35 @@ def test_import_says_when_a_recording_breaks_the_chain(central: Path, box: Box, 
     assert (results[first]["status"], results[first]["code"]) == ("stored", None)
     assert (results[second]["status"], results[second]["code"]) == ("stored", "chain-break")
     assert "seq 1" in results[second]["reason"] and "verify" in results[second]["reason"]
+
+
+# -- keys of the wrong kind --
+
+
+def _tls_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_a_tls_key_over_the_central_identity_is_named_not_parsed(central: Path, capsys) -> None:
+    (central / "keys" / "central.key").write_bytes(_tls_key_pem())
+    assert cli(central, "keys", "init") == 1
+    err = capsys.readouterr().err
+    assert "holds an EC private key" in err and "TLS" in err and "not the age identity" in err
+    assert "[broker] key_file" in err and "backup" in err
+
+
+def test_a_tls_key_or_certificate_over_the_operator_key_is_named(central: Path, capsys, tmp_path: Path) -> None:
+    from linetap.sync.pki import CertificateAuthority
+
+    operator = central / "keys" / "operator.key"
+    operator.write_bytes(_tls_key_pem())
+    assert cli(central, "keys", "init") == 1
+    err = capsys.readouterr().err
+    assert "holds an EC private key" in err and "TLS" in err and "Ed25519" in err
+    operator.write_bytes(CertificateAuthority.create(tmp_path / "pki").issue_client("central").cert_file.read_bytes())
+    assert cli(central, "keys", "init") == 1
+    assert "holds a certificate" in capsys.readouterr().err
