@@ -1,0 +1,22 @@
+"""The running box's telemetry carries its overdue acks (BoxSync on a real broker, as in test_fleet_box)."""
+
+from __future__ import annotations
+
+import pytest
+from test_fleet_box import DEV, Hooks, Operator, Site, boxes, online, operator, site  # noqa: F401 (fixtures)
+
+from linetap.firmware.clock import ManualClock
+from linetap.sync import fleet
+
+
+def test_telemetry_says_how_many_uploads_are_unacknowledged(site: Site, operator: Operator, boxes,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    box = boxes(site, Hooks(), clock=clock)
+    online(operator, 1)
+    figures = box.sync.uploader.status() | {"overdue_acks": 7, "oldest_overdue_s": 125.9}
+    monkeypatch.setattr(box.sync.uploader, "status", lambda: dict(figures))  # what its thread would report
+    clock.advance(60)
+    box.sync.tick()
+    body = operator.latest(fleet.telemetry_topic(DEV))
+    assert body["upload"] == {"overdue_acks": 7, "oldest_overdue_s": 125}
