@@ -9,10 +9,10 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
     port = 8883
     tls = true
     ca_file = "tls/ca.pem"          # relative paths are under the data dir
-    cert_file = "tls/central.pem"
-    key_file = "tls/central.key"
+    cert_file = "tls/central.pem"   # the tools' certificate, CN central; serve shows one per
+    key_file = "tls/central.key"    # process next to it: <client_id>-<i>.pem/.key, <client_id>-fleet.pem/.key
     group = "ingest"                # $share/<group>/linetap/v1/+/up/#
-    workers = 2
+    workers = 2                     # each needs its certificate and its client in the broker's roles
 
     [retention]
     default_days = 365             # 0: keep for ever
