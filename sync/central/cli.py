@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     which = verify.add_mutually_exclusive_group(required=True)
     which.add_argument("recording_id", nargs="?", metavar="ID")
     which.add_argument("--all", action="store_true", help="every device")
+    verify.add_argument("--device", metavar="DEVICE",
+                        help="the device of ID (needed when several have one of that id); with --all, only it")
+    verify.add_argument("--strict", action="store_true",
+                        help="also exit 1 on orphans: objects no stored manifest vouches for, manifests "
+                             "waiting for segments, stale staging")
+    verify.add_argument("--config", type=Path, metavar="FILE",
+                        help="central config with [ingest] (default: DATA_DIR/central.toml, else the defaults)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=_verify)
 
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase = sub.add_parser("erase", parents=[common],
                            help="securely erase a recording, leaving a signed tombstone")
     erase.add_argument("recording_id", metavar="ID")
+    erase.add_argument("--device", metavar="DEVICE", help="the device, when several have a recording of that id")
     erase.add_argument("--reason", required=True, metavar="TEXT", help="kept in the tombstone")
     erase.set_defaults(run=_erase)
 
@@ -114,17 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     hold_sub = hold.add_subparsers(dest="hold_command", metavar="ACTION", required=True)
     hold_set = hold_sub.add_parser("set", parents=[common])
     hold_set.add_argument("recording_id", metavar="ID")
+    hold_set.add_argument("--device", metavar="DEVICE", help="the device, when several have a recording of that id")
     hold_set.add_argument("--reason", metavar="TEXT")
     hold_set.set_defaults(run=_hold)
     hold_clear = hold_sub.add_parser("clear", parents=[common])
     hold_clear.add_argument("recording_id", metavar="ID")
+    hold_clear.add_argument("--device", metavar="DEVICE", help="the device, when several have a recording of that id")
     hold_clear.set_defaults(run=_hold)
 
-    retention = sub.add_parser("retention", parents=[common], help="erase what the retention rules make due")
+    retention = sub.add_parser("retention", parents=[common],
+                               help="erase what the retention rules make due; remove stale staging")
     retention_sub = retention.add_subparsers(dest="retention_command", metavar="ACTION", required=True)
     run = retention_sub.add_parser("run", parents=[common])
     run.add_argument("--config", type=Path, metavar="FILE",
-                     help="central config with [retention] (default: DATA_DIR/central.toml, else keep all)")
+                     help="central config with [retention] and [ingest] (default: DATA_DIR/central.toml, else "
+                          "keep all recordings and remove staging older than 7 days)")
     run.add_argument("--dry-run", action="store_true", help="only say what is due")
     run.add_argument("--json", action="store_true")
     run.set_defaults(run=_retention)
@@ -449,21 +461,33 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from linetap.sync.central.config import load_config
+
+    limits = load_config(args.config, data_dir(args)).ingest
     with _tools(args) as tools:
-        reports = tools.verify(None if args.all else args.recording_id)
+        reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=limits)
     ok = all(r.ok for r in reports)
+    orphans = sum(len(r.orphans) for r in reports)
+    passed = ok and not (args.strict and orphans)
     if args.json:
-        print(json.dumps({"ok": ok, "devices": [r.as_dict() for r in reports]}, indent=2))
-        return 0 if ok else 1
+        print(json.dumps({"ok": ok, "orphans": orphans, "strict": args.strict,
+                          "devices": [r.as_dict() for r in reports]}, indent=2))
+        return 0 if passed else 1
     for report in reports:
         state = "OK" if report.ok else f"{len(report.problems)} problems"
         print(f"{report.device_id}: {report.recordings} recordings, erased seq {report.erased or '-'}, "
               f"missing seq {report.missing or '-'}: {state}")
         for problem in report.problems:
             print(f"  {problem['kind']}: seq {problem['seq']} {problem['recording_id'] or ''}: {problem['detail']}")
+        for orphan in report.orphans:
+            print(f"  orphan {orphan['kind']}: {orphan['recording_id']} {orphan['object']} {orphan['bytes']} bytes, "
+                  f"{orphan['age_days']} days: {orphan['detail']}")
     if not reports:
         print("no devices enrolled")
-    return 0 if ok else 1
+    elif orphans:
+        print(f"{orphans} orphans{' (--strict: failing)' if args.strict else ''}: `linetap-central retention "
+              "run` removes stale staging; stored orphans stay for the operator to judge")
+    return 0 if passed else 1
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -480,7 +504,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _erase(args: argparse.Namespace) -> int:
     with _tools(args) as tools:
-        key = tools.erase(args.recording_id, args.reason)
+        key = tools.erase(args.recording_id, args.reason, device_id=args.device)
     print(f"erased {args.recording_id}; tombstone {key}")
     return 0
 
@@ -488,7 +512,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _hold(args: argparse.Namespace) -> int:
     hold = args.hold_command == "set"
     with _tools(args) as tools:
-        tools.set_hold(args.recording_id, hold, getattr(args, "reason", None))
+        tools.set_hold(args.recording_id, hold, getattr(args, "reason", None), device_id=args.device)
     print(f"legal hold {'set on' if hold else 'cleared from'} {args.recording_id}")
     return 0
 
@@ -500,14 +524,21 @@ def _retention(args: argparse.Namespace) -> int:
     config = load_config(args.config, folder)
     with _tools(args) as tools:
         due, held = tools.retention_run(config.retention, dry_run=args.dry_run)
+        stale = tools.age_out(config.ingest, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "due" if args.dry_run else "erased": due, "held": held}))
+        print(json.dumps({"dry_run": args.dry_run, "due" if args.dry_run else "erased": due, "held": held,
+                          "stale_staging" if args.dry_run else "aged_out": [s.as_dict() for s in stale]}))
         return 0
     for rid in due:
         print(f"{'due' if args.dry_run else 'erased'} {rid}")
     for rid in held:
         print(f"held {rid} (legal hold)")
-    print(f"{len(due)} {'due' if args.dry_run else 'erased'}, {len(held)} kept by legal hold")
+    for item in stale:
+        print(f"{'stale' if args.dry_run else 'aged out'} staging: device {item.device_id} recording "
+              f"{item.recording_id} object {item.object} {item.bytes} bytes, last part {_iso(item.last_ms)}")
+    print(f"{len(due)} {'due' if args.dry_run else 'erased'}, {len(held)} kept by legal hold, "
+          f"{len(stale)} staged objects {'stale' if args.dry_run else 'aged out'} "
+          f"(older than {config.ingest.stale_staging_days} days)")
     return 0
 
 

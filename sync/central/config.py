@@ -17,6 +17,11 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
     [retention]
     default_days = 365             # 0: keep for ever
     flagged_days = 0
+
+    [ingest]
+    device_quota_bytes = 536870912  # per box: staged parts, waiting manifests and segments no
+                                    # manifest lists yet (512 MiB); 0: no quota
+    stale_staging_days = 7          # `retention run` removes staging untouched this long
 """
 
 from __future__ import annotations
@@ -63,9 +68,21 @@ class RetentionSection(Schema):
         return self.flagged_days if flagged else self.default_days
 
 
+class IngestSection(Schema):
+    """Bounds on what one box may hold at the centre before its recordings complete.
+
+    The quota must exceed the largest recording a box makes (its segments wait,
+    unvouched, until its manifest arrives): 512 MiB is about 47 hours at 24 kbit/s.
+    """
+
+    device_quota_bytes: Annotated[int, Field(ge=0)] = 512 * 1024 * 1024
+    stale_staging_days: Annotated[int, Field(ge=1)] = 7
+
+
 class CentralConfig(Schema):
     broker: BrokerSection = BrokerSection()
     retention: RetentionSection = RetentionSection()
+    ingest: IngestSection = IngestSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

@@ -18,6 +18,24 @@ offline) and when it was last seen, ``fleet_latest`` the newest message of
 each subject (status, birth, telemetry, config/reported, alarm/<name>), and
 ``fleet_seq`` the last config version and command seq the centre used per box.
 
+Keys. Recording ids are unique per device, not across the fleet (a box makes
+its own UUIDv7s, and a hostile box may reuse another's): every recording row,
+object row, staging row, hold and erasure is keyed by (device, recording).
+A lookup by recording id alone (the operator's tools) that matches recordings
+of two devices is refused with :class:`AmbiguousRecording`.
+
+Quota accounting. ``staged`` holds one row per staged part of a multi-part
+object and per manifest waiting for its segments, with the bytes and when
+it was staged (the ingest's clock), so a device's staging is summed and aged
+out without walking the file system. An object row is ``vouched`` once a
+verified manifest that lists it is indexed; a device's unvouched objects plus
+its staged rows are what its ingest quota bounds, and ``verify`` lists the
+unvouched ones as orphans.
+
+Schema versions. ``PRAGMA user_version`` says which schema a file has; opening
+an older file migrates it step by step in one write transaction
+(:data:`MIGRATIONS`), so several processes opening it at once migrate it once.
+
 Personal data: ``caller_number`` and ``caller_name`` are the only columns that
 hold it; erasure clears them (and the QA metrics and events) and keeps what
 the chain needs. ``caller_withheld`` (why no number came: ``private``,
@@ -36,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.store import StoreUnavailable
 
@@ -58,10 +77,22 @@ CREATE TABLE IF NOT EXISTS objects (
     object_key TEXT NOT NULL,
     claimed_ms BIGINT NOT NULL,
     stored_ms BIGINT,
+    vouched INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, recording_id, name)
 );
+CREATE INDEX IF NOT EXISTS objects_unvouched ON objects (device_id) WHERE vouched = 0;
+CREATE TABLE IF NOT EXISTS staged (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    staged_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, recording_id, name, sha256, part)
+);
 CREATE TABLE IF NOT EXISTS recordings (
-    recording_id TEXT PRIMARY KEY,
+    recording_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
     started_ms BIGINT,
@@ -86,8 +117,10 @@ CREATE TABLE IF NOT EXISTS recordings (
     hold_reason TEXT,
     erased_ms BIGINT,
     erase_reason TEXT,
-    tombstone_key TEXT
+    tombstone_key TEXT,
+    PRIMARY KEY (device_id, recording_id)
 );
+CREATE INDEX IF NOT EXISTS recordings_id ON recordings (recording_id);
 CREATE INDEX IF NOT EXISTS recordings_device_seq ON recordings (device_id, seq);
 CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_ms);
 CREATE TABLE IF NOT EXISTS problems (
@@ -120,11 +153,44 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 );
 """
 
+SCHEMA_VERSION = 1
+PENDING_MANIFEST = "pending-manifest"  # the ``staged`` name of a manifest waiting for its segments
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    """Recordings keyed by (device, recording) instead of recording id alone; vouched objects."""
+    old = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
+    db.execute("ALTER TABLE recordings RENAME TO recordings_v0")
+    db.execute("DROP INDEX IF EXISTS recordings_device_seq")
+    db.execute("DROP INDEX IF EXISTS recordings_started")
+    if "vouched" not in [r["name"] for r in db.execute("PRAGMA table_info(objects)")]:
+        db.execute("ALTER TABLE objects ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0")
+    _create(db)
+    new = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
+    columns = ", ".join(c for c in old if c in new)
+    db.execute(f"INSERT INTO recordings ({columns}) SELECT {columns} FROM recordings_v0")
+    db.execute("DROP TABLE recordings_v0")
+    db.execute("UPDATE objects SET vouched = 1 WHERE EXISTS (SELECT 1 FROM recordings r WHERE "
+               "r.device_id = objects.device_id AND r.recording_id = objects.recording_id)")
+
+
+# user_version -> the step that brings a file of that version to the next one.
+MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def _create(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would commit the caller's transaction.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
                      "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
                      "caller_number", "caller_name", "manifest_sha256", "prev", "segments", "bytes",
                      "manifest_key", "stored_ms", "caller_withheld")
 _JSON_COLUMNS = ("consent", "metrics")
+MAX_JSON_COLUMN = 16 * 1024 * 1024  # a manifest's size bound: a column holds part of one
 _FLAG_COLUMNS = ("flagged", "recorded", "discarded", "hold")
 
 
@@ -144,6 +210,10 @@ class UnknownRecording(SyncError, LookupError):
     """A recording id that the index does not hold."""
 
 
+class AmbiguousRecording(SyncError, LookupError):
+    """A recording id held for more than one device: the device must be named."""
+
+
 class Index(Protocol):
     """What the central store knows about devices and recordings."""
 
@@ -159,11 +229,30 @@ class Index(Protocol):
     def object(self, device_id: str, recording_id: str, name: str) -> dict[str, Any] | None: ...
     def objects(self, device_id: str, recording_id: str) -> list[dict[str, Any]]: ...
     def forget_objects(self, device_id: str, recording_id: str) -> None: ...
+    def unvouched_objects(self, device_id: str) -> list[dict[str, Any]]:
+        """Objects of the device that no indexed manifest lists (stored or only claimed)."""
 
-    def add_recording(self, row: dict[str, Any]) -> bool:
-        """Insert a recording unless it is indexed already; True when this call inserted it."""
+    def stage(self, device_id: str, recording_id: str, name: str, sha256: str, part: int, size: int,
+              now_ms: int) -> None:
+        """Note a staged part (or, with name ``pending-manifest``, a waiting manifest)."""
 
-    def recording(self, recording_id: str) -> dict[str, Any] | None: ...
+    def unstage(self, device_id: str, recording_id: str, name: str, sha256: str | None = None) -> None: ...
+    def held_bytes(self, device_id: str) -> int:
+        """Bytes the device holds here that no indexed manifest vouches for: staged plus unvouched objects."""
+
+    def staged(self, *, older_than_ms: int | None = None) -> list[dict[str, Any]]:
+        """Staged objects (one row per device, recording, name, sha256: bytes, parts, last_ms),
+        those last touched before ``older_than_ms`` when given."""
+
+    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = ()) -> bool:
+        """Insert a recording unless it is indexed already, and mark the named objects of it vouched;
+        True when this call inserted it."""
+
+    def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
+        """The recording; without ``device_id`` the one of that id, :class:`AmbiguousRecording` if
+        several devices have one."""
+
+    def recordings_with_id(self, recording_id: str) -> list[dict[str, Any]]: ...
     def device_recordings(self, device_id: str) -> list[dict[str, Any]]: ...
     def recordings_at(self, device_id: str, seq: int) -> list[dict[str, Any]]: ...
     def recordings(self, *, device_id: str | None = None, since_ms: int | None = None,
@@ -174,8 +263,9 @@ class Index(Protocol):
                     detail: str, now_ms: int) -> None: ...
     def problems(self, device_id: str) -> list[dict[str, Any]]: ...
 
-    def set_hold(self, recording_id: str, hold: bool, reason: str | None) -> None: ...
-    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str) -> None: ...
+    def set_hold(self, recording_id: str, hold: bool, reason: str | None, *, device_id: str) -> None: ...
+    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
+                    device_id: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -192,13 +282,34 @@ class SqliteIndex:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            # An index from before caller_withheld: add the column (NULL for the recordings it holds).
-            if "caller_withheld" not in {r["name"] for r in self._db.execute("PRAGMA table_info(recordings)")}:
-                self._db.execute("ALTER TABLE recordings ADD COLUMN caller_withheld TEXT")
+            self._upgrade(self._db)
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
                                    "the file's permissions") from e
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Create the schema, or migrate an older file to :data:`SCHEMA_VERSION`, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see the new version
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SyncError(f"index {self.path} has schema version {version}, newer than this "
+                                f"program's {SCHEMA_VERSION}; run the newer linetap-central on it")
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recordings'"
+                               ).fetchone() is None
+            if fresh:
+                _create(db)
+            else:
+                while version < SCHEMA_VERSION:
+                    logger.info("index migrated path=%s from_version=%d", self.path, version)
+                    MIGRATIONS[version](db)
+                    version += 1
+                _create(db)  # tables added since (IF NOT EXISTS)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -273,20 +384,88 @@ class SqliteIndex:
         with self._sql() as db:
             db.execute("DELETE FROM objects WHERE device_id = ? AND recording_id = ?", (device_id, recording_id))
 
+    def unvouched_objects(self, device_id: str) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT * FROM objects WHERE device_id = ? AND vouched = 0 ORDER BY recording_id, name",
+                (device_id,))]
+
+    # -- staging and quota --
+
+    def stage(self, device_id: str, recording_id: str, name: str, sha256: str, part: int, size: int,
+              now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO staged (device_id, recording_id, name, sha256, part, bytes, staged_ms) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, recording_id, name, sha256, part) "
+                       "DO UPDATE SET bytes = excluded.bytes, staged_ms = excluded.staged_ms",
+                       (device_id, recording_id, name, sha256, part, size, now_ms))
+
+    def unstage(self, device_id: str, recording_id: str, name: str, sha256: str | None = None) -> None:
+        sql, params = "DELETE FROM staged WHERE device_id = ? AND recording_id = ? AND name = ?", \
+            [device_id, recording_id, name]
+        if sha256 is not None:
+            sql += " AND sha256 = ?"
+            params.append(sha256)
+        with self._sql() as db:
+            db.execute(sql, params)
+
+    def held_bytes(self, device_id: str) -> int:
+        with self._sql() as db:
+            staged = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM staged WHERE device_id = ?",
+                                (device_id,)).fetchone()[0]
+            loose = db.execute("SELECT COALESCE(SUM(size), 0) FROM objects WHERE device_id = ? AND vouched = 0",
+                               (device_id,)).fetchone()[0]
+        return int(staged) + int(loose)
+
+    def staged(self, *, older_than_ms: int | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT device_id, recording_id, name, sha256, SUM(bytes) AS bytes, COUNT(*) AS parts, "
+               "MIN(staged_ms) AS first_ms, MAX(staged_ms) AS last_ms FROM staged "
+               "GROUP BY device_id, recording_id, name, sha256")
+        params: list[int] = []
+        if older_than_ms is not None:
+            sql += " HAVING MAX(staged_ms) < ?"
+            params.append(older_than_ms)
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(sql + " ORDER BY device_id, recording_id, name", params)]
+
     # -- recordings --
 
-    def add_recording(self, row: dict[str, Any]) -> bool:
+    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = ()) -> bool:
         values = [json.dumps(row[c]) if c in _JSON_COLUMNS and row[c] is not None else
                   int(row[c]) if c in _FLAG_COLUMNS else row[c] for c in RECORDING_COLUMNS]
+        device, rid = row["device_id"], row["recording_id"]
         with self._sql() as db:
-            cursor = db.execute(f"INSERT INTO recordings ({', '.join(RECORDING_COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(RECORDING_COLUMNS))}) ON CONFLICT DO NOTHING", values)
-            return cursor.rowcount == 1
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.execute(f"INSERT INTO recordings ({', '.join(RECORDING_COLUMNS)}) VALUES "
+                                    f"({', '.join('?' * len(RECORDING_COLUMNS))}) ON CONFLICT DO NOTHING", values)
+                inserted = cursor.rowcount == 1
+                db.executemany("UPDATE objects SET vouched = 1 WHERE device_id = ? AND recording_id = ? "
+                               "AND name = ? AND vouched = 0", [(device, rid, name) for name in vouched])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return inserted
 
-    def recording(self, recording_id: str) -> dict[str, Any] | None:
+    def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
+        if device_id is not None:
+            with self._sql() as db:
+                row = db.execute("SELECT * FROM recordings WHERE device_id = ? AND recording_id = ?",
+                                 (device_id, recording_id)).fetchone()
+            return None if row is None else _recording(row)
+        rows = self.recordings_with_id(recording_id)
+        if len(rows) > 1:
+            devices = ", ".join(r["device_id"] for r in rows)
+            raise AmbiguousRecording(f"recording {recording_id} is held for {len(rows)} devices ({devices}); "
+                                     "name one with --device DEVICE")
+        return rows[0] if rows else None
+
+    def recordings_with_id(self, recording_id: str) -> list[dict[str, Any]]:
         with self._sql() as db:
-            row = db.execute("SELECT * FROM recordings WHERE recording_id = ?", (recording_id,)).fetchone()
-        return None if row is None else _recording(row)
+            rows = db.execute("SELECT * FROM recordings WHERE recording_id = ? ORDER BY device_id",
+                              (recording_id,)).fetchall()
+        return [_recording(r) for r in rows]
 
     def device_recordings(self, device_id: str) -> list[dict[str, Any]]:
         with self._sql() as db:
@@ -433,26 +612,30 @@ class SqliteIndex:
 
     # -- holds and erasure --
 
-    def set_hold(self, recording_id: str, hold: bool, reason: str | None) -> None:
+    def set_hold(self, recording_id: str, hold: bool, reason: str | None, *, device_id: str) -> None:
         with self._sql() as db:
-            cursor = db.execute("UPDATE recordings SET hold = ?, hold_reason = ? WHERE recording_id = ?",
-                                (int(hold), reason if hold else None, recording_id))
+            cursor = db.execute("UPDATE recordings SET hold = ?, hold_reason = ? WHERE device_id = ? AND "
+                                "recording_id = ?", (int(hold), reason if hold else None, device_id, recording_id))
         if cursor.rowcount != 1:
-            raise UnknownRecording(f"recording {recording_id} is not in the index; "
+            raise UnknownRecording(f"recording {recording_id} of device {device_id} is not in the index; "
                                    "`linetap-central list` shows the ids")
 
-    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str) -> None:
+    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
+                    device_id: str) -> None:
         with self._sql() as db:
             db.execute("UPDATE recordings SET caller_number = NULL, caller_name = NULL, metrics = NULL, "
                        "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
-                       "WHERE recording_id = ?", (now_ms, reason, tombstone_key, recording_id))
+                       "WHERE device_id = ? AND recording_id = ?",
+                       (now_ms, reason, tombstone_key, device_id, recording_id))
 
 
 def _recording(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     for column in _JSON_COLUMNS:
         if out[column] is not None:
-            out[column] = json.loads(out[column])
+            # Written from a box's manifest: read back with the manifest's own bounds.
+            out[column] = untrusted.loads(out[column], what=f"index column {column} of recording "
+                                          f"{out['recording_id']}", max_bytes=MAX_JSON_COLUMN, max_depth=16)
     for column in _FLAG_COLUMNS:
         out[column] = bool(out[column])
     return out

@@ -22,6 +22,20 @@ idempotent and every shared decision is taken in the index:
    segment. A broken chain link is stored and recorded as a problem
    (refusing it would lose evidence), and ``verify`` reports it.
 
+Everything is keyed by (device, recording): recording ids are unique per
+device only, and a box may reuse another's id without touching it.
+
+Quota. What a device holds here that no indexed manifest vouches for (staged
+parts, manifests waiting for segments, stored objects no manifest lists) is
+bounded by ``[ingest] device_quota_bytes``. A part that would pass it is
+answered ``retry`` / ``store-unavailable`` with the quota in the reason: the
+box backs off and sends it again, which succeeds once its recordings complete
+or stale staging is aged out (:meth:`Ingest.age_out`, from ``retention run``).
+Not ``rejected``: that stops the recording on the box until it restarts, and
+an honest box at its quota only has to wait. A manifest may pass the quota by
+one manifest's size, so that the manifest completing a recording, which frees
+what its segments hold, always gets in.
+
 Faults: bad input is a ``rejected`` ack with a code; a full disk or an
 unavailable index or store is a ``retry`` ack (``store-unavailable``) with
 nothing half-written. Only a programming error raises.
@@ -33,19 +47,21 @@ import base64
 import binascii
 import errno
 import hashlib
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyrage
 
 from linetap.firmware import manifest as mf
+from linetap.firmware import untrusted
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
-from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
+from linetap.sync.central.config import IngestSection
+from linetap.sync.central.index import INDEX_FILE, PENDING_MANIFEST, Index, SqliteIndex
 from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import (
     TMP_PREFIX,
@@ -61,13 +77,29 @@ logger = logging.getLogger(__name__)
 
 OBJECTS_DIR = "objects"
 STAGING_DIR = "staging"
-PENDING_MANIFEST = "pending-manifest"
-# A manifest lists ~120 bytes per segment: 16 MiB is a call of several days at 10 s segments.
-MAX_MANIFEST = 16 * 1024 * 1024
+MAX_MANIFEST = mf.MAX_BYTES
+# The sealed caller id: age header and a number and name of a few dozen bytes each.
+MAX_SEALED_CALLER = 4096
+MAX_CALLER_JSON = 1024
 CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
                  "pause-start", "pause-end")
 # Rejections that mean tampering or a broken box, not a race: kept for `verify` to report.
 RECORDED_CODES = ("wrong-device", "hash-mismatch", "bad-signature", "conflict")
+
+
+@dataclass(frozen=True)
+class AgedOut:
+    """Staging removed by :meth:`Ingest.age_out`: an object that never completed, or a waiting manifest."""
+
+    device_id: str
+    recording_id: str
+    object: str  # seg/<i>, manifest, or pending-manifest
+    bytes: int
+    last_ms: int  # when its newest part was staged
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "recording_id": self.recording_id, "object": self.object,
+                "bytes": self.bytes, "last_ms": self.last_ms}
 
 
 class Ingest:
@@ -76,12 +108,14 @@ class Ingest:
     ``store`` and ``index`` default to the file store under ``<data_dir>/objects``
     and the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
     writer of both the staging and the default store (tests pass one that
-    fails like a full disk).
+    fails like a full disk). ``limits`` is the config's ``[ingest]`` section.
     """
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
-                 index: Index | None = None, files: DurableFiles | None = None) -> None:
+                 index: Index | None = None, files: DurableFiles | None = None,
+                 limits: IngestSection | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.limits = limits or IngestSection()
         self._clock = clock or SystemClock()
         self._files = files or DurableFiles()
         self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR, files=self._files)
@@ -138,9 +172,13 @@ class Ingest:
             if part.object.kind == "seg":
                 return self._stored(part)
             return self._finish_manifest(part, self.store.get(row["object_key"]), key_b64)
-        recording = self.index.recording(part.recording_id)
+        recording = self.index.recording(part.recording_id, part.device_id)
         if recording is not None and recording["erased_ms"] is not None:
             return self._stored(part)  # stored once, then erased by an operator: nothing to keep
+        if part.parts > 1 or (row is None and part.object.kind == "seg"):
+            refusal = self._over_quota(part, len(part.payload) if part.parts > 1 else part.size)
+            if refusal is not None:
+                return [refusal]
 
         if part.parts == 1:
             data = part.payload
@@ -149,18 +187,21 @@ class Ingest:
             acks: list[wire.Ack] = []
         else:
             folder = self._object_staging(part)
+            # The row first: a crash between the two leaves a row (aged out) rather than an unseen file.
+            self.index.stage(part.device_id, part.recording_id, name, part.sha256, part.part,
+                             len(part.payload), self._now_ms())
             self._files.write(folder / f"{part.part:04d}", part.payload)
             acks = [_ack(part, "stored", per_part=True)]
             joined = self.index.object(part.device_id, part.recording_id, name)
             if joined is not None and joined["stored_ms"] is not None:
                 # Joined by another worker while this part was being staged.
-                _remove_tree(folder)
+                self._drop_staging(part)
                 return acks + [_ack(part, "stored")]
             assembled = self._assemble(folder, part)
             if assembled is None:
                 return acks
             if isinstance(assembled, wire.WireError):
-                _remove_tree(folder)
+                self._drop_staging(part)
                 return acks + [self._refuse(part, "hash-mismatch", str(assembled))]
             data = assembled
 
@@ -169,8 +210,26 @@ class Ingest:
         else:
             result = self._store_segment(part, data, key_b64)
         if part.parts > 1:
-            _remove_tree(self._object_staging(part))
+            self._drop_staging(part)
         return acks + result
+
+    def _over_quota(self, part: wire.Part, incoming: int) -> wire.Ack | None:
+        """A ``retry`` when ``incoming`` more bytes would pass the device's quota, else None."""
+        quota = self.limits.device_quota_bytes
+        if quota == 0:
+            return None
+        limit = quota + (mf.MAX_BYTES if part.object.kind == "manifest" else 0)
+        held = self.index.held_bytes(part.device_id)
+        if held + incoming <= limit:
+            return None
+        reason = (f"device {part.device_id} holds {held} bytes at the central store that no stored manifest "
+                  f"vouches for (staged parts, waiting manifests, segments without a manifest); {incoming} "
+                  f"more would pass its quota of {quota} bytes ([ingest] device_quota_bytes). Send the "
+                  "manifests of the recordings under way; the operator's `linetap-central retention run` "
+                  f"removes staging older than {self.limits.stale_staging_days} days")
+        logger.warning("upload over quota device=%s recording=%s object=%s held=%d incoming=%d quota=%d",
+                       part.device_id, part.recording_id, part.object, held, incoming, quota)
+        return _ack(part, "retry", "store-unavailable", reason, per_part=part.parts > 1)
 
     # -- segments --
 
@@ -179,7 +238,7 @@ class Ingest:
         if claimed is not None:
             return [claimed]
         acks = [_ack(part, "stored")]
-        pending = self._recording_staging(part) / PENDING_MANIFEST
+        pending = self._recording_staging(part.device_id, part.recording_id) / PENDING_MANIFEST
         if pending.exists():
             try:
                 waiting = pending.read_bytes()
@@ -224,10 +283,12 @@ class Ingest:
         if listed is None:
             return [_ack(part, "rejected", "malformed", "manifest 'segments' entries lack index/sha256/bytes")]
         missing, wrong = self._compare_segments(device, rid, listed)
-        if missing and not wrong:
+        if missing and not wrong and self._over_quota(part, len(data)) is None:
             # Whoever stores the last segment finishes the manifest; checking again after the
             # pending copy is durable closes the race with a worker storing it right now.
-            self._files.write(self._recording_staging(part) / PENDING_MANIFEST, data)
+            # (Over quota, no copy waits: the box sends the manifest again after the segments.)
+            self.index.stage(device, rid, PENDING_MANIFEST, mf.manifest_hash(data), 0, len(data), self._now_ms())
+            self._files.write(self._recording_staging(device, rid) / PENDING_MANIFEST, data)
             missing, wrong = self._compare_segments(device, rid, listed)
         if wrong:
             return [self._refuse(part, "hash-mismatch", f"stored segments {wrong[:20]} differ from the "
@@ -239,11 +300,13 @@ class Ingest:
         if refusal is not None:
             return [refusal]
         row = self._recording_row(manifest, data)
-        if self.index.add_recording(row):
+        vouched = [str(wire.ObjectRef.manifest())] + [str(wire.ObjectRef.segment(i)) for i, _, _ in listed]
+        if self.index.add_recording(row, vouched):
             self._check_links(manifest, row["manifest_sha256"])
             logger.info("recording stored device=%s recording=%s seq=%d segments=%d",
                         device, rid, manifest["seq"], len(listed))
-        (self._recording_staging(part) / PENDING_MANIFEST).unlink(missing_ok=True)
+        _remove_file(self._recording_staging(device, rid) / PENDING_MANIFEST)
+        self.index.unstage(device, rid, PENDING_MANIFEST)
         return [_ack(part, "stored")]
 
     def _compare_segments(self, device: str, rid: str,
@@ -303,13 +366,20 @@ class Ingest:
         sealed = manifest.get("caller")
         if not isinstance(sealed, str):
             return None, None
+        if len(sealed) > MAX_SEALED_CALLER:
+            logger.warning("caller id not read device=%s recording=%s: sealed caller id is %d characters, "
+                           "at most %d", manifest["device_id"], manifest["recording_id"], len(sealed),
+                           MAX_SEALED_CALLER)
+            return None, None
         identity = self._central_identity()
         if identity is None:
             return None, None
         try:
-            caller = json.loads(pyrage.decrypt(base64.b64decode(sealed, validate=True), [identity]))
-        except (binascii.Error, pyrage.DecryptError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            logger.warning("caller id not readable recording=%s: %s", manifest["recording_id"], e)
+            caller = untrusted.loads(pyrage.decrypt(base64.b64decode(sealed, validate=True), [identity]),
+                                     what="sealed caller id", max_bytes=MAX_CALLER_JSON, max_depth=2)
+        except (binascii.Error, pyrage.DecryptError, untrusted.Untrusted) as e:
+            logger.warning("caller id not readable device=%s recording=%s: %s", manifest["device_id"],
+                           manifest["recording_id"], e)
             return None, None
         if not isinstance(caller, dict):
             return None, None
@@ -326,11 +396,42 @@ class Ingest:
 
     # -- staging --
 
-    def _recording_staging(self, part: wire.Part) -> Path:
-        return self._staging / part.device_id / part.recording_id
+    def _recording_staging(self, device_id: str, recording_id: str) -> Path:
+        return self._staging / device_id / recording_id
+
+    def _object_folder(self, device_id: str, recording_id: str, name: str, sha256: str) -> Path:
+        return self._recording_staging(device_id, recording_id) / name.replace("/", "-") / sha256
 
     def _object_staging(self, part: wire.Part) -> Path:
-        return self._recording_staging(part) / str(part.object).replace("/", "-") / part.sha256
+        return self._object_folder(part.device_id, part.recording_id, str(part.object), part.sha256)
+
+    def _drop_staging(self, part: wire.Part) -> None:
+        _remove_tree(self._object_staging(part))
+        self.index.unstage(part.device_id, part.recording_id, str(part.object), part.sha256)
+
+    def age_out(self, max_age_days: float | None = None) -> list[AgedOut]:
+        """Remove staging untouched for ``max_age_days`` (default: the config's ``stale_staging_days``).
+
+        Parts of objects that never completed and manifests that waited for
+        segments that never came; each is logged and returned (device,
+        recording, object, bytes). A box still sending that object sends it
+        again whole: it never had its object-level ack.
+        """
+        days = self.limits.stale_staging_days if max_age_days is None else max_age_days
+        cutoff = self._now_ms() - round(days * 86_400_000)
+        removed = []
+        for row in self.index.staged(older_than_ms=cutoff):
+            device, rid, name, sha256 = row["device_id"], row["recording_id"], row["name"], row["sha256"]
+            if name == PENDING_MANIFEST:
+                _remove_file(self._recording_staging(device, rid) / PENDING_MANIFEST)
+            else:
+                _remove_tree(self._object_folder(device, rid, name, sha256))
+            self.index.unstage(device, rid, name, sha256)
+            item = AgedOut(device, rid, name, int(row["bytes"]), int(row["last_ms"]))
+            logger.warning("stale staging removed device=%s recording=%s object=%s bytes=%d last_ms=%d",
+                           device, rid, name, item.bytes, item.last_ms)
+            removed.append(item)
+        return removed
 
     def _assemble(self, folder: Path, part: wire.Part) -> bytes | wire.WireError | None:
         """The joined object once every part is staged; None while parts are missing."""
@@ -393,8 +494,10 @@ def _segment_entries(manifest: dict[str, Any]) -> list[tuple[int, str, int]] | N
         if not isinstance(entry, dict):
             return None
         index, sha256, size = entry.get("index"), entry.get("sha256"), entry.get("bytes")
-        if not (isinstance(index, int) and 0 <= index < wire.MAX_SEGMENTS and isinstance(sha256, str)
-                and isinstance(size, int)):
+        if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < wire.MAX_SEGMENTS
+                and isinstance(sha256, str) and wire.SHA256.fullmatch(sha256)
+                and isinstance(size, int) and not isinstance(size, bool)
+                and 0 <= size <= wire.MAX_PARTS * wire.PART_BYTES):
             return None
         entries.append((index, sha256, size))
     return entries
@@ -417,6 +520,12 @@ def _withheld(manifest: dict[str, Any]) -> str | None:
     return value if value.replace("-", "").isalpha() and value.islower() else None
 
 
+def _remove_file(path: Path) -> None:
+    """Remove a staged file and its empty parent folders."""
+    path.unlink(missing_ok=True)
+    _remove_empty(path.parent)
+
+
 def _remove_tree(folder: Path) -> None:
     """Remove a staging folder and its empty parents; another worker may be doing the same."""
     try:
@@ -425,6 +534,10 @@ def _remove_tree(folder: Path) -> None:
         return
     for entry in entries:
         entry.unlink(missing_ok=True)
+    _remove_empty(folder)
+
+
+def _remove_empty(folder: Path) -> None:
     for path in (folder, *folder.parents):
         if path.name == STAGING_DIR:
             break

@@ -41,16 +41,17 @@ from linetap.firmware.durable import fsync_dir
 from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.firmware.keys import public_key_b64, public_key_from_b64
 from linetap.sync import wire
-from linetap.sync.central.config import RetentionSection
-from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex, UnknownRecording
+from linetap.sync.central.config import IngestSection, RetentionSection
+from linetap.sync.central.index import INDEX_FILE, PENDING_MANIFEST, Index, SqliteIndex, UnknownRecording
 from linetap.sync.central import card
-from linetap.sync.central.ingest import MAX_MANIFEST, OBJECTS_DIR, Ingest
+from linetap.sync.central.ingest import MAX_MANIFEST, OBJECTS_DIR, AgedOut, Ingest
 from linetap.sync.central.keys import load_identity, load_operator_key, operator_public_key
 from linetap.sync.central.store import FileStore, ObjectMissing, ObjectStore, segment_key, tombstone_key
 
 logger = logging.getLogger(__name__)
 
 TOMBSTONE_FORMAT = "linetap-tombstone/1"
+MAX_TOMBSTONE = 64 * 1024  # ids, hashes, a reason: a few hundred bytes
 DAY_MS = 86_400_000
 
 
@@ -231,11 +232,15 @@ def _short(value: Any) -> str:
 
 @dataclass
 class DeviceReport:
+    """``problems`` make a device not ok; ``orphans`` (what the device holds that no stored manifest
+    vouches for) are listed, and fail only a strict verify."""
+
     device_id: str
     recordings: int = 0
     erased: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    orphans: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -243,7 +248,8 @@ class DeviceReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "ok": self.ok, "recordings": self.recordings,
-                "erased": self.erased, "missing": self.missing, "problems": self.problems}
+                "erased": self.erased, "missing": self.missing, "problems": self.problems,
+                "orphans": self.orphans}
 
 
 class StoreTools:
@@ -342,16 +348,56 @@ class StoreTools:
 
     # -- verify --
 
-    def verify(self, recording_id: str | None = None) -> list[DeviceReport]:
-        """Re-hash and re-verify stored recordings, per device; one recording's device with ``recording_id``."""
-        if recording_id is not None:
-            row = self._recording(recording_id)
-            return [self._verify_device(row["device_id"], row)]
-        devices = sorted({d["device_id"] for d in self.index.devices()})
-        return [self._verify_device(device, None) for device in devices]
+    def verify(self, recording_id: str | None = None, *, device_id: str | None = None,
+               limits: IngestSection | None = None) -> list[DeviceReport]:
+        """Re-hash and re-verify stored recordings, per device; one recording's device with ``recording_id``
+        (``device_id`` names the device when several have that id; alone it limits the check to it).
 
-    def _verify_device(self, device_id: str, only: dict[str, Any] | None) -> DeviceReport:
+        Each report also lists orphans: objects no indexed manifest vouches for,
+        manifests waiting for segments, and staging untouched for
+        ``limits.stale_staging_days``.
+        """
+        limits = limits or IngestSection()
+        if recording_id is not None:
+            row = self._recording(recording_id, device_id)
+            return [self._verify_device(row["device_id"], row, limits)]
+        devices = sorted({d["device_id"] for d in self.index.devices()})
+        if device_id is not None:
+            if device_id not in devices:
+                raise ConfigError(f"device {device_id} is not enrolled at {self.data_dir}; "
+                                  "`linetap-central fleet list` shows the boxes")
+            devices = [device_id]
+        return [self._verify_device(device, None, limits) for device in devices]
+
+    def _orphans(self, device_id: str, limits: IngestSection) -> list[dict[str, Any]]:
+        now = self._now_ms()
+        stale_ms = limits.stale_staging_days * DAY_MS
+        found = []
+        for obj in self.index.unvouched_objects(device_id):
+            found.append({"kind": "unvouched-object", "recording_id": obj["recording_id"], "object": obj["name"],
+                          "bytes": obj["size"], "age_days": round((now - obj["claimed_ms"]) / DAY_MS, 2),
+                          "detail": "stored, but no stored manifest lists it" if obj["stored_ms"] is not None
+                          else "claimed, never stored (a write that failed)"})
+        for staged in self.index.staged():
+            if staged["device_id"] != device_id:
+                continue
+            age = now - staged["last_ms"]
+            waiting = staged["name"] == PENDING_MANIFEST
+            if not waiting and age < stale_ms:
+                continue  # an object still arriving
+            found.append({"kind": "waiting-manifest" if waiting else "stale-staging",
+                          "recording_id": staged["recording_id"], "object": staged["name"],
+                          "bytes": staged["bytes"], "age_days": round(age / DAY_MS, 2),
+                          "detail": "a manifest waiting for segments that have not come" if waiting else
+                          f"{staged['parts']} parts of an object that never completed"})
+        return found
+
+    def _verify_device(self, device_id: str, only: dict[str, Any] | None,
+                       limits: IngestSection | None = None) -> DeviceReport:
         report = DeviceReport(device_id)
+        report.orphans = self._orphans(device_id, limits or IngestSection())
+        if only is not None:
+            report.orphans = [o for o in report.orphans if o["recording_id"] == only["recording_id"]]
         key_b64 = self.index.device_key(device_id)
         rows = self.index.device_recordings(device_id)
         report.recordings = len(rows)
@@ -549,19 +595,25 @@ class StoreTools:
 
     # -- holds, erasure, retention --
 
-    def set_hold(self, recording_id: str, hold: bool, reason: str | None = None) -> None:
-        self.index.set_hold(recording_id, hold, reason)
-        logger.info("legal hold %s recording=%s", "set" if hold else "cleared", recording_id)
+    def set_hold(self, recording_id: str, hold: bool, reason: str | None = None, *,
+                 device_id: str | None = None) -> None:
+        device = self._recording(recording_id, device_id)["device_id"]
+        self.index.set_hold(recording_id, hold, reason, device_id=device)
+        logger.info("legal hold %s device=%s recording=%s", "set" if hold else "cleared", device, recording_id)
 
-    def erase(self, recording_id: str, reason: str) -> str:
-        """Erase a recording securely, leaving a signed tombstone; returns the tombstone's key."""
+    def erase(self, recording_id: str, reason: str, *, device_id: str | None = None) -> str:
+        """Erase a recording securely, leaving a signed tombstone; returns the tombstone's key.
+
+        ``device_id`` names the device when several have a recording of that id.
+        """
         if not reason.strip():
             raise ConfigError("erase needs a --reason (it is kept in the signed tombstone)")
-        row = self._recording(recording_id)
-        if row["hold"]:
-            raise OnHold(f"recording {recording_id} is on legal hold ({row['hold_reason'] or 'no reason given'}); "
-                         f"clear it first with `linetap-central hold clear {recording_id}`")
+        row = self._recording(recording_id, device_id)
         device = row["device_id"]
+        if row["hold"]:
+            raise OnHold(f"recording {recording_id} of device {device} is on legal hold "
+                         f"({row['hold_reason'] or 'no reason given'}); clear it first with "
+                         f"`linetap-central hold clear {recording_id} --device {device}`")
         key = tombstone_key(device, recording_id)
         if row["erased_ms"] is None:
             operator = load_operator_key(self.data_dir)
@@ -570,7 +622,7 @@ class StoreTools:
                     "seq": row["seq"], "manifest_sha256": row["manifest_sha256"], "prev": row["prev"],
                     "erased_wall_ms": now, "reason": reason, "segments": row["segments"]}
             self.store.put(key, mf.sign(body, operator))
-            self.index.mark_erased(recording_id, now, reason, key)
+            self.index.mark_erased(recording_id, now, reason, key, device_id=device)
         for obj in self.index.objects(device, recording_id):
             self.store.erase(obj["object_key"])
         self.index.forget_objects(device, recording_id)
@@ -595,15 +647,31 @@ class StoreTools:
         if not dry_run:
             for row in due:
                 category = "flagged" if row["flagged"] else "default"
-                self.erase(row["recording_id"], f"retention: {category} {retention.days_for(row['flagged'])} days")
+                self.erase(row["recording_id"], f"retention: {category} {retention.days_for(row['flagged'])} days",
+                           device_id=row["device_id"])
         return [r["recording_id"] for r in due], [r["recording_id"] for r in held]
+
+    def age_out(self, limits: IngestSection, *, dry_run: bool = False) -> list[AgedOut]:
+        """Remove staging untouched for ``limits.stale_staging_days`` (with ``dry_run``, only list it)."""
+        ingest = Ingest(self.data_dir, clock=self._clock, store=self.store, index=self.index, limits=limits)
+        try:
+            if not dry_run:
+                return ingest.age_out()
+            cutoff = self._now_ms() - limits.stale_staging_days * DAY_MS
+            return [AgedOut(r["device_id"], r["recording_id"], r["name"], int(r["bytes"]), int(r["last_ms"]))
+                    for r in self.index.staged(older_than_ms=cutoff)]
+        finally:
+            ingest.close()
 
     # -- helpers --
 
-    def _recording(self, recording_id: str) -> dict[str, Any]:
-        row = self.index.recording(recording_id)
+    def _recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any]:
+        """The recording of that id (of ``device_id`` when given); raises when there is none, or when
+        several devices have one and ``device_id`` is not given (:class:`AmbiguousRecording`)."""
+        row = self.index.recording(recording_id, device_id)
         if row is None:
-            raise UnknownRecording(f"recording {recording_id} is not in the index of {self.data_dir}; "
+            of = f" of device {device_id}" if device_id is not None else ""
+            raise UnknownRecording(f"recording {recording_id}{of} is not in the index of {self.data_dir}; "
                                    "`linetap-central list` shows the ids")
         return row
 
@@ -647,9 +715,9 @@ class StoreTools:
 def verify_tombstone(data: bytes, operator_key: Ed25519PublicKey) -> dict[str, Any]:
     """Parse a tombstone and check its operator signature; AuthError says what is wrong."""
     try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AuthError(f"tombstone is not JSON: {e}") from e
+        value = untrusted.loads(data, what="tombstone", max_bytes=MAX_TOMBSTONE)
+    except untrusted.Untrusted as e:
+        raise AuthError(f"tombstone is not JSON: {e}") from None
     if not isinstance(value, dict) or value.get("format") != TOMBSTONE_FORMAT \
             or not isinstance(value.get("signature"), dict):
         raise AuthError(f"tombstone is not a {TOMBSTONE_FORMAT} document")
