@@ -454,7 +454,8 @@ class FleetClient:
         refused = [r for r in reasons if r.is_failure]
         if refused:
             raise SyncError(f"broker refused {len(refused)} of {len(wanted)} messages ({refused[0]}); "
-                            f"the ACL must let the central identity write {wire.ROOT}/#")
+                            f"the broker must give this identity the role linetap-centre (writes {wire.ROOT}/#; "
+                            "image/mosquitto/README.md)")
 
     def barrier(self, timeout: float) -> None:
         """Return once every message the broker routed to this client before now has been handed over."""
@@ -492,7 +493,8 @@ class FleetClient:
             logger.error("broker refused fleet client client_id=%s reason=%s", self.client_id, reason)
             if reason.value in (0x86, 0x87, 0x8C):  # bad credentials, not authorised, bad auth method
                 self._fail(SyncError(f"broker refused {self.client_id} ({reason}); check the central "
-                                     "certificate (CN central) and the broker's ACL"))
+                                     "certificate (its CN is its client id) and its role in the broker's dynamic-security "
+                                     "file (image/mosquitto/README.md)"))
             return
         logger.info("fleet client connected client_id=%s", self.client_id)
         _rc, mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in self._filters])
@@ -508,8 +510,8 @@ class FleetClient:
             refused = [str(r) for r in reasons if r.is_failure]
             if refused:
                 self._failure = self._failure or SyncError(
-                    f"broker refused fleet subscriptions for {self.client_id}: {', '.join(refused)}; the ACL "
-                    f"must let the central identity read {wire.ROOT}/#")
+                    f"broker refused fleet subscriptions for {self.client_id}: {', '.join(refused)}; the broker "
+                    f"must give this identity the role linetap-centre (reads {wire.ROOT}/#)")
             else:
                 self._sessions += 1
             self._changed.notify_all()
