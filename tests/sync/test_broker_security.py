@@ -32,6 +32,8 @@ from linetap.firmware.keys import public_key_b64
 from linetap.sync import dynsec, wire
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
+from linetap.sync.central.fleet import FleetTracker
+from linetap.sync.central.index import SqliteIndex
 from linetap.sync.central.worker import BrokerSettings, IngestWorker, run_workers
 from linetap.sync.pki import CENTRAL, CertificateAuthority, Issued
 
@@ -468,3 +470,16 @@ def test_broker_init_writes_the_centre_identities_and_the_enrolled_boxes(tmp_pat
     # The broker rewrites this file as boxes are enrolled: it is never overwritten by accident.
     assert cli.main(["broker-init", str(target), "--data-dir", str(folder)]) == 1
     assert "pass --replace" in capsys.readouterr().err
+
+
+def test_the_fleet_tracker_runs_as_its_own_identity(fleet: Fleet, connect, tmp_path: Path) -> None:
+    settings = dynsec.identity_settings(fleet.settings(CENTRAL), WORKERS[2])
+    assert settings.cert_file.name == "linetap-central-fleet.pem"
+    with FleetTracker(SqliteIndex(tmp_path / "index.db"), settings, client_id=WORKERS[2], owns_index=True) as tracker:
+        tracker.wait_ready(WAIT)
+        box_c = connect("box-c")
+        body = {"boot": 1, "session": 1, "state": "online", "clock": {"synced": False, "wall_ms": 0}}
+        box_c.publish(f"{ROOT}/box-c/status", json.dumps(body).encode())
+        tracker.flush(WAIT)  # its barrier goes through linetap/v1/_central/..., which its role allows
+        assert tracker.index.fleet_device("box-c")["subjects"]["status"]["body"]["state"] == "online"
+        assert tracker.failure is None
