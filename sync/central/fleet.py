@@ -493,8 +493,8 @@ class FleetClient:
             logger.error("broker refused fleet client client_id=%s reason=%s", self.client_id, reason)
             if reason.value in (0x86, 0x87, 0x8C):  # bad credentials, not authorised, bad auth method
                 self._fail(SyncError(f"broker refused {self.client_id} ({reason}); check the central "
-                                     "certificate (its CN is its client id) and its role in the broker's dynamic-security "
-                                     "file (image/mosquitto/README.md)"))
+                                     "certificate (its CN is its client id) and its role in the broker's "
+                                     "dynamic-security file (image/mosquitto/README.md)"))
             return
         logger.info("fleet client connected client_id=%s", self.client_id)
         _rc, mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in self._filters])
