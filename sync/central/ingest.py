@@ -415,7 +415,9 @@ class Ingest:
         Parts of objects that never completed and manifests that waited for
         segments that never came; each is logged and returned (device,
         recording, object, bytes). A box still sending that object sends it
-        again whole: it never had its object-level ack.
+        again whole: it never had its object-level ack. Files in staging the
+        index does not know (left by a crash mid-write, or by a version before
+        the index tracked staging) go by their modification time.
         """
         days = self.limits.stale_staging_days if max_age_days is None else max_age_days
         cutoff = self._now_ms() - round(days * 86_400_000)
@@ -430,6 +432,32 @@ class Ingest:
             item = AgedOut(device, rid, name, int(row["bytes"]), int(row["last_ms"]))
             logger.warning("stale staging removed device=%s recording=%s object=%s bytes=%d last_ms=%d",
                            device, rid, name, item.bytes, item.last_ms)
+            removed.append(item)
+        return removed + self._age_out_untracked(cutoff)
+
+    def _age_out_untracked(self, cutoff_ms: int) -> list[AgedOut]:
+        tracked = {(r["device_id"], r["recording_id"], r["name"].replace("/", "-"), r["sha256"])
+                   for r in self.index.staged()}
+        pending = {(device, rid) for device, rid, name, _ in tracked if name == PENDING_MANIFEST}
+        removed = []
+        for path in sorted(p for p in self._staging.rglob("*") if p.is_file() and not p.is_symlink()):
+            levels = path.relative_to(self._staging).parts
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if info.st_mtime * 1000 >= cutoff_ms:
+                continue
+            device, rid = (levels + ("?", "?"))[:2]
+            if len(levels) == 5 and levels[:4] in tracked:
+                continue
+            if len(levels) == 3 and levels[2] == PENDING_MANIFEST and (device, rid) in pending:
+                continue
+            obj = levels[2].replace("-", "/", 1) if len(levels) >= 3 else path.name
+            _remove_file(path)
+            item = AgedOut(device, rid, obj, info.st_size, round(info.st_mtime * 1000))
+            logger.warning("stale staging removed device=%s recording=%s object=%s bytes=%d file=%s "
+                           "(not in the index)", device, rid, obj, info.st_size, path)
             removed.append(item)
         return removed
 

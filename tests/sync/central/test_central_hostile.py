@@ -366,3 +366,27 @@ def test_the_quota_and_age_come_from_the_ingest_section_of_the_config(central: P
     (central / "central.toml").write_text("[ingest]\nstale_staging_dayz = 2\n")
     assert cli(central, "retention", "run") == 1
     assert "stale_staging_dayz" in capsys.readouterr().err
+
+
+def test_staging_files_the_index_does_not_know_are_aged_out_by_their_time(central: Path, box: Box) -> None:
+    import os
+
+    clock = ManualClock()
+    rid = box.call(25, codec=BIG_CODEC)
+    first = [p for p in box.parts(rid) if p.parts > 1][0]
+    folder = central / "staging" / box.device_id / rid
+    old = folder / "seg-0" / first.sha256 / "0000"  # as a version before the staging table left it
+    debris = folder / "seg-0" / first.sha256 / ".tmp-123-0001"  # a write cut short
+    fresh = central / "staging" / box.device_id / "other" / "pending-manifest"
+    for path in (old, debris, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    eight_days_ago = clock.wall() - 8 * DAY_S
+    for path in (old, debris):
+        os.utime(path, (eight_days_ago, eight_days_ago))
+    os.utime(fresh, (clock.wall(), clock.wall()))
+    with Ingest(central, clock=clock) as core:
+        removed = core.age_out()
+    assert sorted((r.device_id, r.recording_id, r.object, r.bytes) for r in removed) == [
+        (box.device_id, rid, "seg/0", 10), (box.device_id, rid, "seg/0", 10)]
+    assert not folder.exists() and fresh.is_file()
