@@ -276,16 +276,21 @@ class SqliteIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         try:
-            self._db: sqlite3.Connection | None = sqlite3.connect(
+            self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._upgrade(self._db)
         except sqlite3.OperationalError as e:
+            self.close()
             raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
                                    "the file's permissions") from e
+        except SyncError:
+            self.close()
+            raise
 
     def _upgrade(self, db: sqlite3.Connection) -> None:
         """Create the schema, or migrate an older file to :data:`SCHEMA_VERSION`, in one transaction."""

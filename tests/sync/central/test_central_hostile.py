@@ -390,3 +390,14 @@ def test_staging_files_the_index_does_not_know_are_aged_out_by_their_time(centra
     assert sorted((r.device_id, r.recording_id, r.object, r.bytes) for r in removed) == [
         (box.device_id, rid, "seg/0", 10), (box.device_id, rid, "seg/0", 10)]
     assert not folder.exists() and fresh.is_file()
+
+
+def test_an_index_from_a_newer_version_is_refused_with_what_to_do(central: Path) -> None:
+    with SqliteIndex(central / "index.db"):
+        pass
+    with sqlite3.connect(central / "index.db") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(Exception, match="newer than this program's"):
+        SqliteIndex(central / "index.db")
+    assert cli(central, "list") == 1
