@@ -184,17 +184,19 @@ def _spool(args: argparse.Namespace) -> int:
 
     folder = data_dir(args.data_dir)
     if args.spool_command == "list":
-        rows = spool.list_recordings(folder)
+        view = spool.read_catalogue(folder)  # read-only; what it cannot make sense of is in view.problems
         if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        if not rows:
+            print(json.dumps(view.rows, indent=2))
+        elif not view.rows and view.readable:
             print(f"no recordings in {folder}")
-        for row in rows:
-            print(f"{row['seq']:>6}  {row['id']}  {row['state']:<11} {row['segments']:>3} segments "
-                  f"{row['bytes']:>9} bytes{'  flagged' if row['flagged'] else ''}"
-                  f"{'' if row['recorded'] else '  (nothing kept)'}")
-        return 0
+        else:
+            for row in view.rows:
+                print(f"{row['seq']:>6}  {row['id']}  {row['state']:<11} {row['segments']:>3} segments "
+                      f"{row['bytes']:>9} bytes{'  flagged' if row['flagged'] else ''}"
+                      f"{'' if row['recorded'] else '  (nothing kept)'}")
+        for problem in view.problems:
+            print(f"linetap: {problem['detail']}", file=sys.stderr)
+        return 1 if view.problems else 0
     report = spool.verify_spool(folder)
     if args.json:
         print(json.dumps(report, indent=2))

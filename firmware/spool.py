@@ -59,11 +59,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -73,6 +76,7 @@ import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from linetap.firmware import manifest as mf
+from linetap.firmware import untrusted
 from linetap.firmware.callflow import CallRecord
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import segment_s_problem
@@ -80,6 +84,7 @@ from linetap.firmware.durable import DurableFiles
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.keys import load_recipient, load_signing_key
 from linetap.firmware.recorder import Recording
+from linetap.firmware.schema import FileRefused, read_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +100,20 @@ AGE_MAGIC = b"age-encryption.org/v1\n"
 _AGE_CHUNK = 64 * 1024 + 16  # STREAM chunk: 64 KiB of plaintext and its tag
 _AGE_NONCE = 16
 _AGE_TAG = 16
+# Bounds on what the spool reads back from disk: each is far above what the box writes.
+CHAIN_MAX_BYTES = 4 * 1024
+OPEN_MAX_BYTES = 64 * 1024
+MANIFEST_MAX_BYTES = 8 * 1024 * 1024
+SEGMENT_MAX_BYTES = 16 * 1024 * 1024  # 120 s at 128 kbit/s is 2 MB
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SEGMENT_STEM = re.compile(r"[0-9]{6}")
+_RECORDING_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")  # a folder name: no '.', no '/'
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+STATES = ("recording", "closed", "synced", "purged", "quarantined")
+REBUILT_AT_START = ("the service moves it to quarantine and rebuilds the catalogue from the recordings "
+                    "when it starts (restart it: systemctl restart linetap)")
+ROW_QUARANTINED_AT_START = ("the service moves the row to quarantine when it starts and adopts the "
+                            "recording again from its files (restart it: systemctl restart linetap)")
 # What a crash or power cut leaves behind by design; anything else is damage.
 BENIGN_FINDINGS = ("temp-removed", "incomplete-open-removed", "closed-after-crash", "adopted",
                    "purge-finished")
@@ -106,6 +125,10 @@ class SpoolFull(SpoolError, OSError):
 
 class RecordingGone(SpoolError, LookupError):
     """A recording id the caller named is not in the catalogue."""
+
+
+class CatalogueUnreadable(SpoolError, sqlite3.DatabaseError):
+    """The catalogue (or the spool folder holding it) cannot be read; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------- settings --
@@ -271,6 +294,110 @@ _CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private"
                   "pause-start", "pause-end", "policy")
 
 
+_COLUMNS = {
+    "recordings": ("id", "seq", "state", "started_wall_ms", "started_mono_ms", "ended_wall_ms",
+                   "ended_mono_ms", "clock_synced", "boot_id", "segments", "bytes", "flagged", "recorded",
+                   "discarded", "ended_by", "consent", "opening", "manifest_sha256", "synced_wall_ms", "note"),
+    "segments": ("recording_id", "idx", "size", "sha256", "synced"),
+}
+
+
+def _schema_problem(db: sqlite3.Connection, *, tables_required: bool) -> str | None:
+    """What the catalogue's tables lack, or None. A missing table is made by ``_SCHEMA`` at start."""
+    for table, wanted in _COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if not have and tables_required:
+            return f"it has no {table} table"
+        if have and (missing := [c for c in wanted if c not in have]):
+            return f"its {table} table lacks the columns {', '.join(missing)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bytes):
+        return f"a blob of {len(value)} bytes"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int_problem(key: str, value: Any, lo: int, hi: int, *, null: bool = False) -> str | None:
+    if value is None and null:
+        return None
+    if type(value) is not int or not lo <= value <= hi:
+        return f"{key} = {_shown(value)} is not a whole number from {lo} to {hi}"
+    return None
+
+
+def _opening_problem(opening: Any) -> str | None:
+    """Why a parsed ``open.json`` (or the row's copy) cannot open a recording, or None."""
+    if not isinstance(opening, dict):
+        return "it is not a JSON object"
+    started = opening.get("started")
+    if not isinstance(started, dict):
+        return "it has no 'started' object"
+    for key in ("wall_ms", "mono_ms"):
+        if (p := _int_problem(f"started.{key}", started.get(key), untrusted.MIN_SAFE_INT,
+                              untrusted.MAX_SAFE_INT, null=True)) is not None:
+            return p
+    if not isinstance(started.get("clock_synced"), bool):
+        return "started.clock_synced is not true or false"
+    if not isinstance(opening.get("device_id"), str) or not isinstance(opening.get("codec"), dict):
+        return "it lacks device_id or codec"
+    return None
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why a ``recordings`` row cannot be trusted (wrong type, out of range, unknown state), or None."""
+    rid = row["id"]
+    if not isinstance(rid, str) or not _RECORDING_ID.fullmatch(rid):
+        return f"id = {_shown(rid)} is not a recording id"
+    checks = [_int_problem("seq", row["seq"], 1, untrusted.MAX_SAFE_INT)]
+    checks += [_int_problem(k, row[k], 0, untrusted.MAX_SAFE_INT) for k in ("segments", "bytes")]
+    checks += [_int_problem(k, row[k], 0, 1) for k in ("clock_synced", "flagged", "recorded", "discarded")]
+    checks += [_int_problem(k, row[k], untrusted.MIN_SAFE_INT, untrusted.MAX_SAFE_INT, null=True)
+               for k in ("started_wall_ms", "started_mono_ms", "ended_wall_ms", "ended_mono_ms",
+                         "synced_wall_ms")]
+    if (problem := next((c for c in checks if c is not None), None)) is not None:
+        return problem
+    if row["state"] not in STATES:
+        return f"state = {_shown(row['state'])} is not one of {', '.join(STATES)}"
+    for key in ("boot_id", "ended_by", "note"):
+        if row[key] is not None and not isinstance(row[key], str):
+            return f"{key} = {_shown(row[key])} is not text"
+    digest = row["manifest_sha256"]
+    if digest is not None and not (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest)):
+        return f"manifest_sha256 = {_shown(digest)} is not a SHA-256 in hex"
+    try:
+        consent = untrusted.loads(row["consent"] if isinstance(row["consent"], str) else b"\xff",
+                                  what="consent", max_bytes=MANIFEST_MAX_BYTES)
+    except untrusted.Untrusted:
+        return f"consent = {_shown(row['consent'])} is not a JSON list of events"
+    if not isinstance(consent, list) or not all(isinstance(e, dict) for e in consent):
+        return f"consent = {_shown(row['consent'])} is not a JSON list of events"
+    if row["state"] == "recording":
+        try:
+            opening = untrusted.loads(row["opening"] if isinstance(row["opening"], str) else b"\xff",
+                                      what="opening", max_bytes=OPEN_MAX_BYTES)
+        except untrusted.Untrusted:
+            opening = None
+        if (problem := _opening_problem(opening)) is not None:
+            return f"opening = {_shown(row['opening'])} cannot open the recording: {problem}"
+    return None
+
+
+def _segment_row_problem(row: Mapping[str, Any]) -> str | None:
+    if not isinstance(row["recording_id"], str):
+        return f"recording_id = {_shown(row['recording_id'])} is not text"
+    checks = [_int_problem("idx", row["idx"], 0, 999_999),
+              _int_problem("size", row["size"], 0, SEGMENT_MAX_BYTES),
+              _int_problem("synced", row["synced"], 0, 1)]
+    if (problem := next((c for c in checks if c is not None), None)) is not None:
+        return problem
+    if not isinstance(row["sha256"], str) or not _SHA256_HEX.fullmatch(row["sha256"]):
+        return f"sha256 = {_shown(row['sha256'])} is not a SHA-256 in hex"
+    return None
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.row_factory = sqlite3.Row
@@ -309,8 +436,8 @@ class Spool:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self.fault: str | None = None  # why new calls are refused, for the Fault event
-        self.root.mkdir(parents=True, exist_ok=True)
         self.recovery = RecoveryReport()
+        self._make_root()
         self._recover()
         self.enforce_retention()
 
@@ -620,11 +747,18 @@ class Spool:
         logger.info("recording purged recording=%s reason=%s", recording_id, why)
 
     def _read_head(self) -> dict[str, Any]:
+        """``chain.json``; raises ValueError (``Untrusted``, ``FileRefused``) when it makes no sense."""
         path = self.root / CHAIN_FILE
         try:
-            head = json.loads(path.read_bytes())
+            head = untrusted.loads(read_bounded(path, max_bytes=CHAIN_MAX_BYTES), what=str(path),
+                                   max_bytes=CHAIN_MAX_BYTES, max_depth=2)
         except FileNotFoundError:
             return {"allocated": 0, "last": {"seq": 0, "sha256": mf.GENESIS}}
+        last = head.get("last") if isinstance(head, dict) else None
+        if not (isinstance(head, dict) and type(head.get("allocated")) is int and head["allocated"] >= 0
+                and isinstance(last, dict) and type(last.get("seq")) is int and last["seq"] >= 0
+                and isinstance(last.get("sha256"), str) and _SHA256_HEX.fullmatch(last["sha256"])):
+            raise untrusted.Untrusted(f"{path} is not {{allocated, last: {{seq, sha256}}}}")
         return head
 
     def _write_head(self, head: dict[str, Any]) -> None:
@@ -671,6 +805,7 @@ class Spool:
             tmp.unlink()
             self._found("temp-removed", tmp, "incomplete temporary file from an interrupted write")
         self._db = self._open_catalogue()
+        self._quarantine_bad_rows()
         rows = {r["id"]: r for r in self.db.execute("SELECT * FROM recordings").fetchall()}
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in rows):
             self._adopt(folder)
@@ -715,14 +850,30 @@ class Spool:
         self._found(kind, path, detail, recording_id, target)
         return target
 
+    def _make_root(self) -> None:
+        """The spool folder; anything else in its place is moved to quarantine, so calls are kept again."""
+        if self.root.exists() and not self.root.is_dir():
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock.wall()))
+            target_dir = self.quarantine_dir / f"{stamp}-spool-not-a-folder"
+            target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.rename(self.root, target_dir / SPOOL_DIR)
+            self._files.sync_dir(self.data_dir)
+            self._found("spool-not-a-folder", self.root, "the spool was not a folder; a new spool was made",
+                        moved_to=target_dir / SPOOL_DIR)
+        self.root.mkdir(parents=True, exist_ok=True)
+
     def _open_catalogue(self) -> sqlite3.Connection:
         path = self.root / CATALOGUE
         db: sqlite3.Connection | None = None
         try:
+            if path.exists() and not path.is_file():
+                raise sqlite3.DatabaseError("it is not a file")
             db = _connect(path)
             check = db.execute("PRAGMA integrity_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity_check: {check}")
+            if (problem := _schema_problem(db, tables_required=False)) is not None:
+                raise sqlite3.DatabaseError(f"not a linetap catalogue: {problem}")
             db.executescript(_SCHEMA)
             return db
         except sqlite3.DatabaseError as e:
@@ -734,6 +885,28 @@ class Spool:
         db = _connect(path)
         db.executescript(_SCHEMA)
         return db
+
+    def _quarantine_bad_rows(self) -> None:
+        """Rows whose values make no sense are copied to quarantine and dropped; the files are adopted again."""
+        for row in self.db.execute("SELECT rowid AS rowid_, * FROM recordings").fetchall():
+            values = {key: row[key] for key in _COLUMNS["recordings"]}
+            if (problem := _row_problem(values)) is None:
+                continue
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock.wall()))
+            note = self.quarantine_dir / f"{stamp}-bad-catalogue-row-{row['rowid_']}.json"
+            note.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._files.write(note, json.dumps(values, default=_shown, sort_keys=True).encode())
+            self.db.execute("DELETE FROM recordings WHERE rowid = ?", (row["rowid_"],))
+            self.db.execute("DELETE FROM segments WHERE recording_id = ?", (values["id"],))
+            rid = values["id"] if isinstance(values["id"], str) else None
+            self._found("bad-catalogue-row", self.root / CATALOGUE, f"catalogue row makes no sense: {problem}; "
+                        "its recording is adopted again from its files", rid, note)
+        for row in self.db.execute("SELECT rowid AS rowid_, * FROM segments").fetchall():
+            values = {key: row[key] for key in _COLUMNS["segments"]}
+            if (problem := _segment_row_problem(values)) is not None:
+                self.db.execute("DELETE FROM segments WHERE rowid = ?", (row["rowid_"],))
+                self._found("bad-catalogue-row", self.root / CATALOGUE,
+                            f"segment row makes no sense ({problem}); dropped, the recording's files decide")
 
     def _adopt(self, folder: Path) -> None:
         """A recording folder with no catalogue row (catalogue lost, or a crash at open)."""
@@ -747,7 +920,7 @@ class Spool:
         manifest_path, opening_path = folder / MANIFEST_FILE, folder / OPEN_FILE
         try:
             if manifest_path.exists():
-                data = manifest_path.read_bytes()
+                data = read_bounded(manifest_path, max_bytes=MANIFEST_MAX_BYTES)
                 m = mf.verify(data, self.public_key)
                 if m["recording_id"] != folder.name or m["seq"] in taken:
                     raise mf.ManifestError(f"manifest names {m['recording_id']} seq={m['seq']}, "
@@ -757,27 +930,44 @@ class Spool:
                            "caller_withheld": m.get("caller_withheld"),
                            "flagged": m.get("flagged", False)}
                 self._insert_row(opening, "closed")
-                self.db.execute("UPDATE recordings SET manifest_sha256 = ?, ended_by = ?, "
-                                "segments = ?, bytes = ? WHERE id = ?",
-                                (mf.manifest_hash(data), m.get("ended_by"), len(m["segments"]),
-                                 sum(s["bytes"] for s in m["segments"]), folder.name))
+                self._restore_from_manifest(folder.name, m, data)
                 for s in m["segments"]:
                     self.db.execute("INSERT INTO segments (recording_id, idx, size, sha256) "
                                     "VALUES (?, ?, ?, ?)", (folder.name, s["index"], s["bytes"], s["sha256"]))
             elif opening_path.exists():
-                opening = json.loads(opening_path.read_bytes())
-                if opening.get("recording_id") != folder.name or not isinstance(opening.get("seq"), int) \
-                        or opening["seq"] in taken:
-                    raise mf.ManifestError(f"open.json names {opening.get('recording_id')} "
-                                           f"seq={opening.get('seq')}, which does not fit or reuses a seq")
+                opening = untrusted.loads(read_bounded(opening_path, max_bytes=OPEN_MAX_BYTES),
+                                          what=str(opening_path), max_bytes=OPEN_MAX_BYTES)
+                if (problem := _opening_problem(opening)) is not None:
+                    raise mf.ManifestError(f"open.json cannot open a recording: {problem}")
+                if opening.get("recording_id") != folder.name or type(opening.get("seq")) is not int \
+                        or not 1 <= opening["seq"] <= untrusted.MAX_SAFE_INT or opening["seq"] in taken:
+                    raise mf.ManifestError(f"open.json names {_shown(opening.get('recording_id'))} "
+                                           f"seq={_shown(opening.get('seq'))}, which does not fit or reuses a seq")
                 self._insert_row(opening, "recording")
             else:
                 raise mf.ManifestError("folder has neither manifest.json nor open.json")
-        except (mf.ManifestError, mf.BadSignature, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (mf.ManifestError, mf.BadSignature, ValueError, OSError, KeyError, TypeError) as e:
             self._quarantine(folder, "orphan-recording", f"recording folder with no catalogue row "
                              f"that cannot be adopted: {e}", folder.name)
             return
         self._found("adopted", folder, "recording folder with no catalogue row, adopted", folder.name)
+
+    def _restore_from_manifest(self, recording_id: str, m: dict[str, Any], data: bytes) -> None:
+        """Fill a rebuilt row from the signed manifest: what ``spool list`` showed before the catalogue was lost."""
+        ended = m.get("ended") if isinstance(m.get("ended"), dict) else {}
+        events = m.get("events") if isinstance(m.get("events"), list) else []
+        consent = [e for e in events if isinstance(e, dict) and e.get("kind") in _CONSENT_KINDS]
+
+        def whole(value: Any) -> int | None:
+            return value if type(value) is int else None
+
+        self.db.execute(
+            "UPDATE recordings SET manifest_sha256 = ?, ended_by = ?, segments = ?, bytes = ?, ended_wall_ms = ?,"
+            " ended_mono_ms = ?, flagged = ?, recorded = ?, discarded = ?, consent = ? WHERE id = ?",
+            (mf.manifest_hash(data), m.get("ended_by") if isinstance(m.get("ended_by"), str) else None,
+             len(m["segments"]), sum(s["bytes"] for s in m["segments"]), whole(ended.get("wall_ms")),
+             whole(ended.get("mono_ms")), int(m.get("flagged") is True), int(m.get("recorded") is True),
+             int(m.get("discarded") is True), json.dumps(consent), recording_id))
 
     def _insert_row(self, opening: dict[str, Any], state: str) -> None:
         started = opening["started"]
@@ -793,9 +983,7 @@ class Spool:
         path = self.root / CHAIN_FILE
         try:
             head = self._read_head()
-            if not isinstance(head.get("allocated"), int) or not isinstance(head.get("last"), dict):
-                raise ValueError(f"unexpected content {head!r:.80}")
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             self._quarantine(path, "corrupt-chain-head", f"chain.json unreadable ({e}); rebuilt from the catalogue")
             head = self._read_head()
         top = self.db.execute("SELECT MAX(seq) FROM recordings").fetchone()[0] or 0
@@ -818,9 +1006,12 @@ class Spool:
             if folder.is_dir():
                 self._quarantine(folder, "missing-files", "remains of a recording without its manifest", rid)
             return
-        data = (folder / MANIFEST_FILE).read_bytes()
         problems: list[str] = []
         try:
+            try:
+                data = read_bounded(folder / MANIFEST_FILE, max_bytes=MANIFEST_MAX_BYTES)
+            except (FileRefused, OSError) as e:
+                raise mf.ManifestError(f"{MANIFEST_FILE} {e}") from None
             m = mf.verify(data, self.public_key)
             if m["recording_id"] != rid or m["seq"] != row["seq"]:
                 problems.append(f"manifest names {m['recording_id']} seq={m['seq']}, catalogue says "
@@ -850,15 +1041,16 @@ class Spool:
         rid = row["id"]
         folder = self.root / rid
         folder.mkdir(mode=0o700, exist_ok=True)
-        opening = json.loads(row["opening"])
+        # Checked by _quarantine_bad_rows: a recording row's opening parses and can open a recording.
+        opening = untrusted.loads(row["opening"], what=f"catalogue opening of {rid}", max_bytes=OPEN_MAX_BYTES)
         manifest_path = folder / MANIFEST_FILE
         if manifest_path.exists():
-            data = manifest_path.read_bytes()
             try:
+                data = read_bounded(manifest_path, max_bytes=MANIFEST_MAX_BYTES)
                 m = mf.verify(data, self.public_key)
                 if m["recording_id"] != rid or m["seq"] != row["seq"]:
                     raise mf.ManifestError(f"manifest names {m['recording_id']} seq={m['seq']}")
-            except (mf.ManifestError, mf.BadSignature) as e:
+            except (mf.ManifestError, mf.BadSignature, FileRefused, OSError) as e:
                 self._quarantine(manifest_path, "bad-manifest", f"manifest of an open recording: {e}", rid)
             else:
                 self._adopt_written_manifest(row, m, data)
@@ -874,11 +1066,15 @@ class Spool:
             if index is None:
                 self._quarantine(path, "orphan-file", "file that is not a segment in a recording folder", rid)
                 continue
-            data = path.read_bytes()
-            if index in known:
-                problem = _segment_problem(path, known[index]["size"], known[index]["sha256"], data)
+            try:
+                data = read_bounded(path, max_bytes=SEGMENT_MAX_BYTES)
+            except (FileRefused, OSError) as e:
+                data, problem = b"", f"cannot be read: {e}"
             else:
-                problem = age_shape_problem(data)
+                if index in known:
+                    problem = _segment_problem(path, known[index]["size"], known[index]["sha256"], data)
+                else:
+                    problem = age_shape_problem(data)
             if problem:
                 self.db.execute("DELETE FROM segments WHERE recording_id = ? AND idx = ?", (rid, index))
                 self._quarantine(path, "bad-segment", f"segment {index} of seq={row['seq']}: {problem}", rid)
@@ -1013,48 +1209,176 @@ def _opus_segmenter(codec: Codec) -> Segmenter:
 
 # ---------------------------------------------------------------- queries --
 
-def list_recordings(data_dir: Path) -> list[dict[str, Any]]:
-    """Catalogue rows for ``linetap spool list``, oldest first; no personal data."""
-    path = Path(data_dir) / SPOOL_DIR / CATALOGUE
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
+@dataclass
+class CatalogueView:
+    """What ``spool list`` and ``spool verify`` read, without writing anything.
+
+    ``rows`` are the rows that make sense, oldest first; ``problems`` say what
+    did not (``kind``, ``recording_id``, ``detail`` with the fix);
+    ``readable`` is False when the spool folder or the catalogue as a whole
+    could not be read, so the rows say nothing about what is kept.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    readable: bool = True
+
+    def problem(self, kind: str, recording_id: str | None, detail: str) -> None:
+        self.problems.append({"kind": kind, "recording_id": recording_id, "detail": detail})
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_catalogue(data_dir: Path) -> CatalogueView:
+    """The catalogue's rows and every problem found reading it; read-only, never raises for content.
+
+    Nothing under the data dir is created, changed or removed: without a WAL
+    file the database is opened immutable, with one (the service is running
+    or stopped by a crash) read-only through it.
+    """
+    root = Path(data_dir) / SPOOL_DIR
+    path = root / CATALOGUE
+    view = CatalogueView()
     try:
-        rows = db.execute("SELECT * FROM recordings ORDER BY seq").fetchall()
-    finally:
-        db.close()
-    return [_row_dict(r) for r in rows]
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        return view
+    except OSError as e:
+        view.readable = False
+        view.problem("spool-unreadable", None, f"{root} cannot be read ({e.strerror}); check that the "
+                                               "data dir belongs to the linetap user")
+        return view
+    if not stat.S_ISDIR(mode):
+        view.readable = False
+        view.problem("spool-not-a-folder", None,
+                     f"{root} is {_kind_of(mode)}, not a folder, so no recording can be kept or read; "
+                     f"move it aside (mv {root} {root}.bad) and restart the service, which makes a new spool")
+        return view
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return view  # the service makes it at start; recording folders without rows are reported by verify
+    except OSError as e:
+        view.readable = False
+        view.problem("bad-catalogue", None, f"{path} cannot be read ({e.strerror}); check that the data "
+                                            "dir belongs to the linetap user")
+        return view
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = f"is {_kind_of(st.st_mode)}, not a SQLite database file"
+    elif st.st_size == 0:
+        why = "is empty (0 bytes)"
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                header = os.read(fd, len(_SQLITE_HEADER))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            header, why = b"", f"cannot be read ({e.strerror})"
+        if why is None and header != _SQLITE_HEADER:
+            why = "is not a SQLite database"
+    if why is not None:
+        view.readable = False
+        view.problem("bad-catalogue", None, f"the catalogue {path} {why}; {REBUILT_AT_START}")
+        return view
+    immutable = "" if (root / (CATALOGUE + "-wal")).exists() else "&immutable=1"
+    rows: list[sqlite3.Row] = []
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro{immutable}", uri=True)
+        try:
+            db.row_factory = sqlite3.Row
+            check = [r[0] for r in db.execute("PRAGMA quick_check").fetchmany(3)]
+            if check != ["ok"]:
+                why = f"is damaged ({'; '.join(map(str, check))[:200]})"
+            elif (schema := _schema_problem(db, tables_required=True)) is not None:
+                why = f"is not a linetap catalogue: {schema}"
+            else:
+                rows = db.execute("SELECT * FROM recordings").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        why = f"cannot be read as a SQLite database ({e})"
+    if why is not None:
+        view.readable = False
+        view.problem("bad-catalogue", None, f"the catalogue {path} {why}; {REBUILT_AT_START}")
+        return view
+    for row in rows:
+        values = {key: row[key] for key in _COLUMNS["recordings"]}
+        if (problem := _row_problem(values)) is None:
+            view.rows.append(_row_dict(values))
+            continue
+        rid = values["id"] if isinstance(values["id"], str) and _RECORDING_ID.fullmatch(values["id"]) else None
+        view.problem("bad-catalogue-row", rid, f"a row of the catalogue {path} makes no sense: {problem}; "
+                                               f"{ROW_QUARANTINED_AT_START}")
+    view.rows.sort(key=lambda r: r["seq"])
+    return view
+
+
+def list_recordings(data_dir: Path) -> list[dict[str, Any]]:
+    """Catalogue rows for ``linetap spool list``, oldest first; no personal data. Read-only.
+
+    Raises :class:`CatalogueUnreadable` when the catalogue as a whole cannot
+    be read; rows that make no sense are left out (:func:`read_catalogue`
+    names them).
+    """
+    view = read_catalogue(data_dir)
+    if not view.readable:
+        raise CatalogueUnreadable("; ".join(p["detail"] for p in view.problems))
+    for p in view.problems:
+        logger.warning("spool catalogue kind=%s recording=%s detail=%s", p["kind"], p["recording_id"],
+                       p["detail"])
+    return view.rows
 
 
 def verify_spool(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
     """``linetap spool verify``: structure, hashes, signatures and chain; never decrypts.
 
-    Read-only. ``public_key`` defaults to the device's own key.
+    Read-only: nothing is created, changed or removed, whatever is found.
+    ``public_key`` defaults to the device's own key. A damaged catalogue,
+    spool folder or file is a problem in the report, never an exception.
     """
     data_dir = Path(data_dir)
     root = data_dir / SPOOL_DIR
     if public_key is None:
         public_key = load_signing_key(data_dir).public_key()
-    rows = {r["id"]: r for r in list_recordings(data_dir)}
-    problems: list[dict[str, Any]] = []
+    view = read_catalogue(data_dir)
+    rows = {r["id"]: r for r in view.rows}
+    problems: list[dict[str, Any]] = list(view.problems)
     manifests: list[tuple[int, bytes]] = []
 
     def problem(kind: str, rid: str | None, detail: str) -> None:
         problems.append({"kind": kind, "recording_id": rid, "detail": detail})
 
-    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    folders: list[Path] = []
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.is_symlink():
+                problem("stray-link", None, f"{entry} is a symbolic link; the spool holds none: move it out")
+            elif entry.is_dir() and not entry.name.startswith(CATALOGUE):  # a catalogue folder: reported above
+                folders.append(entry)
     for folder in folders:
         rid = folder.name
         row = rows.get(rid)
-        if row is None:
+        if row is None and view.readable:
             problem("orphan-recording", rid, "folder has no catalogue row")
         manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
+        try:
+            data = read_bounded(manifest_path, max_bytes=MANIFEST_MAX_BYTES)
+        except FileNotFoundError:
             if row is None or row["state"] != "recording":
                 problem("missing-manifest", rid, f"{manifest_path} is missing")
             continue
-        data = manifest_path.read_bytes()
+        except (FileRefused, OSError) as e:
+            problem("bad-manifest", rid, f"{manifest_path} {e}")
+            continue
         try:
             m = mf.verify(data, public_key)
         except (mf.ManifestError, mf.BadSignature) as e:
@@ -1094,8 +1418,9 @@ def _is_full(e: OSError) -> bool:
 
 
 def _segment_index(name: str) -> int | None:
+    """The index in a segment file name (``000042.age``): six ASCII digits, nothing else."""
     stem, dot, suffix = name.partition(".")
-    if dot and "." + suffix == SEGMENT_SUFFIX and len(stem) == 6 and stem.isdigit():
+    if dot and "." + suffix == SEGMENT_SUFFIX and _SEGMENT_STEM.fullmatch(stem):
         return int(stem)
     return None
 
@@ -1103,9 +1428,17 @@ def _segment_index(name: str) -> int | None:
 def _segment_problem(path: Path, size: int, sha256: str, data: bytes | None = None) -> str | None:
     if data is None:
         try:
-            data = path.read_bytes()
+            st = os.stat(path)
         except FileNotFoundError:
             return "file is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return f"is {_kind_of(st.st_mode)}, not a file"
+        if st.st_size != size:  # judged before reading: a huge or endless file is never read
+            return f"{st.st_size} bytes, expected {size} (truncated or replaced)"
+        try:
+            data = read_bounded(path, max_bytes=max(size, 0))
+        except (FileRefused, OSError) as e:
+            return f"cannot be read ({e})"
     if len(data) != size:
         return f"{len(data)} bytes, expected {size} (truncated or replaced)"
     if hashlib.sha256(data).hexdigest() != sha256:
@@ -1123,9 +1456,10 @@ def _pauses(call: CallRecord) -> list[list[int | None]]:
     return spans
 
 
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _row_dict(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys() if k != "opening"}
-    out["consent"] = json.loads(row["consent"]) if row["consent"] else []
+    out["consent"] = untrusted.loads(row["consent"], what="catalogue consent column",
+                                     max_bytes=MANIFEST_MAX_BYTES) if row["consent"] else []
     for flag in ("clock_synced", "flagged", "recorded", "discarded"):
         out[flag] = bool(out[flag])
     return out
