@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_boxes import SimBox, device_key
 
 from linetap.firmware.keys import public_key_b64
-from linetap.sync import fleet
+from linetap.sync import dynsec, fleet
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
 from linetap.sync.central.fleet import FleetTracker, collect_live, parse_observation, push_config, send_command
@@ -315,12 +315,9 @@ def test_the_tools_work_through_the_shipped_tls_listener_and_acl(tmp_path: Path,
     ca = CertificateAuthority.create(tmp_path / "pki")
     server, central, box_cert = ca.issue_server(), ca.issue_client(CENTRAL), ca.issue_client("lt-tls")
     port = free_port()
-    text = string.Template((CONF_DIR / "linetap.conf").read_text()).substitute(
-        port=port, ca_file=ca.cert_file, cert_file=server.cert_file, key_file=server.key_file,
-        acl_file=CONF_DIR / "acl")
-    lines = [line.strip() for line in text.splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("listener "))
-    listener = [line for line in lines[start + 1:] if line and not line.startswith("#")]
+    roles = dynsec.write_initial_config(tmp_path / "dynsec.json", [], boxes=["lt-tls"])
+    listener = dynsec.shipped_listener_lines(port=port, ca_file=ca.cert_file, cert_file=server.cert_file,
+                                             key_file=server.key_file, dynsec_file=roles)
     with LocalBroker(tmp_path / "broker", port=port, listener_lines=listener, persistence=False) as broker:
         centre = Centre(tmp_path / "central", broker, capsys)
         centre.settings = BrokerSettings(host=broker.host, port=port, tls=True, ca_file=ca.cert_file,
