@@ -242,4 +242,4 @@ def load_board(name_or_path: str) -> BoardProfile:
 
 def board_from_data(data: dict[str, Any], *, source: str) -> BoardProfile:
     """Validate an already parsed profile; ``source`` names it in error messages."""
-    return load_model(BoardProfile, data, source=source, guide="hardware/README.md")
+    return load_model(BoardProfile, data, source=source, guide="hardware/README.md", show_unknown=False)

@@ -239,27 +239,34 @@ def read_toml(path: Path, *, missing_hint: str, show_line: bool = True) -> dict[
 # ---------------------------------------------------------------- schema --
 
 def load_model(model_cls: type[M], data: dict[str, Any], *, source: str,
-               guide: str = "linetap.example.toml") -> M:
+               guide: str = "linetap.example.toml", show_unknown: bool = True) -> M:
     """Validate ``data`` as ``model_cls``. Every problem is listed in one ConfigError, one per line.
 
     ``source`` starts every line (the file's path); ``guide`` is where the
     fixes point to when a problem needs more than one line to explain.
+    ``show_unknown`` False names unknown top-level keys without their
+    values: a path that may point at any TOML file (a board profile) must
+    not repeat what that file holds.
     """
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            lines.extend(_describe(model_cls, error, source, guide))
+            lines.extend(_describe(model_cls, error, source, guide, show_unknown))
         raise ConfigError("\n".join(lines)) from None
 
 
-def _describe(model_cls: type[BaseModel], error: Any, source: str, guide: str) -> list[str]:
+def _describe(model_cls: type[BaseModel], error: Any, source: str, guide: str,
+              show_unknown: bool = True) -> list[str]:
     loc = tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, Invalid):
         return [_line(source, model_cls, loc + p.path, p.value, p.message) for p in cause.problems]
-    value = _MISSING if error["type"] == "missing" else error.get("input")
+    # An unknown top-level key says the file is not what was asked for: its values are not ours to show.
+    hidden = error["type"] == "missing" or (error["type"] == "extra_forbidden" and not show_unknown
+                                            and len(loc) == 1)
+    value = _MISSING if hidden else error.get("input")
     return [_line(source, model_cls, loc, value, _explain(model_cls, error, guide))]
 
 

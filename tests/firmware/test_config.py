@@ -302,6 +302,13 @@ def test_a_board_path_error_never_shows_the_files_content(tmp_path: Path, capsys
     assert "hash-that-must-not-show" not in out and "19000" not in out
 
 
+def test_a_board_path_to_another_toml_file_names_its_keys_not_their_values(tmp_path: Path, capsys) -> None:
+    (tmp_path / "other.toml").write_text('api = "value-that-must-not-show"\n[mail]\nrelay = "x"\n')
+    code, out = config_check(write(tmp_path, '[device]\nboard = "other.toml"\n'), capsys)
+    assert code == 1 and "other.toml: api: unknown key" in out and "other.toml: mail: unknown key" in out
+    assert "value-that-must-not-show" not in out
+
+
 def test_the_config_files_own_syntax_error_still_shows_its_line(tmp_path: Path, capsys) -> None:
     code, out = config_check(write(tmp_path, "[audio]\nrate = 16000 16000\n"), capsys)
     assert code == 1 and "2 | rate = 16000 16000" in out
