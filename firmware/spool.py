@@ -63,6 +63,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -1239,8 +1240,10 @@ def read_catalogue(data_dir: Path) -> CatalogueView:
     """The catalogue's rows and every problem found reading it; read-only, never raises for content.
 
     Nothing under the data dir is created, changed or removed: without a WAL
-    file the database is opened immutable, with one (the service is running
-    or stopped by a crash) read-only through it.
+    file the database is opened immutable; with a WAL and its shared-memory
+    index (the service is running, or stopped by a crash) read-only through
+    them, which may refresh that index but never the database or the WAL;
+    with a WAL alone, a copy in a temporary folder is read.
     """
     root = Path(data_dir) / SPOOL_DIR
     path = root / CATALOGUE
@@ -1289,22 +1292,22 @@ def read_catalogue(data_dir: Path) -> CatalogueView:
         view.readable = False
         view.problem("bad-catalogue", None, f"the catalogue {path} {why}; {REBUILT_AT_START}")
         return view
-    immutable = "" if (root / (CATALOGUE + "-wal")).exists() else "&immutable=1"
     rows: list[sqlite3.Row] = []
+    wal, shm = root / (CATALOGUE + "-wal"), root / (CATALOGUE + "-shm")
     try:
-        db = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro{immutable}", uri=True)
-        try:
-            db.row_factory = sqlite3.Row
-            check = [r[0] for r in db.execute("PRAGMA quick_check").fetchmany(3)]
-            if check != ["ok"]:
-                why = f"is damaged ({'; '.join(map(str, check))[:200]})"
-            elif (schema := _schema_problem(db, tables_required=True)) is not None:
-                why = f"is not a linetap catalogue: {schema}"
-            else:
-                rows = db.execute("SELECT * FROM recordings").fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
+        with tempfile.TemporaryDirectory(prefix="linetap-catalogue-") as scratch:
+            if not wal.exists():
+                uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
+            elif shm.exists():  # the service is running, or stopped by a crash: read through its WAL
+                uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+            else:  # a WAL without its index: SQLite would make one here, so a copy is read instead
+                copy = Path(scratch) / CATALOGUE
+                shutil.copyfile(path, copy)
+                if wal.is_file():
+                    shutil.copyfile(wal, copy.with_name(CATALOGUE + "-wal"))
+                uri = f"file:{urllib.parse.quote(str(copy))}"
+            rows, why = _read_rows(uri)
+    except (sqlite3.Error, OSError) as e:
         why = f"cannot be read as a SQLite database ({e})"
     if why is not None:
         view.readable = False
@@ -1320,6 +1323,21 @@ def read_catalogue(data_dir: Path) -> CatalogueView:
                                                f"{ROW_QUARANTINED_AT_START}")
     view.rows.sort(key=lambda r: r["seq"])
     return view
+
+
+def _read_rows(uri: str) -> tuple[list[sqlite3.Row], str | None]:
+    """The ``recordings`` rows of the catalogue at ``uri``, or why it is not a catalogue."""
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        db.row_factory = sqlite3.Row
+        check = [r[0] for r in db.execute("PRAGMA quick_check").fetchmany(3)]
+        if check != ["ok"]:
+            return [], f"is damaged ({'; '.join(map(str, check))[:200]})"
+        if (schema := _schema_problem(db, tables_required=True)) is not None:
+            return [], f"is not a linetap catalogue: {schema}"
+        return db.execute("SELECT * FROM recordings").fetchall(), None
+    finally:
+        db.close()
 
 
 def list_recordings(data_dir: Path) -> list[dict[str, Any]]:

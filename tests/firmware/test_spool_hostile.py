@@ -242,3 +242,33 @@ def test_an_open_json_with_garbage_is_quarantined_not_trusted(data: Path, clock)
     with open_spool(data, clock) as spool:
         [orphan] = spool.recovery.of("orphan-recording")
         assert "not an integer" in orphan.detail
+
+
+@pytest.mark.parametrize("left_behind", ["wal-and-shm", "wal-only"])
+def test_list_reads_what_a_crash_left_in_the_wal_without_writing(data: Path, clock, capsys,
+                                                                 left_behind: str) -> None:
+    two_calls(data, clock)
+    _, expected, _ = cli(capsys, data, "spool", "list")
+    scratch = data.parent / "crashed"
+    db = sqlite3.connect(catalogue(data))
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("UPDATE recordings SET flagged = 1")  # committed to the WAL only
+    db.commit()
+    for part in (data / "spool").glob("catalogue.db*"):  # the files as a power cut leaves them
+        (scratch / part.name).parent.mkdir(exist_ok=True)
+        (scratch / part.name).write_bytes(part.read_bytes())
+    db.close()
+    for part in scratch.iterdir():
+        (data / "spool" / part.name).write_bytes(part.read_bytes())
+    if left_behind == "wal-only":
+        (data / "spool" / "catalogue.db-shm").unlink()
+    assert (data / "spool" / "catalogue.db-wal").stat().st_size > 0
+    before = snapshot(data)
+    code, out, err = cli(capsys, data, "spool", "list")
+    assert (code, err) == (0, "") and out.count("flagged") == 2 and out != expected
+    if left_behind == "wal-and-shm":  # SQLite's shared-memory index is rebuilt; data and WAL are untouched
+        for state in (before, after := snapshot(data)):
+            state.pop("spool/catalogue.db-shm")
+        assert after == before
+    else:
+        assert snapshot(data) == before
