@@ -30,7 +30,14 @@ under the same name is refused (``conflict``).
 
 Nothing here does I/O; both ends validate every field they read with the
 functions below, so a malformed message is a :class:`WireError` naming what
-was wrong, never a crash.
+was wrong, never a crash. Every number on the wire (a topic level, a user
+property, an ack member) is plain ASCII decimal without leading zeros
+(:func:`linetap.firmware.untrusted.ascii_int`): ``str.isdigit()`` would let a
+superscript two through to crash ``int()``, and ``int()`` reads an Arabic-Indic
+three as 3, giving one object two names. Acks are read with :func:`linetap.firmware.untrusted.loads`
+(size, depth and integer range bounded, repeated keys refused), and a user
+property named twice is refused, for the same reason: two readers of one
+message must never see two different values.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from linetap.firmware import untrusted
 from linetap.firmware.config import DEVICE_ID
 from linetap.firmware.errors import SyncError
 
@@ -50,6 +58,8 @@ MAX_MESSAGE = 128 * 1024
 # Leaves 8 KiB of a message for the fixed header, topic and user properties.
 PART_BYTES = MAX_MESSAGE - 8 * 1024
 MAX_ACK = 4096
+MAX_REASON = 1000  # characters of an ack's reason
+MAX_MISSING = 200  # segment indexes listed in one missing-segments ack
 
 RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -59,8 +69,10 @@ MAX_PARTS = 1024  # 120 MiB per object; a segment of 120 s at 128 kbit/s is 2 MB
 Status = Literal["stored", "rejected", "retry"]
 STATUSES = ("stored", "rejected", "retry")
 # Why the centre refused something; the box raises an alarm naming the code.
+# internal-error: the centre failed on this message (its log says why) and refused it rather
+# than stop; the box stops that recording like any refusal and raises its alarm.
 CODES = ("malformed", "not-enrolled", "wrong-device", "hash-mismatch", "bad-signature",
-         "conflict", "missing-segments", "too-large", "store-unavailable")
+         "conflict", "missing-segments", "too-large", "store-unavailable", "internal-error")
 
 
 class WireError(SyncError, ValueError):
@@ -90,10 +102,12 @@ class ObjectRef:
     def parse(cls, text: str) -> ObjectRef:
         if text == "manifest":
             return cls.manifest()
-        kind, _, index = text.partition("/")
-        if kind != "seg" or not index.isdigit() or (len(index) > 1 and index[0] == "0"):
-            raise WireError(f"object {text!r} is neither 'manifest' nor 'seg/<index>'")
-        return cls.segment(int(index))
+        kind, _, digits = text.partition("/")
+        index = untrusted.ascii_int(digits, hi=MAX_SEGMENTS - 1) if kind == "seg" else None
+        if index is None:
+            raise WireError(f"object {text[:80]!r} is neither 'manifest' nor 'seg/<index>' with an index "
+                            f"of ASCII digits in 0..{MAX_SEGMENTS - 1}")
+        return cls.segment(index)
 
     def __str__(self) -> str:
         return "manifest" if self.kind == "manifest" else f"seg/{self.index}"
@@ -101,19 +115,19 @@ class ObjectRef:
 
 def check_device_id(value: str) -> str:
     if not isinstance(value, str) or not DEVICE_ID.fullmatch(value):
-        raise WireError(f"device id {value!r} is not 1-64 characters of a-z, 0-9 and '-'")
+        raise WireError(f"device id {_clip(value)!r} is not 1-64 characters of a-z, 0-9 and '-'")
     return value
 
 
 def check_recording_id(value: str) -> str:
     if not isinstance(value, str) or not RECORDING_ID.fullmatch(value):
-        raise WireError(f"recording id {value!r} is not a lowercase UUID")
+        raise WireError(f"recording id {_clip(value)!r} is not a lowercase UUID")
     return value
 
 
 def check_sha256(value: str) -> str:
     if not isinstance(value, str) or not SHA256.fullmatch(value):
-        raise WireError(f"sha256 {value!r} is not 64 lowercase hex digits")
+        raise WireError(f"sha256 {_clip(value)!r} is not 64 lowercase hex digits")
     return value
 
 
@@ -172,23 +186,29 @@ def up_filter(device_id: str = "+") -> str:
 
 def parse_part(topic: str, payload: bytes, user_properties: Iterable[tuple[str, str]]) -> Part:
     """Validate an upload message; raises :class:`WireError` naming the first thing wrong."""
+    shown = shown_topic(topic)
     levels = topic.split("/")
     # linetap / v1 / dev / up / rec / (seg / idx | manifest) / part
     if levels[:2] != ROOT.split("/") or len(levels) not in (7, 8) or levels[3] != "up":
-        raise WireError(f"topic {topic!r} is not {ROOT}/<device>/up/<recording>/<object>/<part>")
+        raise WireError(f"topic {shown} is not {ROOT}/<device>/up/<recording>/<object>/<part>")
     device_id = check_device_id(levels[2])
     recording_id = check_recording_id(levels[4])
     obj = ObjectRef.parse("/".join(levels[5:-1]))
     part = _small_int(levels[-1], "part", MAX_PARTS - 1)
-    props = dict(user_properties or ())
+    props: dict[str, str] = {}
+    for name, value in user_properties or ():
+        if name in props:
+            raise WireError(f"upload message on {shown} repeats the user property {name[:40]!r}; "
+                            "each may appear once")
+        props[name] = value
     for name in ("sha256", "size", "parts"):
         if name not in props:
-            raise WireError(f"upload message on {topic!r} lacks the user property {name!r}")
+            raise WireError(f"upload message on {shown} lacks the user property {name!r}")
     sha256 = check_sha256(props["sha256"])
     parts = _small_int(props["parts"], "parts", MAX_PARTS)
     size = _small_int(props["size"], "size", MAX_PARTS * PART_BYTES)
     if parts < 1 or part >= parts:
-        raise WireError(f"part {part} of {parts} on {topic!r} is out of range")
+        raise WireError(f"part {part} of {parts} on {shown} is out of range")
     if parts != max(1, -(-size // PART_BYTES)):
         raise WireError(f"{parts} parts cannot carry {size} bytes at {PART_BYTES} bytes per part")
     expected = min(PART_BYTES, size - part * PART_BYTES)
@@ -197,10 +217,17 @@ def parse_part(topic: str, payload: bytes, user_properties: Iterable[tuple[str, 
     return Part(device_id, recording_id, obj, part, parts, sha256, size, bytes(payload))
 
 
+def shown_topic(topic: str, limit: int = 160) -> str:
+    """A topic fit for one log line or error message (a hostile one can be 64 KiB long)."""
+    return repr(topic if len(topic) <= limit else topic[:limit] + "...")
+
+
 def _small_int(text: str, what: str, limit: int) -> int:
-    if not isinstance(text, str) or not text.isdigit() or len(text) > 12 or (len(text) > 1 and text[0] == "0"):
-        raise WireError(f"{what} {text!r} is not a decimal number")
-    value = int(text)
+    """An ASCII decimal number in 0..limit (no sign, no leading zero, no other script's digits)."""
+    value = untrusted.ascii_int(text, hi=untrusted.MAX_SAFE_INT)
+    if value is None:
+        shown = text[:40] if isinstance(text, str) else text
+        raise WireError(f"{what} {shown!r} is not a decimal number of ASCII digits 0-9 without a leading zero")
     if value > limit:
         raise WireError(f"{what} {value} is larger than {limit}")
     return value
@@ -222,17 +249,33 @@ class Ack:
     missing: tuple[int, ...] = ()  # segments the centre lacks (code missing-segments)
 
     def encode(self) -> bytes:
+        """Canonical JSON of at most :data:`MAX_ACK` bytes, so the device can always read it.
+
+        The reason is cut to fit: it may quote hostile text, and one character
+        can take 12 bytes once escaped.
+        """
         body: dict[str, object] = {"recording_id": self.recording_id, "object": str(self.object),
                                    "sha256": self.sha256, "status": self.status}
         if self.part is not None:
             body["part"] = self.part
         if self.code is not None:
             body["code"] = self.code
-        if self.reason is not None:
-            body["reason"] = self.reason[:1000]
         if self.missing:
-            body["missing"] = list(self.missing[:200])
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            body["missing"] = list(self.missing[:MAX_MISSING])
+        if self.reason is not None:
+            budget = MAX_ACK - len(_canonical({**body, "reason": ""}))
+            kept = 0
+            for char in self.reason[:MAX_REASON]:
+                budget -= len(json.dumps(char)) - 2
+                if budget < 0:
+                    break
+                kept += 1
+            body["reason"] = self.reason[:kept]
+        return _canonical(body)
+
+
+def _canonical(body: dict[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def ack_topic(device_id: str, recording_id: str) -> str:
@@ -245,22 +288,21 @@ def ack_filter(device_id: str) -> str:
 
 def parse_ack(topic: str, payload: bytes, device_id: str) -> Ack:
     """Validate an acknowledgement addressed to ``device_id``."""
+    shown = shown_topic(topic)
     levels = topic.split("/")
     if levels[:2] != ROOT.split("/") or len(levels) != 5 or levels[3] != "ack":
-        raise WireError(f"topic {topic!r} is not {ROOT}/<device>/ack/<recording>")
+        raise WireError(f"topic {shown} is not {ROOT}/<device>/ack/<recording>")
     if levels[2] != device_id:
-        raise WireError(f"ack on {topic!r} is for device {levels[2]!r}, not {device_id!r}")
-    if len(payload) > MAX_ACK:
-        raise WireError(f"ack on {topic!r} is {len(payload)} bytes; at most {MAX_ACK}")
+        raise WireError(f"ack on {shown} is for device {levels[2]!r}, not {device_id!r}")
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"ack on {topic!r} is not JSON: {e}") from e
+        body = untrusted.loads(payload, what=f"ack on {shown}", max_bytes=MAX_ACK, max_depth=2)
+    except untrusted.Untrusted as e:
+        raise WireError(str(e)) from e
     if not isinstance(body, dict):
-        raise WireError(f"ack on {topic!r} is not a JSON object")
+        raise WireError(f"ack on {shown} is not a JSON object")
     recording_id = check_recording_id(body.get("recording_id"))  # type: ignore[arg-type]
     if recording_id != levels[4]:
-        raise WireError(f"ack on {topic!r} names recording {recording_id}")
+        raise WireError(f"ack on {shown} names recording {recording_id}")
     obj = ObjectRef.parse(_text(body, "object"))
     sha256 = check_sha256(body.get("sha256"))  # type: ignore[arg-type]
     status = body.get("status")
@@ -280,6 +322,11 @@ def parse_ack(topic: str, payload: bytes, device_id: str) -> Ack:
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_SEGMENTS for i in missing):
         raise WireError("ack 'missing' is not a list of segment indexes")
     return Ack(recording_id, obj, sha256, status, part, code, reason, tuple(missing))
+
+
+def _clip(value: object, limit: int = 80) -> object:
+    """A value to quote in an error message, cut to ``limit`` characters when it is text."""
+    return value[:limit] + "..." if isinstance(value, str) and len(value) > limit else value
 
 
 def _text(body: dict, name: str) -> str:

@@ -33,9 +33,21 @@ never reaches the store; when its topic names a device, a recording and an
 object, the device is told with a ``rejected`` ack (code ``malformed`` or
 ``too-large``) so its uploader stops resending it.
 
-Errors from the store itself are not caught: the worker thread ends, its
-:attr:`IngestWorker.failure` says why, the message stays unacknowledged, and
-:func:`serve` exits non-zero so the service manager restarts the service.
+One message never stops a worker. Anything else that goes wrong while one
+message is handled (a bug that one hostile message trips in the store or
+here) is that message's failure: it is logged with its traceback, the device
+gets a ``rejected`` ack with code ``internal-error``, and the message is
+acknowledged to the broker like any other answered one, so it cannot come
+back from the worker's persistent session and stop the worker again after
+every restart.
+
+Only a store that cannot work at all ends the worker: an ``OSError`` (the
+store's :class:`~linetap.sync.central.store.StoreUnavailable` is one; the
+real ``Ingest`` already turns a full disk into a ``retry`` ack) or a
+``MemoryError`` escaping the store. Then the worker thread ends, its
+:attr:`IngestWorker.failure` says why, the message stays unacknowledged,
+and :func:`serve` exits non-zero so the service manager restarts the
+service; the message is handled again once the store works.
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from linetap.firmware import untrusted
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.sync import wire
 from linetap.sync.dynsec import identity_settings
@@ -71,6 +84,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# Failures of the store as a whole, not of the message in hand (see _handle).
+STORE_DOWN: tuple[type[BaseException], ...] = (OSError, MemoryError)
 NO_HASH = "0" * 64  # in a rejection of a message whose sha256 could not be read
 STOP_POLL_S = 0.2  # how often an idle worker thread looks at its stop event
 HANDOFF_WAIT_S = 5.0  # longest paho's thread waits for room in the queue
@@ -375,6 +390,32 @@ class IngestWorker:
         self._stopping.set()
 
     def _handle(self, inbound: _Inbound) -> None:
+        """Answer one message, then acknowledge it to the broker.
+
+        The rule, by exception type: a :data:`STORE_DOWN` error means the store
+        cannot work at all (disk gone, index unreadable). It ends the worker
+        with the message unacknowledged, so the broker hands it out again once
+        the service is back, and nothing is lost. Any other exception was
+        raised by this one message (a hostile box found a bug): it becomes this
+        message's ``rejected`` ack, and the message is acknowledged to the
+        broker once that ack is queued, because left unacknowledged in the
+        persistent session it would stop the worker again at every restart.
+        """
+        try:
+            self._answer(inbound)
+        except STORE_DOWN:
+            raise
+        except Exception as e:  # the one place where one message's failure becomes its rejection
+            logger.error("upload handling failed topic=%s bytes=%d error=%s; refused as internal-error",
+                         _short(inbound.topic), len(inbound.payload), type(e).__name__, exc_info=True)
+            self._reject(inbound, "internal-error",
+                         f"the central store failed on this message ({type(e).__name__}) and refused it; "
+                         "the central store's log has the details")
+        if inbound.connection == self._connection:
+            self._client.ack(inbound.mid, inbound.qos)
+
+    def _answer(self, inbound: _Inbound) -> None:
+        """Validate, store and publish the acks; a refused message gets its ``rejected`` ack."""
         try:
             if len(inbound.payload) > wire.MAX_MESSAGE:
                 raise _TooLarge(f"message on {_short(inbound.topic)} is {len(inbound.payload)} bytes; "
@@ -384,11 +425,9 @@ class IngestWorker:
             logger.warning("upload refused topic=%s bytes=%d reason=%s", _short(inbound.topic),
                            len(inbound.payload), e)
             self._reject(inbound, "too-large" if isinstance(e, _TooLarge) else "malformed", str(e))
-        else:
-            for ack in self.ingest.receive(part):
-                self._publish_ack(part.device_id, ack)
-        if inbound.connection == self._connection:
-            self._client.ack(inbound.mid, inbound.qos)
+            return
+        for ack in self.ingest.receive(part):
+            self._publish_ack(part.device_id, ack)
 
     def _reject(self, inbound: _Inbound, code: str, reason: str) -> None:
         addressed = _address(inbound.topic, inbound.user_properties)
@@ -420,17 +459,14 @@ def _address(topic: str, user_properties: Iterable[tuple[str, str]]) -> tuple[st
         obj = wire.ObjectRef.parse("/".join(levels[5:-1]))
     except wire.WireError:
         return None
-    announced = dict(user_properties).get("sha256", "")
-    sha256 = announced if wire.SHA256.fullmatch(announced) else NO_HASH
-    part_text = levels[-1]
-    part = int(part_text) if part_text.isdigit() and len(part_text) <= 4 and int(part_text) < wire.MAX_PARTS else None
+    # Only an unambiguous sha256 is echoed: one named twice could be either.
+    announced = [value for name, value in user_properties if name == "sha256"]
+    sha256 = announced[0] if len(announced) == 1 and wire.SHA256.fullmatch(announced[0]) else NO_HASH
+    part = untrusted.ascii_int(levels[-1], hi=wire.MAX_PARTS - 1)
     return device_id, wire.Ack(recording_id, obj, sha256, "rejected", part=part)
 
 
-def _short(topic: str, limit: int = 160) -> str:
-    """A topic fit for one log line (a hostile one can be 64 KiB long)."""
-    text = topic if len(topic) <= limit else topic[:limit] + "..."
-    return repr(text)
+_short = wire.shown_topic
 
 
 # ------------------------------------------------------------------ many workers --

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -101,3 +102,83 @@ def test_malformed_ack_members_are_refused(body: dict) -> None:
     payload = json.dumps(body).encode()
     with pytest.raises(WireError):
         wire.parse_ack(wire.ack_topic(DEV, REC), payload, DEV)
+
+
+# ------------------------------------------------- numbers and JSON from the wire --
+
+GOOD_PROPS = [("sha256", hashlib.sha256(b"x").hexdigest()), ("size", "1"), ("parts", "1")]
+
+
+@pytest.mark.parametrize("topic", [
+    f"linetap/v1/{DEV}/up/{REC}/seg/\u0663/0",  # ARABIC-INDIC DIGIT THREE: int() reads it as 3
+    f"linetap/v1/{DEV}/up/{REC}/seg/\u00b2/0",  # SUPERSCRIPT TWO: isdigit() says yes, int() raises
+    f"linetap/v1/{DEV}/up/{REC}/seg/\uff13/0",  # FULLWIDTH DIGIT THREE
+    f"linetap/v1/{DEV}/up/{REC}/seg/0/\u00b2",
+    f"linetap/v1/{DEV}/up/{REC}/seg/0/\u0660",
+    f"linetap/v1/{DEV}/up/{REC}/manifest/\u0660",
+    f"linetap/v1/{DEV}/up/{REC}/seg/+1/0",
+    f"linetap/v1/{DEV}/up/{REC}/seg/1_0/0",
+])
+def test_topic_numbers_are_ascii_digits_only(topic: str) -> None:
+    with pytest.raises(WireError, match="is neither|decimal"):
+        wire.parse_part(topic, b"x", GOOD_PROPS)
+
+
+@pytest.mark.parametrize("name, value", [("size", "\u00b9"), ("size", "\u0661"), ("size", "\uff11"),
+                                         ("parts", "\u00b9"), ("parts", "\u0661"), ("size", " 1"),
+                                         ("parts", "1_0"), ("size", "1" * 400)])
+def test_user_property_numbers_are_ascii_digits_only(name: str, value: str) -> None:
+    props = [(k, value if k == name else v) for k, v in GOOD_PROPS]
+    with pytest.raises(WireError, match=f"{name} .* is not a decimal number"):
+        wire.parse_part(f"linetap/v1/{DEV}/up/{REC}/seg/0/0", b"x", props)
+
+
+def test_a_repeated_user_property_is_refused() -> None:
+    # Two readers of one message must never see two different values.
+    props = GOOD_PROPS + [("size", "2")]
+    with pytest.raises(WireError, match="repeats the user property 'size'"):
+        wire.parse_part(f"linetap/v1/{DEV}/up/{REC}/seg/0/0", b"x", props)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=8))
+def test_a_part_number_in_any_script_but_ascii_is_refused(digits: str) -> None:
+    topic = f"linetap/v1/{DEV}/up/{REC}/seg/{digits}/{digits}"
+    if digits.isascii():
+        return  # plain digits: covered above
+    with pytest.raises(WireError):
+        wire.parse_part(topic, b"x", GOOD_PROPS)
+
+
+def ack_body(**changes: object) -> dict:
+    body = {"recording_id": REC, "object": "seg/1", "sha256": "b" * 64, "status": "stored", "part": 0}
+    body.update(changes)
+    return body
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b'{"recording_id":"%s","object":"seg/1","sha256":"%s","status":"stored","status":"rejected"}'
+     % (REC.encode(), b"b" * 64), "repeats the key 'status'"),
+    (b"[" * 2000 + b"]" * 2000, "nests deeper"),
+    (json.dumps(ack_body(part=2**64)).encode(), "outside"),
+    (json.dumps(ack_body(part=0.5)).encode(), "not an integer"),
+    (json.dumps(ack_body(object="seg/\u0663")).encode(), "is neither"),
+    (b"\xff" * 10, "not UTF-8"),
+    (json.dumps(ack_body(missing=[1, 2**70])).encode(), "outside"),
+])
+def test_hostile_acks_are_wire_errors(payload: bytes, why: str) -> None:
+    with pytest.raises(WireError, match=why):
+        wire.parse_ack(wire.ack_topic(DEV, REC), payload, DEV)
+
+
+@pytest.mark.parametrize("char", ["a", "\u00e9", "\"", "\x01", "\U0001f4de"])
+def test_an_ack_with_the_longest_reason_still_fits_and_reads_back(char: str) -> None:
+    # A reason may quote hostile text; escaped, one character can take 12 bytes.
+    ack = Ack(REC, ObjectRef.manifest(), "c" * 64, "rejected", code="missing-segments",
+              reason=char * 5000, missing=tuple(range(999_000, 999_000 + 300)))
+    encoded = ack.encode()
+    assert len(encoded) <= wire.MAX_ACK
+    read = wire.parse_ack(wire.ack_topic(DEV, REC), encoded, DEV)
+    assert read.missing == tuple(range(999_000, 999_000 + wire.MAX_MISSING))
+    assert read.reason and set(read.reason) == {char} and len(read.reason) <= wire.MAX_REASON
+    assert len(read.reason) == wire.MAX_REASON or len(encoded) > wire.MAX_ACK - 12

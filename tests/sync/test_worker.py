@@ -304,3 +304,106 @@ def test_the_serve_command_runs_the_real_ingest_and_stops_on_sigterm(broker, box
             proc.kill()
         _, errors = proc.communicate(timeout=WAIT)
     assert "Traceback" not in errors
+
+
+# ------------------------------------------------- one message never stops a worker --
+
+class Crashes(StoreDouble):
+    """A store double with a bug that one recording trips: it raises instead of answering."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+        self.tripped = 0
+
+    def receive(self, part: wire.Part) -> list[wire.Ack]:
+        if part.recording_id == self.poison:
+            self.tripped += 1
+            raise KeyError("segments")
+        return super().receive(part)
+
+
+def test_non_ascii_digits_in_a_topic_or_property_are_refused_and_the_worker_goes_on(broker, box, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.worker")
+    store = StoreDouble()
+    rec = recording_id(700)
+    good = wire.split(DEVICE, rec, wire.ObjectRef.segment(1), b"fine")[0]
+    props = dict(good.user_properties())
+    with start_worker(broker, store, "digits") as worker:
+        # '\u0663' is ARABIC-INDIC DIGIT THREE: int() reads it as 3, so seg/\u0663 would be seg/3.
+        box.publish(f"linetap/v1/{DEVICE}/up/{rec}/seg/\u0663/0", b"fine", good.user_properties())
+        # '\u00b2' is SUPERSCRIPT TWO: isdigit() says yes, int() raises.
+        box.publish(f"linetap/v1/{DEVICE}/up/{rec}/seg/1/\u00b2", b"fine", good.user_properties())
+        box.publish(good.topic, b"fine", list({**props, "size": "\u00b2"}.items()))
+        box.publish(good.topic, b"fine", list({**props, "parts": "\u0661"}.items()))
+        box.publish(good.topic, good.payload, good.user_properties())
+        acks = box.next_acks(5)
+        assert worker.failure is None
+
+    assert [p.topic for p in store.parts] == [good.topic]
+    assert [(str(a.object), a.part, a.status, a.code) for a in acks] == [
+        ("seg/1", None, "rejected", "malformed"),
+        ("seg/1", 0, "rejected", "malformed"),
+        ("seg/1", 0, "rejected", "malformed"),
+        ("seg/1", 0, "stored", None),
+        ("seg/1", None, "stored", None)]
+    assert "not a decimal number of ASCII digits" in acks[1].reason
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("upload refused")]
+    assert any("seg/\u0663" in line and "ASCII digits" in line for line in refused), refused
+
+
+def test_a_message_the_store_crashes_on_is_rejected_and_the_next_is_stored(broker, box, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.worker")
+    poison = recording_id(710)
+    store = Crashes(poison)
+    other = Box(broker, "box-b")
+    try:
+        with start_worker(broker, store, "crash") as worker:
+            box.upload(poison, wire.ObjectRef.segment(0), b"trips the bug")
+            [rejected] = box.next_acks(1)
+            other.upload(recording_id(711), wire.ObjectRef.segment(0), b"after it")
+            assert [a.status for a in other.next_acks(2)] == ["stored", "stored"]
+            assert worker.failure is None and not worker.wait_stopped(0)
+    finally:
+        other.close()
+
+    assert (rejected.recording_id, rejected.status, rejected.code) == (poison, "rejected", "internal-error")
+    assert "KeyError" in rejected.reason and "central store's log" in rejected.reason
+    [record] = [r for r in caplog.records if r.getMessage().startswith("upload handling failed")]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert poison in record.getMessage()
+    assert [p.recording_id for p in store.parts] == [recording_id(711)]
+
+
+def test_a_poison_message_is_acknowledged_so_a_restarted_serve_does_not_meet_it_again(broker, box) -> None:
+    poison = recording_id(720)
+    stores: list[Crashes] = []
+
+    def make_store() -> Crashes:
+        stores.append(Crashes(poison))
+        return stores[-1]
+
+    prepare_session(broker, "poison", "poison-0")
+    box.upload(poison, wire.ObjectRef.segment(0), b"trips the bug")
+    box.upload(recording_id(721), wire.ObjectRef.segment(0), b"behind it")
+    for run in range(2):
+        stop = threading.Event()
+        outcome: list[int] = []
+        runner = serve_in_thread(f"poison-{run}", outcome, broker_settings=settings_for(broker),
+                                 make_ingest=make_store, group="poison", client_id_prefix="poison", stop=stop)
+        try:
+            if run == 0:
+                assert [(a.recording_id, a.status) for a in box.next_acks(3)] == [
+                    (poison, "rejected"), (recording_id(721), "stored"), (recording_id(721), "stored")]
+            else:
+                # Messages left unacknowledged come first on a resumed session: once this one is
+                # stored, the poison message would have been met before it.
+                box.upload(recording_id(722), wire.ObjectRef.segment(0), b"after the restart")
+                assert [(a.recording_id, a.status) for a in box.next_acks(2)] == [
+                    (recording_id(722), "stored"), (recording_id(722), "stored")]
+        finally:
+            stop.set()
+            runner.join(WAIT)
+        assert outcome == [0]
+    assert [s.tripped for s in stores] == [1, 0]
+    assert [p.recording_id for p in stores[1].parts] == [recording_id(722)]
