@@ -51,6 +51,10 @@ from linetap.firmware.keys import public_key_b64, public_key_from_b64
 FORMAT = "linetap-manifest/1"
 GENESIS = "0" * 64  # ``prev`` of a device's first recording
 # A manifest lists ~120 bytes per segment: 16 MiB is a call of several days at 10 s segments.
+# The call events that are consent or custody facts: kept in the catalogue and the central
+# index beside the manifest (a fleet push that changes consent adds a "policy" event).
+CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
+                 "pause-start", "pause-end", "policy")
 MAX_BYTES = 16 * 1024 * 1024
 # The box writes at most five levels (manifest, events, event, details, value); room to grow.
 MAX_DEPTH = 16

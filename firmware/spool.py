@@ -291,8 +291,6 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 """
 
-_CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
-                  "pause-start", "pause-end", "policy")
 
 
 _COLUMNS = {
@@ -786,7 +784,7 @@ class Spool:
             self._write_head(head)
         except OSError as e:
             raise self._os_error(e, f"writing the manifest of recording {recording_id}") from e
-        consent = [e for e in body["events"] if e["kind"] in _CONSENT_KINDS]
+        consent = [e for e in body["events"] if e["kind"] in mf.CONSENT_KINDS]
         self.db.execute(
             "UPDATE recordings SET state = 'closed', ended_wall_ms = ?, ended_mono_ms = ?, segments = ?,"
             " bytes = ?, flagged = ?, recorded = ?, discarded = ?, ended_by = ?, consent = ?,"
@@ -957,7 +955,7 @@ class Spool:
         """Fill a rebuilt row from the signed manifest: what ``spool list`` showed before the catalogue was lost."""
         ended = m.get("ended") if isinstance(m.get("ended"), dict) else {}
         events = m.get("events") if isinstance(m.get("events"), list) else []
-        consent = [e for e in events if isinstance(e, dict) and e.get("kind") in _CONSENT_KINDS]
+        consent = [e for e in events if isinstance(e, dict) and e.get("kind") in mf.CONSENT_KINDS]
 
         def whole(value: Any) -> int | None:
             return value if type(value) is int else None

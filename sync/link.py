@@ -142,7 +142,12 @@ def tls_files(settings: SyncSection, data_dir: Path) -> tuple[Path, Path, Path]:
         path = Path(getattr(settings, key))
         path = path if path.is_absolute() else Path(data_dir) / path
         if not path.is_file():
-            raise ConfigError(f"sync.{key} = {getattr(settings, key)!r}: {path} does not exist; provision "
+            # Boxes set up before the TLS files had names of their own kept them as device.crt/.key.
+            old = path.with_name("device.crt") if key == "cert_file" else None
+            moved = (f"; {old} is there from an older setup: move it to {path}, and put the TLS key in "
+                     f"{path.with_name('tls.key')} (keys/device.key is the signing key)"
+                     if old is not None and old.is_file() else "")
+            raise ConfigError(f"sync.{key} = {getattr(settings, key)!r}: {path} does not exist{moved}; provision "
                               "the box with the fleet CA and a client certificate whose CN is device.id "
                               "(or set sync.tls = false for a broker on this machine only)")
         files.append(path)
@@ -369,7 +374,7 @@ class Link:
         self._renewing = None
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
         if refused:
-            logger.warning("link subscriptions refused client=%s reasons=%s (check the broker ACL)",
+            logger.warning("link subscriptions refused client=%s reasons=%s (check the box's role in the broker's dynamic security)",
                            self.client_id, ",".join(refused))
         self._up()
 

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="verify, decrypt and write one recording")
     export.add_argument("recording_id", metavar="ID")
     export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.wav|FILE.ogg")
+    export.add_argument("--device", metavar="DEVICE", help="the device, when several have a recording of that id")
     export.add_argument("--force", action="store_true",
                         help="replace an existing FILE (atomically; a symbolic link is replaced, not followed)")
     export.set_defaults(run=_export)
@@ -455,7 +456,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     with _tools(args) as tools:
-        result = tools.export(args.recording_id, args.output, force=args.force)
+        result = tools.export(args.recording_id, args.output, force=args.force, device_id=args.device)
     print(f"wrote {result.path} ({result.segments} segments, {result.rate} Hz stereo)")
     return 0
 
@@ -526,13 +527,14 @@ def _retention(args: argparse.Namespace) -> int:
         due, held = tools.retention_run(config.retention, dry_run=args.dry_run)
         stale = tools.age_out(config.ingest, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "due" if args.dry_run else "erased": due, "held": held,
+        print(json.dumps({"dry_run": args.dry_run, "due" if args.dry_run else "erased": [r for _, r in due],
+                          "held": [r for _, r in held],
                           "stale_staging" if args.dry_run else "aged_out": [s.as_dict() for s in stale]}))
         return 0
-    for rid in due:
-        print(f"{'due' if args.dry_run else 'erased'} {rid}")
-    for rid in held:
-        print(f"held {rid} (legal hold)")
+    for device_id, rid in due:
+        print(f"{'due' if args.dry_run else 'erased'} {device_id} {rid}")
+    for device_id, rid in held:
+        print(f"held {device_id} {rid} (legal hold)")
     for item in stale:
         print(f"{'stale' if args.dry_run else 'aged out'} staging: device {item.device_id} recording "
               f"{item.recording_id} object {item.object} {item.bytes} bytes, last part {_iso(item.last_ms)}")

@@ -70,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.config import Config, DeviceSection
+from linetap.firmware import untrusted
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import fleet, wire
@@ -239,10 +240,10 @@ def _seen_ms(body: Mapping[str, Any], received_ms: int) -> int | None:
 
 def _json_object(device_id: str, subject: str, payload: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # UnicodeError and JSONDecodeError are ValueErrors
-        raise FleetMessageError(f"{subject} from {device_id} is not JSON ({type(e).__name__}: "
-                                f"{str(e)[:120]})") from None
+        body = untrusted.loads(payload, what=f"{subject} from {device_id}", max_bytes=fleet.MAX_FIGURES,
+                               max_depth=8)
+    except untrusted.Untrusted as e:
+        raise FleetMessageError(str(e)) from None
     if not isinstance(body, dict):
         raise FleetMessageError(f"{subject} from {device_id} is a JSON {type(body).__name__}, not an object")
     return body
@@ -973,5 +974,6 @@ def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
         name, equals, value = pair.partition("=")
         if not equals or not name:
             raise ConfigError(f"command argument {pair!r} is not key=value (e.g. seconds=30)")
-        args[name] = int(value) if value.lstrip("-").isdigit() else value
+        number = untrusted.ascii_int(value, lo=untrusted.MIN_SAFE_INT, signed=True)
+        args[name] = value if number is None else number
     return args

@@ -332,11 +332,16 @@ class SqliteIndex:
     def _sql(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._db is None:
-                raise SyncError(f"index {self.path} is closed")
+                raise StoreUnavailable(f"index {self.path} is closed")
             try:
                 yield self._db
-            except sqlite3.OperationalError as e:
-                # Disk full, database locked past the busy timeout, I/O error: all "try again later".
+            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
+                    sqlite3.InterfaceError):
+                raise  # about this one row or call: the caller decides
+            except sqlite3.DatabaseError as e:
+                # Disk full, locked past the busy timeout, I/O error, a damaged file: the index
+                # cannot work for anyone, so ingest stops (and leaves the message for later)
+                # rather than rejecting every box's upload as if each were at fault.
                 raise StoreUnavailable(f"index {self.path}: {e}") from e
 
     # -- devices --

@@ -81,8 +81,6 @@ MAX_MANIFEST = mf.MAX_BYTES
 # The sealed caller id: age header and a number and name of a few dozen bytes each.
 MAX_SEALED_CALLER = 4096
 MAX_CALLER_JSON = 1024
-CONSENT_KINDS = ("announcement-start", "announcement-end", "opt-out", "private", "fault", "flag",
-                 "pause-start", "pause-end")
 # Rejections that mean tampering or a broken box, not a race: kept for `verify` to report.
 RECORDED_CODES = ("wrong-device", "hash-mismatch", "bad-signature", "conflict")
 
@@ -353,7 +351,7 @@ class Ingest:
             "flagged": manifest.get("flagged") is True, "recorded": manifest.get("recorded") is True,
             "discarded": manifest.get("discarded") is True,
             "ended_by": manifest.get("ended_by") if isinstance(manifest.get("ended_by"), str) else None,
-            "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in CONSENT_KINDS],
+            "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in mf.CONSENT_KINDS],
             "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None,
             "caller_number": number, "caller_name": name, "caller_withheld": _withheld(manifest),
             "manifest_sha256": mf.manifest_hash(data), "prev": manifest["prev"],

@@ -293,7 +293,8 @@ class StoreTools:
 
     # -- export --
 
-    def export(self, recording_id: str, out: Path, *, force: bool = False) -> Exported:
+    def export(self, recording_id: str, out: Path, *, force: bool = False,
+               device_id: str | None = None) -> Exported:
         """Check the recording's hashes and signature, decrypt and write it as ``.ogg`` or ``.wav``.
 
         The file is decrypted audio: it is created mode 0600, an existing file
@@ -308,7 +309,7 @@ class StoreTools:
                               "in an existing folder")
         if not force and os.path.lexists(out):
             raise _exists(out)
-        row = self._recording(recording_id)
+        row = self._recording(recording_id, device_id)
         if row["erased_ms"] is not None:
             raise UnknownRecording(f"recording {recording_id} was erased ({row['erase_reason']}); "
                                    "nothing is left to export")
@@ -641,15 +642,17 @@ class StoreTools:
             (held if row["hold"] else due).append(row)
         return due, held
 
-    def retention_run(self, retention: RetentionSection, *, dry_run: bool = False) -> tuple[list[str], list[str]]:
-        """Erase what retention makes due; returns (erased or due ids, held ids)."""
+    def retention_run(self, retention: RetentionSection, *,
+                      dry_run: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Erase what retention makes due; returns (erased or due, held) as (device, recording) pairs."""
         due, held = self.retention_due(retention)
         if not dry_run:
             for row in due:
                 category = "flagged" if row["flagged"] else "default"
                 self.erase(row["recording_id"], f"retention: {category} {retention.days_for(row['flagged'])} days",
                            device_id=row["device_id"])
-        return [r["recording_id"] for r in due], [r["recording_id"] for r in held]
+        return ([(r["device_id"], r["recording_id"]) for r in due],
+                [(r["device_id"], r["recording_id"]) for r in held])
 
     def age_out(self, limits: IngestSection, *, dry_run: bool = False) -> list[AgedOut]:
         """Remove staging untouched for ``limits.stale_staging_days`` (with ``dry_run``, only list it)."""

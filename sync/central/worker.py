@@ -645,7 +645,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     settings = broker_settings(section, folder)
     # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
     tracker_id = f"{section.client_id}-fleet"
+    make_ingest = functools.partial(Ingest, folder, limits=config.ingest)
+    # Staging a box never completed is aged out at every start (and by `retention run`),
+    # so a restart loop cannot let it pile up.
+    with make_ingest() as ingest:
+        for aged in ingest.age_out():
+            logger.warning("aged out incomplete upload device=%s recording=%s object=%s bytes=%d",
+                           aged.device_id, aged.recording_id, aged.object, aged.bytes)
     with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id):
         # Ingest is process-safe on one data dir: several workers each get a core.
-        return serve(settings, functools.partial(Ingest, folder), workers=section.workers,
+        return serve(settings, make_ingest, workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)

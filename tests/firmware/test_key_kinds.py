@@ -142,3 +142,10 @@ def test_doctor_fails_the_broker_check_on_the_signing_key_as_tls_key(tmp_path: P
                                                          'key_file = "keys/device.key"\n'))
     assert result.status == "fail" and "Ed25519 signing key" in result.finding
     assert "keys/tls.key" in result.fix
+
+
+def test_a_box_set_up_with_the_old_names_is_told_where_its_certificate_goes(box: Path, fleet) -> None:
+    provision_tls(box, fleet)
+    (box / "keys/tls.crt").rename(box / "keys/device.crt")
+    with pytest.raises(ConfigError, match=r"keys/device.crt is there from an older setup: move it to .*keys/tls.crt"):
+        tls_files(SyncSection(broker="broker.example"), box)

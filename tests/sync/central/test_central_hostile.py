@@ -26,7 +26,7 @@ from linetap.sync.central.config import IngestSection
 from linetap.sync.central.index import SCHEMA_VERSION, AmbiguousRecording, SqliteIndex
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import keys_init, load_identity
-from linetap.sync.central.store import segment_key
+from linetap.sync.central.store import StoreUnavailable, segment_key
 from linetap.sync.central.tools import StoreTools
 
 DAY_S = 86_400.0
@@ -167,10 +167,15 @@ def test_two_devices_with_one_recording_id_are_both_stored_listed_verified_and_e
     assert [(d["device_id"], d["recordings"], d["ok"]) for d in report["devices"]] == \
         [("desk-a", 1, True), ("desk-b", 1, True)]
 
-    for argv in (("verify", rid), ("erase", rid, "--reason", "request"), ("hold", "set", rid)):
+    out = tmp_path / "out.ogg"
+    for argv in (("verify", rid), ("erase", rid, "--reason", "request"), ("hold", "set", rid),
+                 ("export", rid, "-o", str(out))):
         assert cli(central, *argv) == 1
         err = capsys.readouterr().err
         assert "desk-a, desk-b" in err and "--device" in err, argv
+    assert not out.exists()
+    assert cli(central, "export", rid, "--device", second, "-o", str(out)) == 0
+    assert out.stat().st_size > 0
     assert cli(central, "verify", rid, "--device", "desk-b") == 0
     assert cli(central, "hold", "set", rid, "--device", second, "--reason", "case 7") == 0
     assert cli(central, "erase", rid, "--device", second, "--reason", "x") == 1  # held
@@ -401,3 +406,14 @@ def test_an_index_from_a_newer_version_is_refused_with_what_to_do(central: Path)
     with pytest.raises(Exception, match="newer than this program's"):
         SqliteIndex(central / "index.db")
     assert cli(central, "list") == 1
+
+
+def test_an_index_that_cannot_work_is_store_unavailable_so_ingest_stops_rather_than_rejecting(
+        tmp_path: Path) -> None:
+    """The worker's rule: StoreUnavailable (an OSError) ends the worker and leaves the message for
+    later; anything else is that one message's rejection. A broken index is the former."""
+    index = SqliteIndex(tmp_path / "index.sqlite")
+    index.enroll("desk-a", "AAAA", 1)
+    index.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        index.device_key("desk-a")

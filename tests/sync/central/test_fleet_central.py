@@ -16,7 +16,8 @@ from linetap.firmware.keys import public_key_b64
 from linetap.sync import dynsec, fleet
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
-from linetap.sync.central.fleet import FleetTracker, collect_live, parse_observation, push_config, send_command
+from linetap.sync.central.fleet import (FleetTracker, collect_live, parse_command_args, parse_observation, push_config,
+                                        send_command)
 from linetap.sync.central.index import INDEX_FILE, FleetUpdate, SqliteIndex
 from linetap.sync.central.keys import keys_init, operator_public_key
 from linetap.sync.central.worker import BrokerSettings
@@ -216,6 +217,22 @@ def test_an_oversized_report_is_refused_before_its_signature_is_read() -> None:
     with pytest.raises(fleet.SyncError, match="more than"):
         parse_observation("linetap/v1/lt-x/config/reported", b"x" * 9000, retained=False, received_ms=1,
                           device_key=lambda _d: None)
+
+
+@pytest.mark.parametrize("payload, words", [
+    (b"[" * 50_000, "nests deeper"),
+    (b'{"disk_free_mb":' + b"9" * 30 + b"}", "outside"),
+    (b'{"a":1,"a":2}', "repeats the key"),
+])
+def test_hostile_telemetry_is_refused_by_name_before_it_reaches_the_index(payload: bytes, words: str) -> None:
+    with pytest.raises(fleet.SyncError, match=words):
+        parse_observation("linetap/v1/lt-x/telemetry", payload[:fleet.MAX_FIGURES], retained=False,
+                          received_ms=1, device_key=lambda _d: None)
+
+
+def test_command_arguments_are_numbers_only_in_ascii_digits() -> None:
+    assert parse_command_args(["n=٣", "m=-5", "k=05", "s=30", "big=" + "9" * 30]) == {
+        "n": "٣", "m": -5, "k": "05", "s": 30, "big": "9" * 30}
 
 
 # ------------------------------------------------------------------- config --
