@@ -307,6 +307,23 @@ def _import_sounddevice() -> ModuleType:
     return sounddevice
 
 
+@dataclass(frozen=True)
+class AudioDevice:
+    """One audio device as PortAudio lists it (what a board profile's ``audio.device`` names)."""
+
+    index: int
+    name: str
+    inputs: int
+    outputs: int
+    default_rate: float
+
+
+def list_devices() -> list[AudioDevice]:
+    """The audio devices of this machine; DeviceError when PortAudio itself cannot be loaded."""
+    return [AudioDevice(d["index"], d["name"], d["max_input_channels"], d["max_output_channels"],
+                        d["default_samplerate"]) for d in _import_sounddevice().query_devices()]
+
+
 def _describe_devices(devices: Sequence[dict]) -> str:
     if not devices:
         return "no audio devices at all (is the codec plugged in, its overlay loaded, `aplay -l` empty?)"

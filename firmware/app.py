@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -633,12 +634,10 @@ def list_devices(*, as_json: bool) -> int:
     """Print the audio devices and serial ports this machine has (for writing a board profile)."""
     import serial.tools.list_ports
 
-    from linetap.drivers.audio import _import_sounddevice
+    from linetap.drivers.audio import list_devices
 
     try:
-        audio = [{"index": d["index"], "name": d["name"], "inputs": d["max_input_channels"],
-                  "outputs": d["max_output_channels"], "default_rate": d["default_samplerate"]}
-                 for d in _import_sounddevice().query_devices()]
+        audio = [dataclasses.asdict(d) for d in list_devices()]
     except DeviceError as exc:
         audio = [{"error": str(exc)}]
     ports = [{"device": p.device, "description": p.description} for p in serial.tools.list_ports.comports()]

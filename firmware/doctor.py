@@ -370,9 +370,9 @@ def check_audio(ctx: Context) -> CheckResult:
 
 
 def _audio_device_names() -> str:
-    from linetap.drivers.audio import _import_sounddevice
+    from linetap.drivers.audio import list_devices
 
-    names = [d["name"] for d in _import_sounddevice().query_devices()]
+    names = [d.name for d in list_devices()]
     return ", ".join(repr(n) for n in names) if names else "none at all (`linetap devices` lists them)"
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOUNDATION = {"linetap.firmware.errors", "linetap.firmware.clock", "linetap.firmware.untrusted"}
+FOUNDATION = {"linetap.firmware.errors", "linetap.firmware.clock", "linetap.firmware.untrusted",
+              "linetap.firmware.backoff"}
 HARDWARE_AND_NETWORK = ("paho", "sounddevice", "gpiozero", "serial")
 # The firmware modules that build drivers, start threads or speak to the user.
 FIRMWARE_EDGE = {"app.py", "cli.py", "demo.py", "doctor.py", "service.py"}
