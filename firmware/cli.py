@@ -12,60 +12,51 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from linetap.firmware import __version__
-from linetap.firmware.config import data_dir
-from linetap.firmware.errors import LinetapError
+from linetap.firmware.options import CommonOptions, add_json
 
 logger = logging.getLogger(__name__)
 
-BOX_DATA_DIR = "/var/lib/linetap"
-
-
-def _common(defaults: bool) -> argparse.ArgumentParser:
-    """The options every command takes, before or after the command's name.
-
-    Subcommands get them with SUPPRESS defaults, so that an option given
-    before the command is not reset by the subcommand's parser.
-    """
-    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=default(None),
-                        help="config file (TOML); without one the simulated board and defaults apply")
-    common.add_argument("--data-dir", metavar="DIR", default=default(None),
-                        help=f"where spool, catalogue and keys live (default: $LINETAP_DATA_DIR, "
-                             f"else {BOX_DATA_DIR})")
-    common.add_argument("-v", "--verbose", action="count", default=default(0),
-                        help="more log output (-v info, -vv debug)")
-    return common
+OPTIONS = CommonOptions(
+    prog="linetap", description="Inline call recorder firmware.",
+    data_dir_help="where spool, catalogue and keys live", data_dir_env="LINETAP_DATA_DIR",
+    data_dir_default="/var/lib/linetap",
+    config_help="config file (TOML); without one the simulated board and defaults apply")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common(defaults=False)
-    parser = argparse.ArgumentParser(prog="linetap", parents=[_common(defaults=True)],
-                                     description="Inline call recorder firmware.")
-    parser.add_argument("--version", action="version", version=f"linetap {__version__}")
+    parser, common = OPTIONS.parsers()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     sub.add_parser("run", parents=[common], help="run the recorder (the service's command)")
-
-    demo = sub.add_parser("demo", parents=[common],
-                          help="run scripted calls on the simulated board and say what each device did")
-    demo.add_argument("--realtime", action="store_true", help="pace the simulated board in real time")
-
-    replay = sub.add_parser("replay", parents=[common],
-                            help="run one call from two WAV files through the simulated board")
-    replay.add_argument("near", type=Path, help="near end (agent) WAV")
-    replay.add_argument("far", type=Path, help="far end (caller) WAV")
-    replay.add_argument("--json", action="store_true", help="print the result as JSON")
-    replay.add_argument("--realtime", action="store_true", help="pace the call in real time")
-
+    _add_calls(sub, common)
     config = sub.add_parser("config", parents=[common], help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_sub.add_parser("check", parents=[common], help="validate a config file and its board")
     check.add_argument("file", type=Path, help="config file to check")
-    check.add_argument("--json", action="store_true", help="print the effective config as JSON")
+    add_json(check, "print the effective config as JSON")
+    _add_keys(sub, common)
+    _add_spool(sub, common)
+    devices = sub.add_parser("devices", parents=[common],
+                             help="list the audio devices and serial ports this machine has")
+    add_json(devices)
+    _add_doctor(sub, common)
+    return parser
 
+
+def _add_calls(sub: Any, common: argparse.ArgumentParser) -> None:
+    demo = sub.add_parser("demo", parents=[common],
+                          help="run scripted calls on the simulated board and say what each device did")
+    demo.add_argument("--realtime", action="store_true", help="pace the simulated board in real time")
+    replay = sub.add_parser("replay", parents=[common],
+                            help="run one call from two WAV files through the simulated board")
+    replay.add_argument("near", type=Path, help="near end (agent) WAV")
+    replay.add_argument("far", type=Path, help="far end (caller) WAV")
+    add_json(replay, "print the result as JSON")
+    replay.add_argument("--realtime", action="store_true", help="pace the call in real time")
+
+
+def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", parents=[common], help="the box's signing key and the central recipient")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser("init", parents=[common],
@@ -77,44 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
                            "one the box refuses every fleet command and config")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 
+
+def _add_spool(sub: Any, common: argparse.ArgumentParser) -> None:
     spool = sub.add_parser("spool", parents=[common], help="the recordings kept on this box")
     spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
     listing = spool_sub.add_parser("list", parents=[common], help="list recordings, oldest first")
-    listing.add_argument("--json", action="store_true")
+    add_json(listing)
     verify = spool_sub.add_parser("verify", parents=[common],
                                   help="check structure, hashes, signatures and the chain (no decryption)")
-    verify.add_argument("--json", action="store_true")
+    add_json(verify)
 
-    devices = sub.add_parser("devices", parents=[common],
-                             help="list the audio devices and serial ports this machine has")
-    devices.add_argument("--json", action="store_true")
 
+def _add_doctor(sub: Any, common: argparse.ArgumentParser) -> None:
     doctor = sub.add_parser("doctor", parents=[common],
                             help="check what an installer can get wrong: audio, signal, channels, pins, "
                                  "hook, modem, keys, broker, clock, disk, spool")
-    doctor.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    add_json(doctor, "print the results as a JSON list")
     doctor.add_argument("--listen", type=float, default=3.0, metavar="SECONDS",
                         help="how long to listen for signal on each channel (default 3; keep a test call going)")
     doctor.add_argument("--hook-test", type=float, nargs="?", const=30.0, default=None, metavar="SECONDS",
                         help="ask to lift and replace the handset within SECONDS (default 30)")
-    return parser
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    try:
-        return _dispatch(args)
-    except LinetapError as exc:
-        print(f"linetap: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return OPTIONS.main(build_parser(), argv, _dispatch)
+
+
+def data_dir(args: argparse.Namespace, *, default: str | None = None) -> Path:
+    return OPTIONS.data_dir(args.data_dir, default=default)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -139,13 +120,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _spool(args)
     config = load_config(args.config)
     if args.command == "demo":
-        return app.demo(config, data_dir(args.data_dir, default_for_box=str(Path.cwd() / "demo-data")),
+        return app.demo(config, data_dir(args, default=str(Path.cwd() / "demo-data")),
                         realtime=args.realtime)
     if args.command == "replay":
-        return app.replay(config, data_dir(args.data_dir), args.near, args.far, as_json=args.json,
+        return app.replay(config, data_dir(args), args.near, args.far, as_json=args.json,
                           realtime=args.realtime)
     if args.command == "run":
-        return app.run(config, data_dir(args.data_dir))
+        return app.run(config, data_dir(args))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -153,14 +134,14 @@ def _doctor(args: argparse.Namespace) -> int:
     from linetap.firmware import doctor
     from linetap.firmware.clock import SystemClock
 
-    return doctor.main(args.config, data_dir(args.data_dir), SystemClock(), as_json=args.json,
+    return doctor.main(args.config, data_dir(args), SystemClock(), as_json=args.json,
                        listen_s=args.listen, hook_test_s=args.hook_test)
 
 
 def _keys(args: argparse.Namespace) -> int:
     from linetap.firmware import keys
 
-    folder = data_dir(args.data_dir)
+    folder = data_dir(args)
     if args.keys_command == "init":
         info = keys.keys_init(folder, args.central_recipient, args.operator_key)
         print(f"{'created' if info.created else 'kept existing'} device signing key {info.device_key}")
@@ -182,7 +163,7 @@ def _keys(args: argparse.Namespace) -> int:
 def _spool(args: argparse.Namespace) -> int:
     from linetap.firmware import spool
 
-    folder = data_dir(args.data_dir)
+    folder = data_dir(args)
     if args.spool_command == "list":
         view = spool.read_catalogue(folder)  # read-only; what it cannot make sense of is in view.problems
         if args.json:
