@@ -23,7 +23,8 @@ What comes out:
   ``0000000000``...) is no number or name but a plain ``reason_withheld``
   (:func:`withheld_reason`); a block that says only that caller ID failed
   (``MESG = CALID_202``) gives ``reason_withheld="failed"`` and nothing else,
-  and a block with no data at all gives no event;
+  and a block with no data at all gives no event. The parser finds where a
+  block starts and ends; what its lines mean is :mod:`linetap.drivers.callerid`'s;
 - DLE-shielded events of voice mode (V.253, after IS-101): hook,
   DTMF, call-progress tones, end of a voice data stream;
 - :class:`Garbage` for anything that is not the protocol.
@@ -43,6 +44,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from linetap.drivers.callerid import caller_id, caller_id_field, withheld_reason
 from linetap.drivers.events import CallerId, DtmfDigit, HookChanged, LineTone, Ring
 from linetap.firmware.errors import ProtocolError
 
@@ -181,92 +183,11 @@ _SHIELDED_MEANINGS: dict[int, str] = {
     ord("Y"): "lost data",
 }
 
-_CID_LINE = re.compile(r"(?P<tag>[A-Za-z][A-Za-z_ ]*?)\s*[=:]\s*(?P<value>.*)")
-# Tags the common chipsets print (Conexant, Agere, Rockwell, US Robotics, Zoom).
-# DDN_NMBR is the caller's number in dialable form (MDMF parameter 3); MESG
-# carries a parameter the modem could not decode, in hex.
-_CID_TAGS = {
-    "DATE": "date",
-    "TIME": "time",
-    "NMBR": "number",
-    "NUMBER": "number",
-    "CALLER NUMBER": "number",
-    "DDN_NMBR": "dialable",
-    "DDN": "dialable",
-    "NAME": "name",
-    "CALLER NAME": "name",
-    "MESG": "message",
-}
-# What modems and networks print in place of a number or name that was not
-# delivered, upper case with everything but letters and digits taken out
-# (so "Out-of-area", "OUT OF AREA" and "Private Number" each have one key):
-# Bellcore GR-30's "P" (private) and "O" (out of area) as the Rockwell,
-# Conexant and USR/3Com manuals give them, and the words caller-ID loggers
-# record from exchanges and VoIP gateways.
-_WITHHELD = {
-    "P": "private",
-    "PRIVATE": "private",
-    "PRIVATENUMBER": "private",
-    "PRIVATECALLER": "private",
-    "PRIVATENAME": "private",
-    "PRIVDIROFF": "private",
-    "ANONYMOUS": "private",
-    "RESTRICTED": "private",
-    "WITHHELD": "private",
-    "BLOCKED": "private",
-    "O": "out-of-area",
-    "OUTOFAREA": "out-of-area",
-    "UNAVAILABLE": "unavailable",
-    "NOTAVAILABLE": "unavailable",
-    "UNKNOWN": "unavailable",
-    "UNKNOWNCALLER": "unavailable",
-    "UNKNOWNNAME": "unavailable",
-    "UNKNOWNNUMBER": "unavailable",
-    "NONAME": "unavailable",
-    "NONUMBER": "unavailable",
-    "NOCALLERID": "unavailable",
-}
-# MDMF parameters 04 and 08: reason for absence of the number, of the name ("P" or "O").
-_MDMF_ABSENCE = (0x04, 0x08)
-_MDMF_REASONS = {ord("P"): "private", ord("O"): "out-of-area"}
 # Distinctive ring: Rockwell prints the cadence number, USR/3Com and Hayes (S101) a letter A-D or U.
 _RING = re.compile(r"RING(?: (?P<cadence>[A-Z0-9]{1,2}))?")
 _COMPLEX_START = ord("X")  # V.253 complex event report: DLE X <text> DLE .
 _COMPLEX_END = ord(".")
 _COMPLEX_MAX_SKIPPED = 16  # lines of a complex event that is not caller ID, before it counts as lost
-
-
-def withheld_reason(value: str) -> str | None:
-    """The reason a caller-ID number or name is a placeholder, or ``None`` for real data.
-
-    ``"private"``, ``"out-of-area"`` or ``"unavailable"``; a number of zeros
-    only (``0000000000``) is ``"unavailable"``.
-    """
-    key = "".join(char for char in value.upper() if char.isalnum())
-    if key and key.strip("0") == "":
-        return "unavailable"
-    return _WITHHELD.get(key)
-
-
-def _message_reason(value: str) -> str | None:
-    """What a ``MESG`` line says about a missing caller ID, or ``None``.
-
-    ``CALID_202``: the modem heard the caller-ID signal but no packet it
-    could read (Intel/Ambient MD566x). Otherwise the value is one MDMF
-    parameter the modem did not decode, in hex (tag, length, data, maybe a
-    checksum); parameters 04 and 08 carry the reason a number or name is
-    absent.
-    """
-    upper = value.upper().replace(" ", "")
-    if upper.startswith("CALID"):
-        return "failed"
-    try:
-        packet = bytes.fromhex(upper)
-    except ValueError:
-        return None
-    if len(packet) >= 3 and packet[0] in _MDMF_ABSENCE and packet[1] == 1:
-        return _MDMF_REASONS.get(packet[2])
-    return None
 
 
 def _text(raw: bytes) -> str | None:
@@ -473,10 +394,9 @@ class V253Parser:
         if not text.isascii():
             # 8-bit text is taken only as a caller-ID value (a name such as
             # "Mäkinen"); anywhere else it is line noise.
-            match = _CID_LINE.fullmatch(text)
-            tag = " ".join(match["tag"].upper().split()) if match else ""
-            if tag in _CID_TAGS:
-                self._caller_id_line(_CID_TAGS[tag], match["value"].strip())
+            field = caller_id_field(text)
+            if field:
+                self._caller_id_line(*field)
             elif self._framed:
                 self._skip_framed_line()
             else:
@@ -500,10 +420,9 @@ class V253Parser:
                 # byte after any other ending is voice data.
                 self._skip_terminator = LF if terminator == CR else None
             return
-        match = _CID_LINE.fullmatch(text)
-        tag = " ".join(match["tag"].upper().split()) if match else ""
-        if tag in _CID_TAGS:
-            self._caller_id_line(_CID_TAGS[tag], match["value"].strip())
+        field = caller_id_field(text)
+        if field:
+            self._caller_id_line(*field)
             return
         if self._framed:
             self._skip_framed_line()
@@ -528,18 +447,6 @@ class V253Parser:
         if not self._caller_id:
             return
         fields, self._caller_id = self._caller_id, {}
-        number = fields.get("number") or fields.get("dialable") or None
-        name = fields.get("name") or None
-        withheld_number = withheld_reason(number) if number else None
-        withheld_name = withheld_reason(name) if name else None
-        message = fields.get("message")
-        caller_id = CallerId(
-            number=None if withheld_number else number,
-            name=None if withheld_name else name,
-            date=fields.get("date") or None,
-            time=fields.get("time") or None,
-            reason_withheld=withheld_number or withheld_name or (_message_reason(message) if message else None),
-        )
-        if caller_id == CallerId():
-            return  # nothing but an undecoded MESG or empty values: no caller ID to report
-        self._events.append(caller_id)
+        event = caller_id(fields)
+        if event is not None:
+            self._events.append(event)

@@ -31,9 +31,9 @@ Time: command timeouts and back-off are real time, waited on the port and
 the stop event, because they pace a real device; the injected clock stamps
 state changes (:attr:`V253Line.state_since`).
 
-:class:`SimModem` is a scripted modem on the master side of a pty, with a
-stable symlink like udev's by-id links, so that tests and the demo run the
-real :class:`V253Line` code against it.
+The reopen back-off is the project's one back-off
+(:class:`linetap.firmware.backoff.Backoff`); :data:`REOPEN_BACKOFF` is the
+modem's default.
 """
 
 from __future__ import annotations
@@ -41,24 +41,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
-import random
-import select
-import shutil
-import tempfile
 import threading
 import time
-import tty
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
+from collections.abc import Callable
+from types import TracebackType
 from typing import Literal
 
 import serial
 import serial.tools.list_ports
 
 from linetap.drivers.events import CallerId, DtmfDigit, HookChanged, LineState, LineTone, Ring
+from linetap.drivers.line.profiles import CALLER_ID_COMMANDS
 from linetap.drivers.v253 import (
     Garbage,
     Response,
@@ -67,6 +61,7 @@ from linetap.drivers.v253 import (
     V253Parser,
     V253ProtocolError,
 )
+from linetap.firmware.backoff import Backoff
 from linetap.firmware.clock import Clock
 from linetap.firmware.errors import (
     ConfigError,
@@ -78,10 +73,10 @@ from linetap.firmware.errors import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALLER_ID_COMMANDS", "PROFILES", "Backoff", "ModemProfile", "SimModem", "V253Line"]
-
-CALLER_ID_COMMANDS = ("AT+VCID=1", "AT#CID=1", "AT%CCID=1")
-"""Ways to turn on formatted caller ID, in the order tried; the first answered OK is kept."""
+REOPEN_BACKOFF = Backoff(initial=0.5, maximum=30.0, factor=2.0, jitter=0.2)
+"""Waits between attempts to reopen a lost modem: near the ceiling, so that the
+box comes back soon, yet spread so that boxes on one power circuit do not retry
+in step."""
 
 State = Literal["connecting", "ready", "lost"]
 
@@ -94,37 +89,6 @@ _REFUSAL_HINTS = {
     "ATI": "the modem will not identify itself; is this a modem at all?",
     "AT+FCLASS=8": "the modem has no voice mode; linetap needs a V.253 voice modem",
 }
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Waits between attempts to reopen a lost modem.
-
-    ``initial`` seconds, multiplied by ``factor`` after each failed attempt up
-    to ``maximum``; each wait is spread by up to ``jitter`` (a fraction) either
-    way so that boxes on one power circuit do not retry in step.
-    """
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise ConfigError(f"reopen back-off initial={self.initial} s, maximum={self.maximum} s: "
-                              f"need 0 < initial <= maximum, e.g. 0.5 and 30")
-        if self.factor < 1:
-            raise ConfigError(f"reopen back-off factor={self.factor} would shrink the wait; use 1 or more, e.g. 2")
-        if not 0 <= self.jitter < 1:
-            raise ConfigError(f"reopen back-off jitter={self.jitter} must be a fraction in [0, 1), e.g. 0.1")
-
-    def delays(self, rng: random.Random) -> Iterator[float]:
-        """The waits before each attempt, without end."""
-        delay = self.initial
-        while True:
-            yield min(self.maximum, delay * (1 + rng.uniform(-self.jitter, self.jitter)))
-            delay = min(self.maximum, delay * self.factor)
 
 
 def _serial_ports() -> str:
@@ -148,7 +112,7 @@ class V253Line:
 
     def __init__(self, port: str, *, clock: Clock, on_event: Callable[[object], None],
                  baudrate: int = 115200, command_timeout: float = 2.0,
-                 reopen_backoff: Backoff = Backoff(), line_select: str | None = None) -> None:
+                 reopen_backoff: Backoff = REOPEN_BACKOFF, line_select: str | None = None) -> None:
         if not command_timeout > 0:
             raise ConfigError(f"command_timeout={command_timeout!r} s must be positive, e.g. 2.0")
         self._port = port
@@ -158,7 +122,6 @@ class V253Line:
         self._command_timeout = command_timeout
         self._backoff = reopen_backoff
         self._line_select = line_select
-        self._rng = random.Random()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._outbox: deque[object] = deque()  # delivered by the reader thread only
@@ -382,7 +345,7 @@ class V253Line:
         self._deliver()
 
     def _reopen(self) -> None:
-        for delay in self._backoff.delays(self._rng):
+        for delay in self._backoff.delays():
             if self._stopping.wait(delay):
                 return
             try:
@@ -441,285 +404,3 @@ class V253Line:
     def _deliver(self) -> None:
         while self._outbox:
             self._on_event(self._outbox.popleft())
-
-
-# -- the simulated modem --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModemProfile:
-    """How a simulated modem answers: command (upper case) → the lines it sends back.
-
-    A command missing from ``answers`` gets ``ERROR``; one mapped to ``None``
-    is never answered, like a modem that hangs on it.
-    """
-
-    name: str
-    answers: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "answers", MappingProxyType(dict(self.answers)))
-
-
-_OK = ("OK",)
-_BASICS: dict[str, tuple[str, ...] | None] = {
-    "ATZ": _OK, "AT&F": _OK, "ATE0": _OK, "ATE1": _OK, "AT+FCLASS=0": _OK, "AT+FCLASS=8": _OK,
-    "AT+VLS=0": _OK,
-}
-PROFILES: Mapping[str, ModemProfile] = MappingProxyType({profile.name: profile for profile in (
-    # Conexant-style: takes AT+VCID=1 (as do Agere and US Robotics chipsets).
-    ModemProfile("conexant", {**_BASICS, "ATI": ("56000", "OK"),
-                              "ATI3": ("linetap simulated modem, conexant profile", "OK"),
-                              "AT+VCID=1": _OK}),
-    # Rockwell-style: only AT#CID=1, and no ATI3.
-    ModemProfile("rockwell", {**_BASICS, "ATI": ("linetap simulated modem, rockwell profile", "OK"),
-                              "AT#CID=1": _OK}),
-    # Hangs on ATI: the session must time out cleanly.
-    ModemProfile("mute-ati", {**_BASICS, "ATI": None, "AT+VCID=1": _OK}),
-)})
-
-_DLE = b"\x10"
-_DTMF_DIGITS = "0123456789*#ABCD"
-_CALL_TIMEOUT = 5.0
-
-
-class _Job:
-    """Work handed to the simulated modem's thread, and how it went."""
-
-    def __init__(self, work: Callable[[], None]) -> None:
-        self.work = work
-        self.done = threading.Event()
-        self.error: OSError | None = None
-
-    def run(self) -> None:
-        try:
-            self.work()
-        except OSError as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-
-class SimModem:
-    """A scripted voice modem on the master side of a pty, for tests and the demo.
-
-    ``path`` is a symlink to the pty's slave side, in a temporary folder,
-    like udev's ``/dev/serial/by-id`` links: :meth:`unplug` removes it and
-    hangs the pty up; :meth:`replug` points it at a fresh pty. The modem
-    answers commands as ``profile`` says, echoing them until ``ATE0``, and
-    prints caller ID only once a caller-ID command was accepted, and handset
-    and DTMF events only in voice mode (``AT+FCLASS=8``), as real ones do.
-
-    The modem runs on its own thread (``linetap-sim-modem``), which owns
-    every file descriptor; the injecting methods hand it their work and
-    return once it is done, so what they send is in the pty when they return.
-    """
-
-    def __init__(self, profile: ModemProfile | str = "conexant") -> None:
-        if isinstance(profile, str):
-            if profile not in PROFILES:
-                raise ValueError(f"unknown simulated modem profile {profile!r}; "
-                                 f"known profiles: {', '.join(PROFILES)}")
-            profile = PROFILES[profile]
-        self.profile = profile
-        self._folder = tempfile.mkdtemp(prefix="linetap-sim-modem-")
-        self.path = os.path.join(self._folder, "usb-linetap-sim-modem-if00")
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._echo = True
-        self._caller_id = False
-        self._voice = False
-        self._command_buffer = bytearray()
-        self._commands: list[str] = []
-        self._commands_lock = threading.Lock()
-        self._work: queue.Queue[_Job] = queue.Queue()
-        self._wake_read, self._wake_write = os.pipe()
-        self._stopping = threading.Event()
-        self._closed = False
-        self._plug()
-        self._thread = threading.Thread(target=self._run, name="linetap-sim-modem", daemon=True)
-        self._thread.start()
-
-    @property
-    def commands(self) -> list[str]:
-        """Every command the modem received, in order (upper case)."""
-        with self._commands_lock:
-            return list(self._commands)
-
-    @property
-    def plugged(self) -> bool:
-        """True while the link exists (between :meth:`replug` and :meth:`unplug`)."""
-        return os.path.lexists(self.path)
-
-    # -- what a test or the demo injects ----------------------------------------
-
-    def ring(self, cadence: str | None = None) -> None:
-        """One ring burst: ``RING``, or ``RING <cadence>`` for a distinctive ring (``RING 2``, ``RING B``)."""
-        self._call(lambda: self._send_lines([f"RING {cadence}" if cadence else "RING"]))
-
-    def caller_id(self, number: str | None = None, name: str | None = None, date: str | None = None,
-                  time: str | None = None, *, encoding: str = "utf-8", framed: bool = False) -> None:
-        """A formatted caller-ID block (``DATE``, ``TIME``, ``NMBR``, ``NAME``); ``"P"``/``"O"`` withhold.
-
-        ``encoding``: how a name with letters beyond ASCII reaches the line
-        (``"latin-1"`` or ``"utf-8"``). ``framed``: as a V.253 complex event
-        report (``DLE X`` ... ``DLE .``), as voice-mode modems send it.
-        """
-        fields = [("DATE", date), ("TIME", time), ("NMBR", number), ("NAME", name)]
-        lines = [f"{tag} = {value}" for tag, value in fields if value is not None]
-
-        def send() -> None:
-            if not self._caller_id:
-                logger.debug("event=sim_caller_id_off path=%s", self.path)
-            elif framed:
-                body = b"".join(line.encode(encoding) + b"\r\n" for line in lines)
-                self._write(_DLE + b"X" + body + _DLE + b".")
-            else:
-                self._send_lines(lines, encoding)
-        self._call(send)
-
-    def handset(self, off_hook: bool) -> None:
-        """The local handset goes off hook (``DLE H``) or back on hook (``DLE h``)."""
-        self._call(lambda: self._send_event(b"H" if off_hook else b"h"))
-
-    def dtmf(self, digit: str) -> None:
-        """A DTMF digit heard on the line (``DLE`` + digit)."""
-        if len(digit) != 1 or digit not in _DTMF_DIGITS:
-            raise ValueError(f"DTMF digit {digit!r} is not one of {_DTMF_DIGITS}")
-        self._call(lambda: self._send_event(digit.encode("ascii")))
-
-    def send(self, data: bytes) -> None:
-        """Raw bytes from the modem, for noise and for protocol cases the helpers do not cover."""
-        self._call(lambda: self._write(data))
-
-    def unplug(self) -> None:
-        """Pull the USB cable: the link disappears and the pty hangs up."""
-        self._call(self._unplug)
-
-    def replug(self) -> None:
-        """Plug it back in: a new pty behind the same link, the modem in its power-on state."""
-        self._call(self._plug)
-
-    # -- life cycle ---------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the modem's thread and remove its pty and link. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        os.write(self._wake_write, b"x")
-        self._thread.join(_JOIN_TIMEOUT)
-        self._unplug()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
-        shutil.rmtree(self._folder, ignore_errors=True)
-        if self._thread.is_alive():
-            raise DeviceError(f"the simulated modem thread did not stop within {_JOIN_TIMEOUT} s")
-
-    def __enter__(self) -> SimModem:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    # -- the modem's thread -------------------------------------------------------
-
-    def _call(self, work: Callable[[], None]) -> None:
-        if self._closed:
-            raise DeviceError("the simulated modem is closed; make a new SimModem")
-        job = _Job(work)
-        self._work.put(job)
-        os.write(self._wake_write, b"x")
-        if not job.done.wait(_CALL_TIMEOUT):
-            raise DeviceTimeout(f"the simulated modem thread did not act within {_CALL_TIMEOUT} s")
-        if job.error is not None:
-            raise DeviceError(f"the simulated modem at {self.path} failed: {job.error}") from job.error
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            watched = [self._wake_read] if self._master is None else [self._wake_read, self._master]
-            readable, _, _ = select.select(watched, [], [], 1.0)
-            if self._wake_read in readable:
-                os.read(self._wake_read, 256)
-                while not self._work.empty():
-                    self._work.get_nowait().run()
-                # The work may have swapped the pty: look again before reading it.
-                continue
-            if self._master is not None and self._master in readable:
-                try:
-                    data = os.read(self._master, 1024)
-                except BlockingIOError:
-                    continue
-                self._received(data)
-
-    def _plug(self) -> None:
-        self._unplug()
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        staging = self.path + ".new"
-        os.symlink(os.ttyname(slave), staging)
-        os.replace(staging, self.path)
-        self._master, self._slave = master, slave
-        self._echo, self._caller_id, self._voice = True, False, False
-        self._command_buffer.clear()
-        logger.debug("event=sim_plugged path=%s tty=%s", self.path, os.ttyname(slave))
-
-    def _unplug(self) -> None:
-        if os.path.lexists(self.path):
-            os.unlink(self.path)
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self._master = self._slave = None
-
-    def _received(self, data: bytes) -> None:
-        for byte in data:
-            if byte == 0x0D:
-                command = self._command_buffer.decode("ascii", "replace").strip()
-                self._command_buffer.clear()
-                self._command(command)
-            elif byte != 0x0A:
-                self._command_buffer.append(byte)
-
-    def _command(self, command: str) -> None:
-        if self._echo:
-            self._write(command.encode("ascii", "replace") + b"\r")
-        upper = command.upper()
-        if not upper.startswith("AT"):
-            return
-        with self._commands_lock:
-            self._commands.append(upper)
-        answer = self.profile.answers.get(upper, ("ERROR",))
-        if answer is None:
-            return
-        if answer[-1] == "OK":
-            self._apply(upper)
-        self._send_lines(answer)
-
-    def _apply(self, command: str) -> None:
-        if command in ("ATZ", "AT&F"):
-            self._echo, self._caller_id, self._voice = True, False, False
-        elif command in ("ATE0", "ATE1"):
-            self._echo = command == "ATE1"
-        elif command in CALLER_ID_COMMANDS:
-            self._caller_id = True
-        elif command.startswith("AT+FCLASS="):
-            self._voice = command == "AT+FCLASS=8"
-
-    def _send_lines(self, lines: list[str] | tuple[str, ...], encoding: str = "ascii") -> None:
-        self._write(b"".join(b"\r\n" + line.encode(encoding) + b"\r\n" for line in lines))
-
-    def _send_event(self, code: bytes) -> None:
-        if self._voice:
-            self._write(_DLE + code)
-        else:
-            logger.debug("event=sim_not_in_voice_mode path=%s", self.path)
-
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            logger.debug("event=sim_unplugged_write path=%s bytes=%d", self.path, len(data))
-            return
-        os.write(self._master, data)
