@@ -6,16 +6,25 @@
       ▲                                      │                      │ prompt finished
       │                                      └──far speech/timeout──┤
       │                                                             ▼
-      └──────────── ended ◄──hook on (after grace)── recording ⇄ paused
-                      ▲                                   │ opt-out key / private / fault
-                      └──────────────────────────── unrecorded
+      └──── CloseCall ◄──hook on (after grace)─── recording ⇄ paused
+                ▲                                     │ opt-out key / private / fault
+                └──────────────────────────────── unrecorded
 
 It is sans-IO: it never touches a device, a file or a thread. The app feeds
 it events (hook, buttons, modem, detector results, ``Tick`` on every audio
 block) and carries out the actions it returns. Time comes from the injected
-clock. Every (state, event) pair the machine knows is in :data:`TABLE`; any
-other pair is counted in :attr:`CallFlow.unexpected` and logged, and changes
-nothing.
+clock.
+
+Every transition is in :data:`TABLE`: (state, event type) -> :class:`Row`,
+a handler and the next state. A handler only produces actions and updates
+the call's record; when its outcome decides where the machine goes (a timer
+fell due, which button was pressed), it returns an outcome name and the
+row's ``unless`` maps that name to the next state. :meth:`CallFlow.handle`
+alone sets the state and alone counts what is unexpected: a pair not in the
+table, or a handler's :data:`UNEXPECTED` (a second hook-off without a
+hook-on); it is logged, never raised, and changes nothing. There is no
+"ended" state: a call ends in the step that hands out :class:`CloseCall`
+and goes to idle (or to ringing, when a RING ended it).
 
 Two rules the table keeps, because compliance depends on them:
 
@@ -30,19 +39,24 @@ Two rules the table keeps, because compliance depends on them:
 from __future__ import annotations
 
 import logging
-import os
-import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Callable, Literal
+from typing import Any, Literal, NamedTuple
 
 from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
+# Events, actions and the call's record live beside this module; the flow's users may name
+# them through it (``callflow.Tick``, ``callflow.CallRecord``).
+from linetap.firmware.callevents import (Action, CloseCall, Discard, DtmfDetected, Event, FarSpeech, Fault,
+                                         FaultCleared, Indicate, Keep, OpenCall, Pause, PlayPrompt,
+                                         PlayWarningTone, PromptFinished, StopPrompt, Tick)
+from linetap.firmware.callrecord import CallEvent, CallRecord, uuid7
 from linetap.firmware.clock import Clock
 
 logger = logging.getLogger(__name__)
 
 
-class State(Enum):
+class CallState(Enum):
     IDLE = "idle"
     RINGING = "ringing"
     CONNECTED = "connected"
@@ -50,11 +64,9 @@ class State(Enum):
     RECORDING = "recording"
     PAUSED = "paused"
     UNRECORDED = "unrecorded"  # a call is on, and by choice or fault nothing is kept
-    ENDED = "ended"  # passed through when a call closes; the machine then rests in IDLE
 
 
-IN_CALL = (State.CONNECTED, State.ANNOUNCING, State.RECORDING, State.PAUSED, State.UNRECORDED)
-KEEPING = (State.ANNOUNCING, State.RECORDING, State.PAUSED)
+KEEPING = (CallState.ANNOUNCING, CallState.RECORDING, CallState.PAUSED)
 
 
 # ---------------------------------------------------------------- policy --
@@ -81,150 +93,14 @@ class CallPolicy:
     config_version: int = 0
 
 
-# ---------------------------------------------------------------- events --
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed (the app sends one per audio block); timers are checked against the clock."""
-
-
-@dataclass(frozen=True)
-class FarSpeech:
-    """Voice activity started on the far-end channel."""
-
-
-@dataclass(frozen=True)
-class PromptFinished:
-    """The last sample of the announcement was handed to the codec."""
-
-
-@dataclass(frozen=True)
-class DtmfDetected:
-    """Our detector heard a DTMF digit on a channel (the digit is never stored)."""
-
-    digit: str
-    channel: Literal["near", "far"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """Audio cannot be kept (no recipient key, spool full, device fault)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class FaultCleared:
-    """The fault that stopped keeping audio is gone (it applies from the next call)."""
-
-
-Event = Ring | CallerId | HookChanged | ButtonPressed | Tick | FarSpeech | PromptFinished \
-    | DtmfDetected | Fault | FaultCleared
-
-
-# ------------------------------------------------------------ call record --
-
-@dataclass(frozen=True)
-class CallEvent:
-    """One line of a call's event log; ``t`` is seconds since the call started."""
-
-    t: float
-    kind: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """What is known about a call. ``caller`` is personal data: never logged in clear."""
-
-    call_id: str
-    started_mono: float
-    started_wall: float
-    clock_synced: bool
-    caller: CallerId | None = None
-    flagged: bool = False
-    recorded: bool = False  # some audio was kept and not discarded
-    ended_by: str | None = None
-    ended_mono: float | None = None
-    events: tuple[CallEvent, ...] = ()
-
-    @property
-    def caller_withheld(self) -> str | None:
-        """Why the caller's number (or name) was not delivered: ``private``, ``out-of-area``...
-
-        Plain, not personal data: the manifest and the central index carry it unsealed.
-        """
-        return None if self.caller is None else self.caller.reason_withheld
-
-
-# --------------------------------------------------------------- actions --
-
-@dataclass(frozen=True)
-class OpenCall:
-    call: CallRecord
-
-
-@dataclass(frozen=True)
-class PlayPrompt:
-    language: str
-
-
-@dataclass(frozen=True)
-class StopPrompt:
-    pass
-
-
-@dataclass(frozen=True)
-class PlayWarningTone:
-    pass
-
-
-@dataclass(frozen=True)
-class Keep:
-    """Start (True) or stop (False) keeping audio. The REC LED follows in the same step."""
-
-    on: bool
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Pause (True) or resume (False) keeping: a paused span is stored as silence."""
-
-    on: bool
-
-
-@dataclass(frozen=True)
-class Discard:
-    """Destroy everything kept of the current call (opt-out, private call)."""
-
-
-@dataclass(frozen=True)
-class Indicate:
-    """Show a status pattern that no Keep/Pause already implies (fault, private)."""
-
-    pattern: str
-
-
-@dataclass(frozen=True)
-class CloseCall:
-    call: CallRecord
-
-
-Action = OpenCall | PlayPrompt | StopPrompt | PlayWarningTone | Keep | Pause | Discard \
-    | Indicate | CloseCall
-
-
-def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7): recordings sort by id as they sort by time."""
-    ms = time.time_ns() // 1_000_000
-    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # variant
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 # ---------------------------------------------------------------- machine --
+
+Outcome = str | None
+"""What a handler reports: None for its row's next state, or a name the row's ``unless`` maps."""
+
+UNEXPECTED = "unexpected"
+"""The outcome of a handler whose row takes the event type but not this case: counted, changes nothing."""
+
 
 class CallFlow:
     """The call state machine. Not thread-safe: one thread feeds it (the app's call thread)."""
@@ -234,7 +110,7 @@ class CallFlow:
         self.policy = policy
         self._clock = clock
         self._new_call_id = new_call_id
-        self.state = State.IDLE
+        self.state = CallState.IDLE
         self.call: CallRecord | None = None
         self.unexpected = 0
         self.fault: str | None = None
@@ -244,19 +120,19 @@ class CallFlow:
         self._deadline: dict[str, float] = {}
         self._actions: list[Action] = []
 
-    # -- the one entry point --
+    # -- the one entry point, and the one place the state changes --
 
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return what the app must do, in order."""
-        handler = TABLE.get((self.state, _kind(event)))
         self._actions = []
-        if handler is None:
+        row = TABLE.get((self.state, type(event)))
+        outcome = UNEXPECTED if row is None else row.handler(self, event)
+        if row is None or outcome == UNEXPECTED:
             self.unexpected += 1
             logger.warning("callflow unexpected event=%s state=%s count=%d",
                            type(event).__name__, self.state.value, self.unexpected)
             return []
-        if handler is not _ignore:
-            handler(self, event)
+        self.state = row.to if outcome is None else row.unless[outcome]
         return self._actions
 
     # -- helpers the handlers share --
@@ -286,67 +162,6 @@ class CallFlow:
         self._pending_caller = None
         return caller if self._now() - at <= self.policy.caller_id_max_age_s else None
 
-    # -- idle and ringing --
-
-    def _ring(self, event: Ring) -> None:
-        self._deadline["ring"] = self._now() + self.policy.ring_timeout_s
-        self.state = State.RINGING
-
-    def _caller_before_call(self, event: CallerId) -> None:
-        self._pending_caller = (self._now(), event)
-
-    def _ring_tick(self, event: Tick) -> None:
-        if self._due("ring"):
-            logger.info("callflow missed call (no answer)")
-            self._pending_caller = None
-            self.state = State.IDLE
-
-    def _toggle_private(self, event: ButtonPressed) -> None:
-        if event.button != "pause" or not event.long:
-            return
-        self._private_armed = not self._private_armed
-        logger.info("callflow private_next_call=%s", self._private_armed)
-        self._do(Indicate("private" if self._private_armed else "idle"))
-
-    def _set_fault(self, event: Fault) -> None:
-        self.fault = event.reason
-        self._do(Indicate("fault"))
-
-    def _clear_fault(self, event: FaultCleared) -> None:
-        self.fault = None
-        if self.call is None:  # in a call, the fault's indicator stays until the call ends
-            self._do(Indicate("private" if self._private_armed else "idle"))
-
-    def _hook_while_idle(self, event: HookChanged) -> None:
-        if event.off_hook:
-            self._start_call(event)
-
-    def _start_call(self, event: HookChanged) -> None:
-        now = self._now()
-        self._deadline.clear()
-        self.call = CallRecord(call_id=self._new_call_id(), started_mono=now,
-                               started_wall=self._clock.wall(),
-                               clock_synced=self._clock.synced(), caller=self._take_caller())
-        self._do(OpenCall(self.call))
-        self._note("call-start", source=event.source)
-        if self.policy.fleet_consent:
-            self._note("policy", source="fleet", changed=list(self.policy.fleet_consent),
-                       config_version=self.policy.config_version)
-        if self._private_armed:
-            self._private_armed = False
-            self._go_unrecorded("private", by="agent", when="before-call")
-        elif self.fault is not None:
-            self._go_unrecorded("fault", reason=self.fault)
-        elif not self.policy.announce:
-            self._start_recording()
-        elif self.policy.announce_when == "far-speech":
-            self._deadline["far-speech"] = now + self.policy.far_speech_wait_s
-            self.state = State.CONNECTED
-        else:
-            self._announce()
-
-    # -- in a call --
-
     def _keep(self, on: bool) -> None:
         self._do(Keep(on))
         if on:
@@ -360,20 +175,13 @@ class CallFlow:
                    prompt_sha256=self.policy.prompt_sha256, trigger=reason)
         if self.policy.opt_out_key:
             self._deadline["opt-out"] = self._now() + self.policy.opt_out_window_s
-        self.state = State.ANNOUNCING
-
-    def _start_recording(self) -> None:
-        if self.state not in KEEPING:
-            self._keep(True)
-        self._arm_warning_tone()
-        self.state = State.RECORDING
 
     def _arm_warning_tone(self) -> None:
         if self.policy.warning_tone:
             self._deadline["tone"] = self._now() + self.policy.warning_interval_s
 
     def _go_unrecorded(self, kind: str, *, discard: bool = False, **detail: Any) -> None:
-        if self.state == State.ANNOUNCING:
+        if self.state == CallState.ANNOUNCING:
             self._do(StopPrompt())
         if self.state in KEEPING:
             self._keep(False)
@@ -384,91 +192,12 @@ class CallFlow:
         self._note(kind, **detail)
         self._deadline.pop("tone", None)
         self._do(Indicate("fault" if kind == "fault" else "private"))
-        self.state = State.UNRECORDED
 
-    def _far_speech(self, event: FarSpeech) -> None:
-        self._deadline.pop("far-speech", None)
-        self._announce("far-speech")
-
-    def _connected_tick(self, event: Tick) -> None:
-        if self._hangup_due():
-            return
-        if self._due("far-speech"):
-            self._announce("far-speech-timeout")
-
-    def _prompt_finished(self, event: PromptFinished) -> None:
-        self._note("announcement-end")
-        if self.state == State.ANNOUNCING:
-            self._start_recording()
-
-    def _keeping_tick(self, event: Tick) -> None:
-        if self._hangup_due():
-            return
-        self._due("opt-out")  # the window closes quietly
-        if self.state == State.RECORDING and self._due("tone"):
-            self._do(PlayWarningTone())
-            self._note("warning-tone")
-            self._arm_warning_tone()
-
-    def _unrecorded_tick(self, event: Tick) -> None:
-        self._hangup_due()
-
-    def _dtmf(self, event: DtmfDetected) -> None:
-        if (self.policy.opt_out_key is not None and event.digit == self.policy.opt_out_key
-                and "opt-out" in self._deadline):
-            self._go_unrecorded("opt-out", discard=True, by="caller", channel=event.channel)
-
-    def _button_in_call(self, event: ButtonPressed) -> None:
+    def _flag(self, event: ButtonPressed) -> None:
         assert self.call is not None
-        if event.button == "flag":
-            if not self.call.flagged:
-                self.call = replace(self.call, flagged=True)
-            self._note("flag", long=event.long)
-        elif event.long:
-            if self.state != State.UNRECORDED:
-                self._go_unrecorded("private", discard=True, by="agent", when="during-call")
-        elif self.state == State.RECORDING:
-            self._do(Pause(True))
-            self._note("pause-start")
-            self._deadline.pop("tone", None)
-            self.state = State.PAUSED
-        elif self.state == State.PAUSED:
-            self._do(Pause(False))
-            self._note("pause-end")
-            self._arm_warning_tone()
-            self.state = State.RECORDING
-
-    def _caller_in_call(self, event: CallerId) -> None:
-        if "hangup" in self._deadline:  # the handset is down: this belongs to the next call
-            self._pending_caller = (self._now(), event)
-            return
-        assert self.call is not None
-        self.call = replace(self.call, caller=event)
-        self._note("caller-id-received")
-
-    def _ring_in_call(self, event: Ring) -> None:
-        # A ring while the handset is down ends the call at once: the grace
-        # period is for flashes and bounces, and a new call is arriving.
-        if "hangup" in self._deadline:
-            self._deadline.pop("hangup")
-            self._end_call("hang-up", at=self._on_hook_at)
-            self._ring(event)
-
-    def _fault_in_call(self, event: Fault) -> None:
-        self.fault = event.reason
-        if self.state != State.UNRECORDED:
-            self._go_unrecorded("fault", reason=event.reason)
-
-    def _hook_in_call(self, event: HookChanged) -> None:
-        if event.off_hook:
-            if self._deadline.pop("hangup", None) is not None:
-                self._note("hook-flash")
-            else:
-                self.unexpected += 1  # two hook-offs without a hook-on
-                logger.warning("callflow hook-off while already off hook count=%d", self.unexpected)
-        elif "hangup" not in self._deadline:
-            self._on_hook_at = self._now()
-            self._deadline["hangup"] = self._on_hook_at + self.policy.hangup_grace_s
+        if not self.call.flagged:
+            self.call = replace(self.call, flagged=True)
+        self._note("flag", long=event.long)
 
     def _hangup_due(self) -> bool:
         if not self._due("hangup"):
@@ -478,107 +207,289 @@ class CallFlow:
 
     def _end_call(self, ended_by: str, at: float) -> None:
         assert self.call is not None
-        if self.state == State.ANNOUNCING:
+        if self.state == CallState.ANNOUNCING:
             self._do(StopPrompt())
-        if self.state == State.PAUSED:
+        if self.state == CallState.PAUSED:
             self._note("pause-end", at=at)
         if self.state in KEEPING:
             self._keep(False)
-        self.state = State.ENDED
         self._note("call-end", at=at, ended_by=ended_by)
         self.call = replace(self.call, ended_by=ended_by, ended_mono=at)
         self._do(CloseCall(self.call), Indicate("fault" if self.fault else "idle"))
         self.call = None
         self._deadline.clear()
-        self.state = State.IDLE
+
+    # -- handlers: idle and ringing --
+
+    def _ignore(self, event: Event) -> Outcome:
+        """An event that is expected in this state and changes nothing."""
+        return None
+
+    def _ring(self, event: Ring) -> Outcome:
+        self._deadline["ring"] = self._now() + self.policy.ring_timeout_s
+        return None
+
+    def _caller_before_call(self, event: CallerId) -> Outcome:
+        self._pending_caller = (self._now(), event)
+        return None
+
+    def _ring_tick(self, event: Tick) -> Outcome:
+        if not self._due("ring"):
+            return None
+        logger.info("callflow missed call (no answer)")
+        self._pending_caller = None
+        return "missed"
+
+    def _toggle_private(self, event: ButtonPressed) -> Outcome:
+        if event.button == "pause" and event.long:
+            self._private_armed = not self._private_armed
+            logger.info("callflow private_next_call=%s", self._private_armed)
+            self._do(Indicate("private" if self._private_armed else "idle"))
+        return None
+
+    def _set_fault(self, event: Fault) -> Outcome:
+        self.fault = event.reason
+        self._do(Indicate("fault"))
+        return None
+
+    def _clear_fault(self, event: FaultCleared) -> Outcome:
+        self.fault = None
+        if self.call is None:  # in a call, the fault's indicator stays until the call ends
+            self._do(Indicate("private" if self._private_armed else "idle"))
+        return None
+
+    def _hook_while_idle(self, event: HookChanged) -> Outcome:
+        return self._start_call(event) if event.off_hook else None
+
+    def _start_call(self, event: HookChanged) -> Outcome:
+        now = self._now()
+        self._deadline.clear()
+        self.call = CallRecord(call_id=self._new_call_id(), started_mono=now,
+                               started_wall=self._clock.wall(),
+                               clock_synced=self._clock.synced(), caller=self._take_caller())
+        self._do(OpenCall(self.call))
+        self._note("call-start", source=event.source)
+        if self.policy.fleet_consent:
+            self._note("policy", source="fleet", changed=list(self.policy.fleet_consent),
+                       config_version=self.policy.config_version)
+        if self._private_armed:
+            self._private_armed = False
+            self._go_unrecorded("private", by="agent", when="before-call")
+            return "unrecorded"
+        if self.fault is not None:
+            self._go_unrecorded("fault", reason=self.fault)
+            return "unrecorded"
+        if not self.policy.announce:
+            self._keep(True)
+            self._arm_warning_tone()
+            return "record"
+        if self.policy.announce_when == "far-speech":
+            self._deadline["far-speech"] = now + self.policy.far_speech_wait_s
+            return "wait"
+        self._announce()
+        return "announce"
+
+    # -- handlers: in a call --
+
+    def _far_speech(self, event: FarSpeech) -> Outcome:
+        self._deadline.pop("far-speech", None)
+        self._announce("far-speech")
+        return None
+
+    def _connected_tick(self, event: Tick) -> Outcome:
+        if self._hangup_due():
+            return "hang-up"
+        if self._due("far-speech"):
+            self._announce("far-speech-timeout")
+            return "announce"
+        return None
+
+    def _prompt_finished(self, event: PromptFinished) -> Outcome:
+        self._note("announcement-end")
+        if self.state == CallState.ANNOUNCING:  # recording starts: the warning tone with it
+            self._arm_warning_tone()
+        return None
+
+    def _keeping_tick(self, event: Tick) -> Outcome:
+        if self._hangup_due():
+            return "hang-up"
+        self._due("opt-out")  # the window closes quietly
+        if self._due("tone"):  # armed only while recording
+            self._do(PlayWarningTone())
+            self._note("warning-tone")
+            self._arm_warning_tone()
+        return None
+
+    def _unrecorded_tick(self, event: Tick) -> Outcome:
+        return "hang-up" if self._hangup_due() else None
+
+    def _dtmf(self, event: DtmfDetected) -> Outcome:
+        if (self.policy.opt_out_key is None or event.digit != self.policy.opt_out_key
+                or "opt-out" not in self._deadline):
+            return None
+        self._go_unrecorded("opt-out", discard=True, by="caller", channel=event.channel)
+        return "opt-out"
+
+    def _button_in_call(self, event: ButtonPressed) -> Outcome:
+        """Flag, or a long press: private from here on (what was kept is destroyed)."""
+        if event.button == "flag":
+            self._flag(event)
+        elif event.long:
+            self._go_unrecorded("private", discard=True, by="agent", when="during-call")
+            return "private"
+        return None
+
+    def _button_recording(self, event: ButtonPressed) -> Outcome:
+        if event.button == "flag" or event.long:
+            return self._button_in_call(event)
+        self._do(Pause(True))
+        self._note("pause-start")
+        self._deadline.pop("tone", None)
+        return "pause"
+
+    def _button_paused(self, event: ButtonPressed) -> Outcome:
+        if event.button == "flag" or event.long:
+            return self._button_in_call(event)
+        self._do(Pause(False))
+        self._note("pause-end")
+        self._arm_warning_tone()
+        return "resume"
+
+    def _button_unrecorded(self, event: ButtonPressed) -> Outcome:
+        if event.button == "flag":
+            self._flag(event)
+        return None
+
+    def _caller_in_call(self, event: CallerId) -> Outcome:
+        if "hangup" in self._deadline:  # the handset is down: this belongs to the next call
+            self._pending_caller = (self._now(), event)
+            return None
+        assert self.call is not None
+        self.call = replace(self.call, caller=event)
+        self._note("caller-id-received")
+        return None
+
+    def _ring_in_call(self, event: Ring) -> Outcome:
+        # A ring while the handset is down ends the call at once: the grace
+        # period is for flashes and bounces, and a new call is arriving.
+        if self._deadline.pop("hangup", None) is None:
+            return None
+        self._end_call("hang-up", at=self._on_hook_at)
+        self._ring(event)
+        return "next-call"
+
+    def _fault_in_call(self, event: Fault) -> Outcome:
+        self.fault = event.reason
+        if self.state != CallState.UNRECORDED:
+            self._go_unrecorded("fault", reason=event.reason)
+        return None
+
+    def _hook_in_call(self, event: HookChanged) -> Outcome:
+        if event.off_hook:
+            if self._deadline.pop("hangup", None) is None:
+                return UNEXPECTED  # two hook-offs without a hook-on
+            self._note("hook-flash")
+        elif "hangup" not in self._deadline:
+            self._on_hook_at = self._now()
+            self._deadline["hangup"] = self._on_hook_at + self.policy.hangup_grace_s
+        return None
 
 
-def _ignore(flow: CallFlow, event: Event) -> None:
-    """An event that is expected in this state and changes nothing."""
+# ------------------------------------------------------------------ table --
+
+class Row(NamedTuple):
+    """One transition: run ``handler``, then go to ``to``, or to ``unless[outcome]`` when it returns one."""
+
+    handler: Callable[[CallFlow, Any], Outcome]
+    to: CallState
+    unless: Mapping[str, CallState] = {}
 
 
-def _kind(event: Event) -> type:
-    return type(event)
+_S, _H = CallState, CallFlow
+# The guarded alternatives, by the outcome that picks them.
+OPENING = {"unrecorded": _S.UNRECORDED, "record": _S.RECORDING, "wait": _S.CONNECTED,
+           "announce": _S.ANNOUNCING}
+HANG_UP = {"hang-up": _S.IDLE}
+NEXT_CALL = {"next-call": _S.RINGING}  # a RING while the handset is down ended the call
+TO_UNRECORDED = {"private": _S.UNRECORDED, "opt-out": _S.UNRECORDED}
 
+#: Every known (state, event type) pair. Pairs not here are unexpected.
+TABLE: dict[tuple[CallState, type], Row] = {
+    (_S.IDLE, Ring): Row(_H._ring, _S.RINGING),
+    (_S.IDLE, CallerId): Row(_H._caller_before_call, _S.IDLE),
+    (_S.IDLE, HookChanged): Row(_H._hook_while_idle, _S.IDLE, OPENING),
+    (_S.IDLE, ButtonPressed): Row(_H._toggle_private, _S.IDLE),
+    (_S.IDLE, Tick): Row(_H._ignore, _S.IDLE),
+    (_S.IDLE, FarSpeech): Row(_H._ignore, _S.IDLE),
+    (_S.IDLE, DtmfDetected): Row(_H._ignore, _S.IDLE),
+    (_S.IDLE, PromptFinished): Row(_H._ignore, _S.IDLE),  # a test announcement played outside a call
+    (_S.IDLE, Fault): Row(_H._set_fault, _S.IDLE),
+    (_S.IDLE, FaultCleared): Row(_H._clear_fault, _S.IDLE),
 
-_S = State
-_H = CallFlow
-#: Every known (state, event) pair and its handler. Pairs not here are unexpected.
-TABLE: dict[tuple[State, type], Callable[[CallFlow, Any], None]] = {
-    (_S.IDLE, Ring): _H._ring,
-    (_S.IDLE, CallerId): _H._caller_before_call,
-    (_S.IDLE, HookChanged): _H._hook_while_idle,
-    (_S.IDLE, ButtonPressed): _H._toggle_private,
-    (_S.IDLE, Tick): _ignore,
-    (_S.IDLE, FarSpeech): _ignore,
-    (_S.IDLE, DtmfDetected): _ignore,
-    (_S.IDLE, PromptFinished): _ignore,  # a test announcement played outside a call
-    (_S.IDLE, Fault): _H._set_fault,
-    (_S.IDLE, FaultCleared): _H._clear_fault,
+    (_S.RINGING, Ring): Row(_H._ring, _S.RINGING),
+    (_S.RINGING, CallerId): Row(_H._caller_before_call, _S.RINGING),
+    (_S.RINGING, HookChanged): Row(_H._hook_while_idle, _S.RINGING, OPENING),
+    (_S.RINGING, ButtonPressed): Row(_H._toggle_private, _S.RINGING),
+    (_S.RINGING, Tick): Row(_H._ring_tick, _S.RINGING, {"missed": _S.IDLE}),
+    (_S.RINGING, FarSpeech): Row(_H._ignore, _S.RINGING),
+    (_S.RINGING, DtmfDetected): Row(_H._ignore, _S.RINGING),
+    (_S.RINGING, PromptFinished): Row(_H._ignore, _S.RINGING),
+    (_S.RINGING, Fault): Row(_H._set_fault, _S.RINGING),
+    (_S.RINGING, FaultCleared): Row(_H._clear_fault, _S.RINGING),
 
-    (_S.RINGING, Ring): _H._ring,
-    (_S.RINGING, CallerId): _H._caller_before_call,
-    (_S.RINGING, HookChanged): _H._hook_while_idle,
-    (_S.RINGING, ButtonPressed): _H._toggle_private,
-    (_S.RINGING, Tick): _H._ring_tick,
-    (_S.RINGING, FarSpeech): _ignore,
-    (_S.RINGING, DtmfDetected): _ignore,
-    (_S.RINGING, PromptFinished): _ignore,
-    (_S.RINGING, Fault): _H._set_fault,
-    (_S.RINGING, FaultCleared): _H._clear_fault,
+    (_S.CONNECTED, FarSpeech): Row(_H._far_speech, _S.ANNOUNCING),
+    (_S.CONNECTED, Tick): Row(_H._connected_tick, _S.CONNECTED, {**HANG_UP, "announce": _S.ANNOUNCING}),
+    (_S.CONNECTED, HookChanged): Row(_H._hook_in_call, _S.CONNECTED),
+    (_S.CONNECTED, ButtonPressed): Row(_H._button_in_call, _S.CONNECTED, TO_UNRECORDED),
+    (_S.CONNECTED, CallerId): Row(_H._caller_in_call, _S.CONNECTED),
+    (_S.CONNECTED, DtmfDetected): Row(_H._ignore, _S.CONNECTED),  # no announcement yet, no opt-out window
+    (_S.CONNECTED, Ring): Row(_H._ring_in_call, _S.CONNECTED, NEXT_CALL),
+    (_S.CONNECTED, PromptFinished): Row(_H._ignore, _S.CONNECTED),
+    (_S.CONNECTED, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
+    (_S.CONNECTED, FaultCleared): Row(_H._clear_fault, _S.CONNECTED),
 
-    (_S.CONNECTED, FarSpeech): _H._far_speech,
-    (_S.CONNECTED, Tick): _H._connected_tick,
-    (_S.CONNECTED, HookChanged): _H._hook_in_call,
-    (_S.CONNECTED, ButtonPressed): _H._button_in_call,
-    (_S.CONNECTED, CallerId): _H._caller_in_call,
-    (_S.CONNECTED, DtmfDetected): _ignore,  # no announcement yet, so no opt-out window
-    (_S.CONNECTED, Ring): _H._ring_in_call,
-    (_S.CONNECTED, PromptFinished): _ignore,
-    (_S.CONNECTED, Fault): _H._fault_in_call,
-    (_S.CONNECTED, FaultCleared): _H._clear_fault,
+    (_S.ANNOUNCING, PromptFinished): Row(_H._prompt_finished, _S.RECORDING),
+    (_S.ANNOUNCING, Tick): Row(_H._keeping_tick, _S.ANNOUNCING, HANG_UP),
+    (_S.ANNOUNCING, DtmfDetected): Row(_H._dtmf, _S.ANNOUNCING, TO_UNRECORDED),
+    (_S.ANNOUNCING, HookChanged): Row(_H._hook_in_call, _S.ANNOUNCING),
+    (_S.ANNOUNCING, ButtonPressed): Row(_H._button_in_call, _S.ANNOUNCING, TO_UNRECORDED),
+    (_S.ANNOUNCING, CallerId): Row(_H._caller_in_call, _S.ANNOUNCING),
+    (_S.ANNOUNCING, FarSpeech): Row(_H._ignore, _S.ANNOUNCING),
+    (_S.ANNOUNCING, Ring): Row(_H._ring_in_call, _S.ANNOUNCING, NEXT_CALL),
+    (_S.ANNOUNCING, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
+    (_S.ANNOUNCING, FaultCleared): Row(_H._clear_fault, _S.ANNOUNCING),
 
-    (_S.ANNOUNCING, PromptFinished): _H._prompt_finished,
-    (_S.ANNOUNCING, Tick): _H._keeping_tick,
-    (_S.ANNOUNCING, DtmfDetected): _H._dtmf,
-    (_S.ANNOUNCING, HookChanged): _H._hook_in_call,
-    (_S.ANNOUNCING, ButtonPressed): _H._button_in_call,
-    (_S.ANNOUNCING, CallerId): _H._caller_in_call,
-    (_S.ANNOUNCING, FarSpeech): _ignore,
-    (_S.ANNOUNCING, Ring): _H._ring_in_call,
-    (_S.ANNOUNCING, Fault): _H._fault_in_call,
-    (_S.ANNOUNCING, FaultCleared): _H._clear_fault,
+    (_S.RECORDING, Tick): Row(_H._keeping_tick, _S.RECORDING, HANG_UP),
+    (_S.RECORDING, DtmfDetected): Row(_H._dtmf, _S.RECORDING, TO_UNRECORDED),
+    (_S.RECORDING, HookChanged): Row(_H._hook_in_call, _S.RECORDING),
+    (_S.RECORDING, ButtonPressed): Row(_H._button_recording, _S.RECORDING,
+                                       {**TO_UNRECORDED, "pause": _S.PAUSED}),
+    (_S.RECORDING, CallerId): Row(_H._caller_in_call, _S.RECORDING),
+    (_S.RECORDING, FarSpeech): Row(_H._ignore, _S.RECORDING),
+    (_S.RECORDING, Ring): Row(_H._ring_in_call, _S.RECORDING, NEXT_CALL),
+    (_S.RECORDING, PromptFinished): Row(_H._ignore, _S.RECORDING),
+    (_S.RECORDING, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
+    (_S.RECORDING, FaultCleared): Row(_H._clear_fault, _S.RECORDING),
 
-    (_S.RECORDING, Tick): _H._keeping_tick,
-    (_S.RECORDING, DtmfDetected): _H._dtmf,
-    (_S.RECORDING, HookChanged): _H._hook_in_call,
-    (_S.RECORDING, ButtonPressed): _H._button_in_call,
-    (_S.RECORDING, CallerId): _H._caller_in_call,
-    (_S.RECORDING, FarSpeech): _ignore,
-    (_S.RECORDING, Ring): _H._ring_in_call,
-    (_S.RECORDING, PromptFinished): _ignore,
-    (_S.RECORDING, Fault): _H._fault_in_call,
-    (_S.RECORDING, FaultCleared): _H._clear_fault,
+    (_S.PAUSED, Tick): Row(_H._keeping_tick, _S.PAUSED, HANG_UP),
+    (_S.PAUSED, DtmfDetected): Row(_H._dtmf, _S.PAUSED, TO_UNRECORDED),
+    (_S.PAUSED, HookChanged): Row(_H._hook_in_call, _S.PAUSED),
+    (_S.PAUSED, ButtonPressed): Row(_H._button_paused, _S.PAUSED, {**TO_UNRECORDED, "resume": _S.RECORDING}),
+    (_S.PAUSED, CallerId): Row(_H._caller_in_call, _S.PAUSED),
+    (_S.PAUSED, PromptFinished): Row(_H._prompt_finished, _S.PAUSED),
+    (_S.PAUSED, FarSpeech): Row(_H._ignore, _S.PAUSED),
+    (_S.PAUSED, Ring): Row(_H._ring_in_call, _S.PAUSED, NEXT_CALL),
+    (_S.PAUSED, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
+    (_S.PAUSED, FaultCleared): Row(_H._clear_fault, _S.PAUSED),
 
-    (_S.PAUSED, Tick): _H._keeping_tick,
-    (_S.PAUSED, DtmfDetected): _H._dtmf,
-    (_S.PAUSED, HookChanged): _H._hook_in_call,
-    (_S.PAUSED, ButtonPressed): _H._button_in_call,
-    (_S.PAUSED, CallerId): _H._caller_in_call,
-    (_S.PAUSED, PromptFinished): _H._prompt_finished,
-    (_S.PAUSED, FarSpeech): _ignore,
-    (_S.PAUSED, Ring): _H._ring_in_call,
-    (_S.PAUSED, Fault): _H._fault_in_call,
-    (_S.PAUSED, FaultCleared): _H._clear_fault,
-
-    (_S.UNRECORDED, Tick): _H._unrecorded_tick,
-    (_S.UNRECORDED, HookChanged): _H._hook_in_call,
-    (_S.UNRECORDED, ButtonPressed): _H._button_in_call,
-    (_S.UNRECORDED, CallerId): _H._caller_in_call,
-    (_S.UNRECORDED, DtmfDetected): _ignore,
-    (_S.UNRECORDED, FarSpeech): _ignore,
-    (_S.UNRECORDED, PromptFinished): _ignore,
-    (_S.UNRECORDED, Ring): _H._ring_in_call,
-    (_S.UNRECORDED, Fault): _H._fault_in_call,
-    (_S.UNRECORDED, FaultCleared): _H._clear_fault,
+    (_S.UNRECORDED, Tick): Row(_H._unrecorded_tick, _S.UNRECORDED, HANG_UP),
+    (_S.UNRECORDED, HookChanged): Row(_H._hook_in_call, _S.UNRECORDED),
+    (_S.UNRECORDED, ButtonPressed): Row(_H._button_unrecorded, _S.UNRECORDED),
+    (_S.UNRECORDED, CallerId): Row(_H._caller_in_call, _S.UNRECORDED),
+    (_S.UNRECORDED, DtmfDetected): Row(_H._ignore, _S.UNRECORDED),
+    (_S.UNRECORDED, FarSpeech): Row(_H._ignore, _S.UNRECORDED),
+    (_S.UNRECORDED, PromptFinished): Row(_H._ignore, _S.UNRECORDED),
+    (_S.UNRECORDED, Ring): Row(_H._ring_in_call, _S.UNRECORDED, NEXT_CALL),
+    (_S.UNRECORDED, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
+    (_S.UNRECORDED, FaultCleared): Row(_H._clear_fault, _S.UNRECORDED),
 }

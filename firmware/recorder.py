@@ -35,7 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from linetap.drivers.events import HookChanged
-from linetap.firmware.callflow import CallRecord, DtmfDetected, Event, FarSpeech, Fault
+from linetap.firmware.callevents import DtmfDetected, Event, FarSpeech, Fault
+from linetap.firmware.callrecord import CallRecord
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.dsp import (
     CallActivity,

@@ -12,7 +12,7 @@ import pyrage
 import pytest
 import soundfile
 
-from linetap.firmware.callflow import KEEPING, State
+from linetap.firmware.callflow import KEEPING, CallState
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import Config, load_config
 from linetap.firmware.demo import SimulatedCalls, Step, bundled_speech
@@ -150,8 +150,8 @@ def test_rec_led_pin_is_lit_exactly_while_audio_is_kept(tmp_path: Path) -> None:
         seen.append((state, pin.state))
 
     run_call(config, voice(12), voice(12, 400), [Step(1.0, "hook-off"), Step(10.0, "hook-on")], check)
-    assert {pin for state, pin in seen if state in (State.ANNOUNCING, State.RECORDING)} == {1.0}
-    assert {pin for state, pin in seen if state == State.IDLE} == {0.0}
+    assert {pin for state, pin in seen if state in (CallState.ANNOUNCING, CallState.RECORDING)} == {1.0}
+    assert {pin for state, pin in seen if state == CallState.IDLE} == {0.0}
 
 
 def test_private_call_by_long_press_keeps_nothing(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from linetap.drivers.events import CallerId, HookChanged
 from linetap.drivers.v253 import Garbage, V253Parser
 from linetap.firmware import callflow as cf
-from linetap.firmware.callflow import CallEvent, CallFlow, CallPolicy, CallRecord, State
+from linetap.firmware.callflow import CallEvent, CallFlow, CallPolicy, CallRecord, CallState
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
@@ -39,7 +39,7 @@ def recording_flow(clock: ManualClock) -> CallFlow:
     flow = CallFlow(POLICY, clock, new_call_id=lambda: "call-1")
     flow.handle(HOOK_OFF)
     flow.handle(cf.PromptFinished())
-    assert flow.state == State.RECORDING
+    assert flow.state == CallState.RECORDING
     return flow
 
 
@@ -48,7 +48,7 @@ def test_a_distinctive_ring_starts_ringing(ring: bytes, clock: ManualClock) -> N
     # Rockwell (RING 2) and USR/3Com (RING B) with distinctive ring on in the stored profile.
     flow = CallFlow(POLICY, clock)
     modem(flow, b"\r\n" + ring + b"\r\n")
-    assert flow.state == State.RINGING
+    assert flow.state == CallState.RINGING
 
 
 @pytest.mark.parametrize("ring", [b"RING 2", b"RING B"])
@@ -60,7 +60,7 @@ def test_a_distinctive_ring_in_the_hang_up_grace_closes_the_call(ring: bytes, cl
     actions = modem(flow, b"\r\n" + ring + b"\r\n")
     closed = [a for a in actions if isinstance(a, cf.CloseCall)]
     assert len(closed) == 1 and closed[0].call.ended_mono == pytest.approx(closed[0].call.started_mono + 5)
-    assert flow.state == State.RINGING
+    assert flow.state == CallState.RINGING
 
 
 @pytest.mark.parametrize("block, reason", [

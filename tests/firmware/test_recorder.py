@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linetap.firmware.callflow import CallRecord, DtmfDetected, FarSpeech
+from linetap.firmware.callevents import DtmfDetected, FarSpeech
+from linetap.firmware.callrecord import CallRecord
 from linetap.firmware.dsp import dtmf_tone, tone
 from linetap.firmware.recorder import MemorySink, Recorder
 
@@ -122,7 +123,7 @@ class FullSink(MemorySink):
 
 
 def test_a_failing_sink_becomes_a_fault_and_nothing_more_is_written() -> None:
-    from linetap.firmware.callflow import Fault
+    from linetap.firmware.callevents import Fault
 
     sink = FullSink(room=20 * BLOCK)
     recorder = Recorder(RATE, sink)
