@@ -78,7 +78,7 @@ REOPEN_BACKOFF = Backoff(initial=0.5, maximum=30.0, factor=2.0, jitter=0.2)
 box comes back soon, yet spread so that boxes on one power circuit do not retry
 in step."""
 
-State = Literal["connecting", "ready", "lost"]
+LinkStatus = Literal["connecting", "ready", "lost"]
 
 _READ_SLICE = 0.1  # s a read waits before the reader checks its stop event; also the caller-ID idle gap
 _JOIN_TIMEOUT = 3.0
@@ -125,7 +125,7 @@ class V253Line:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._outbox: deque[object] = deque()  # delivered by the reader thread only
-        self._state: State = "connecting"
+        self._state: LinkStatus = "connecting"
         self._state_since = clock.monotonic()
         self._reconnects = 0
         self._dropped = 0
@@ -156,7 +156,7 @@ class V253Line:
         return self._port
 
     @property
-    def state(self) -> State:
+    def state(self) -> LinkStatus:
         """``connecting``, ``ready`` or ``lost``."""
         with self._lock:
             return self._state
@@ -391,7 +391,7 @@ class V253Line:
         else:
             logger.debug("event=modem_unsolicited port=%s kind=%s", self._port, type(event).__name__)
 
-    def _set_state(self, state: State, detail: str = "") -> None:
+    def _set_state(self, state: LinkStatus, detail: str = "") -> None:
         with self._lock:
             self._state = state
             self._state_since = self._clock.monotonic()

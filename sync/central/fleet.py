@@ -98,7 +98,7 @@ TRACKER_BATCH = 500
 STOP_POLL_S = 0.2
 _JOIN_S = 10.0
 
-State = Literal["online", "offline", "unknown"]
+Presence = Literal["online", "offline", "unknown"]
 UNACKED_ALARM = "uploads-unacknowledged"  # raised by the centre from telemetry, not by the box
 
 
@@ -286,7 +286,7 @@ class DeviceView:
 
     device_id: str
     enrolled: bool
-    state: State
+    state: Presence
     boot: int | None
     session: int | None
     last_seen_ms: int | None
