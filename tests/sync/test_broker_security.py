@@ -66,15 +66,15 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, certificate_authority: CertificateAuthority) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("secure-broker")
-    ca = CertificateAuthority.create(work / "pki")
+    ca = certificate_authority
     server = ca.issue_server()
     certs = {name: ca.issue_client(name) for name in (*BOXES, *HOSTILE, CENTRAL, *WORKERS, "box-late")}
     dynsec_file = work / "dynsec.json"
     dynsec.write_initial_config(dynsec_file, WORKERS, boxes=(*BOXES, *HOSTILE))
     port = free_port()
-    broker = LocalBroker(work / "broker", port=port, listener_lines=listener_lines(work / "pki", server, port,
+    broker = LocalBroker(work / "broker", port=port, listener_lines=listener_lines(ca.folder, server, port,
                                                                                    dynsec_file),
                          persistence=False)
     broker.start()

@@ -159,10 +159,7 @@ def data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path / "broker") as running:
-        yield running
+pytestmark = pytest.mark.broker("test")
 
 
 @pytest.fixture

@@ -95,10 +95,7 @@ class Box:
         self.mqtt.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path_factory.mktemp("broker")) as running:
-        yield running
+pytestmark = pytest.mark.broker("session")
 
 
 @pytest.fixture

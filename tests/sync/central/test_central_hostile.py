@@ -25,7 +25,7 @@ from linetap.sync.central.cli import main
 from linetap.sync.central.config import IngestSection
 from linetap.sync.central.index import SCHEMA_VERSION, AmbiguousRecording, SqliteIndex
 from linetap.sync.central.ingest import Ingest
-from linetap.sync.central.keys import keys_init, load_identity
+from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import StoreUnavailable, segment_key
 from linetap.sync.central.tools import StoreTools
 
@@ -34,13 +34,6 @@ DAY_S = 86_400.0
 
 def cli(central: Path, *argv: str) -> int:
     return main(["--data-dir", str(central), *argv])
-
-
-@pytest.fixture
-def central(tmp_path: Path) -> Path:
-    folder = tmp_path / "central"
-    keys_init(folder)
-    return folder
 
 
 def enrolled(tmp_path: Path, central: Path, device_id: str) -> Box:

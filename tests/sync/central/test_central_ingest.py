@@ -19,16 +19,9 @@ from linetap.firmware import manifest as mf
 from linetap.sync import wire
 from linetap.sync.central.index import SqliteIndex
 from linetap.sync.central.ingest import MAX_MANIFEST, Ingest
-from linetap.sync.central.keys import keys_init, load_identity
+from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import DurableFiles, manifest_key, segment_key
 from linetap.sync.central.tools import StoreTools
-
-
-@pytest.fixture
-def central(tmp_path: Path) -> Path:
-    folder = tmp_path / "central"
-    keys_init(folder)
-    return folder
 
 
 @pytest.fixture

@@ -18,15 +18,8 @@ from linetap.firmware.spool import SpoolSink
 from linetap.sync.central import index
 from linetap.sync.central.cli import main
 from linetap.sync.central.ingest import Ingest
-from linetap.sync.central.keys import keys_init, load_identity
+from linetap.sync.central.keys import load_identity
 from linetap.sync.central.tools import StoreTools
-
-
-@pytest.fixture
-def central(tmp_path: Path) -> Path:
-    folder = tmp_path / "central"
-    keys_init(folder)
-    return folder
 
 
 @pytest.fixture

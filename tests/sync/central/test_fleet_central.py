@@ -28,10 +28,7 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "image" / "mosquitto"
 CONFIG = '[log]\nlevel = "debug"\n\n[calls]\nring_timeout_s = 6.5\n'
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path_factory.mktemp("broker")) as running:
-        yield running
+pytestmark = pytest.mark.broker("session")
 
 
 class Centre:

@@ -36,10 +36,7 @@ def status(device_id: str) -> fleet.Message:
     return fleet.Message(fleet.status_topic(device_id), json.dumps(body).encode(), qos=1, retain=True)
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path / "broker", persistence=False) as running:
-        yield running
+pytestmark = pytest.mark.broker("test", persistence=False)
 
 
 @pytest.fixture

@@ -121,10 +121,7 @@ class Lines(logging.Handler):
             self.failures.append(record)
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path_factory.mktemp("broker"), persistence=False) as running:
-        yield running
+pytestmark = pytest.mark.broker("session")
 
 
 def settings_for(broker: LocalBroker) -> BrokerSettings:
@@ -207,7 +204,7 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+def hostile(shared_broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     central = make_central(tmp_path_factory.mktemp("hostile") / "central")
     log = Lines()
     logger = logging.getLogger("linetap.sync.central")
@@ -215,10 +212,10 @@ def hostile(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> It
     level = logger.level
     logger.setLevel(logging.INFO)
     ingest = Ingest(central)
-    worker = IngestWorker(ingest, settings_for(broker), group="hostile", client_id="hostile").start()
-    box = Box(broker, "hostile-box")
+    worker = IngestWorker(ingest, settings_for(shared_broker), group="hostile", client_id="hostile").start()
+    box = Box(shared_broker, "hostile-box")
     try:
-        assert worker.wait_ready(WAIT), broker.log_tail()
+        assert worker.wait_ready(WAIT), shared_broker.log_tail()
         yield Hostile(central, worker, box, log)
     finally:
         box.close()
