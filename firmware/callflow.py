@@ -52,6 +52,7 @@ from linetap.firmware.callevents import (Action, CloseCall, Discard, DtmfDetecte
                                          PlayWarningTone, PromptFinished, StopPrompt, Tick)
 from linetap.firmware.callrecord import CallEvent, CallRecord, uuid7
 from linetap.firmware.clock import Clock
+from linetap.firmware.config import CallsSection, ConsentSection
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +72,24 @@ KEEPING = (CallState.ANNOUNCING, CallState.RECORDING, CallState.PAUSED)
 
 # ---------------------------------------------------------------- policy --
 
+_CONSENT, _CALLS = ConsentSection(), CallsSection()
+
 @dataclass(frozen=True)
 class CallPolicy:
-    """What a site decided about consent and call timing (from the config's consent section)."""
+    """What a site decided about consent and call timing; the defaults are the config's."""
 
-    announce: bool = True
-    announce_when: Literal["connect", "far-speech"] = "connect"
-    far_speech_wait_s: float = 8.0  # announce anyway if the far end stays silent this long
+    announce: bool = _CONSENT.announce
+    announce_when: Literal["connect", "far-speech"] = _CONSENT.announce_when
+    far_speech_wait_s: float = _CONSENT.far_speech_wait_s  # announce anyway if the far end stays silent
     prompt_sha256: str = ""  # of the prompt as played, recorded as proof
-    language: str = "en"
-    warning_tone: bool = True
-    warning_interval_s: float = 15.0
+    language: str = _CONSENT.language
+    warning_tone: bool = _CONSENT.warning_tone
+    warning_interval_s: float = _CONSENT.warning_interval_s
     opt_out_key: str | None = None  # DTMF key a caller presses to refuse recording
-    opt_out_window_s: float = 30.0  # from the announcement's start
-    ring_timeout_s: float = 8.0  # no RING for this long: the call was missed
-    hangup_grace_s: float = 0.8  # an on-hook shorter than this is a flash or a bounce, not a hang-up
-    caller_id_max_age_s: float = 20.0  # caller ID older than this belongs to no call
+    opt_out_window_s: float = _CONSENT.opt_out_window_s  # from the announcement's start
+    ring_timeout_s: float = _CALLS.ring_timeout_s  # no RING for this long: the call was missed
+    hangup_grace_s: float = _CALLS.hangup_grace_s  # a shorter on-hook is a flash or a bounce
+    caller_id_max_age_s: float = _CALLS.caller_id_max_age_s  # older caller ID belongs to no call
     # Consent keys a fleet push set over the site's own file, and that config's version: every call
     # then opens with a "policy" event naming them (see linetap.sync.pushpolicy).
     fleet_consent: tuple[str, ...] = ()

@@ -259,7 +259,37 @@ def verify_chain(manifests: Iterable[bytes], public_key: Ed25519PublicKey | None
     manifest we have: the predecessor was altered or a recording inserted).
     """
     report = ChainReport()
-    explained = explained or {}
+    valid = _read_all(manifests, public_key, report)
+    by_seq: dict[int, list[tuple[dict[str, Any], str]]] = {}
+    for manifest, digest in valid:
+        by_seq.setdefault(manifest["seq"], []).append((manifest, digest))
+    for seq, entries in by_seq.items():
+        if len(entries) > 1:
+            ids = ", ".join(m["recording_id"] for m, _ in entries)
+            report.problems.append(ChainProblem("duplicate", seq, None,
+                                                f"{len(entries)} manifests claim seq {seq}: {ids}"))
+    if not by_seq:
+        return report
+    seqs = sorted(by_seq)
+    report.first_seq = seqs[0]
+    if after is not None and seqs[0] <= after.seq:
+        report.problems.append(ChainProblem("duplicate", seqs[0], by_seq[seqs[0]][0][0]["recording_id"],
+                                            f"seq {seqs[0]} is not after the trusted seq {after.seq}"))
+    hash_to_seq = {digest: m["seq"] for m, digest in valid}
+    previous: ChainPoint | None = after
+    for seq in seqs:
+        manifest, digest = by_seq[seq][0]
+        if previous is not None:
+            report.problems += _gaps(previous.seq, seq, explained or {})
+            report.problems += _link(previous, manifest, hash_to_seq)
+        previous = ChainPoint(seq, digest)
+    report.last = previous
+    return report
+
+
+def _read_all(manifests: Iterable[bytes], public_key: Ed25519PublicKey | None,
+              report: ChainReport) -> list[tuple[dict[str, Any], str]]:
+    """The manifests that verify, each with its hash; the others, and order slips, go to ``report``."""
     valid: list[tuple[dict[str, Any], str]] = []
     last_seen_seq: int | None = None
     for data in manifests:
@@ -279,55 +309,32 @@ def verify_chain(manifests: Iterable[bytes], public_key: Ed25519PublicKey | None
                 f"seq {seq} comes after seq {last_seen_seq} in the given order"))
         last_seen_seq = seq if last_seen_seq is None else max(last_seen_seq, seq)
         valid.append((manifest, manifest_hash(data)))
+    return valid
 
-    by_seq: dict[int, list[tuple[dict[str, Any], str]]] = {}
-    for manifest, digest in valid:
-        by_seq.setdefault(manifest["seq"], []).append((manifest, digest))
-    hash_to_seq = {digest: m["seq"] for m, digest in valid}
-    for seq, entries in by_seq.items():
-        if len(entries) > 1:
-            ids = ", ".join(m["recording_id"] for m, _ in entries)
-            report.problems.append(ChainProblem("duplicate", seq, None,
-                                                f"{len(entries)} manifests claim seq {seq}: {ids}"))
-    if not by_seq:
-        return report
 
-    seqs = sorted(by_seq)
-    report.first_seq = seqs[0]
-    previous: ChainPoint | None = after
-    if after is not None and seqs[0] <= after.seq:
-        report.problems.append(ChainProblem("duplicate", seqs[0], by_seq[seqs[0]][0][0]["recording_id"],
-                                            f"seq {seqs[0]} is not after the trusted seq {after.seq}"))
-    for seq in seqs:
-        manifest, digest = by_seq[seq][0]
-        rid = manifest["recording_id"]
-        if previous is not None:
-            if seq - previous.seq - 1 > MAX_LISTED_GAP:
-                # A hostile seq (2**53 - 1) must not make us list billions of gaps.
-                known = sum(1 for g in explained if previous.seq < g < seq)
-                report.problems.append(ChainProblem(
-                    "missing", previous.seq + 1, None,
-                    f"no manifests for seq {previous.seq + 1} to {seq - 1} "
-                    f"({seq - previous.seq - 1 - known} recordings, between {previous.seq} and {seq})"))
-            else:
-                for gap in range(previous.seq + 1, seq):
-                    if gap not in explained:
-                        report.problems.append(ChainProblem(
-                            "missing", gap, None, f"no manifest for seq {gap} (between {previous.seq} and {seq})"))
-            adjacent = previous.seq + 1 == seq
-            if manifest["prev"] != previous.sha256 and (adjacent or manifest["prev"] in hash_to_seq):
-                if manifest["prev"] in hash_to_seq:
-                    report.problems.append(ChainProblem(
-                        "reordered", seq, rid, f"prev links to seq {hash_to_seq[manifest['prev']]}, "
-                        f"not to its predecessor seq {previous.seq}"))
-                else:
-                    report.problems.append(ChainProblem(
-                        "broken-link", seq, rid, f"prev {manifest['prev'][:16]}... is not the hash of "
-                        f"seq {previous.seq} ({previous.sha256[:16]}...): that manifest was altered "
-                        "or a recording was inserted"))
-        previous = ChainPoint(seq, digest)
-    report.last = previous
-    return report
+def _gaps(previous: int, seq: int, explained: Mapping[int, str]) -> list[ChainProblem]:
+    """The sequence numbers missing between ``previous`` and ``seq``, but those ``explained``."""
+    if seq - previous - 1 > MAX_LISTED_GAP:
+        # A hostile seq (2**53 - 1) must not make us list billions of gaps.
+        known = sum(1 for g in explained if previous < g < seq)
+        return [ChainProblem("missing", previous + 1, None,
+                             f"no manifests for seq {previous + 1} to {seq - 1} "
+                             f"({seq - previous - 1 - known} recordings, between {previous} and {seq})")]
+    return [ChainProblem("missing", gap, None, f"no manifest for seq {gap} (between {previous} and {seq})")
+            for gap in range(previous + 1, seq) if gap not in explained]
+
+
+def _link(previous: ChainPoint, manifest: dict[str, Any], hash_to_seq: Mapping[str, int]) -> list[ChainProblem]:
+    """What is wrong with ``manifest``'s link to ``previous``, the manifest before it that we have."""
+    seq, rid, prev = manifest["seq"], manifest["recording_id"], manifest["prev"]
+    if prev == previous.sha256 or (previous.seq + 1 != seq and prev not in hash_to_seq):
+        return []  # linked, or across a gap whose hashes we do not know
+    if prev in hash_to_seq:
+        return [ChainProblem("reordered", seq, rid, f"prev links to seq {hash_to_seq[prev]}, "
+                             f"not to its predecessor seq {previous.seq}")]
+    return [ChainProblem("broken-link", seq, rid, f"prev {prev[:16]}... is not the hash of "
+                         f"seq {previous.seq} ({previous.sha256[:16]}...): that manifest was altered "
+                         "or a recording was inserted")]
 
 
 def _peek_seq(data: bytes) -> int | None:

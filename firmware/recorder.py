@@ -37,6 +37,7 @@ import numpy as np
 from linetap.drivers.events import HookChanged
 from linetap.firmware.callevents import DtmfDetected, Event, FarSpeech, Fault
 from linetap.firmware.callrecord import CallRecord
+from linetap.firmware.config import CallsSection
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.dsp import (
     CallActivity,
@@ -118,7 +119,8 @@ class Recorder:
     """
 
     def __init__(self, rate: int, sink: Sink, *, vad: VadSettings = VadSettings(),
-                 call_activity: CallActivity | None = None, hold_min_s: float = 10.0) -> None:
+                 call_activity: CallActivity | None = None,
+                 hold_min_s: float = CallsSection().hold_min_s) -> None:
         self.rate = rate
         self._sink = sink
         self._vad = vad

@@ -55,93 +55,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from linetap.firmware.clock import Clock
+from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SpoolError
 from linetap.sync import wire
+# Inputs and outputs live beside this module; the protocol's users may name them through it.
+from linetap.sync.uploadevents import (Alarm, Output, Overdue, Pending, Publish, RecordingSynced, SegmentInfo,
+                                       SegmentsLost, SegmentSynced)
 from linetap.sync.wire import ObjectRef
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = ObjectRef.manifest()
 MAX_MISSING_ROUNDS = 3
+_SYNC = SyncSection()  # the config's [sync] defaults: window, ack timeout and bandwidth cap are set there
 
 Reader = Callable[[str, ObjectRef], bytes]
 """Returns an object's bytes; raises :class:`SpoolError` when it cannot."""
-
-
-# ---------------------------------------------------------------- inputs --
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """A segment as the catalogue lists it."""
-
-    index: int
-    size: int
-    sha256: str
-    synced: bool = False
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A closed recording the centre does not have yet."""
-
-    recording_id: str
-    seq: int
-    flagged: bool
-    manifest_sha256: str
-    segments: tuple[SegmentInfo, ...]
-
-
-# --------------------------------------------------------------- outputs --
-
-@dataclass(frozen=True)
-class Publish:
-    """Send this message (QoS 1)."""
-
-    part: wire.Part
-
-
-@dataclass(frozen=True)
-class SegmentSynced:
-    """The centre has stored and checked this segment: mark it synced in the catalogue."""
-
-    recording_id: str
-    index: int
-
-
-@dataclass(frozen=True)
-class RecordingSynced:
-    """The centre has the whole recording: mark it synced (retention may then delete it)."""
-
-    recording_id: str
-
-
-@dataclass(frozen=True)
-class SegmentsLost:
-    """The centre lacks segments marked synced: clear their synced marks; they are sent again."""
-
-    recording_id: str
-    indexes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """A recording the box cannot deliver; nothing more of it is sent until restart."""
-
-    recording_id: str
-    object: ObjectRef | None
-    code: str  # a wire.CODES code from the centre, or "unreadable" / "altered" found on the box
-    reason: str
-
-
-Output = Publish | SegmentSynced | RecordingSynced | SegmentsLost | Alarm
-
-
-@dataclass(frozen=True)
-class Overdue:
-    """Messages sent on this connection and unanswered for ``ack_timeout_s`` or longer."""
-
-    count: int
-    oldest_age_s: float | None  # None when nothing is overdue
 
 
 # ----------------------------------------------------------------- state --
@@ -180,8 +109,8 @@ class _Recording:
 class Upload:
     """The box side of the upload protocol for one device. Not thread-safe: one owner thread."""
 
-    def __init__(self, device_id: str, reader: Reader, clock: Clock, *, window: int = 32,
-                 ack_timeout_s: float = 60.0, bandwidth_bytes_s: int = 0,
+    def __init__(self, device_id: str, reader: Reader, clock: Clock, *, window: int = _SYNC.window,
+                 ack_timeout_s: float = _SYNC.ack_timeout_s, bandwidth_bytes_s: int = _SYNC.bandwidth_bytes_s,
                  retry_base_s: float = 1.0) -> None:
         if window < 1:
             raise ConfigError(f"sync window = {window}; it must be at least 1 message")
@@ -230,8 +159,7 @@ class Upload:
         for rec in self._recordings.values():
             for obj in rec.objects.values():
                 if not obj.done:
-                    obj.staged.clear()
-                    obj.staged_at = None
+                    obj.reset()
         self._timed = {key: obj for key, obj in self._timed.items() if obj.not_before > 0}
 
     def disconnected(self) -> None:
@@ -342,16 +270,18 @@ class Upload:
 
     def _drop_inflight(self, recording_id: str, ref: ObjectRef | None = None) -> None:
         """The centre answered (or the recording left): nothing of it is in flight or owed an ack."""
-        for key in [k for k in self._inflight if k[0] == recording_id and (ref is None or k[1] == ref)]:
-            del self._inflight[key]
-        for key in [k for k in self._waiting if k[0] == recording_id and (ref is None or k[1] == ref)]:
-            del self._waiting[key]
+        for sent in (self._inflight, self._waiting):
+            for key in [k for k in sent if k[0] == recording_id and (ref is None or k[1] == ref)]:
+                del sent[key]
+
+    def _answered(self, recording_id: str, ref: ObjectRef, part: int) -> None:
+        self._inflight.pop((recording_id, ref, part), None)
+        self._waiting.pop((recording_id, ref, part), None)
 
     def _stored(self, rec: _Recording, obj: _Object, part: int | None, now: float) -> None:
         rid = rec.pending.recording_id
         if part is not None:
-            self._inflight.pop((rid, obj.ref, part), None)
-            self._waiting.pop((rid, obj.ref, part), None)
+            self._answered(rid, obj.ref, part)
             obj.staged.add(part)
             if obj.count is not None and len(obj.staged) >= obj.count:
                 obj.parts = None  # all staged: free the bytes; re-read if the object must go again
@@ -377,11 +307,9 @@ class Upload:
         obj.not_before = now + delay
         if ack.part is None:
             self._drop_inflight(rid, obj.ref)
-            obj.staged.clear()
-            obj.staged_at = None
+            obj.reset()
         else:
-            self._inflight.pop((rid, obj.ref, ack.part), None)
-            self._waiting.pop((rid, obj.ref, ack.part), None)
+            self._answered(rid, obj.ref, ack.part)
             obj.staged.discard(ack.part)
         self._track(rid, obj)
         logger.info("centre asks to retry recording=%s object=%s code=%s delay_s=%.1f", rid, obj.ref,
@@ -436,8 +364,7 @@ class Upload:
         for (rid, ref), obj in list(self._timed.items()):
             if obj.staged_at is not None and now >= obj.staged_at + self._ack_timeout:
                 logger.info("object ack overdue recording=%s object=%s", rid, ref)
-                obj.staged.clear()
-                obj.staged_at = None
+                obj.reset()
                 self._track(rid, obj)
 
     def _fill(self, now: float) -> None:

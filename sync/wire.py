@@ -65,6 +65,7 @@ RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SEGMENTS = 1_000_000  # a ten-year call at 1 s segments; anything above is garbage
 MAX_PARTS = 1024  # 120 MiB per object; a segment of 120 s at 128 kbit/s is 2 MB
+MAX_OBJECT = MAX_PARTS * PART_BYTES
 
 Status = Literal["stored", "rejected", "retry"]
 STATUSES = ("stored", "rejected", "retry")
@@ -157,12 +158,17 @@ class Part:
 def split(device_id: str, recording_id: str, obj: ObjectRef, data: bytes) -> list[Part]:
     """The messages that carry ``data`` (at least one, even for an empty object)."""
     digest = hashlib.sha256(data).hexdigest()
-    count = max(1, -(-len(data) // PART_BYTES))
+    count = part_count(len(data))
     if count > MAX_PARTS:
         raise WireError(f"{obj} of recording {recording_id} is {len(data)} bytes, more than "
                         f"{MAX_PARTS} parts; shorten spool.segment_s or lower spool.bitrate")
     return [Part(device_id, recording_id, obj, k, count, digest, len(data),
                  data[k * PART_BYTES:(k + 1) * PART_BYTES]) for k in range(count)]
+
+
+def part_count(size: int) -> int:
+    """How many parts carry an object of ``size`` bytes (one, even for an empty object)."""
+    return max(1, -(-size // PART_BYTES))
 
 
 def join(parts: Sequence[bytes], sha256: str, size: int) -> bytes:
@@ -206,10 +212,10 @@ def parse_part(topic: str, payload: bytes, user_properties: Iterable[tuple[str, 
             raise WireError(f"upload message on {shown} lacks the user property {name!r}")
     sha256 = check_sha256(props["sha256"])
     parts = _small_int(props["parts"], "parts", MAX_PARTS)
-    size = _small_int(props["size"], "size", MAX_PARTS * PART_BYTES)
+    size = _small_int(props["size"], "size", MAX_OBJECT)
     if parts < 1 or part >= parts:
         raise WireError(f"part {part} of {parts} on {shown} is out of range")
-    if parts != max(1, -(-size // PART_BYTES)):
+    if parts != part_count(size):
         raise WireError(f"{parts} parts cannot carry {size} bytes at {PART_BYTES} bytes per part")
     expected = min(PART_BYTES, size - part * PART_BYTES)
     if len(payload) != expected:
