@@ -51,7 +51,7 @@ from linetap.firmware.errors import ConfigError, DeviceMissing, SyncError
 from linetap.sync import wire
 
 if TYPE_CHECKING:
-    from linetap.sync.central.worker import BrokerSettings
+    from linetap.sync.mqtt import BrokerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -197,16 +197,12 @@ def grant_box(settings: BrokerSettings, device_id: str, *, timeout: float = 10.0
     replaced), so the call can be repeated. Raises :class:`SyncError` naming
     the command the broker refused and why.
     """
-    import paho.mqtt.client as mqtt
+    from linetap.sync.mqtt import BrokerClient
 
     answers: queue.Queue[bytes] = queue.Queue()
     subscribed = threading.Event()
     refused: list[str] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{ADMIN}-enrol-{secrets.token_hex(4)}",
-                         protocol=mqtt.MQTTv5)
-    if settings.tls:
-        client.tls_set(ca_certs=str(settings.ca_file), certfile=str(settings.cert_file),
-                       keyfile=str(settings.key_file))
+    client = BrokerClient(settings, client_id=f"{ADMIN}-enrol-{secrets.token_hex(4)}")
 
     def on_subscribe(_c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         refused.extend(str(c) for c in codes if c.is_failure)
@@ -216,7 +212,7 @@ def grant_box(settings: BrokerSettings, device_id: str, *, timeout: float = 10.0
     client.on_connect = lambda c, _u, _f, rc, _p: None if rc.is_failure else c.subscribe(RESPONSE_TOPIC, qos=1)
     client.on_message = lambda _c, _u, msg: answers.put(msg.payload)
     try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+        client.open()
     except OSError as e:
         raise SyncError(f"cannot reach the broker {settings.host}:{settings.port} to give {device_id} its "
                         f"broker role: {e}") from e

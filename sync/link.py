@@ -17,7 +17,8 @@ must not block: hand work to your own thread. :meth:`Link.publish` and
 Failures never raise into the app: a broker that is down, refuses the
 connection, or fails the TLS handshake (bad certificate) is logged, reported
 through ``on_disconnected(reason)`` and :attr:`Link.state`, and tried again
-after an exponential back-off with full jitter (:class:`Backoff`) capped at
+after an exponential back-off with full jitter
+(:class:`~linetap.firmware.backoff.Backoff`, ``jitter=1``) capped at
 ``reconnect_max_s``. A connection must stay up for :data:`STABLE_S` before the
 back-off starts again from its base, so a flapping broker is not hammered.
 Only a missing TLS file is an error, raised at construction: it needs a person.
@@ -27,51 +28,29 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from linetap.firmware import keys
+from linetap.firmware.backoff import Backoff
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SyncError
+from linetap.sync.mqtt import (CONNECT_TIMEOUT_S, BrokerClient, ClientFactory, Inbound, Will, box_settings,
+                               publish_properties)
+from linetap.sync.mqtt import tls_files  # noqa: F401  the box's TLS file checks, asked for by this name
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 STABLE_S = 30.0
-CONNECT_TIMEOUT_S = 10.0
 SESSION_EXPIRY_S = 7 * 86400  # acks wait at the broker through a week-long outage
 _LOOP_S = 0.1  # paho's select timeout; also how often a sleeping link looks at its clock
 _JOIN_S = 5.0
-
-
-@dataclass(frozen=True)
-class Will:
-    """What the broker publishes for this box if it vanishes without saying goodbye."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class Message:
-    """A message the link received on a subscription."""
-
-    topic: str
-    payload: bytes
-    user_properties: tuple[tuple[str, str], ...] = ()
-    retain: bool = False
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,24 +61,6 @@ class LinkState:
     reason: str
     attempts: int  # connection attempts since the last stable connection
     next_attempt_at: float | None  # monotonic, while waiting to reconnect
-
-
-class Backoff:
-    """Exponential back-off with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
-
-    def __init__(self, cap_s: float, *, base_s: float = BACKOFF_BASE_S, rng: random.Random | None = None) -> None:
-        self.cap_s = cap_s
-        self.base_s = base_s
-        self.attempts = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempts, 32))
-        self.attempts += 1
-        return self._rng.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 class Delivery:
@@ -134,38 +95,12 @@ class Delivery:
             callback(self)
 
 
-def tls_files(settings: SyncSection, data_dir: Path) -> tuple[Path, Path, Path]:
-    """The CA, certificate and key files ``config.sync`` names; ConfigError if one is missing, or if the
-    certificate or key file holds the wrong kind (the box's Ed25519 signing key as the TLS key, say)."""
-    files = []
-    for key in ("ca_file", "cert_file", "key_file"):
-        path = Path(getattr(settings, key))
-        path = path if path.is_absolute() else Path(data_dir) / path
-        if not path.is_file():
-            # Boxes set up before the TLS files had names of their own kept them as device.crt/.key.
-            old = path.with_name("device.crt") if key == "cert_file" else None
-            moved = (f"; {old} is there from an older setup: move it to {path}, and put the TLS key in "
-                     f"{path.with_name('tls.key')} (keys/device.key is the signing key)"
-                     if old is not None and old.is_file() else "")
-            raise ConfigError(f"sync.{key} = {getattr(settings, key)!r}: {path} does not exist{moved}; provision "
-                              "the box with the fleet CA and a client certificate whose CN is device.id "
-                              "(or set sync.tls = false for a broker on this machine only)")
-        files.append(path)
-    for key, path, check in (("cert_file", files[1], keys.check_tls_certificate),
-                             ("key_file", files[2], lambda p: keys.check_tls_key(p, data_dir))):
-        try:
-            check(path)
-        except keys.WrongKeyKind as e:
-            raise keys.WrongKeyKind(f"sync.{key} = {getattr(settings, key)!r}: {e.finding}", e.fix) from None
-    return files[0], files[1], files[2]
-
-
 class Link:
     """One MQTT v5 session to the fleet broker, kept up until :meth:`close`.
 
     ``on_connected()`` runs after every successful connect, once the broker
     has acknowledged the renewed subscriptions; ``on_disconnected(reason)`` after every lost or failed
-    connection; ``on_message(Message)`` for each message received. All on the
+    connection; ``on_message(Inbound)`` for each message received. All on the
     link thread (see the module docstring).
     """
 
@@ -173,9 +108,9 @@ class Link:
                  will: Will | None = None,
                  on_connected: Callable[[], None] | None = None,
                  on_disconnected: Callable[[str], None] | None = None,
-                 on_message: Callable[[Message], None] | None = None,
+                 on_message: Callable[[Inbound], None] | None = None,
                  clock: Clock, rng: random.Random | None = None,
-                 session_expiry_s: int = SESSION_EXPIRY_S) -> None:
+                 session_expiry_s: int = SESSION_EXPIRY_S, client_factory: ClientFactory = BrokerClient) -> None:
         if not settings.broker:
             raise ConfigError("sync.broker is empty; set it to the fleet broker's host name")
         self.settings = settings
@@ -184,8 +119,6 @@ class Link:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_message = on_message
-        self._backoff = Backoff(settings.reconnect_max_s, rng=rng)
-        self._session_expiry_s = session_expiry_s
         self._lock = threading.Lock()
         self._subscriptions: dict[str, int] = {}
         self._deliveries: dict[int, Delivery] = {}
@@ -201,14 +134,9 @@ class Link:
         self._renewing: int | None = None  # mid of the SUBSCRIBE renewing subscriptions after a connect
         self._session_present = False
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if settings.tls:
-            ca, cert, key = tls_files(settings, data_dir)
-            client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key),
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        if will is not None:
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        client.connect_timeout = CONNECT_TIMEOUT_S
+        client = client_factory(box_settings(settings, data_dir, reconnect_min_s=BACKOFF_BASE_S),
+                                client_id=client_id, will=will, session_expiry_s=session_expiry_s, rng=rng,
+                                backoff=Backoff(initial=BACKOFF_BASE_S, maximum=settings.reconnect_max_s, jitter=1))
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -254,7 +182,7 @@ class Link:
 
     @property
     def state(self) -> LinkState:
-        return LinkState(self._connected, self._reason, self._backoff.attempts,
+        return LinkState(self._connected, self._reason, self._client.retry.attempts,
                          None if self._connected else self._next_attempt_at)
 
     # -- use --
@@ -273,13 +201,7 @@ class Link:
 
         ``correlation_data`` is the MQTT v5 property a response echoes from its request.
         """
-        properties = None
-        if user_properties or correlation_data is not None:
-            properties = Properties(PacketTypes.PUBLISH)
-            if user_properties:
-                properties.UserProperty = list(user_properties)
-            if correlation_data is not None:
-                properties.CorrelationData = correlation_data
+        properties = publish_properties(user_properties, correlation_data=correlation_data)
         delivery = Delivery(topic)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -318,11 +240,8 @@ class Link:
             self._attempt()
 
     def _attempt(self) -> None:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self._session_expiry_s
         try:
-            self._client.connect(self.settings.broker, self.settings.port, keepalive=self.settings.keepalive_s,
-                                 clean_start=False, properties=properties)
+            self._client.open()
         except (OSError, ValueError) as e:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
             self._failed(f"connect: {type(e).__name__}: {e}")
             return
@@ -330,11 +249,11 @@ class Link:
         self._connecting_since = self._clock.monotonic()
 
     def _failed(self, reason: str) -> None:
-        delay = self._backoff.next_delay()
+        delay = self._client.retry.next_delay()
         self._next_attempt_at = self._clock.monotonic() + delay
         self._reason = reason
         logger.warning("link down client=%s broker=%s:%d reason=%s retry_in_s=%.1f attempt=%d", self.client_id,
-                       self.settings.broker, self.settings.port, reason, delay, self._backoff.attempts)
+                       self.settings.broker, self.settings.port, reason, delay, self._client.retry.attempts)
         if self._on_disconnected is not None:
             self._on_disconnected(reason)
 
@@ -346,7 +265,7 @@ class Link:
         was_connected, self._connected = self._connected, False
         if was_connected and self._connected_since is not None \
                 and self._clock.monotonic() - self._connected_since >= STABLE_S:
-            self._backoff.reset()
+            self._client.retry.reset()
         self._failed(reason)
 
     # -- paho callbacks (link thread) --
@@ -397,12 +316,7 @@ class Link:
     def _handle_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         if self._on_message is None:
             return
-        props = msg.properties
-        message = Message(
-            msg.topic, bytes(msg.payload),
-            tuple(getattr(props, "UserProperty", None) or ()), bool(msg.retain),
-            getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
-        self._on_message(message)
+        self._on_message(Inbound.of(msg))
 
     def _handle_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
                         _reason_code: mqtt.ReasonCode, _properties: Properties | None) -> None:

@@ -16,7 +16,9 @@ from linetap.firmware.clock import ManualClock, SystemClock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError
 from linetap.sync.broker import LocalBroker, free_port
-from linetap.sync.link import Backoff, Link, Message, Will
+from linetap.firmware.backoff import Backoff
+from linetap.sync.link import Link
+from linetap.sync.mqtt import Inbound, Retry, Will
 from linetap.sync.pki import CertificateAuthority
 from netproxy import Proxy
 
@@ -29,7 +31,7 @@ class Events:
     def __init__(self) -> None:
         self.up: queue.Queue[bool] = queue.Queue()
         self.down: queue.Queue[str] = queue.Queue()
-        self.messages: queue.Queue[Message] = queue.Queue()
+        self.messages: queue.Queue[Inbound] = queue.Queue()
 
     def callbacks(self) -> dict:
         return {"on_connected": lambda: self.up.put(True), "on_disconnected": self.down.put,
@@ -53,24 +55,27 @@ def watcher(broker: LocalBroker, topic: str) -> tuple[mqtt.Client, queue.Queue]:
     return client, got
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    with LocalBroker(tmp_path / "broker", persistence=False) as running:
-        yield running
+pytestmark = pytest.mark.broker("test", persistence=False)
 
 
 # ---------------------------------------------------------------- back-off --
 
+def link_backoff(cap_s: float) -> Backoff:
+    """The link's back-off: full jitter from a 1 s base (the link's own ``BACKOFF_BASE_S``)."""
+    return Backoff(initial=1, maximum=cap_s, jitter=1)
+
+
 def test_backoff_is_exponential_with_full_jitter_up_to_the_cap() -> None:
-    backoff = Backoff(cap_s=30, base_s=1, rng=random.Random(7))
-    delays = [backoff.next_delay() for _ in range(200)]
+    retry = Retry(link_backoff(30), random.Random(7))
+    delays = [retry.next_delay() for _ in range(200)]
     ceilings = [min(30, 2 ** n) for n in range(200)]
     assert all(0 <= d <= c for d, c in zip(delays, ceilings))
     assert max(delays[:3]) <= 4 and max(delays[10:]) > 20  # grows, then spreads up to the cap
     assert len({round(d, 6) for d in delays[10:]}) > 150  # jittered, not a fixed schedule
-    assert Backoff(30, base_s=1, rng=random.Random(7)).next_delay() == delays[0]  # seeded: repeatable
-    backoff.reset()
-    assert backoff.next_delay() <= 1
+    assert next(link_backoff(30).delays(random.Random(7))) == delays[0]  # seeded: repeatable
+    assert retry.attempts == 200
+    retry.reset()
+    assert retry.attempts == 0 and retry.next_delay() <= 1
 
 
 def test_a_missing_broker_is_reported_and_retried_on_the_back_off_schedule(tmp_path: Path) -> None:
@@ -82,14 +87,14 @@ def test_a_missing_broker_is_reported_and_retried_on_the_back_off_schedule(tmp_p
     with link:
         assert "Refused" in events.down.get(timeout=WAIT)
         first = link.state
-        expected = Backoff(60, rng=rng_copy)
+        expected = link_backoff(60).delays(rng_copy)
         assert not first.connected and first.attempts == 1
-        assert first.next_attempt_at == pytest.approx(clock.monotonic() + expected.next_delay())
+        assert first.next_attempt_at == pytest.approx(clock.monotonic() + next(expected))
         assert events.down.empty()  # nothing more until the clock reaches the next attempt
         clock.advance(first.next_attempt_at - clock.monotonic())
         assert "Refused" in events.down.get(timeout=WAIT)
         assert link.state.attempts == 2
-        assert link.state.next_attempt_at == pytest.approx(clock.monotonic() + expected.next_delay())
+        assert link.state.next_attempt_at == pytest.approx(clock.monotonic() + next(expected))
     link.close()  # twice is fine
 
 
@@ -157,9 +162,10 @@ def test_the_will_is_published_when_the_network_drops_and_the_link_comes_back(
 # -------------------------------------------------------------------- TLS --
 
 @pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalBroker, CertificateAuthority]]:
+def tls_broker(tmp_path_factory: pytest.TempPathFactory,
+               certificate_authority: CertificateAuthority) -> Iterator[tuple[LocalBroker, CertificateAuthority]]:
     work = tmp_path_factory.mktemp("tls-link")
-    ca = CertificateAuthority.create(work / "pki")
+    ca = certificate_authority
     server = ca.issue_server()
     lines = [f"cafile {ca.cert_file}", f"certfile {server.cert_file}", f"keyfile {server.key_file}",
              "require_certificate true", "use_identity_as_username true", "allow_anonymous false"]
