@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
 
 CONFIG_FILE = "central.toml"
+DAY_MS = 86_400_000  # the days of [retention] and [ingest], in the store's milliseconds
 
 
 class BrokerSection(Schema):

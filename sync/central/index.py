@@ -12,11 +12,8 @@ its bytes are written, so of two different versions of one object racing in
 two workers exactly one wins and the other is told ``conflict``; a recording
 row is inserted if absent, so a manifest delivered twice is indexed once.
 
-Fleet tables (kept by :class:`linetap.sync.central.fleet.FleetTracker`):
-``fleet_devices`` holds each box's newest status order (boot, session,
-offline) and when it was last seen, ``fleet_latest`` the newest message of
-each subject (status, birth, telemetry, config/reported, alarm/<name>), and
-``fleet_seq`` the last config version and command seq the centre used per box.
+The schema and its migrations are in :mod:`~linetap.sync.central.indexschema`,
+the fleet tracker's tables in :mod:`~linetap.sync.central.fleetindex`.
 
 Keys. Recording ids are unique per device, not across the fleet (a box makes
 its own UUIDv7s, and a hostile box may reuse another's): every recording row,
@@ -32,10 +29,6 @@ verified manifest that lists it is indexed; a device's unvouched objects plus
 its staged rows are what its ingest quota bounds, and ``verify`` lists the
 unvouched ones as orphans.
 
-Schema versions. ``PRAGMA user_version`` says which schema a file has; opening
-an older file migrates it step by step in one write transaction
-(:data:`MIGRATIONS`), so several processes opening it at once migrate it once.
-
 Personal data: ``caller_number`` and ``caller_name`` are the only columns that
 hold it; erasure clears them (and the QA metrics and events) and keeps what
 the chain needs. ``caller_withheld`` (why no number came: ``private``,
@@ -50,160 +43,30 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from linetap.firmware import manifest as mf
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
+from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
+from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.db"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL,
-    enrolled_ms BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS objects (
-    device_id TEXT NOT NULL,
-    recording_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size BIGINT NOT NULL,
-    object_key TEXT NOT NULL,
-    claimed_ms BIGINT NOT NULL,
-    stored_ms BIGINT,
-    vouched INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (device_id, recording_id, name)
-);
-CREATE INDEX IF NOT EXISTS objects_unvouched ON objects (device_id) WHERE vouched = 0;
-CREATE TABLE IF NOT EXISTS staged (
-    device_id TEXT NOT NULL,
-    recording_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    bytes BIGINT NOT NULL,
-    staged_ms BIGINT NOT NULL,
-    PRIMARY KEY (device_id, recording_id, name, sha256, part)
-);
-CREATE TABLE IF NOT EXISTS recordings (
-    recording_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    started_ms BIGINT,
-    ended_ms BIGINT,
-    duration_ms BIGINT,
-    flagged INTEGER NOT NULL,
-    recorded INTEGER NOT NULL,
-    discarded INTEGER NOT NULL,
-    ended_by TEXT,
-    consent TEXT,
-    metrics TEXT,
-    caller_number TEXT,
-    caller_name TEXT,
-    caller_withheld TEXT,
-    manifest_sha256 TEXT NOT NULL,
-    prev TEXT NOT NULL,
-    segments INTEGER NOT NULL,
-    bytes BIGINT NOT NULL,
-    manifest_key TEXT NOT NULL,
-    stored_ms BIGINT NOT NULL,
-    hold INTEGER NOT NULL DEFAULT 0,
-    hold_reason TEXT,
-    erased_ms BIGINT,
-    erase_reason TEXT,
-    tombstone_key TEXT,
-    PRIMARY KEY (device_id, recording_id)
-);
-CREATE INDEX IF NOT EXISTS recordings_id ON recordings (recording_id);
-CREATE INDEX IF NOT EXISTS recordings_device_seq ON recordings (device_id, seq);
-CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_ms);
-CREATE TABLE IF NOT EXISTS problems (
-    device_id TEXT NOT NULL,
-    recording_id TEXT,
-    seq BIGINT,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    found_ms BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fleet_devices (
-    device_id TEXT PRIMARY KEY,
-    boot BIGINT,
-    session BIGINT,
-    offline INTEGER,
-    last_seen_ms BIGINT
-);
-CREATE TABLE IF NOT EXISTS fleet_latest (
-    device_id TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    body TEXT NOT NULL,
-    received_ms BIGINT NOT NULL,
-    PRIMARY KEY (device_id, subject)
-);
-CREATE TABLE IF NOT EXISTS fleet_seq (
-    device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    last_seq BIGINT NOT NULL,
-    PRIMARY KEY (device_id, kind)
-);
-"""
-
-SCHEMA_VERSION = 1
 PENDING_MANIFEST = "pending-manifest"  # the ``staged`` name of a manifest waiting for its segments
-
-
-def _migrate_0_to_1(db: sqlite3.Connection) -> None:
-    """Recordings keyed by (device, recording) instead of recording id alone; vouched objects."""
-    old = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
-    db.execute("ALTER TABLE recordings RENAME TO recordings_v0")
-    db.execute("DROP INDEX IF EXISTS recordings_device_seq")
-    db.execute("DROP INDEX IF EXISTS recordings_started")
-    if "vouched" not in [r["name"] for r in db.execute("PRAGMA table_info(objects)")]:
-        db.execute("ALTER TABLE objects ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0")
-    _create(db)
-    new = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
-    columns = ", ".join(c for c in old if c in new)
-    db.execute(f"INSERT INTO recordings ({columns}) SELECT {columns} FROM recordings_v0")
-    db.execute("DROP TABLE recordings_v0")
-    db.execute("UPDATE objects SET vouched = 1 WHERE EXISTS (SELECT 1 FROM recordings r WHERE "
-               "r.device_id = objects.device_id AND r.recording_id = objects.recording_id)")
-
-
-# user_version -> the step that brings a file of that version to the next one.
-MIGRATIONS = {0: _migrate_0_to_1}
-
-
-def _create(db: sqlite3.Connection) -> None:
-    # Statement by statement: executescript() would commit the caller's transaction.
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
+# Asked of this module by the fleet and the tests.
+__all__ = ["AmbiguousRecording", "FleetUpdate", "INDEX_FILE", "Index", "PENDING_MANIFEST", "SCHEMA_VERSION",
+           "SqliteIndex", "UnknownRecording"]
 
 RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
                      "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
                      "caller_number", "caller_name", "manifest_sha256", "prev", "segments", "bytes",
                      "manifest_key", "stored_ms", "caller_withheld")
 _JSON_COLUMNS = ("consent", "metrics")
-MAX_JSON_COLUMN = 16 * 1024 * 1024  # a manifest's size bound: a column holds part of one
 _FLAG_COLUMNS = ("flagged", "recorded", "discarded", "hold")
-
-
-@dataclass(frozen=True)
-class FleetUpdate:
-    """The newest message of one subject from one box, for :meth:`SqliteIndex.record_fleet`."""
-
-    device_id: str
-    subject: str  # status, birth, telemetry, config/reported, alarm/<name>
-    body: str  # JSON text
-    received_ms: int
-    seen_ms: int | None  # when the box was last alive by this message; None when unknown
-    order: tuple[int, int, int] | None = None  # a status's (boot, session, 1 if offline else 0)
 
 
 class UnknownRecording(SyncError, LookupError):
@@ -269,7 +132,7 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteIndex:
+class SqliteIndex(FleetTables):
     """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -283,7 +146,7 @@ class SqliteIndex:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._upgrade(self._db)
+            upgrade(self._db, self.path)
         except sqlite3.OperationalError as e:
             self.close()
             raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
@@ -291,30 +154,6 @@ class SqliteIndex:
         except SyncError:
             self.close()
             raise
-
-    def _upgrade(self, db: sqlite3.Connection) -> None:
-        """Create the schema, or migrate an older file to :data:`SCHEMA_VERSION`, in one transaction."""
-        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see the new version
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SyncError(f"index {self.path} has schema version {version}, newer than this "
-                                f"program's {SCHEMA_VERSION}; run the newer linetap-central on it")
-            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recordings'"
-                               ).fetchone() is None
-            if fresh:
-                _create(db)
-            else:
-                while version < SCHEMA_VERSION:
-                    logger.info("index migrated path=%s from_version=%d", self.path, version)
-                    MIGRATIONS[version](db)
-                    version += 1
-                _create(db)  # tables added since (IF NOT EXISTS)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -534,92 +373,6 @@ class SqliteIndex:
             return [dict(r) for r in db.execute(
                 "SELECT * FROM problems WHERE device_id = ? ORDER BY found_ms", (device_id,))]
 
-    # -- fleet --
-
-    def record_fleet(self, updates: Sequence[FleetUpdate]) -> list[bool]:
-        """Store ``updates`` in one transaction; per update, False for a status older than one kept.
-
-        A status is kept when its order is not below the newest kept for the
-        device (offline after online at the same pair: the Will ends that session).
-        """
-        kept = []
-        with self._sql() as db:
-            db.execute("BEGIN IMMEDIATE")  # SQLite's write lock up front; PostgreSQL: BEGIN
-            try:
-                for update in updates:
-                    db.execute("INSERT INTO fleet_devices (device_id) VALUES (?) ON CONFLICT DO NOTHING",
-                               (update.device_id,))
-                    if update.order is not None:
-                        boot, session, offline = update.order
-                        cursor = db.execute(
-                            "UPDATE fleet_devices SET boot = ?, session = ?, offline = ? WHERE device_id = ? "
-                            "AND (boot IS NULL OR boot < ? OR (boot = ? AND (session < ? OR "
-                            "(session = ? AND offline <= ?))))",
-                            (boot, session, offline, update.device_id, boot, boot, session, session, offline))
-                        if cursor.rowcount != 1:
-                            kept.append(False)
-                            continue
-                    kept.append(True)
-                    db.execute("INSERT INTO fleet_latest (device_id, subject, body, received_ms) VALUES (?, ?, ?, ?) "
-                               "ON CONFLICT (device_id, subject) DO UPDATE SET body = excluded.body, "
-                               "received_ms = excluded.received_ms",
-                               (update.device_id, update.subject, update.body, update.received_ms))
-                    if update.seen_ms is not None:
-                        db.execute("UPDATE fleet_devices SET last_seen_ms = ? WHERE device_id = ? AND "
-                                   "(last_seen_ms IS NULL OR last_seen_ms < ?)",
-                                   (update.seen_ms, update.device_id, update.seen_ms))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        return kept
-
-    def fleet_devices(self) -> list[dict[str, Any]]:
-        """Every box the fleet tables or the enrolment know, by device id.
-
-        Each: ``device_id``, ``enrolled``, ``boot``, ``session``,
-        ``last_seen_ms``, and ``subjects``: subject → ``{"body", "received_ms"}``.
-        """
-        with self._sql() as db:
-            rows = {r["device_id"]: dict(r) | {"enrolled": False, "subjects": {}}
-                    for r in db.execute("SELECT device_id, boot, session, last_seen_ms FROM fleet_devices")}
-            for r in db.execute("SELECT device_id FROM devices"):
-                rows.setdefault(r["device_id"], {"device_id": r["device_id"], "boot": None, "session": None,
-                                                 "last_seen_ms": None, "subjects": {}})["enrolled"] = True
-            for r in db.execute("SELECT device_id, subject, body, received_ms FROM fleet_latest"):
-                rows[r["device_id"]]["subjects"][r["subject"]] = {"body": json.loads(r["body"]),
-                                                                  "received_ms": r["received_ms"]}
-        return [rows[name] for name in sorted(rows)]
-
-    def fleet_device(self, device_id: str) -> dict[str, Any] | None:
-        """One box as in :meth:`fleet_devices`, or None when neither tracked nor enrolled."""
-        with self._sql() as db:
-            row = db.execute("SELECT device_id, boot, session, last_seen_ms FROM fleet_devices WHERE device_id = ?",
-                             (device_id,)).fetchone()
-            enrolled = db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone() is not None
-            latest = db.execute("SELECT subject, body, received_ms FROM fleet_latest WHERE device_id = ?",
-                                (device_id,)).fetchall()
-        if row is None and not enrolled:
-            return None
-        out = dict(row) if row is not None else {"device_id": device_id, "boot": None, "session": None,
-                                                 "last_seen_ms": None}
-        out["enrolled"] = enrolled
-        out["subjects"] = {r["subject"]: {"body": json.loads(r["body"]), "received_ms": r["received_ms"]}
-                           for r in latest}
-        return out
-
-    def next_fleet_seq(self, device_id: str, kind: str, *, at_least: int = 1) -> int:
-        """Take the next ``kind`` ("config", "cmd") sequence number for a box: above every one taken
-        before, and at least ``at_least``."""
-        with self._sql() as db:
-            row = db.execute(
-                "INSERT INTO fleet_seq (device_id, kind, last_seq) VALUES (?, ?, ?) "
-                "ON CONFLICT (device_id, kind) DO UPDATE SET last_seq = CASE "
-                "WHEN fleet_seq.last_seq + 1 > excluded.last_seq THEN fleet_seq.last_seq + 1 "
-                "ELSE excluded.last_seq END RETURNING last_seq",
-                (device_id, kind, max(1, at_least))).fetchone()
-        return int(row["last_seq"])
-
     # -- holds and erasure --
 
     def set_hold(self, recording_id: str, hold: bool, reason: str | None, *, device_id: str) -> None:
@@ -645,7 +398,7 @@ def _recording(row: sqlite3.Row) -> dict[str, Any]:
         if out[column] is not None:
             # Written from a box's manifest: read back with the manifest's own bounds.
             out[column] = untrusted.loads(out[column], what=f"index column {column} of recording "
-                                          f"{out['recording_id']}", max_bytes=MAX_JSON_COLUMN, max_depth=16)
+                                          f"{out['recording_id']}", max_bytes=mf.MAX_BYTES, max_depth=mf.MAX_DEPTH)
     for column in _FLAG_COLUMNS:
         out[column] = bool(out[column])
     return out

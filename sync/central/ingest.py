@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,44 +58,22 @@ from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
-from linetap.sync.central.config import IngestSection
-from linetap.sync.central.index import INDEX_FILE, PENDING_MANIFEST, Index, SqliteIndex
+from linetap.sync.central.config import DAY_MS, IngestSection
+from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
 from linetap.sync.central.keys import load_identity
-from linetap.sync.central.store import (
-    TMP_PREFIX,
-    DurableFiles,
-    FileStore,
-    ObjectStore,
-    StoreUnavailable,
-    manifest_key,
-    segment_key,
-)
+from linetap.sync.central.staging import AgedOut, Staging
+from linetap.sync.central.store import DurableFiles, FileStore, ObjectStore, StoreUnavailable, manifest_key, segment_key
 
 logger = logging.getLogger(__name__)
 
 OBJECTS_DIR = "objects"
-STAGING_DIR = "staging"
-MAX_MANIFEST = mf.MAX_BYTES
+# The most one object may be on the wire: anything a manifest lists beyond it is garbage.
+MAX_OBJECT = wire.MAX_PARTS * wire.PART_BYTES
 # The sealed caller id: age header and a number and name of a few dozen bytes each.
 MAX_SEALED_CALLER = 4096
 MAX_CALLER_JSON = 1024
 # Rejections that mean tampering or a broken box, not a race: kept for `verify` to report.
 RECORDED_CODES = ("wrong-device", "hash-mismatch", "bad-signature", "conflict")
-
-
-@dataclass(frozen=True)
-class AgedOut:
-    """Staging removed by :meth:`Ingest.age_out`: an object that never completed, or a waiting manifest."""
-
-    device_id: str
-    recording_id: str
-    object: str  # seg/<i>, manifest, or pending-manifest
-    bytes: int
-    last_ms: int  # when its newest part was staged
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "recording_id": self.recording_id, "object": self.object,
-                "bytes": self.bytes, "last_ms": self.last_ms}
 
 
 class Ingest:
@@ -119,7 +95,7 @@ class Ingest:
         self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR, files=self._files)
         self._owns_index = index is None
         self.index: Index = index or SqliteIndex(self.data_dir / INDEX_FILE)
-        self._staging = self.data_dir / STAGING_DIR
+        self._staging = Staging(self.data_dir, self.index, self._files)
         self._identity: pyrage.x25519.Identity | None = None
 
     def close(self) -> None:
@@ -159,9 +135,9 @@ class Ingest:
             return [_ack(part, "rejected", "not-enrolled",
                          f"device {part.device_id} is not enrolled at the central store; "
                          f"run `linetap-central enroll {part.device_id} --signing-key ...`")]
-        if part.object.kind == "manifest" and part.size > MAX_MANIFEST:
+        if part.object.kind == "manifest" and part.size > mf.MAX_BYTES:
             return [_ack(part, "rejected", "too-large",
-                         f"manifest of {part.size} bytes is over {MAX_MANIFEST}")]
+                         f"manifest of {part.size} bytes is over {mf.MAX_BYTES}")]
         name = str(part.object)
         row = self.index.object(part.device_id, part.recording_id, name)
         if row is not None and row["sha256"] != part.sha256:
@@ -184,22 +160,18 @@ class Ingest:
                 return [self._refuse(part, "hash-mismatch", f"{name}'s bytes do not hash to the announced sha256")]
             acks: list[wire.Ack] = []
         else:
-            folder = self._object_staging(part)
-            # The row first: a crash between the two leaves a row (aged out) rather than an unseen file.
-            self.index.stage(part.device_id, part.recording_id, name, part.sha256, part.part,
-                             len(part.payload), self._now_ms())
-            self._files.write(folder / f"{part.part:04d}", part.payload)
+            self._staging.put_part(part, self._now_ms())
             acks = [_ack(part, "stored", per_part=True)]
             joined = self.index.object(part.device_id, part.recording_id, name)
             if joined is not None and joined["stored_ms"] is not None:
                 # Joined by another worker while this part was being staged.
-                self._drop_staging(part)
+                self._staging.drop(part)
                 return acks + [_ack(part, "stored")]
-            assembled = self._assemble(folder, part)
+            assembled = self._staging.assemble(part)
             if assembled is None:
                 return acks
             if isinstance(assembled, wire.WireError):
-                self._drop_staging(part)
+                self._staging.drop(part)
                 return acks + [self._refuse(part, "hash-mismatch", str(assembled))]
             data = assembled
 
@@ -208,7 +180,7 @@ class Ingest:
         else:
             result = self._store_segment(part, data, key_b64)
         if part.parts > 1:
-            self._drop_staging(part)
+            self._staging.drop(part)
         return acks + result
 
     def _over_quota(self, part: wire.Part, incoming: int) -> wire.Ack | None:
@@ -236,12 +208,8 @@ class Ingest:
         if claimed is not None:
             return [claimed]
         acks = [_ack(part, "stored")]
-        pending = self._recording_staging(part.device_id, part.recording_id) / PENDING_MANIFEST
-        if pending.exists():
-            try:
-                waiting = pending.read_bytes()
-            except FileNotFoundError:  # finished by another worker a moment ago
-                return acks
+        waiting = self._staging.pending(part.device_id, part.recording_id)
+        if waiting is not None:
             ref = wire.split(part.device_id, part.recording_id, wire.ObjectRef.manifest(), waiting)[0]
             acks += [a for a in self._finish_manifest(ref, waiting, key_b64) if a.status == "stored"]
         return acks
@@ -285,8 +253,7 @@ class Ingest:
             # Whoever stores the last segment finishes the manifest; checking again after the
             # pending copy is durable closes the race with a worker storing it right now.
             # (Over quota, no copy waits: the box sends the manifest again after the segments.)
-            self.index.stage(device, rid, PENDING_MANIFEST, mf.manifest_hash(data), 0, len(data), self._now_ms())
-            self._files.write(self._recording_staging(device, rid) / PENDING_MANIFEST, data)
+            self._staging.put_pending(device, rid, data, self._now_ms())
             missing, wrong = self._compare_segments(device, rid, listed)
         if wrong:
             return [self._refuse(part, "hash-mismatch", f"stored segments {wrong[:20]} differ from the "
@@ -303,8 +270,7 @@ class Ingest:
             self._check_links(manifest, row["manifest_sha256"])
             logger.info("recording stored device=%s recording=%s seq=%d segments=%d",
                         device, rid, manifest["seq"], len(listed))
-        _remove_file(self._recording_staging(device, rid) / PENDING_MANIFEST)
-        self.index.unstage(device, rid, PENDING_MANIFEST)
+        self._staging.drop_pending(device, rid)
         return [_ack(part, "stored")]
 
     def _compare_segments(self, device: str, rid: str,
@@ -394,19 +360,6 @@ class Ingest:
 
     # -- staging --
 
-    def _recording_staging(self, device_id: str, recording_id: str) -> Path:
-        return self._staging / device_id / recording_id
-
-    def _object_folder(self, device_id: str, recording_id: str, name: str, sha256: str) -> Path:
-        return self._recording_staging(device_id, recording_id) / name.replace("/", "-") / sha256
-
-    def _object_staging(self, part: wire.Part) -> Path:
-        return self._object_folder(part.device_id, part.recording_id, str(part.object), part.sha256)
-
-    def _drop_staging(self, part: wire.Part) -> None:
-        _remove_tree(self._object_staging(part))
-        self.index.unstage(part.device_id, part.recording_id, str(part.object), part.sha256)
-
     def age_out(self, max_age_days: float | None = None) -> list[AgedOut]:
         """Remove staging untouched for ``max_age_days`` (default: the config's ``stale_staging_days``).
 
@@ -414,64 +367,10 @@ class Ingest:
         segments that never came; each is logged and returned (device,
         recording, object, bytes). A box still sending that object sends it
         again whole: it never had its object-level ack. Files in staging the
-        index does not know (left by a crash mid-write, or by a version before
-        the index tracked staging) go by their modification time.
+        index does not know go by their modification time.
         """
         days = self.limits.stale_staging_days if max_age_days is None else max_age_days
-        cutoff = self._now_ms() - round(days * 86_400_000)
-        removed = []
-        for row in self.index.staged(older_than_ms=cutoff):
-            device, rid, name, sha256 = row["device_id"], row["recording_id"], row["name"], row["sha256"]
-            if name == PENDING_MANIFEST:
-                _remove_file(self._recording_staging(device, rid) / PENDING_MANIFEST)
-            else:
-                _remove_tree(self._object_folder(device, rid, name, sha256))
-            self.index.unstage(device, rid, name, sha256)
-            item = AgedOut(device, rid, name, int(row["bytes"]), int(row["last_ms"]))
-            logger.warning("stale staging removed device=%s recording=%s object=%s bytes=%d last_ms=%d",
-                           device, rid, name, item.bytes, item.last_ms)
-            removed.append(item)
-        return removed + self._age_out_untracked(cutoff)
-
-    def _age_out_untracked(self, cutoff_ms: int) -> list[AgedOut]:
-        tracked = {(r["device_id"], r["recording_id"], r["name"].replace("/", "-"), r["sha256"])
-                   for r in self.index.staged()}
-        pending = {(device, rid) for device, rid, name, _ in tracked if name == PENDING_MANIFEST}
-        removed = []
-        for path in sorted(p for p in self._staging.rglob("*") if p.is_file() and not p.is_symlink()):
-            levels = path.relative_to(self._staging).parts
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                continue
-            if info.st_mtime * 1000 >= cutoff_ms:
-                continue
-            device, rid = (levels + ("?", "?"))[:2]
-            if len(levels) == 5 and levels[:4] in tracked:
-                continue
-            if len(levels) == 3 and levels[2] == PENDING_MANIFEST and (device, rid) in pending:
-                continue
-            obj = levels[2].replace("-", "/", 1) if len(levels) >= 3 else path.name
-            _remove_file(path)
-            item = AgedOut(device, rid, obj, info.st_size, round(info.st_mtime * 1000))
-            logger.warning("stale staging removed device=%s recording=%s object=%s bytes=%d file=%s "
-                           "(not in the index)", device, rid, obj, info.st_size, path)
-            removed.append(item)
-        return removed
-
-    def _assemble(self, folder: Path, part: wire.Part) -> bytes | wire.WireError | None:
-        """The joined object once every part is staged; None while parts are missing."""
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(TMP_PREFIX))
-        if len(names) < part.parts:
-            return None
-        try:
-            pieces = [(folder / f"{k:04d}").read_bytes() for k in range(part.parts)]
-        except FileNotFoundError:  # another worker joined and removed the staging meanwhile
-            return None
-        try:
-            return wire.join(pieces, part.sha256, part.size)
-        except wire.WireError as e:
-            return e
+        return self._staging.age_out(self._now_ms() - round(days * DAY_MS))
 
     # -- acks --
 
@@ -523,7 +422,7 @@ def _segment_entries(manifest: dict[str, Any]) -> list[tuple[int, str, int]] | N
         if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < wire.MAX_SEGMENTS
                 and isinstance(sha256, str) and wire.SHA256.fullmatch(sha256)
                 and isinstance(size, int) and not isinstance(size, bool)
-                and 0 <= size <= wire.MAX_PARTS * wire.PART_BYTES):
+                and 0 <= size <= MAX_OBJECT):
             return None
         entries.append((index, sha256, size))
     return entries
@@ -544,34 +443,3 @@ def _withheld(manifest: dict[str, Any]) -> str | None:
     if not isinstance(value, str) or not 0 < len(value) <= 32 or not value.isascii():
         return None
     return value if value.replace("-", "").isalpha() and value.islower() else None
-
-
-def _remove_file(path: Path) -> None:
-    """Remove a staged file and its empty parent folders."""
-    path.unlink(missing_ok=True)
-    _remove_empty(path.parent)
-
-
-def _remove_tree(folder: Path) -> None:
-    """Remove a staging folder and its empty parents; another worker may be doing the same."""
-    try:
-        entries = list(folder.iterdir())
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        entry.unlink(missing_ok=True)
-    _remove_empty(folder)
-
-
-def _remove_empty(folder: Path) -> None:
-    for path in (folder, *folder.parents):
-        if path.name == STAGING_DIR:
-            break
-        try:
-            path.rmdir()
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                break
-            raise

@@ -18,7 +18,7 @@ from central_boxes import BIG_CODEC, Box, make_box
 from linetap.firmware import manifest as mf
 from linetap.sync import wire
 from linetap.sync.central.index import SqliteIndex
-from linetap.sync.central.ingest import MAX_MANIFEST, Ingest
+from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import DurableFiles, manifest_key, segment_key
 from linetap.sync.central.tools import StoreTools
@@ -257,7 +257,7 @@ def test_a_manifest_under_another_device_is_refused(tmp_path: Path, box: Box, ce
 
 def test_an_oversized_manifest_is_refused(box: Box, ingest: Ingest) -> None:
     rid = box.call(1.5)
-    size = MAX_MANIFEST + 1
+    size = mf.MAX_BYTES + 1
     part = wire.Part(box.device_id, rid, wire.ObjectRef.manifest(), 0, -(-size // wire.PART_BYTES),
                      "0" * 64, size, b"\0" * wire.PART_BYTES)
     assert [(a.status, a.code) for a in ingest.receive(part)] == [("rejected", "too-large")]

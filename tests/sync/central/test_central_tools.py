@@ -358,7 +358,7 @@ def test_import_refuses_hostile_manifests_one_by_one_and_goes_on(central: Path, 
 def test_import_reads_no_more_than_a_manifest_or_segment_can_be(central: Path, box: Box, capsys) -> None:
     import tracemalloc
 
-    from linetap.sync.central.ingest import MAX_MANIFEST
+    from linetap.firmware.manifest import MAX_BYTES as MAX_MANIFEST
 
     swollen, good = box.call(1.5), box.call(1.5)
     with open(box.folder(swollen) / "000000.age", "r+b") as f:

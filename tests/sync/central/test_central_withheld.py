@@ -15,7 +15,7 @@ from linetap.drivers.v253 import V253Parser
 from linetap.firmware.callflow import CallRecord
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import SpoolSink
-from linetap.sync.central import index
+from linetap.sync.central import index, indexschema
 from linetap.sync.central.cli import main
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import load_identity
@@ -97,7 +97,7 @@ def test_a_reason_that_is_not_a_plain_word_is_not_indexed(box: Box, central: Pat
 def test_an_index_from_before_the_reason_gains_its_column(tmp_path: Path) -> None:
     path = tmp_path / "index.db"
     old = sqlite3.connect(path)
-    old.executescript(index.SCHEMA.replace("    caller_withheld TEXT,\n", ""))
+    old.executescript(indexschema.SCHEMA.replace("    caller_withheld TEXT,\n", ""))
     old.close()
     with index.SqliteIndex(path) as opened:
         opened.enroll("desk-1", "key", 0)

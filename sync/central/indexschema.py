@@ -1,0 +1,163 @@
+"""The central index's SQLite schema and its migrations.
+
+``PRAGMA user_version`` says which schema a file has; opening an older file
+migrates it step by step in one write transaction (:data:`MIGRATIONS`), so
+several processes opening it at once migrate it once. Every statement is plain
+SQL that PostgreSQL runs too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from linetap.firmware.errors import SyncError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    enrolled_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    object_key TEXT NOT NULL,
+    claimed_ms BIGINT NOT NULL,
+    stored_ms BIGINT,
+    vouched INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, recording_id, name)
+);
+CREATE INDEX IF NOT EXISTS objects_unvouched ON objects (device_id) WHERE vouched = 0;
+CREATE TABLE IF NOT EXISTS staged (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    staged_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, recording_id, name, sha256, part)
+);
+CREATE TABLE IF NOT EXISTS recordings (
+    recording_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    started_ms BIGINT,
+    ended_ms BIGINT,
+    duration_ms BIGINT,
+    flagged INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    discarded INTEGER NOT NULL,
+    ended_by TEXT,
+    consent TEXT,
+    metrics TEXT,
+    caller_number TEXT,
+    caller_name TEXT,
+    caller_withheld TEXT,
+    manifest_sha256 TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    segments INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    manifest_key TEXT NOT NULL,
+    stored_ms BIGINT NOT NULL,
+    hold INTEGER NOT NULL DEFAULT 0,
+    hold_reason TEXT,
+    erased_ms BIGINT,
+    erase_reason TEXT,
+    tombstone_key TEXT,
+    PRIMARY KEY (device_id, recording_id)
+);
+CREATE INDEX IF NOT EXISTS recordings_id ON recordings (recording_id);
+CREATE INDEX IF NOT EXISTS recordings_device_seq ON recordings (device_id, seq);
+CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_ms);
+CREATE TABLE IF NOT EXISTS problems (
+    device_id TEXT NOT NULL,
+    recording_id TEXT,
+    seq BIGINT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    found_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_devices (
+    device_id TEXT PRIMARY KEY,
+    boot BIGINT,
+    session BIGINT,
+    offline INTEGER,
+    last_seen_ms BIGINT
+);
+CREATE TABLE IF NOT EXISTS fleet_latest (
+    device_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, subject)
+);
+CREATE TABLE IF NOT EXISTS fleet_seq (
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    PRIMARY KEY (device_id, kind)
+);
+"""
+
+SCHEMA_VERSION = 1
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    """Recordings keyed by (device, recording) instead of recording id alone; vouched objects."""
+    old = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
+    db.execute("ALTER TABLE recordings RENAME TO recordings_v0")
+    db.execute("DROP INDEX IF EXISTS recordings_device_seq")
+    db.execute("DROP INDEX IF EXISTS recordings_started")
+    if "vouched" not in [r["name"] for r in db.execute("PRAGMA table_info(objects)")]:
+        db.execute("ALTER TABLE objects ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0")
+    create(db)
+    new = [r["name"] for r in db.execute("PRAGMA table_info(recordings)")]
+    columns = ", ".join(c for c in old if c in new)
+    db.execute(f"INSERT INTO recordings ({columns}) SELECT {columns} FROM recordings_v0")
+    db.execute("DROP TABLE recordings_v0")
+    db.execute("UPDATE objects SET vouched = 1 WHERE EXISTS (SELECT 1 FROM recordings r WHERE "
+               "r.device_id = objects.device_id AND r.recording_id = objects.recording_id)")
+
+
+# user_version -> the step that brings a file of that version to the next one.
+MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def create(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would commit the caller's transaction.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or migrate an older file to :data:`SCHEMA_VERSION`, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see the new version
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SyncError(f"index {path} has schema version {version}, newer than this "
+                            f"program's {SCHEMA_VERSION}; run the newer linetap-central on it")
+        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recordings'"
+                           ).fetchone() is None
+        if fresh:
+            create(db)
+        else:
+            while version < SCHEMA_VERSION:
+                logger.info("index migrated path=%s from_version=%d", path, version)
+                MIGRATIONS[version](db)
+                version += 1
+            create(db)  # tables added since (IF NOT EXISTS)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -1,0 +1,212 @@
+"""Verify: re-hash what is stored, re-check signatures and each device's chain; list orphans.
+
+``problems`` (a missing or altered object, a broken link, a bad tombstone, a
+refusal that meant tampering) make a device's report not ok. ``orphans``,
+what the device holds that no stored manifest vouches for (unvouched objects,
+manifests waiting for segments, staging untouched for
+``[ingest] stale_staging_days``), are listed and fail only a strict verify;
+they are never deleted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from linetap.firmware import manifest as mf
+from linetap.firmware.errors import AuthError, ConfigError
+from linetap.firmware.keys import public_key_from_b64
+from linetap.sync.central.config import DAY_MS, IngestSection
+from linetap.sync.central.index import PENDING_MANIFEST
+from linetap.sync.central.keys import operator_public_key
+from linetap.sync.central.store import ObjectMissing
+from linetap.sync.central.stored import IntegrityError, Stored
+from linetap.sync.central.tombstone import CHAIN_MEMBERS, verify_tombstone
+
+Row = dict[str, Any]
+
+
+@dataclass
+class DeviceReport:
+    """``problems`` make a device not ok; ``orphans`` (what the device holds that no stored manifest
+    vouches for) are listed, and fail only a strict verify."""
+
+    device_id: str
+    recordings: int = 0
+    erased: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    orphans: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "ok": self.ok, "recordings": self.recordings,
+                "erased": self.erased, "missing": self.missing, "problems": self.problems,
+                "orphans": self.orphans}
+
+    def problem(self, kind: str, row: Row | None, detail: str, seq: int | None = None) -> None:
+        self.problems.append({"kind": kind, "seq": row["seq"] if row else seq,
+                              "recording_id": row["recording_id"] if row else None, "detail": detail})
+
+
+Problem = Callable[..., None]
+
+
+def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | None = None,
+           limits: IngestSection | None = None) -> list[DeviceReport]:
+    """Re-hash and re-verify stored recordings, per device; one recording's device with ``recording_id``
+    (``device_id`` names the device when several have that id; alone it limits the check to it).
+
+    Each report also lists orphans: objects no indexed manifest vouches for,
+    manifests waiting for segments, and staging untouched for
+    ``limits.stale_staging_days``.
+    """
+    limits = limits or IngestSection()
+    if recording_id is not None:
+        row = stored.recording(recording_id, device_id)
+        return [verify_device(stored, row["device_id"], row, limits)]
+    devices = sorted({d["device_id"] for d in stored.index.devices()})
+    if device_id is not None:
+        if device_id not in devices:
+            raise ConfigError(f"device {device_id} is not enrolled at {stored.data_dir}; "
+                              "`linetap-central fleet list` shows the boxes")
+        devices = [device_id]
+    return [verify_device(stored, device, None, limits) for device in devices]
+
+
+def verify_device(stored: Stored, device_id: str, only: Row | None,
+                  limits: IngestSection | None = None) -> DeviceReport:
+    """One device's report; with ``only``, narrowed to that recording and its neighbours' links."""
+    report = DeviceReport(device_id)
+    report.orphans = orphans(stored, device_id, limits or IngestSection())
+    if only is not None:
+        report.orphans = [o for o in report.orphans if o["recording_id"] == only["recording_id"]]
+    key_b64 = stored.index.device_key(device_id)
+    rows = stored.index.device_recordings(device_id)
+    report.recordings = len(rows)
+    if key_b64 is None:
+        report.problem("not-enrolled", None, f"device {device_id} has recordings but no enrolled key")
+        return report
+    key = public_key_from_b64(key_b64)
+    links, manifests = _check_recordings(stored, rows, key, only, report)
+    _check_chain(manifests, links, key, report)
+    for found in stored.index.problems(device_id):
+        if found["kind"] != "chain-break":  # recomputed above from what is stored now
+            report.problems.append({"kind": found["kind"], "seq": found["seq"],
+                                    "recording_id": found["recording_id"], "detail": found["detail"]})
+    if only is not None:
+        near = (only["seq"], only["seq"] + 1)
+        report.problems = [p for p in report.problems
+                           if p["recording_id"] == only["recording_id"] or p["seq"] in near]
+        report.missing = [seq for seq in report.missing if seq in near]
+    return report
+
+
+def _check_recordings(stored: Stored, rows: list[Row], key: Ed25519PublicKey, only: Row | None,
+                      report: DeviceReport) -> tuple[dict[int, tuple[str, str]], list[tuple[int, bytes]]]:
+    """(seq -> (manifest sha256, prev), the stored manifests by seq); erased ones' links from tombstones."""
+    links: dict[int, tuple[str, str]] = {}
+    manifests: list[tuple[int, bytes]] = []
+    for row in rows:
+        seq = row["seq"]
+        if row["erased_ms"] is not None:
+            report.erased.append(seq)
+            tombstone = _checked_tombstone(stored, row, report.problem)
+            if tombstone is not None:
+                links[seq] = (tombstone["manifest_sha256"], tombstone["prev"])
+            continue
+        try:
+            data = stored.store.get(row["manifest_key"])
+        except ObjectMissing as e:
+            report.problem("missing-object", row, str(e))
+            continue
+        if hashlib.sha256(data).hexdigest() != row["manifest_sha256"]:
+            report.problem("altered", row, "the stored manifest's sha256 is not the one indexed at ingest")
+        manifests.append((seq, data))
+        links.setdefault(seq, (hashlib.sha256(data).hexdigest(), row["prev"]))
+        if only is None or only["recording_id"] == row["recording_id"]:
+            _verify_segments(stored, row, data, key, report.problem)
+    return links, manifests
+
+
+def _check_chain(manifests: list[tuple[int, bytes]], links: dict[int, tuple[str, str]],
+                 key: Ed25519PublicKey, report: DeviceReport) -> None:
+    """The chain of the stored manifests, and the links on both sides of each erased recording."""
+    manifests.sort(key=lambda item: item[0])
+    erased = {seq: "erased" for seq in report.erased}
+    chain = mf.verify_chain([data for _, data in manifests], key, explained=erased)
+    for found in chain.problems:
+        if found.kind == "missing" and found.seq is not None:
+            report.missing.append(found.seq)
+        report.problems.append({"kind": found.kind, "seq": found.seq, "recording_id": found.recording_id,
+                                "detail": found.detail})
+    for seq in report.erased:
+        if seq not in links:
+            continue
+        digest, prev = links[seq]
+        before = mf.GENESIS if seq == 1 else links.get(seq - 1, (None, None))[0]
+        if before is not None and prev != before:
+            report.problem("broken-link", None, f"tombstone of seq {seq}: prev {prev[:16]}... is not the hash "
+                                                f"of seq {seq - 1}", seq)
+        after = links.get(seq + 1)
+        if after is not None and after[1] != digest:
+            report.problem("broken-link", None, f"seq {seq + 1} does not link to the erased seq {seq}'s "
+                                                "manifest hash kept in its tombstone", seq + 1)
+
+
+def _verify_segments(stored: Stored, row: Row, data: bytes, key: Ed25519PublicKey, problem: Problem) -> None:
+    try:
+        manifest = mf.verify(data, key)
+    except (mf.ManifestError, mf.BadSignature):
+        return  # reported by the chain check as malformed / altered
+    for entry in manifest["segments"]:
+        try:
+            stored.checked_segment(row, entry)
+        except (ObjectMissing, IntegrityError) as e:
+            problem("missing-object" if isinstance(e, ObjectMissing) else "altered", row, str(e))
+
+
+def _checked_tombstone(stored: Stored, row: Row, problem: Problem) -> dict[str, Any] | None:
+    try:
+        data = stored.store.get(row["tombstone_key"])
+        tombstone = verify_tombstone(data, operator_public_key(stored.data_dir))
+    except (ObjectMissing, AuthError, ConfigError) as e:
+        problem("bad-tombstone", row, str(e))
+        return None
+    differs = [k for k in CHAIN_MEMBERS if tombstone.get(k) != row[k]]
+    if differs:
+        problem("bad-tombstone", row, f"tombstone disagrees with the index on {', '.join(differs)}")
+        return None
+    return tombstone
+
+
+def orphans(stored: Stored, device_id: str, limits: IngestSection) -> list[dict[str, Any]]:
+    """What the device holds that no stored manifest vouches for; staging still arriving is not listed."""
+    now = stored.now_ms()
+    stale_ms = limits.stale_staging_days * DAY_MS
+    found = []
+    for obj in stored.index.unvouched_objects(device_id):
+        found.append({"kind": "unvouched-object", "recording_id": obj["recording_id"], "object": obj["name"],
+                      "bytes": obj["size"], "age_days": round((now - obj["claimed_ms"]) / DAY_MS, 2),
+                      "detail": "stored, but no stored manifest lists it" if obj["stored_ms"] is not None
+                      else "claimed, never stored (a write that failed)"})
+    for staged in stored.index.staged():
+        if staged["device_id"] != device_id:
+            continue
+        age = now - staged["last_ms"]
+        waiting = staged["name"] == PENDING_MANIFEST
+        if not waiting and age < stale_ms:
+            continue  # an object still arriving
+        found.append({"kind": "waiting-manifest" if waiting else "stale-staging",
+                      "recording_id": staged["recording_id"], "object": staged["name"],
+                      "bytes": staged["bytes"], "age_days": round(age / DAY_MS, 2),
+                      "detail": "a manifest waiting for segments that have not come" if waiting else
+                      f"{staged['parts']} parts of an object that never completed"})
+    return found
