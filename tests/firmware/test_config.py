@@ -203,6 +203,23 @@ def test_data_dir_prefers_the_command_line_then_the_environment(monkeypatch: pyt
     assert data_dir(None, default_for_box="demo-data") == Path("demo-data")
 
 
+def test_both_command_lines_find_their_data_dir_by_one_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    from linetap.firmware.cli import OPTIONS as BOX
+    from linetap.sync.central.cli import OPTIONS as CENTRAL
+
+    monkeypatch.setenv("LINETAP_DATA_DIR", "/srv/env")
+    assert BOX.data_dir("/srv/cli") == Path("/srv/cli")
+    assert BOX.data_dir(None) == Path("/srv/env")
+    monkeypatch.setenv("LINETAP_DATA_DIR", "")
+    assert BOX.data_dir(None) == Path("/var/lib/linetap")
+    assert BOX.data_dir(None, default="demo-data") == Path("demo-data")
+    monkeypatch.setenv("LINETAP_CENTRAL_DATA_DIR", "/srv/central")
+    assert CENTRAL.data_dir(None) == Path("/srv/central")
+    monkeypatch.delenv("LINETAP_CENTRAL_DATA_DIR")
+    with pytest.raises(ConfigError, match="LINETAP_CENTRAL_DATA_DIR"):
+        CENTRAL.data_dir(None)
+
+
 # ------------------------------------------------------------------ secrets --
 
 class Broker(Schema):
