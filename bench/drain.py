@@ -53,7 +53,7 @@ from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink
 from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.link import Link
@@ -75,7 +75,7 @@ REPEATS = 3
 
 
 class _RandomSegmenter:
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: CodecParams) -> None:
         self._per_segment = int(codec.rate * codec.segment_s)
         self._frames = 0
         self._rng = np.random.default_rng()
@@ -149,7 +149,7 @@ class _Centre:
 
 def _make_backlog(data: Path, calls: int, call_s: int) -> list[wire.Part]:
     keys_init(data, str(pyrage.x25519.Identity.generate().to_public()))
-    codec = Codec(rate=RATE, segment_s=SEGMENT_S)
+    codec = CodecParams(rate=RATE, segment_s=SEGMENT_S)
     clock = SystemClock()
     parts: list[wire.Part] = []
     with Spool(data, device_id=DEVICE, clock=clock) as spool:
@@ -162,11 +162,10 @@ def _make_backlog(data: Path, calls: int, call_s: int) -> list[wire.Part]:
                                   "ended_mono": clock.monotonic() + call_s,
                                   "events": (CallEvent(0.0, "call-start", {"source": "gpio"}),)})
             sink.close(Recording(ended, RATE * call_s, 0.0, (), {}))
-            folder = spool.root / call.call_id
-            for path in sorted(folder.glob("*.age")):
-                parts += wire.split(DEVICE, call.call_id, wire.ObjectRef.segment(int(path.stem)), path.read_bytes())
-            parts += wire.split(DEVICE, call.call_id, wire.ObjectRef.manifest(),
-                                (folder / "manifest.json").read_bytes())
+            for s in spool.segments(call.call_id):
+                parts += wire.split(DEVICE, call.call_id, wire.ObjectRef.segment(s.index),
+                                    spool.read_object(call.call_id, s.index))
+            parts += wire.split(DEVICE, call.call_id, wire.ObjectRef.manifest(), spool.read_object(call.call_id))
     return parts
 
 

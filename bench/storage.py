@@ -67,7 +67,7 @@ from pesq import pesq
 
 from linetap.firmware.dsp.dtmf import DtmfMasker
 from linetap.firmware.encoder import DEFAULT_BITRATE, OpusSegmenter, segments_to_pcm
-from linetap.firmware.spool import DurableFiles
+from linetap.firmware.spool import DurableFiles, segment_name
 
 RATE = 16000
 BLOCK = RATE // 50
@@ -164,7 +164,7 @@ def _our_pipeline(audio: np.ndarray, recipient: pyrage.x25519.Recipient, folder:
             started = clock()
             sealed = pyrage.encrypt(segment, [recipient])
             encrypted = clock()
-            path = folder / f"{len(written):06d}.age"
+            path = folder / segment_name(len(written))
             files.write(path, sealed)
             written.append(path)
             spent["encrypt"] += encrypted - started

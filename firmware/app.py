@@ -44,8 +44,7 @@ from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
 from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
 from linetap.firmware.keys import INIT_HINT, KeyMissing
 from linetap.firmware.recorder import Recorder, Recording, Sink
-from linetap.firmware.spool import Codec as SpoolCodec
-from linetap.firmware.spool import Spool, SpoolSettings, SpoolSink
+from linetap.firmware.spool import CodecParams, Spool, SpoolSettings, SpoolSink
 
 if TYPE_CHECKING:
     from linetap.firmware.service import Notifier
@@ -178,8 +177,8 @@ def open_spool(config: Config, data_dir: Path, clock: Clock,
                   on_alarm=on_alarm)
     for finding in spool.recovery.findings:
         logger.warning("spool recovery %s", " ".join(f"{k}={v}" for k, v in finding.as_dict().items()))
-    codec = SpoolCodec(rate=config.audio.rate, bitrate=config.spool.bitrate,
-                       segment_s=config.spool.segment_s)
+    codec = CodecParams(rate=config.audio.rate, bitrate=config.spool.bitrate,
+                        segment_s=config.spool.segment_s)
     return SpoolSink(spool, codec)
 
 

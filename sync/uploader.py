@@ -2,9 +2,10 @@
 
 :class:`Uploader` owns one named thread, ``uploader``, and the
 :class:`~linetap.sync.upload.Upload` state machine, which only that thread
-touches. It reads the backlog from the spool's catalogue
+touches. It reads the backlog from the spool as typed records
 (:meth:`Spool.unsynced` and :meth:`Spool.segments`), reads segment and
-manifest files when the protocol asks for them, publishes through a
+manifest bytes through :meth:`Spool.read_object` when the protocol asks for
+them (it names no file: the spool's layout is the spool's), publishes through a
 :class:`~linetap.sync.link.Link` it is given (the app owns the link and may
 share it with the fleet side), and applies the protocol's catalogue updates
 with :meth:`Spool.mark_segments_synced`, :meth:`Spool.mark_synced` and
@@ -36,10 +37,11 @@ from typing import Any
 
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
-from linetap.firmware.errors import SpoolError, SyncError
-from linetap.firmware.spool import MANIFEST_FILE, SEGMENT_SUFFIX, RecordingGone, Spool
+from linetap.firmware.errors import SyncError
+from linetap.firmware.spool import RecordingGone, Spool
 from linetap.sync import wire
-from linetap.sync.link import Link, Message
+from linetap.sync.link import Link
+from linetap.sync.mqtt import Inbound
 from linetap.sync.upload import (
     Alarm,
     Pending,
@@ -122,7 +124,7 @@ class Uploader:
     def on_disconnected(self, reason: str) -> None:
         self._events.put(("disconnected", reason))
 
-    def on_message(self, message: Message) -> None:
+    def on_message(self, message: Inbound) -> None:
         """Link callback: acks for this box are queued; other topics are left to their owners."""
         if message.topic.startswith(f"{wire.ROOT}/{self.device_id}/ack/"):
             self._events.put(("ack", message))
@@ -231,27 +233,23 @@ class Uploader:
             logger.warning("recording with lost segments no longer in the catalogue recording=%s", recording_id)
 
     def _rescan(self) -> None:
-        rows = self._spool.unsynced()
+        recordings = self._spool.unsynced()
         backlog = []
-        for row in rows:
-            segments = tuple(SegmentInfo(s["index"], s["size"], s["sha256"], s["synced"])
-                             for s in self._spool.segments(row["id"]))
-            backlog.append(Pending(row["id"], row["seq"], row["flagged"], row["manifest_sha256"], segments))
+        for rec in recordings:
+            segments = tuple(SegmentInfo(s.index, s.size, s.sha256, s.synced)
+                             for s in self._spool.segments(rec.recording_id))
+            backlog.append(Pending(rec.recording_id, rec.seq, rec.flagged, rec.manifest_sha256, segments))
         self._protocol.set_backlog(backlog)
-        oldest = min((r["started_wall_ms"] for r in rows if r["started_wall_ms"] is not None), default=None)
+        oldest = min((r.started_wall_ms for r in recordings if r.started_wall_ms is not None), default=None)
         self._set_status(
-            backlog_recordings=len(rows),
-            backlog_bytes=sum(r["bytes"] for r in rows),
+            backlog_recordings=len(recordings),
+            backlog_bytes=sum(r.bytes for r in recordings),
             oldest_age_s=None if oldest is None else max(0.0, self._clock.wall() - oldest / 1000),
-            stopped_recordings=sum(self._protocol.is_blocked(r["id"]) for r in rows))
+            stopped_recordings=sum(self._protocol.is_blocked(r.recording_id) for r in recordings))
 
     def _read(self, recording_id: str, ref: ObjectRef) -> bytes:
-        name = MANIFEST_FILE if ref.kind == "manifest" else f"{ref.index:06d}{SEGMENT_SUFFIX}"
-        path = self._spool.root / recording_id / name
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise SpoolError(f"cannot read {path} for upload: {e.strerror}") from e
+        """The object's bytes (bounded by the spool); a SpoolError stops that recording with an alarm."""
+        return self._spool.read_object(recording_id, None if ref.kind == "manifest" else ref.index)
 
     def _set_status(self, **figures: Any) -> None:
         with self._status_lock:

@@ -15,7 +15,7 @@ whole:
   nothing before it is refused.
 
 The layout names (``spool/``, ``manifest.json``, ``NNNNNN.age``) are the
-spool's (:mod:`linetap.firmware.spool`); this module only reads them.
+spool's (:mod:`linetap.firmware.spool.layout`); this module only reads them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 
 from linetap.firmware.errors import SyncError
-from linetap.firmware.spool import MANIFEST_FILE, SEGMENT_SUFFIX, SPOOL_DIR
+from linetap.firmware.spool.layout import MANIFEST_FILE, SPOOL_DIR, segment_name
 
 __all__ = ["CardRefused", "MANIFEST_FILE", "SPOOL_DIR", "open_folder", "read_file", "segment_file"]
 
@@ -44,7 +44,7 @@ class CardRefused(SyncError):
 
 
 def segment_file(index: int) -> str:
-    return f"{index:06d}{SEGMENT_SUFFIX}"
+    return segment_name(index)
 
 
 def open_folder(path: Path, *, dir_fd: int | None = None) -> int:

@@ -33,11 +33,11 @@ from typing import Protocol
 
 from linetap.firmware import durable
 from linetap.firmware.errors import SyncError
+from linetap.firmware.spool.layout import MANIFEST_FILE, segment_name
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_SUFFIX = ".age"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST_FILE  # segment and manifest objects carry the names the box gives them
 TOMBSTONE_NAME = "tombstone.json"
 TMP_PREFIX = ".tmp-"
 
@@ -86,7 +86,7 @@ def recording_prefix(device_id: str, recording_id: str) -> str:
 
 
 def segment_key(device_id: str, recording_id: str, index: int) -> str:
-    return f"{recording_prefix(device_id, recording_id)}/{index:06d}{SEGMENT_SUFFIX}"
+    return f"{recording_prefix(device_id, recording_id)}/{segment_name(index)}"
 
 
 def manifest_key(device_id: str, recording_id: str) -> str:

@@ -16,7 +16,7 @@ from linetap.firmware.callflow import CallEvent, CallFlow, CallPolicy, CallRecor
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink, list_recordings
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
 
 POLICY = CallPolicy(opt_out_key="9", prompt_sha256="ab" * 32)
 HOOK_OFF = HookChanged(off_hook=True, source="gpio")
@@ -90,13 +90,13 @@ def test_no_caller_id_has_no_reason(clock: ManualClock) -> None:
 # -- the spool ---------------------------------------------------------------------------
 
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=1.0)
+CODEC = CodecParams(rate=RATE, segment_s=1.0)
 
 
 class PlainSegmenter:
     """One "OggS"-tagged plaintext piece per call: enough to seal, no encoder needed."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: CodecParams) -> None:
         self._frames: list[np.ndarray] = []
 
     def write(self, frames: np.ndarray) -> list[bytes]:

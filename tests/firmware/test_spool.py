@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,11 @@ from linetap.drivers.events import CallerId
 from linetap.firmware import manifest as mf
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.clock import ManualClock
+from linetap.firmware.errors import SpoolError
 from linetap.firmware.keys import KeyMissing, keys_init
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import (
-    Codec,
+    CodecParams,
     DurableFiles,
     RecordingGone,
     Spool,
@@ -36,7 +38,7 @@ from linetap.firmware.spool import (
 )
 
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=1.0)
+CODEC = CodecParams(rate=RATE, segment_s=1.0)
 PLAINTEXT_MAGIC = (b"OggS", b"RIFF", b"OpusHead")
 
 
@@ -46,7 +48,7 @@ class FakeSegmenter:
     The tag makes the no-plaintext-on-disk scan meaningful.
     """
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: CodecParams) -> None:
         self._per_segment = int(codec.rate * codec.segment_s)
         self._pending = np.zeros((0, 2), np.int16)
 
@@ -393,6 +395,36 @@ def test_disk_full_mid_call_keeps_the_stored_part_valid_and_raises_the_alarm(dat
     assert not list(data.rglob("*.tmp"))
 
 
+def test_a_full_disk_met_by_the_catalogue_is_spool_full_with_the_alarm(data: Path, clock, central) -> None:
+    """SQLite's "database or disk is full" reaches the recorder as SpoolFull (a SpoolError, so a Fault)."""
+    alarms = []
+    with open_spool(data, clock, on_alarm=lambda kind, why: alarms.append((kind, why))) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call = make_call(clock)
+        sink.open(call)
+        pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+        spool.db.execute(f"PRAGMA max_page_count = {pages}")  # the catalogue cannot grow: SQLITE_FULL
+        frames = audio(120.0)
+        with pytest.raises(SpoolFull, match="disk full while writing segment") as full:
+            for start in range(0, len(frames), RATE):
+                sink.write(frames[start:start + RATE])
+        assert isinstance(full.value.__cause__, sqlite3.OperationalError)
+        kept = len(sink.recording.segments)
+        sink.write(frames[:160])  # later frames of the call are dropped, not raised again
+        assert spool.fault.startswith("disk-full") and [kind for kind, _ in alarms] == ["spool-full"]
+        spool.db.execute("PRAGMA max_page_count = 1073741823")  # space freed before the call ends
+        ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
+                              "ended_mono": clock.monotonic()})
+        sink.close(Recording(ended, len(frames), 0.0, (), {}))
+    folder = data / "spool" / call.call_id
+    manifest = mf.verify((folder / "manifest.json").read_bytes())
+    assert [s["index"] for s in manifest["segments"]] == list(range(kept))
+    assert manifest["audio"]["stopped_by_full_disk"] is True
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.age" for i in range(kept)] + ["manifest.json"]
+    assert decrypt_recording(folder, central).replace(b"OggS", b"") == frames[:kept * RATE].tobytes()
+    assert verify_spool(data)["ok"]
+
+
 # ---------------------------------------------------------------- sync hooks --
 
 def synchronous_at_commit(statements: list[str]) -> str | None:
@@ -419,10 +451,26 @@ def test_segments_list_the_catalogue_and_marks_go_both_ways(data: Path, clock) -
     manifest = json.loads((data / "spool" / call.call_id / "manifest.json").read_bytes())
     with open_spool(data, clock) as spool:  # the marks outlive the process that wrote them
         segments = spool.segments(call.call_id)
-    assert [s["synced"] for s in segments] == [True, False, False, True]
-    assert [(s["index"], s["size"], s["sha256"]) for s in segments] == \
+    assert [s.synced for s in segments] == [True, False, False, True]
+    assert [(s.index, s.size, s.sha256) for s in segments] == \
         [(m["index"], m["bytes"], m["sha256"]) for m in manifest["segments"]]
     assert [r["state"] for r in list_recordings(data)] == ["closed"]
+
+
+def test_read_object_gives_the_stored_bytes_and_refuses_what_the_spool_does_not_write(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 1.5)
+        folder = data / "spool" / call.call_id
+        assert spool.read_object(call.call_id) == (folder / "manifest.json").read_bytes()
+        segments = spool.segments(call.call_id)
+        assert [hashlib.sha256(spool.read_object(call.call_id, s.index)).hexdigest() for s in segments] == \
+            [s.sha256 for s in segments]
+        (folder / "000001.age").unlink()
+        os.mkfifo(folder / "000001.age")  # reading a FIFO waits for a writer forever
+        with pytest.raises(SpoolError, match="000001.age"):
+            spool.read_object(call.call_id, 1)
+        with pytest.raises(SpoolError, match="not a recording id"):
+            spool.read_object("../keys")
 
 
 def test_segment_marks_skip_the_fsync_and_the_recording_mark_does_not(data: Path, clock) -> None:

@@ -20,17 +20,17 @@ import numpy as np
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.clock import SystemClock
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, OpenRecording, Spool, SpoolSink
+from linetap.firmware.spool import CodecParams, OpenRecording, Spool, SpoolSink
 
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=0.5)
+CODEC = CodecParams(rate=RATE, segment_s=0.5)
 BLOCK = 160  # 20 ms, as the audio reader delivers it
 
 
 class ReportingSpool(Spool):
     """Prints each step after the spool has made it durable."""
 
-    def begin(self, call: CallRecord, codec: Codec) -> OpenRecording:
+    def begin(self, call: CallRecord, codec: CodecParams) -> OpenRecording:
         rec = super().begin(call, codec)
         say(f"open {rec.recording_id} {rec.seq}")
         return rec

@@ -33,7 +33,7 @@ from linetap.firmware.errors import ConfigError, DeviceMissing
 from linetap.firmware.keys import keys_init, load_signing_key, public_key_b64
 from linetap.firmware.manifest import canonical
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink
 from linetap.sync import fleet
 from linetap.sync.agent import AppHooks, AudioFigures, BoxSync, PushedConfig
 from linetap.sync.broker import LocalBroker
@@ -249,7 +249,7 @@ def online(operator: Operator, boot: int) -> dict[str, Any]:
 
 def synced_recording(spool: Spool) -> str:
     """One short recording, closed and marked synced, as the uploader would leave it."""
-    sink = SpoolSink(spool, Codec(rate=8000, segment_s=1.0))
+    sink = SpoolSink(spool, CodecParams(rate=8000, segment_s=1.0))
     call = CallRecord(uuid7(), 0.0, SystemClock().wall(), True)
     frames = (np.random.default_rng(1).standard_normal((8000, 2)) * 1000).astype(np.int16)
     sink.open(call)
@@ -627,7 +627,7 @@ def test_pushed_consent_raises_the_alarm_and_is_noted_in_every_recording_until_u
 
 def recorded_manifest(spool: Spool, box: Path, call: CallRecord) -> dict[str, Any]:
     """Close ``call`` as a one-second recording in ``spool``; its manifest as written."""
-    sink = SpoolSink(spool, Codec(rate=8000, segment_s=1.0))
+    sink = SpoolSink(spool, CodecParams(rate=8000, segment_s=1.0))
     sink.open(call)
     sink.write(np.zeros((8000, 2), dtype=np.int16))
     ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",

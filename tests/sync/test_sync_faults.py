@@ -25,7 +25,7 @@ from linetap.firmware.clock import ManualClock, SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink, list_recordings
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
 from linetap.sync.agent import BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.ingest import Ingest
@@ -36,7 +36,7 @@ from netproxy import Proxy
 
 DEVICE = "lt-faults-1"
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=1.0)
+CODEC = CodecParams(rate=RATE, segment_s=1.0)
 CALLS = 6
 WAIT = 60.0
 SYNCED = threading.Condition()  # notified whenever the box's catalogue marks something synced

@@ -18,7 +18,7 @@ from linetap.firmware.clock import ManualClock, SystemClock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink, list_recordings
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
 from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.link import Link
@@ -29,7 +29,7 @@ from linetap.sync.wire import Ack
 DEVICE = "lt-desk-1"
 WAIT = 20.0
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=1.0)
+CODEC = CodecParams(rate=RATE, segment_s=1.0)
 # Signalled whenever the fake centre stores something or the catalogue marks something synced.
 CHANGED = threading.Condition()
 
@@ -58,7 +58,7 @@ class RandomSegmenter:
 
     size = 3000
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: CodecParams) -> None:
         self._per_segment = int(codec.rate * codec.segment_s)
         self._frames = 0
         self._rng = np.random.default_rng(self._per_segment)
@@ -297,7 +297,7 @@ def test_a_restarted_uploader_sends_only_what_is_not_acknowledged(data: Path, br
 
 
 def synced_flags(spool: Spool, rid: str) -> list[bool]:
-    return [s["synced"] for s in spool.segments(rid)]
+    return [s.synced for s in spool.segments(rid)]
 
 
 def test_a_segment_mark_lost_to_a_power_cut_only_sends_that_segment_again(data: Path, broker, centre) -> None:

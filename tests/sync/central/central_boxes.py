@@ -14,13 +14,13 @@ from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
-from linetap.firmware.spool import Codec, Spool, SpoolSink
+from linetap.firmware.spool import CodecParams, Spool, SpoolSink
 from linetap.sync import wire
 
 RATE = 8000
-CODEC = Codec(rate=RATE, segment_s=1.0)
+CODEC = CodecParams(rate=RATE, segment_s=1.0)
 # 20 s at 64 kbit/s: about 160 KB, more than one upload part.
-BIG_CODEC = Codec(rate=RATE, bitrate=64000, segment_s=20.0)
+BIG_CODEC = CodecParams(rate=RATE, bitrate=64000, segment_s=20.0)
 
 
 def uuid7_at(wall_s: float, serial: int) -> str:
@@ -40,7 +40,7 @@ class Box:
     public_key_b64: str
     calls: list[str] = field(default_factory=list)
 
-    def call(self, seconds: float, *, codec: Codec = CODEC, flagged: bool = False,
+    def call(self, seconds: float, *, codec: CodecParams = CODEC, flagged: bool = False,
              number: str | None = "+15551230001", name: str | None = "ACME Corp") -> str:
         sink = SpoolSink(self.spool, codec)
         rid = uuid7_at(self.clock.wall(), len(self.calls) + 1)
