@@ -425,6 +425,18 @@ def test_a_full_disk_met_by_the_catalogue_is_spool_full_with_the_alarm(data: Pat
     assert verify_spool(data)["ok"]
 
 
+def test_any_other_catalogue_error_while_writing_is_a_spool_error(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call = make_call(clock)
+        sink.open(call)
+        spool.db.execute("PRAGMA query_only = 1")  # every write is refused: SQLITE_READONLY
+        with pytest.raises(SpoolError, match="writing segment 0 of recording .* failed") as failed:
+            sink.write(audio(1.0))
+        assert not isinstance(failed.value, SpoolFull) and spool.fault is None
+        assert not list((data / "spool" / call.call_id).glob("*.age"))  # no segment the catalogue lacks
+
+
 # ---------------------------------------------------------------- sync hooks --
 
 def synchronous_at_commit(statements: list[str]) -> str | None:
