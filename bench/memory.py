@@ -4,7 +4,7 @@ Ours: one process wired as ``linetap run`` wires the box on the simulated
 board: the call loop (:class:`~linetap.firmware.app.CallLoop`) with the
 simulated codec, panel and modem, the consent prompt, the real spool (Opus
 segments encrypted to the central recipient, durable writes, signed
-manifest) and :class:`~linetap.sync.agent.BoxSync` uploading to a real
+manifest) and :class:`~linetap.sync.boxsync.BoxSync` uploading to a real
 central store (two ingest workers) through a real Mosquitto on loopback.
 The call loop runs on a ManualClock, so the hour passes as fast as the
 machine allows; the hook goes off and on as the hook driver's events. Both
@@ -57,7 +57,7 @@ PEER_CODE = "import numpy, av, paho.mqtt.client, pyrage"
 # What the box imports, in steps: first the peer's libraries, then the rest of ours.
 IMPORT_STEPS = ("numpy", "av", "paho.mqtt.client", "pyrage", "pydantic", "linetap.firmware.config",
                 "cryptography.hazmat.primitives.asymmetric.ed25519", "sqlite3", "soundfile + soxr",
-                "gpiozero + serial", "linetap.firmware.app", "linetap.sync.agent", "linetap.firmware.encoder")
+                "gpiozero + serial", "linetap.firmware.app", "linetap.sync.boxsync", "linetap.firmware.encoder")
 MB = 2**20
 
 
@@ -122,7 +122,7 @@ def _box(data_dir: Path, host: str, port: int, seconds: float, trace: bool) -> d
     from linetap.firmware.clock import ManualClock, SystemClock
     from linetap.firmware.config import load_config
     from linetap.firmware.spool import list_recordings
-    from linetap.sync.agent import BoxSync
+    from linetap.sync.boxsync import BoxSync
 
     phases["imports"] = _mb(_rss())
 

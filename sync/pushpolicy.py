@@ -42,9 +42,10 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from linetap.firmware.config import Config
+from linetap.firmware.config import Config, merge_pushed
 from linetap.firmware.consent import BUILTIN_PREFIX
-from linetap.firmware.schema import MASK
+from linetap.firmware.errors import ConfigError
+from linetap.firmware.schema import MASK, parse_toml
 
 PROMPT_DIR = "prompts"  # under the data directory: the box's own prompt folder
 CONSENT_ALARM = "consent-changed"
@@ -52,6 +53,7 @@ MIB = 1024 * 1024
 MIN_PUSHED_MAX_BYTES = 64 * MIB  # a pushed spool.max_bytes (other than 0, no limit) is at least this
 MAX_PUSHED_MIN_FREE_MB = 4096  # a pushed spool.min_free_mb above this (and the local value) stops recording
 MIN_PUSHED_BANDWIDTH = 16 * 1024  # bytes/s: the highest Opus bit rate is 16 000 bytes/s; less never catches up
+MAX_TOML_DEPTH = 8  # tables and arrays nested in a pushed config (the schema has two levels)
 _LANGUAGE = re.compile(r"[a-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
 
 Decision = Literal["allowed", "refused", "bounded"]
@@ -321,3 +323,52 @@ def _show(value: Any) -> str:
         value = dict(value)
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def pushed_config(text: str, local: Config, *, source: str) -> Config:
+    """A pushed config's TOML laid over the box's local config, validated as the box runs it.
+
+    See :func:`linetap.firmware.config.merge_pushed`; the centre checks with
+    the defaults as the local config before pushing.
+    """
+    return merge_pushed(local, _bounded_toml(text, source), source=source)
+
+
+def _bounded_toml(text: str, source: str) -> dict[str, Any]:
+    """``text`` parsed as TOML; nesting or an integer out of bounds is a ConfigError, not a crash.
+
+    Brackets are counted before parsing (inside strings too: a config needs few), so a document
+    nested thousands deep is refused without recursing.
+    """
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > MAX_TOML_DEPTH:
+        raise ConfigError(f"{source}: nests tables or arrays {deepest} deep, more than {MAX_TOML_DEPTH}; "
+                          "a config has sections of keys")
+    try:
+        data = parse_toml(text, source=source)
+    except ConfigError:
+        raise
+    except (ValueError, RecursionError) as e:  # tomllib hands an over-long integer to int(), which refuses it
+        raise ConfigError(f"{source}: holds a value out of bounds ({str(e)[:80]})") from None
+    if _depth(data) > MAX_TOML_DEPTH:
+        raise ConfigError(f"{source}: nests tables deeper than {MAX_TOML_DEPTH} levels; a config has "
+                          "sections of keys")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s tables and arrays nest (dotted keys nest too), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_TOML_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -50,7 +50,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,15 +348,13 @@ class ReplayGuard:
     again. Expired nonces are forgotten, as an expired envelope is refused
     anyway.
 
-    The state is a JSON-able dict (:meth:`state`). ``save`` is called with it
-    after each admission and before :meth:`admit` returns, so a command is
-    recorded durably before it is acted on; if ``save`` raises, the
-    admission is undone and the error propagates.
+    A guard is a value: :meth:`admit` returns the guard with the envelope
+    admitted and leaves this one as it was. Its state is a JSON-able dict
+    (:meth:`state`); the caller saves the admitting guard's state durably
+    before acting on the envelope, and acts on nothing if saving fails.
     """
 
-    def __init__(self, *, save: Callable[[dict[str, Any]], None],
-                 state: Mapping[str, Any] | None = None, max_nonces: int = 256) -> None:
-        self._save = save
+    def __init__(self, state: Mapping[str, Any] | None = None, *, max_nonces: int = 256) -> None:
         self._max_nonces = max_nonces
         self._highest: dict[str, int] = {}
         self._nonces: dict[str, int] = {}  # "<sender>/<nonce>" → expires_ms
@@ -364,8 +362,8 @@ class ReplayGuard:
         if state is not None:
             self._load(state)
 
-    def admit(self, envelope: Envelope, *, now_ms: int | None) -> None:
-        """Record ``envelope`` as seen, or raise :class:`Replayed`."""
+    def admit(self, envelope: Envelope, *, now_ms: int | None) -> ReplayGuard:
+        """This guard with ``envelope`` recorded as seen, or raise :class:`Replayed`."""
         sender = f"{envelope.kind}/{envelope.key_id}"
         highest, nonces, floor = dict(self._highest), dict(self._nonces), self._floor_ms
         if envelope.seq is not None:
@@ -390,8 +388,9 @@ class ReplayGuard:
             while len(nonces) > self._max_nonces:
                 oldest = min(nonces, key=nonces.__getitem__)
                 floor = max(floor, nonces.pop(oldest))
-        self._save(self._as_state(highest, nonces, floor))
-        self._highest, self._nonces, self._floor_ms = highest, nonces, floor
+        admitted = ReplayGuard(max_nonces=self._max_nonces)
+        admitted._highest, admitted._nonces, admitted._floor_ms = highest, nonces, floor
+        return admitted
 
     def state(self) -> dict[str, Any]:
         return self._as_state(self._highest, self._nonces, self._floor_ms)

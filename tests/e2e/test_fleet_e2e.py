@@ -21,7 +21,7 @@ from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.keys import keys_init
 from linetap.firmware.spool import Spool
-from linetap.sync.agent import BoxSync
+from linetap.sync.boxsync import BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.keys import keys_init as central_keys_init
 from linetap.sync.central.tools import StoreTools

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import Config
-from linetap.firmware.errors import DeviceMissing
+from linetap.firmware.errors import DeviceMissing, LinetapError
 from linetap.sync import fleet
-from linetap.sync.fleet import BirthInfo, Effects, FleetAgent, SpoolFigures, Telemetry
+from linetap.sync.fleet import BirthInfo, FleetAgent, SpoolFigures, Telemetry
 from linetap.sync.pushpolicy import MIB, BoxFacts
 from linetap.sync.signed import key_table, open_envelope, seal
 
@@ -40,8 +40,8 @@ class RecordedEffects:
         if name in self.fail:
             raise DeviceMissing(f"{name}: audio device 'hw:1' is missing; plug the codec in")
 
-    def effects(self) -> Effects:
-        return Effects(
+    def effects(self) -> dict[str, Callable[..., Any]]:
+        return dict(
             ping=lambda: self._note("ping") or {"uptime_s": 42},
             identify=lambda seconds: self._note("identify", seconds),
             test_announcement=lambda: self._note("test_announcement"),
@@ -58,43 +58,84 @@ class RecordedEffects:
         return [name for name, _ in self.calls]
 
 
+# Each command action: the effect it asks for, with its arguments.
+EFFECT_OF: dict[type, Callable[[Any], tuple[str, tuple[Any, ...]]]] = {
+    fleet.Ping: lambda _a: ("ping", ()),
+    fleet.ShowIdentify: lambda a: ("identify", (a.seconds,)),
+    fleet.PlayTestAnnouncement: lambda _a: ("test_announcement", ()),
+    fleet.SyncNow: lambda _a: ("sync_now", ()),
+    fleet.ReadLogs: lambda a: ("logs", (a.lines,)),
+    fleet.PurgeSynced: lambda _a: ("purge_synced", ()),
+    fleet.ApplyConfig: lambda a: ("apply_config", (a.config, a.sections)),
+}
+
+
 class Box:
-    """One agent with its effects, its persisted state and a clock the test moves."""
+    """One agent, the actions it returns run as the box runs them, its saved state, a clock the test moves."""
 
     def __init__(self, clock: ManualClock, state: dict[str, Any] | None = None,
                  fail: frozenset[str] = frozenset(), boot: int = 1, local: dict[str, Any] | None = None,
                  facts: BoxFacts | None = None, **replaced: Any) -> None:
         self.clock = clock
         self.recorded = RecordedEffects(fail)
+        self.effects = {**self.recorded.effects(), **replaced}
         self.saved: list[dict[str, Any]] = []
+        self.facts = facts
         config = Config.model_validate({"device": {"id": DEV}, **(local or {})})
         self.agent = FleetAgent(device_id=DEV, signing_key=DEVICE_KEY,
-                                operator_keys=key_table([OPERATOR.public_key()]), clock=clock,
-                                effects=dataclasses.replace(self.recorded.effects(), **replaced), config=config,
-                                state=state, save=lambda s: self.saved.append(json.loads(json.dumps(s))),
-                                boot=boot, facts=None if facts is None else lambda: facts)
+                                operator_keys=key_table([OPERATOR.public_key()]), clock=clock, config=config,
+                                state=state, boot=boot, can_restart=True)
 
     @property
     def now_ms(self) -> int:
         return round(self.clock.wall() * 1000)
 
+    def run(self, actions: list[Any]) -> Any:
+        """Execute ``actions`` in order as the box's shell does; the Reply or ConfigReport published."""
+        answer, todo = None, list(actions)
+        while todo:
+            action = todo.pop(0)
+            if isinstance(action, fleet.SaveState):
+                self.saved.append(json.loads(json.dumps(action.state)))
+            elif isinstance(action, (fleet.Reply, fleet.ConfigReport)):
+                answer = action
+            elif isinstance(action, fleet.Restart) and isinstance(answer, fleet.Reply):
+                self.effects["restart"]()  # after a config report, restarting is part of applying it
+            elif isinstance(action, fleet.RollbackConfig):
+                self.effects["rollback_config"](action.config)
+            elif type(action) in EFFECT_OF:
+                todo[:0] = self._effect(action)
+        return answer
+
+    def _effect(self, action: Any) -> list[Any]:
+        name, args = EFFECT_OF[type(action)](action)
+        done = self.agent.config_done if isinstance(action, fleet.ApplyConfig) else self.agent.command_done
+        try:
+            outcome = self.effects[name](*args)
+        except LinetapError as e:
+            return done(action, error=e)
+        return done(action) if isinstance(action, fleet.ApplyConfig) else done(action, outcome)
+
+    def handle_config(self, payload: bytes) -> fleet.ConfigReport:
+        return self.run(self.agent.handle_config(payload, self.facts))
+
     def command(self, name: str, seq: int | None = 1, *, topic_name: str | None = None,
                 nonce: str | None = None, correlation: bytes | None = b"req-1",
-                response_topic: str | None = None, **args: Any) -> tuple[fleet.Response, dict[str, Any]]:
+                response_topic: str | None = None, **args: Any) -> tuple[fleet.Reply, dict[str, Any]]:
         payload = seal("cmd", DEV, fleet.command_body(name, **args), OPERATOR, seq=seq, nonce=nonce,
                        now_ms=self.now_ms, ttl_ms=TTL)
         return self.send(fleet.cmd_topic(DEV, topic_name or name), payload, correlation, response_topic)
 
     def send(self, topic: str, payload: bytes, correlation: bytes | None = b"req-1",
-             response_topic: str | None = None) -> tuple[fleet.Response, dict[str, Any]]:
-        response = self.agent.handle_command(topic, payload, response_topic or fleet.resp_topic(DEV),
-                                             correlation)
+             response_topic: str | None = None) -> tuple[fleet.Reply, dict[str, Any]]:
+        response = self.run(self.agent.handle_command(topic, payload, response_topic or fleet.resp_topic(DEV),
+                                                      correlation))
         return response, verified(response.payload, response.status)
 
     def push(self, toml: str, version: int, device: str = DEV) -> tuple[fleet.ConfigReport, dict[str, Any]]:
         payload = seal("config", device, fleet.config_body(toml), OPERATOR, seq=version,
                        now_ms=self.now_ms, ttl_ms=TTL)
-        report = self.agent.handle_config(payload)
+        report = self.handle_config(payload)
         return report, verified(report.payload, report.outcome)
 
 
@@ -341,18 +382,18 @@ def test_a_driver_failure_rolls_back_and_is_reported(clock: ManualClock) -> None
 def test_a_redelivered_version_is_reported_again_not_reapplied(box: Box) -> None:
     payload = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
                    now_ms=box.now_ms, ttl_ms=TTL)
-    first = box.agent.handle_config(payload)
-    again = box.agent.handle_config(payload)
+    first = box.handle_config(payload)
+    again = box.handle_config(payload)
     assert (first.outcome, again.outcome, again.version, again.changed) == ("applied", "applied", 3, ("audio",))
     assert box.recorded.names == ["apply_config"]
     box.clock.advance(5)
     resealed = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
                     now_ms=box.now_ms, ttl_ms=TTL)
-    assert resealed != payload and box.agent.handle_config(resealed).outcome == "applied"
+    assert resealed != payload and box.handle_config(resealed).outcome == "applied"
     assert box.recorded.names == ["apply_config"]
     other = seal("config", DEV, fleet.config_body("[audio]\nrate = 48000\n"), OPERATOR, seq=3,
                  now_ms=box.now_ms, ttl_ms=TTL)
-    assert box.agent.handle_config(other).code == "older-version"
+    assert box.handle_config(other).code == "older-version"
 
 
 def test_older_versions_are_refused_even_after_a_restart(clock: ManualClock) -> None:
@@ -380,7 +421,7 @@ def test_a_fleet_wide_config_applies_and_another_boxs_is_refused(box: Box) -> No
 @given(payload=st.binary(max_size=400))
 def test_any_config_payload_is_rejected_without_effects(payload: bytes) -> None:
     box = Box(ManualClock())
-    report = box.agent.handle_config(payload)
+    report = box.handle_config(payload)
     assert report.outcome == "rejected" and report.applied_version == 0
     assert box.recorded.calls == [] and box.saved == []
     verified(report.payload, "rejected")

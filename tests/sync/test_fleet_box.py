@@ -35,8 +35,9 @@ from linetap.firmware.manifest import canonical
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, Spool, SpoolSink
 from linetap.sync import fleet
-from linetap.sync.agent import AppHooks, AudioFigures, BoxSync, PushedConfig
+from linetap.sync.boxsync import AppHooks, AudioFigures, BoxSync
 from linetap.sync.broker import LocalBroker
+from linetap.sync.pushedconfig import PushedConfig
 from linetap.sync.pushpolicy import consent_note
 from linetap.sync.signed import key_table, open_envelope, seal
 from netproxy import Proxy
@@ -390,7 +391,7 @@ def test_without_an_operator_key_every_command_is_refused(site: Site, operator: 
                                                           caplog: pytest.LogCaptureFixture) -> None:
     (site.box / "keys" / "operator.pub").unlink()
     hooks = Hooks()
-    with caplog.at_level(logging.WARNING, logger="linetap.sync.agent"):
+    with caplog.at_level(logging.WARNING, logger="linetap.sync.boxsync"):
         boxes(site, hooks)
     online(operator, 1)
     body = operator.send("identify", operator.command("identify", seconds=5))

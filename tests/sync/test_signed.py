@@ -219,6 +219,22 @@ def test_any_truncation_is_refused(length: int) -> None:
 
 # ----------------------------------------------------------------- replay --
 
+
+class SavingGuard:
+    """A replay guard whose every admission is saved before it takes effect, as the box does."""
+
+    def __init__(self, *, save: Any, state: Any = None, max_nonces: int = 256) -> None:
+        self.guard, self.save = ReplayGuard(state, max_nonces=max_nonces), save
+
+    def admit(self, envelope: signed.Envelope, *, now_ms: int) -> None:
+        admitted = self.guard.admit(envelope, now_ms=now_ms)
+        self.save(admitted.state())
+        self.guard = admitted
+
+    def state(self) -> dict[str, Any]:
+        return self.guard.state()
+
+
 def cmd(seq: int | None = None, nonce: str | None = None, *, expires_in: int = TTL,
         key: Ed25519PrivateKey = OPERATOR) -> signed.Envelope:
     data = seal("cmd", DEV, BODY, key, seq=seq, nonce=nonce, now_ms=NOW, ttl_ms=expires_in)
@@ -228,7 +244,7 @@ def cmd(seq: int | None = None, nonce: str | None = None, *, expires_in: int = T
 
 def test_a_seq_is_accepted_once_and_never_below_the_highest() -> None:
     saved: list[dict[str, Any]] = []
-    guard = ReplayGuard(save=saved.append)
+    guard = SavingGuard(save=saved.append)
     guard.admit(cmd(5), now_ms=NOW)
     for old in (5, 4, 1):
         with pytest.raises(Replayed, match="not above 5"):
@@ -239,7 +255,7 @@ def test_a_seq_is_accepted_once_and_never_below_the_highest() -> None:
 
 
 def test_a_nonce_is_accepted_once() -> None:
-    guard = ReplayGuard(save=lambda state: None)
+    guard = SavingGuard(save=lambda state: None)
     guard.admit(cmd(nonce="n" * 16), now_ms=NOW)
     with pytest.raises(Replayed, match="already accepted"):
         guard.admit(cmd(nonce="n" * 16), now_ms=NOW)
@@ -247,7 +263,7 @@ def test_a_nonce_is_accepted_once() -> None:
 
 
 def test_forgotten_nonces_raise_a_floor_instead_of_reopening_replays() -> None:
-    guard = ReplayGuard(save=lambda state: None, max_nonces=3)
+    guard = SavingGuard(save=lambda state: None, max_nonces=3)
     for i in range(4):
         guard.admit(cmd(nonce=f"nonce-{i:011d}", expires_in=TTL + i), now_ms=NOW)
     assert len(guard.state()["nonces"]) == 3
@@ -258,7 +274,7 @@ def test_forgotten_nonces_raise_a_floor_instead_of_reopening_replays() -> None:
 
 
 def test_expired_nonces_are_forgotten() -> None:
-    guard = ReplayGuard(save=lambda state: None)
+    guard = SavingGuard(save=lambda state: None)
     guard.admit(cmd(nonce="a" * 16, expires_in=10), now_ms=NOW)
     guard.admit(cmd(nonce="b" * 16), now_ms=NOW + 11)
     assert list(guard.state()["nonces"]) == [f"cmd/{fingerprint(OPERATOR.public_key())}/{'b' * 16}"]
@@ -266,10 +282,10 @@ def test_expired_nonces_are_forgotten() -> None:
 
 def test_replay_state_survives_a_save_and_load_round_trip() -> None:
     disk: dict[str, str] = {}
-    guard = ReplayGuard(save=lambda state: disk.update(state=json.dumps(state)))
+    guard = SavingGuard(save=lambda state: disk.update(state=json.dumps(state)))
     guard.admit(cmd(41), now_ms=NOW)
     guard.admit(cmd(nonce="q" * 16), now_ms=NOW)
-    reborn = ReplayGuard(save=lambda state: None, state=json.loads(disk["state"]))
+    reborn = SavingGuard(save=lambda state: None, state=json.loads(disk["state"]))
     with pytest.raises(Replayed):
         reborn.admit(cmd(41), now_ms=NOW)
     with pytest.raises(Replayed):
@@ -281,7 +297,7 @@ def test_a_failed_save_admits_nothing() -> None:
     def full_disk(state: dict[str, Any]) -> None:
         raise OSError(28, "No space left on device")
 
-    guard = ReplayGuard(save=full_disk)
+    guard = SavingGuard(save=full_disk)
     with pytest.raises(OSError):
         guard.admit(cmd(3), now_ms=NOW)
     assert guard.state()["highest_seq"] == {}
@@ -291,4 +307,4 @@ def test_a_failed_save_admits_nothing() -> None:
                                    {"highest_seq": {"a": "1"}, "nonces": {}, "nonce_floor_ms": 0}, "x"])
 def test_a_damaged_replay_state_is_refused_not_reset(state: Any) -> None:
     with pytest.raises(ConfigError, match="replay state"):
-        ReplayGuard(save=lambda s: None, state=state)
+        SavingGuard(save=lambda s: None, state=state)

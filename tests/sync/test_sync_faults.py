@@ -26,7 +26,7 @@ from linetap.firmware.config import Config
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
-from linetap.sync.agent import BoxSync
+from linetap.sync.boxsync import BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import keys_init as central_keys_init

@@ -27,7 +27,7 @@ from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceMissing
 from linetap.sync import fleet
-from linetap.sync.fleet import BirthInfo, Effects, FleetAgent, SpoolFigures
+from linetap.sync.fleet import Action, BirthInfo, FleetAgent, SpoolFigures
 from linetap.sync.signed import key_table
 
 SPOOL = SpoolFigures(unsynced_recordings=2, unsynced_bytes=48_000, oldest_unsynced_age_s=30,
@@ -63,8 +63,7 @@ class SimBox:
         self._host, self._port = host, port
         self.agent = FleetAgent(device_id=device_id, signing_key=signing_key or device_key(device_id),
                                 operator_keys=key_table([operator]), clock=SyncedClock(),
-                                effects=self._effects(), config=Config(device={"id": device_id}), state=None,
-                                save=lambda _state: None, boot=boot)
+                                config=Config(device={"id": device_id}), state=None, boot=boot, can_restart=True)
         self._changed = threading.Condition()
         self._online_session = 0
         self._birth_mid: int | None = None
@@ -81,22 +80,31 @@ class SimBox:
         self.client.on_message = self._on_message
         self._next_session()
 
-    def _effects(self) -> Effects:
-        def note(name: str, result: object = None) -> Callable[..., object]:
-            def effect(*_args: object) -> object:
+    # What each command's effect gives back; the effects only note that they ran.
+    OUTCOMES = {fleet.Ping: ("ping", {"uptime_s": 5}), fleet.ShowIdentify: ("identify", None),
+                fleet.PlayTestAnnouncement: ("test_announcement", None), fleet.SyncNow: ("sync_now", None),
+                fleet.ReadLogs: ("logs", ["one", "two"]), fleet.PurgeSynced: ("purge_synced", 0)}
+
+    def _run(self, actions: list[Action]) -> fleet.Reply | fleet.ConfigReport:
+        """Run the agent's actions as the box does (state kept nowhere); the answer to publish."""
+        answer, todo = None, list(actions)
+        while todo:
+            action = todo.pop(0)
+            if isinstance(action, (fleet.Reply, fleet.ConfigReport)):
+                answer = action
+            elif isinstance(action, fleet.Restart) and isinstance(answer, fleet.Reply):
+                self.calls.append("restart")
+            elif isinstance(action, fleet.RollbackConfig):
+                self.calls.append("rollback_config")
+            elif isinstance(action, fleet.ApplyConfig):
+                self.calls.append("apply_config")
+                failed = DeviceMissing("audio device 'hw:1' is missing; plug the codec in")
+                todo[:0] = self.agent.config_done(action, error=failed if self._fail_apply else None)
+            elif type(action) in self.OUTCOMES:
+                name, outcome = self.OUTCOMES[type(action)]
                 self.calls.append(name)
-                return result
-            return effect
-
-        def apply(_config: Config, _sections: frozenset[str]) -> None:
-            self.calls.append("apply_config")
-            if self._fail_apply:
-                raise DeviceMissing("audio device 'hw:1' is missing; plug the codec in")
-
-        return Effects(ping=note("ping", {"uptime_s": 5}), identify=note("identify"),
-                       test_announcement=note("test_announcement"), sync_now=note("sync_now"),
-                       logs=note("logs", ["one", "two"]), purge_synced=note("purge_synced", 0),
-                       restart=note("restart"), apply_config=apply, rollback_config=note("rollback_config"))
+                todo[:0] = self.agent.command_done(action, outcome)
+        return answer
 
     def _next_session(self) -> None:
         self._session = self.agent.start_session()
@@ -115,7 +123,7 @@ class SimBox:
         with self._changed:
             return self._changed.wait_for(lambda: self._online_session >= session, timeout)
 
-    def publish(self, message: fleet.Message) -> None:
+    def publish(self, message: fleet.Outbound) -> None:
         self.client.publish(message.topic, message.payload, qos=message.qos,
                             retain=message.retain).wait_for_publish(5.0)
 
@@ -161,12 +169,13 @@ class SimBox:
 
     def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/config/desired"):
-            report = self.agent.handle_config(msg.payload)
+            report = self._run(self.agent.handle_config(msg.payload))
             client.publish(report.topic, report.payload, qos=report.qos, retain=report.retain)
             return
         props = msg.properties
-        response = self.agent.handle_command(msg.topic, msg.payload, getattr(props, "ResponseTopic", None),
-                                             getattr(props, "CorrelationData", None))
+        response = self._run(self.agent.handle_command(msg.topic, msg.payload,
+                                                       getattr(props, "ResponseTopic", None),
+                                                       getattr(props, "CorrelationData", None)))
         out = Properties(PacketTypes.PUBLISH)
         if response.correlation_data is not None:
             out.CorrelationData = response.correlation_data
