@@ -19,10 +19,12 @@ import time
 import numpy as np
 
 from linetap.drivers.events import HookChanged
-from linetap.firmware.app import CallLoop, _AudioReader, build_board
+from linetap.firmware.callloop import CallLoop
 from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
+from linetap.firmware.devices import build_board
 from linetap.firmware.recorder import MemorySink
+from linetap.firmware.service import _AudioReader
 
 CALLS = 200
 

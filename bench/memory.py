@@ -1,7 +1,7 @@
 """Memory of the box: peak RSS of the daemon over a one-hour call with sync, against a bare interpreter.
 
 Ours: one process wired as ``linetap run`` wires the box on the simulated
-board: the call loop (:class:`~linetap.firmware.app.CallLoop`) with the
+board: the call loop (:class:`~linetap.firmware.callloop.CallLoop`) with the
 simulated codec, panel and modem, the consent prompt, the real spool (Opus
 segments encrypted to the central recipient, durable writes, signed
 manifest) and :class:`~linetap.sync.boxsync.BoxSync` uploading to a real
@@ -57,7 +57,7 @@ PEER_CODE = "import numpy, av, paho.mqtt.client, pyrage"
 # What the box imports, in steps: first the peer's libraries, then the rest of ours.
 IMPORT_STEPS = ("numpy", "av", "paho.mqtt.client", "pyrage", "pydantic", "linetap.firmware.config",
                 "cryptography.hazmat.primitives.asymmetric.ed25519", "sqlite3", "soundfile + soxr",
-                "gpiozero + serial", "linetap.firmware.app", "linetap.sync.boxsync", "linetap.firmware.encoder")
+                "gpiozero + serial", "linetap.firmware.service", "linetap.sync.boxsync", "linetap.firmware.encoder")
 MB = 2**20
 
 
@@ -118,9 +118,10 @@ def _box(data_dir: Path, host: str, port: int, seconds: float, trace: bool) -> d
 
     from linetap.drivers.audio import AudioFileSource
     from linetap.drivers.events import HookChanged
-    from linetap.firmware.app import CallLoop, build_board, load_prompts, open_spool
+    from linetap.firmware.callloop import CallLoop, load_prompts, open_spool
     from linetap.firmware.clock import ManualClock, SystemClock
     from linetap.firmware.config import load_config
+    from linetap.firmware.devices import build_board
     from linetap.firmware.spool import list_recordings
     from linetap.sync.boxsync import BoxSync
 

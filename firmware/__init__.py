@@ -1,7 +1,9 @@
 """The appliance: call flow, consent, DSP, recorder, spool and the app that wires them.
 
-The core modules here are sans-IO and take an injected clock; only ``app`` and
-``cli`` build drivers and start threads.
+The core modules here are sans-IO and take an injected clock; only the edge
+modules build drivers and start threads: ``devices`` (the board), ``callloop``
+(the call loop), ``service`` (``linetap run``), ``scripted``, ``replay`` and
+``demo`` (the simulated board), ``doctor`` and ``cli``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

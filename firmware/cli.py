@@ -99,7 +99,7 @@ def data_dir(args: argparse.Namespace, *, default: str | None = None) -> Path:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from linetap.firmware import app
+    from linetap.firmware import devices, service
     from linetap.firmware.config import check_prompts, load_config
 
     if args.command == "config":
@@ -111,7 +111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{args.file}: OK (board {config.device.board}, device id {config.device.id})")
         return 0
     if args.command == "devices":
-        return app.list_devices(as_json=args.json)
+        return devices.list_devices(as_json=args.json)
     if args.command == "doctor":
         return _doctor(args)
     if args.command == "keys":
@@ -120,13 +120,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _spool(args)
     config = load_config(args.config)
     if args.command == "demo":
-        return app.demo(config, data_dir(args, default=str(Path.cwd() / "demo-data")),
-                        realtime=args.realtime)
+        from linetap.firmware.demo import run_demo
+
+        return run_demo(config, data_dir(args, default=str(Path.cwd() / "demo-data")), realtime=args.realtime)
     if args.command == "replay":
-        return app.replay(config, data_dir(args), args.near, args.far, as_json=args.json,
+        from linetap.firmware.replay import run_replay
+
+        return run_replay(config, data_dir(args), args.near, args.far, as_json=args.json,
                           realtime=args.realtime)
     if args.command == "run":
-        return app.run(config, data_dir(args))
+        return service.run(config, data_dir(args))
     raise AssertionError(f"unhandled command {args.command}")
 
 

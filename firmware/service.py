@@ -1,5 +1,20 @@
-"""Talking to the service manager: readiness, status and the watchdog (the sd_notify protocol).
+"""The service, ``linetap run``: threads, supervision, the watchdog and the fleet connection.
 
+Threads (:func:`run`):
+
+- ``linetap-audio-reader`` reads blocks from the codec and posts them to the
+  call loop's queue;
+- the drivers' own threads (gpiozero, hook debounce, modem reader) post
+  events to the same queue and return at once;
+- the calling thread runs :meth:`~linetap.firmware.callloop.CallLoop.run`;
+- with ``sync.broker`` set, :class:`~linetap.sync.boxsync.BoxSync` runs the
+  link, the uploader and the fleet agent on threads of its own
+  (:func:`start_sync`, :func:`fleet_hooks`).
+
+A reader that does not stop within 5 s is an error, so a stalled device ends
+the service (exit 1) and the service manager restarts it.
+
+Talking to the service manager (:class:`Notifier`, the sd_notify protocol).
 systemd starts the recorder as ``Type=notify`` with ``WatchdogSec=``: it
 waits for ``READY=1`` and restarts the service when ``WATCHDOG=1`` stops
 coming. The recorder pets the watchdog only from the call loop, after a block
@@ -16,9 +31,27 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import signal
 import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from linetap.firmware.clock import Clock
+from linetap.drivers.audio import Codec
+from linetap.firmware.callloop import CallLoop, Identify, TestAnnouncement, load_prompts, open_spool
+from linetap.firmware.clock import Clock, SystemClock
+from linetap.firmware.config import Config
+from linetap.firmware.consent import Prompt
+from linetap.firmware.devices import Board, build_board
+from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
+from linetap.firmware.keys import KeyMissing
+from linetap.firmware.spool import Spool, SpoolSink
+
+if TYPE_CHECKING:
+    from linetap.sync.boxsync import AppHooks, BoxSync
+    from linetap.sync.pushedconfig import PushedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +107,167 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+def run(config: Config, data_dir: Path) -> int:
+    """The service: run calls until stopped (SIGTERM, a fleet restart) or the audio device is lost.
+
+    A config the fleet pushed (``<data>/config/pushed.toml``) is laid over
+    ``config``; if the drivers do not start with a pushed config still on
+    trial, the config before it is brought back and the box reports the
+    pushed version rejected (see :mod:`linetap.sync.boxsync`).
+    """
+    from linetap.sync.boxstate import set_log_level
+    from linetap.sync.pushedconfig import PushedConfig
+    from linetap.sync.pushpolicy import consent_note
+
+    clock = SystemClock()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    notifier = Notifier(clock)
+    inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+    pushed = PushedConfig(data_dir)
+    local = config
+    config, prompts, board = _start_board(pushed, local, clock, inbox)
+    set_log_level(config.log.level)
+    sink: SpoolSink | None = None
+    sync: BoxSync | None = None
+    try:
+        sink = _open_sink(config, data_dir, clock)
+        loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
+                        heartbeat=notifier.pipeline_alive,
+                        consent_note=consent_note(local, config, pushed.version))
+        if sink is not None:
+            sync = start_sync(config, sink.spool, data_dir, clock,
+                              hooks=fleet_hooks(loop, board, stop, notifier), local_config=local)
+        if sync is not None:
+            # Before the loop runs, so no recording closes and no alarm is raised unheard.
+            notify = sync.notify
+            loop.on_recording, loop.on_alarm = (lambda _recording: notify()), sync.alarm
+        _serve(loop, board.codec, stop, notifier)
+    finally:
+        board.close()
+        notifier.close()
+        if sync is not None:
+            sync.close()
+        if sink is not None:
+            sink.spool.close()
+    return 0
+
+
+def _start_board(pushed: PushedConfig, local: Config, clock: Clock, inbox: queue.SimpleQueue[object]
+                 ) -> tuple[Config, dict[str, Prompt], Board]:
+    """The pushed config over ``local``, its prompts and its board; the config before it if they fail.
+
+    A bad prompt stops the box now, not at the first call.
+    """
+    try:
+        config = pushed.overlay(local)
+        prompts = load_prompts(config)
+        board = build_board(config, clock, inbox.put)
+    except LinetapError as exc:
+        if not pushed.on_trial:
+            raise
+        config = pushed.roll_back(local, f"{type(exc).__name__}: {exc}")
+        prompts = load_prompts(config)
+        board = build_board(config, clock, inbox.put)
+    pushed.confirm()
+    return config, prompts, board
+
+
+def _open_sink(config: Config, data_dir: Path, clock: Clock) -> SpoolSink | None:
+    """The spool's sink, or None when the box has no keys to record with."""
+    try:
+        return open_spool(config, data_dir, clock)
+    except KeyMissing as exc:
+        # Keep running: the box still detects calls and shows the fault pattern,
+        # so an installer sees that it cannot record.
+        logger.error("not recording: %s", exc)
+        return None
+
+
+def _serve(loop: CallLoop, codec: Codec, stop: threading.Event, notifier: Notifier) -> None:
+    """Start the audio, run the loop until ``stop`` or the audio ends, then stop the reader in bounded time."""
+    reader = _AudioReader(codec, loop.post, stop)
+    codec.start()
+    reader.start()
+    notifier.ready()
+    try:
+        loop.run(stop)
+    finally:
+        notifier.stopping()
+        stop.set()
+        reader.join()
+    loop.finish()
+    if reader.error is not None:
+        raise reader.error
+
+
+def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: Notifier) -> AppHooks:
+    """What the fleet's commands do on this box: requests to the call loop, or the stop event."""
+    from linetap.sync.boxsync import AppHooks, AudioFigures
+
+    def test_announcement() -> None:
+        if loop.flow.call is not None:
+            raise DeviceError("test-announcement: a call is in progress; try again when the line is idle")
+        if loop.prompts.get(loop.flow.policy.language) is None:
+            raise ConfigError("test-announcement: no announcement is configured (consent.announce is off)")
+        loop.post(TestAnnouncement())
+
+    def restart(reason: str) -> None:
+        logger.warning("restart requested reason=%s", reason)
+        notifier.status(f"restart requested: {reason}")
+        stop.set()  # the service exits; systemd's Restart=always starts it again
+
+    def audio() -> AudioFigures:
+        stats = board.codec.stats()
+        assert board.panel is not None
+        return AudioFigures(recording=board.panel.rec_led_lit, near_dbfs=None, far_dbfs=None,
+                            overruns=stats.overruns + stats.dropped_blocks)
+
+    def check_config(new: Config) -> None:
+        new.board_profile()
+        load_prompts(new)
+
+    return AppHooks(identify=lambda seconds: loop.post(Identify(seconds)), test_announcement=test_announcement,
+                    restart=restart, audio=audio, check_config=check_config)
+
+
+def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,
+               hooks: AppHooks | None = None, local_config: Config | None = None) -> BoxSync | None:
+    """Upload and take fleet orders over the broker in ``sync.broker``; None when it is empty.
+
+    ``hooks`` are :class:`linetap.sync.boxsync.AppHooks` (see :func:`fleet_hooks`).
+    """
+    if not config.sync.broker:
+        logger.warning("sync.broker is not set: recordings stay on the box until it is")
+        return None
+    from linetap.sync.boxsync import BoxSync
+
+    return BoxSync(config, spool, data_dir, clock=clock, hooks=hooks, local_config=local_config).start()
+
+
+class _AudioReader(threading.Thread):
+    """Moves blocks from the codec to the call loop; posts None when the audio ends."""
+
+    def __init__(self, codec: Codec, post: Callable[[object], None], stop: threading.Event) -> None:
+        super().__init__(name="linetap-audio-reader", daemon=True)
+        self._codec, self._post, self._stopping = codec, post, stop
+        self.error: LinetapError | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                block = self._codec.read(timeout=2.0)
+                self._post(block)
+                if block is None:
+                    return
+        except DeviceError as exc:
+            self.error = exc
+            self._post(None)
+
+    def join(self, timeout: float | None = 5.0) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise DeviceError("the audio reader did not stop within 5 s; the codec is stalled")
+

@@ -15,9 +15,9 @@ import soundfile
 from linetap.firmware.callflow import KEEPING, CallState
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import Config, load_config
-from linetap.firmware.demo import SimulatedCalls, Step, bundled_speech
 from linetap.firmware.dsp import dtmf_tone, tone
 from linetap.firmware.recorder import MemorySink
+from linetap.firmware.scripted import SimulatedCalls, Step, bundled_speech
 
 RATE = 16000
 REC_PIN = 17

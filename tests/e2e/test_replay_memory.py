@@ -11,7 +11,7 @@ import pyrage
 import pytest
 import soundfile
 
-from linetap.firmware.demo import bundled_speech
+from linetap.firmware.scripted import bundled_speech
 
 RATE = 16000
 # Eight more minutes of stereo 16 kHz input are 30.7 MB as int16 (and twice that as float32);

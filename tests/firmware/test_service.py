@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linetap.firmware.app import MAX_BACKLOG_BLOCKS
+from linetap.firmware.callloop import MAX_BACKLOG_BLOCKS
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import load_config
-from linetap.firmware.demo import SimulatedCalls
 from linetap.firmware.recorder import MemorySink
+from linetap.firmware.scripted import SimulatedCalls
 from linetap.firmware.service import Notifier
 
 RATE = 16000

@@ -25,8 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from linetap.drivers.events import HookChanged
-from linetap.firmware.app import load_prompts, policy_from
 from linetap.firmware.callflow import CallEvent, CallFlow, CallRecord, uuid7
+from linetap.firmware.callloop import load_prompts, policy_from
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import ConfigError, DeviceMissing

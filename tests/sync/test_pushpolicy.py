@@ -8,8 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from linetap.drivers.events import HookChanged
-from linetap.firmware.app import policy_from
 from linetap.firmware.callflow import CallFlow
+from linetap.firmware.callloop import policy_from
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import Config
 from linetap.sync import pushpolicy

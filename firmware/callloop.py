@@ -1,54 +1,40 @@
-"""The box, wired: drivers from the board profile, the call loop, and what the CLI runs.
+"""The call loop: the call flow, the recorder and the devices, driven by one thread.
 
-Threads (service mode, :func:`run`):
-
-- ``linetap-audio-reader`` reads blocks from the codec and posts them to the
-  call loop's queue;
-- the drivers' own threads (gpiozero, hook debounce, modem reader) post
-  events to the same queue and return at once;
-- the calling thread runs :meth:`CallLoop.run`: it alone touches the call
-  flow, the recorder and the sink, so the core needs no locks. An event is
-  handled as soon as it arrives, not at the next audio block, which is what
-  keeps the hook-off-to-announcement latency small.
+:class:`CallLoop` takes driver events and audio blocks from one queue and is
+the only place the call flow's actions touch a device. In service
+(:mod:`linetap.firmware.service`) :meth:`CallLoop.run` runs on the calling
+thread: it alone touches the call flow, the recorder and the sink, so the
+core needs no locks, and an event is handled as soon as it arrives, not at
+the next audio block, which keeps the hook-off-to-announcement latency small.
 
 Replay and the demo drive the same loop synchronously (:meth:`CallLoop.process`)
-on the simulated board, with a :class:`ManualClock` so a call runs as fast as
-the machine allows.
+on the simulated board, with a :class:`~linetap.firmware.clock.ManualClock` so
+a call runs as fast as the machine allows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from linetap.drivers.audio import Block, Codec, SampleSource, SimCodec, SoundDeviceCodec
+from linetap.drivers.audio import Block
 from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, Ring
-from linetap.drivers.gpio import Panel, sim_pin_factory
-from linetap.drivers.line import SimModem, V253Line
 from linetap.firmware import callflow as cf
-from linetap.firmware.board import BoardProfile
-from linetap.firmware.clock import Clock, ManualClock, SystemClock
+from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
-from linetap.firmware.consent import Prompt, decode_mono, load_prompt
+from linetap.firmware.consent import Prompt, load_prompt
+from linetap.firmware.devices import Board
 from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
-from linetap.firmware.errors import ConfigError, DeviceError, LinetapError
-from linetap.firmware.keys import INIT_HINT, KeyMissing
+from linetap.firmware.keys import INIT_HINT
 from linetap.firmware.recorder import Recorder, Recording, Sink
 from linetap.firmware.spool import CodecParams, Spool, SpoolSettings, SpoolSink
-
-if TYPE_CHECKING:
-    from linetap.firmware.service import Notifier
-    from linetap.sync.agent import AppHooks, BoxSync
 
 logger = logging.getLogger(__name__)
 
@@ -58,108 +44,6 @@ _HOOK_SOURCE = {"hook-gpio": "gpio", "v253": "modem", "vad": "vad"}
 # Blocks waiting in the loop's queue beyond which the loop is not keeping up (200 ms at 20 ms blocks).
 MAX_BACKLOG_BLOCKS = 10
 
-
-# ------------------------------------------------------------------ board --
-
-@dataclass
-class Board:
-    """The drivers a board profile names, built and owned together."""
-
-    profile: BoardProfile
-    codec: Codec
-    panel: Panel | None = None  # None only while the board is being built
-    line: V253Line | None = None
-    pin_factory: Any = None  # gpiozero's MockFactory on the simulated board
-    modem: SimModem | None = None  # the simulated modem on the simulated board
-
-    def close(self) -> None:
-        for part in (self.line, self.modem, self.panel, self.codec):
-            if part is not None:
-                part.close()
-        if self.pin_factory is not None:
-            self.pin_factory.close()
-
-
-def build_board(config: Config, clock: Clock, on_event: Callable[[object], None], *,
-                near: np.ndarray | SampleSource | None = None, far: np.ndarray | SampleSource | None = None,
-                keep_played: bool = True) -> Board:
-    """Build the codec, panel and line interface of ``config``'s board.
-
-    ``near``/``far`` feed a simulated codec (arrays, or sources streamed as
-    the call runs); ``keep_played=False`` spares it keeping the line signal.
-    A real board ignores them. A device the profile names but the machine
-    lacks is an error, never a switch to the simulation.
-    """
-    profile = config.board_profile()
-    audio, gpio = profile.audio, profile.gpio
-    if audio.driver == "sim":
-        silence = np.zeros(config.audio.block_frames, np.int16)
-        codec: Codec = SimCodec(near if near is not None else silence,
-                                far if far is not None else silence, rate=config.audio.rate,
-                                block_frames=config.audio.block_frames, clock=clock,
-                                queue_blocks=config.audio.queue_blocks, keep_played=keep_played)
-    else:
-        codec = sound_device_codec(config)
-    board = Board(profile=profile, codec=codec)
-    try:
-        board.pin_factory = board_pin_factory(config)
-        board.panel = make_panel(config, board.pin_factory, on_event)
-        if profile.line.driver == "sim":
-            board.modem = SimModem()
-            board.line = V253Line(board.modem.path, clock=clock, on_event=on_event)
-        elif profile.line.driver == "v253":
-            assert profile.line.port is not None
-            board.line = V253Line(profile.line.port, clock=clock, on_event=on_event,
-                                  baudrate=profile.line.baudrate)
-    except BaseException:
-        board.close()
-        raise
-    logger.info("board ready name=%s audio=%s gpio=%s line=%s call_detect=%s", profile.name,
-                audio.driver, gpio.pin_factory, profile.line.driver, profile.call_detect.source)
-    return board
-
-
-def sound_device_codec(config: Config) -> SoundDeviceCodec:
-    """The real codec the board profile names, opened by name."""
-    audio = config.board_profile().audio
-    assert audio.device is not None  # the profile schema requires it for sounddevice
-    return SoundDeviceCodec(audio.device, rate=config.audio.rate, block_frames=config.audio.block_frames,
-                            channels=audio.channels, near=audio.near, far=audio.far,
-                            out_channels=audio.out_channels, line_out=tuple(audio.line_out),
-                            queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
-
-
-def board_pin_factory(config: Config) -> Any:
-    """gpiozero's MockFactory on the simulated board (handset on its cradle); None on a real board.
-
-    On a real board gpiozero loads the factory the profile names itself.
-    """
-    gpio = config.board_profile().gpio
-    if gpio.pin_factory != "mock":
-        # gpiozero's own way of naming the factory; Panel raises if it cannot load it.
-        os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
-        return None
-    factory = sim_pin_factory()
-    if gpio.hook is not None:
-        # The simulated handset starts on its cradle (a floating mock pin reads low).
-        on_hook = factory.pin(gpio.hook)
-        (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
-    return factory
-
-
-def make_panel(config: Config, pin_factory: Any, on_event: Callable[[object], None] | None) -> Panel:
-    """The front panel on the profile's pins."""
-    gpio = config.board_profile().gpio
-    return Panel(rec_led=gpio.rec_led,
-                 status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
-                 pause_button=gpio.pause_button, flag_button=gpio.flag_button,
-                 hook=gpio.hook, hook_active_high=gpio.hook_active == "high",
-                 hook_debounce=gpio.hook_debounce_ms / 1000,
-                 long_press=config.controls.long_press_s,
-                 pin_factory=pin_factory, on_event=on_event)
-
-
-# ------------------------------------------------------------------ spool --
 
 def open_spool(config: Config, data_dir: Path, clock: Clock,
                on_alarm: Callable[[str, str], None] | None = None) -> SpoolSink:
@@ -197,8 +81,6 @@ class _NoSink:
     def close(self, recording: Recording) -> None:
         pass
 
-
-# ------------------------------------------------------------- call loop --
 
 @dataclass(frozen=True)
 class Identify:
@@ -292,10 +174,11 @@ class CallLoop:
         self._prompt_playing = False
         self._stream_t = 0.0
         self._on_happening = on_happening
-        self._on_recording = on_recording
         self.line_state: str | None = None
         self._status_pattern = "idle"
-        # Set by the app once the fleet connection exists: alarm(name, active, detail), any thread.
+        # The service sets these once the fleet connection exists, before the loop runs; both are
+        # called on the loop's thread: on_recording(recording), on_alarm(name, active, detail).
+        self.on_recording = on_recording
         self.on_alarm: Callable[[str, bool, str], None] | None = None
         self._identify_until: float | None = None
         self._panel.show_status("idle")
@@ -447,8 +330,8 @@ class CallLoop:
             self._on_happening(happening)
 
     def _recorded(self, recording: Recording) -> None:
-        if self._on_recording is not None:
-            self._on_recording(recording)
+        if self.on_recording is not None:
+            self.on_recording(recording)
 
 
 class _Notify:
@@ -482,194 +365,3 @@ def _describe_input(event: object) -> tuple[str, str]:
         case ButtonPressed(button=button, long=long):
             return "button", f"{button.upper()} {'long' if long else 'short'} press"
     return "?", type(event).__name__
-
-
-# ---------------------------------------------------------------- commands --
-
-def run(config: Config, data_dir: Path) -> int:
-    """The service: run calls until stopped (SIGTERM, a fleet restart) or the audio device is lost.
-
-    A config the fleet pushed (``<data>/config/pushed.toml``) is laid over
-    ``config``; if the drivers do not start with a pushed config still on
-    trial, the config before it is brought back and the box reports the
-    pushed version rejected (see :mod:`linetap.sync.agent`).
-    """
-    import signal
-
-    from linetap.firmware.service import Notifier
-    from linetap.sync.agent import PushedConfig, set_log_level
-    from linetap.sync.pushpolicy import consent_note
-
-    clock = SystemClock()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    notifier = Notifier(clock)
-    inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-    pushed = PushedConfig(data_dir)
-    local = config
-    try:
-        config = pushed.overlay(local)
-        prompts = load_prompts(config)  # a bad prompt stops the box now, not at the first call
-        board = build_board(config, clock, inbox.put)
-    except LinetapError as exc:
-        if not pushed.on_trial:
-            raise
-        config = pushed.roll_back(local, f"{type(exc).__name__}: {exc}")
-        prompts = load_prompts(config)
-        board = build_board(config, clock, inbox.put)
-    pushed.confirm()
-    set_log_level(config.log.level)
-    sink: SpoolSink | None = None
-    sync: BoxSync | None = None
-    try:
-        try:
-            sink = open_spool(config, data_dir, clock)
-        except KeyMissing as exc:
-            # Keep running: the box still detects calls and shows the fault pattern,
-            # so an installer sees that it cannot record.
-            logger.error("not recording: %s", exc)
-        loop = CallLoop(config, board, sink, clock, inbox=inbox, prompts=prompts,
-                        heartbeat=notifier.pipeline_alive,
-                        consent_note=consent_note(local, config, pushed.version),
-                        on_recording=lambda _recording: sync.notify() if sync is not None else None)
-        if sink is not None:
-            sync = start_sync(config, sink.spool, data_dir, clock,
-                              hooks=fleet_hooks(loop, board, stop, notifier), local_config=local)
-            if sync is not None:
-                loop.on_alarm = sync.alarm
-        reader = _AudioReader(board.codec, loop.post, stop)
-        board.codec.start()
-        reader.start()
-        notifier.ready()
-        try:
-            loop.run(stop)
-        finally:
-            notifier.stopping()
-            stop.set()
-            reader.join()
-        loop.finish()
-        if reader.error is not None:
-            raise reader.error
-    finally:
-        board.close()
-        notifier.close()
-        if sync is not None:
-            sync.close()
-        if sink is not None:
-            sink.spool.close()
-    return 0
-
-
-def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: Notifier) -> AppHooks:
-    """What the fleet's commands do on this box: requests to the call loop, or the stop event."""
-    from linetap.sync.agent import AppHooks, AudioFigures
-
-    def test_announcement() -> None:
-        if loop.flow.call is not None:
-            raise DeviceError("test-announcement: a call is in progress; try again when the line is idle")
-        if loop.prompts.get(loop.flow.policy.language) is None:
-            raise ConfigError("test-announcement: no announcement is configured (consent.announce is off)")
-        loop.post(TestAnnouncement())
-
-    def restart(reason: str) -> None:
-        logger.warning("restart requested reason=%s", reason)
-        notifier.status(f"restart requested: {reason}")
-        stop.set()  # the service exits; systemd's Restart=always starts it again
-
-    def audio() -> AudioFigures:
-        stats = board.codec.stats()
-        assert board.panel is not None
-        return AudioFigures(recording=board.panel.rec_led_lit, near_dbfs=None, far_dbfs=None,
-                            overruns=stats.overruns + stats.dropped_blocks)
-
-    def check_config(new: Config) -> None:
-        new.board_profile()
-        load_prompts(new)
-
-    return AppHooks(identify=lambda seconds: loop.post(Identify(seconds)), test_announcement=test_announcement,
-                    restart=restart, audio=audio, check_config=check_config)
-
-
-def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,
-               hooks: AppHooks | None = None, local_config: Config | None = None) -> BoxSync | None:
-    """Upload and take fleet orders over the broker in ``sync.broker``; None when it is empty.
-
-    ``hooks`` are :class:`linetap.sync.agent.AppHooks` (see :func:`fleet_hooks`).
-    """
-    if not config.sync.broker:
-        logger.warning("sync.broker is not set: recordings stay on the box until it is")
-        return None
-    from linetap.sync.agent import BoxSync
-
-    return BoxSync(config, spool, data_dir, clock=clock, hooks=hooks, local_config=local_config).start()
-
-
-class _AudioReader(threading.Thread):
-    """Moves blocks from the codec to the call loop; posts None when the audio ends."""
-
-    def __init__(self, codec: Codec, post: Callable[[object], None], stop: threading.Event) -> None:
-        super().__init__(name="linetap-audio-reader", daemon=True)
-        self._codec, self._post, self._stopping = codec, post, stop
-        self.error: LinetapError | None = None
-
-    def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                block = self._codec.read(timeout=2.0)
-                self._post(block)
-                if block is None:
-                    return
-        except DeviceError as exc:
-            self.error = exc
-            self._post(None)
-
-    def join(self, timeout: float | None = 5.0) -> None:
-        super().join(timeout)
-        if self.is_alive():
-            raise DeviceError("the audio reader did not stop within 5 s; the codec is stalled")
-
-
-def list_devices(*, as_json: bool) -> int:
-    """Print the audio devices and serial ports this machine has (for writing a board profile)."""
-    import serial.tools.list_ports
-
-    from linetap.drivers.audio import list_devices
-
-    try:
-        audio = [dataclasses.asdict(d) for d in list_devices()]
-    except DeviceError as exc:
-        audio = [{"error": str(exc)}]
-    ports = [{"device": p.device, "description": p.description} for p in serial.tools.list_ports.comports()]
-    if as_json:
-        print(json.dumps({"audio": audio, "serial": ports}, indent=2))
-        return 0
-    print("audio devices:")
-    for d in audio:
-        print(f"  {d}" if "error" in d else
-              f"  {d['index']:>2}: {d['name']} (in {d['inputs']}, out {d['outputs']}, "
-              f"{d['default_rate']:.0f} Hz)")
-    print("serial ports:" + ("" if ports else " none"))
-    for p in ports:
-        print(f"  {p['device']}: {p['description']}")
-    return 0
-
-
-def read_speech(path: Path, rate: int) -> np.ndarray:
-    """A WAV or Ogg file as mono int16 at ``rate`` (mixed down and resampled as needed)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"audio file {path} does not exist (or is not a file)")
-    mono = decode_mono(Path(path).read_bytes(), rate, label=f"audio file {path}")
-    return (np.clip(mono, -1, 1) * 32767).astype(np.int16)
-
-
-def demo(config: Config, data_dir: Path, *, realtime: bool = False) -> int:
-    from linetap.firmware.demo import run_demo
-
-    return run_demo(config, data_dir, realtime=realtime)
-
-
-def replay(config: Config, data_dir: Path, near: Path, far: Path, *, as_json: bool,
-           realtime: bool) -> int:
-    from linetap.firmware.demo import run_replay
-
-    return run_replay(config, data_dir, near, far, as_json=as_json, realtime=realtime)

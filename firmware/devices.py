@@ -1,0 +1,164 @@
+"""The box's devices, built in one place from the board profile.
+
+The service, replay, the demo and ``linetap doctor`` all build their codec,
+front panel and line interface here, so the choice between a real and a
+simulated driver is made once and logged. A device the profile names but
+the machine lacks is an error, never a switch to the simulation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from linetap.drivers.audio import Codec, SampleSource, SimCodec, SoundDeviceCodec
+from linetap.drivers.gpio import Panel, sim_pin_factory
+from linetap.drivers.line import SimModem, V253Line
+from linetap.firmware.board import BoardProfile
+from linetap.firmware.clock import Clock
+from linetap.firmware.config import Config
+from linetap.firmware.errors import DeviceError
+
+logger = logging.getLogger(__name__)
+
+Samples = np.ndarray | SampleSource
+
+
+@dataclass
+class Board:
+    """The drivers a board profile names, built and owned together."""
+
+    profile: BoardProfile
+    codec: Codec
+    panel: Panel | None = None  # None only while the board is being built
+    line: V253Line | None = None
+    pin_factory: Any = None  # gpiozero's MockFactory on the simulated board
+    modem: SimModem | None = None  # the simulated modem on the simulated board
+
+    def close(self) -> None:
+        for part in (self.line, self.modem, self.panel, self.codec):
+            if part is not None:
+                part.close()
+        if self.pin_factory is not None:
+            self.pin_factory.close()
+
+
+def build_board(config: Config, clock: Clock, on_event: Callable[[object], None], *,
+                near: Samples | None = None, far: Samples | None = None,
+                keep_played: bool = True) -> Board:
+    """Build the codec, panel and line interface of ``config``'s board.
+
+    ``near``/``far`` feed a simulated codec (arrays, or sources streamed as
+    the call runs); ``keep_played=False`` spares it keeping the line signal.
+    A real board ignores them.
+    """
+    profile = config.board_profile()
+    if profile.audio.driver == "sim":
+        codec: Codec = sim_codec(config, clock, near, far, keep_played=keep_played)
+    else:
+        codec = sound_device_codec(config)
+    board = Board(profile=profile, codec=codec)
+    try:
+        board.pin_factory = board_pin_factory(config)
+        board.panel = make_panel(config, board.pin_factory, on_event)
+        if profile.line.driver == "sim":
+            board.modem = SimModem()
+            board.line = make_line(config, board.modem.path, clock, on_event)
+        elif profile.line.driver == "v253":
+            assert profile.line.port is not None
+            board.line = make_line(config, profile.line.port, clock, on_event)
+    except BaseException:
+        board.close()
+        raise
+    logger.info("board ready name=%s audio=%s gpio=%s line=%s call_detect=%s", profile.name,
+                profile.audio.driver, profile.gpio.pin_factory, profile.line.driver,
+                profile.call_detect.source)
+    return board
+
+
+def sim_codec(config: Config, clock: Clock, near: Samples | None = None, far: Samples | None = None, *,
+              keep_played: bool = True) -> SimCodec:
+    """The simulated codec at the config's rate and block size; a side not given is silence."""
+    silence = np.zeros(config.audio.block_frames, np.int16)
+    return SimCodec(near if near is not None else silence, far if far is not None else silence,
+                    rate=config.audio.rate, block_frames=config.audio.block_frames, clock=clock,
+                    queue_blocks=config.audio.queue_blocks, keep_played=keep_played)
+
+
+def sound_device_codec(config: Config) -> SoundDeviceCodec:
+    """The real codec the board profile names, opened by name."""
+    audio = config.board_profile().audio
+    assert audio.device is not None  # the profile schema requires it for sounddevice
+    return SoundDeviceCodec(audio.device, rate=config.audio.rate, block_frames=config.audio.block_frames,
+                            channels=audio.channels, near=audio.near, far=audio.far,
+                            out_channels=audio.out_channels, line_out=tuple(audio.line_out),
+                            queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
+
+
+def board_pin_factory(config: Config) -> Any:
+    """gpiozero's MockFactory on the simulated board (handset on its cradle); None on a real board.
+
+    On a real board gpiozero loads the factory the profile names itself.
+    """
+    gpio = config.board_profile().gpio
+    if gpio.pin_factory != "mock":
+        # gpiozero's own way of naming the factory; Panel raises if it cannot load it.
+        os.environ.setdefault("GPIOZERO_PIN_FACTORY", gpio.pin_factory)
+        return None
+    factory = sim_pin_factory()
+    if gpio.hook is not None:
+        # The simulated handset starts on its cradle (a floating mock pin reads low).
+        on_hook = factory.pin(gpio.hook)
+        (on_hook.drive_low if gpio.hook_active == "high" else on_hook.drive_high)()
+    return factory
+
+
+def make_panel(config: Config, pin_factory: Any, on_event: Callable[[object], None] | None) -> Panel:
+    """The front panel on the profile's pins."""
+    gpio = config.board_profile().gpio
+    return Panel(rec_led=gpio.rec_led,
+                 status_led=(gpio.status_led.red, gpio.status_led.green, gpio.status_led.blue),
+                 pause_button=gpio.pause_button, flag_button=gpio.flag_button,
+                 hook=gpio.hook, hook_active_high=gpio.hook_active == "high",
+                 hook_debounce=gpio.hook_debounce_ms / 1000,
+                 long_press=config.controls.long_press_s,
+                 pin_factory=pin_factory, on_event=on_event)
+
+
+def make_line(config: Config, port: str, clock: Clock, on_event: Callable[[object], None], *,
+              command_timeout: float = 2.0) -> V253Line:
+    """The voice modem on ``port`` (the profile's, or the simulated modem's pty), initialised."""
+    return V253Line(port, clock=clock, on_event=on_event, baudrate=config.board_profile().line.baudrate,
+                    command_timeout=command_timeout)
+
+
+def list_devices(*, as_json: bool) -> int:
+    """``linetap devices``: print the audio devices and serial ports this machine has (for a board profile)."""
+    import serial.tools.list_ports
+
+    from linetap.drivers.audio import list_devices as audio_devices
+
+    try:
+        audio = [dataclasses.asdict(d) for d in audio_devices()]
+    except DeviceError as exc:
+        audio = [{"error": str(exc)}]
+    ports = [{"device": p.device, "description": p.description} for p in serial.tools.list_ports.comports()]
+    if as_json:
+        print(json.dumps({"audio": audio, "serial": ports}, indent=2))
+        return 0
+    print("audio devices:")
+    for d in audio:
+        print(f"  {d}" if "error" in d else
+              f"  {d['index']:>2}: {d['name']} (in {d['inputs']}, out {d['outputs']}, "
+              f"{d['default_rate']:.0f} Hz)")
+    print("serial ports:" + ("" if ports else " none"))
+    for p in ports:
+        print(f"  {p['device']}: {p['description']}")
+    return 0
