@@ -32,9 +32,11 @@ from linetap.firmware.keys import public_key_b64
 from linetap.sync import dynsec, wire
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
-from linetap.sync.central.fleet import FleetTracker
 from linetap.sync.central.index import SqliteIndex
-from linetap.sync.central.worker import BrokerSettings, IngestWorker, run_workers
+from linetap.sync.central.ingestworker import IngestWorker
+from linetap.sync.central.tracker import FleetTracker
+from linetap.sync.central.worker import run_workers
+from linetap.sync.mqtt import BrokerSettings
 from linetap.sync.pki import CENTRAL, CertificateAuthority, Issued
 
 ROOT = "linetap/v1"

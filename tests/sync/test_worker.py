@@ -21,7 +21,9 @@ from paho.mqtt.properties import Properties
 from linetap.firmware.errors import ConfigError
 from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
-from linetap.sync.central.worker import BrokerSettings, IngestWorker, run_workers, serve
+from linetap.sync.central.ingestworker import IngestWorker
+from linetap.sync.central.worker import run_workers, serve
+from linetap.sync.mqtt import BrokerSettings
 
 DEVICE = "box-a"
 WAIT = 10.0
@@ -132,7 +134,7 @@ def test_parts_reach_the_store_on_the_worker_thread_and_acks_reach_the_device(br
 
 
 def test_bad_messages_are_refused_with_a_reason_and_never_stored(broker, box, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="linetap.sync.central.worker")
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.ingestworker")
     store = StoreDouble()
     rec = recording_id(2)
     good = wire.split(DEVICE, rec, wire.ObjectRef.segment(1), b"fine")[0]
@@ -321,7 +323,7 @@ class Crashes(StoreDouble):
 
 
 def test_non_ascii_digits_in_a_topic_or_property_are_refused_and_the_worker_goes_on(broker, box, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="linetap.sync.central.worker")
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.ingestworker")
     store = StoreDouble()
     rec = recording_id(700)
     good = wire.split(DEVICE, rec, wire.ObjectRef.segment(1), b"fine")[0]
@@ -350,7 +352,7 @@ def test_non_ascii_digits_in_a_topic_or_property_are_refused_and_the_worker_goes
 
 
 def test_a_message_the_store_crashes_on_is_rejected_and_the_next_is_stored(broker, box, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="linetap.sync.central.worker")
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.ingestworker")
     poison = recording_id(710)
     store = Crashes(poison)
     other = Box(broker, "box-b")

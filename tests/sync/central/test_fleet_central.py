@@ -16,11 +16,12 @@ from linetap.firmware.keys import public_key_b64
 from linetap.sync import dynsec, fleet
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
-from linetap.sync.central.fleet import (FleetTracker, collect_live, parse_command_args, parse_observation, push_config,
-                                        send_command)
+from linetap.sync.central.fleet import collect_live, parse_command_args, push_config, send_command
 from linetap.sync.central.index import INDEX_FILE, FleetUpdate, SqliteIndex
 from linetap.sync.central.keys import keys_init, operator_public_key
-from linetap.sync.central.worker import BrokerSettings
+from linetap.sync.central.observation import parse_observation
+from linetap.sync.central.tracker import FleetTracker
+from linetap.sync.mqtt import BrokerSettings
 from linetap.sync.pki import CENTRAL, CertificateAuthority
 from linetap.sync.signed import seal
 
@@ -193,7 +194,7 @@ def test_malformed_fleet_messages_are_logged_and_ignored(centre: Centre, broker:
         ("linetap/v1/Not_A_Device/status", status(1, 1, "online")),
     ]
     client = publisher(broker)
-    caplog.set_level(logging.WARNING, logger="linetap.sync.central.fleet")
+    caplog.set_level(logging.WARNING, logger="linetap.sync.central.tracker")
     try:
         for topic, payload in bad:
             client.publish(topic, payload, qos=1).wait_for_publish(5)

@@ -22,10 +22,10 @@ from fleet_boxes import device_key, run_boxes
 from linetap.firmware.keys import public_key_b64, public_key_raw
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central import cli
-from linetap.sync.central.fleet import FleetTracker
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
 from linetap.sync.central.keys import keys_init, operator_public_key
-from linetap.sync.central.worker import BrokerSettings
+from linetap.sync.central.tracker import FleetTracker
+from linetap.sync.mqtt import BrokerSettings
 
 BOXES = 200
 PROCESSES = 4

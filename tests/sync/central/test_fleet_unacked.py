@@ -14,9 +14,11 @@ import pytest
 from linetap.sync import fleet
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central import cli
-from linetap.sync.central.fleet import UNACKED_ALARM, FleetTracker, fleet_views
+from linetap.sync.central.fleet import fleet_views
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
-from linetap.sync.central.worker import BrokerSettings
+from linetap.sync.central.observation import UNACKED_ALARM
+from linetap.sync.central.tracker import FleetTracker
+from linetap.sync.mqtt import BrokerSettings
 from linetap.sync.uploader import with_overdue_acks
 
 WAIT = 10.0
@@ -74,7 +76,7 @@ def test_the_tracker_names_the_boxes_whose_uploads_go_unacknowledged(
     (folder / "central.toml").write_text(f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n')
     settings = BrokerSettings(host=broker.host, port=broker.port, tls=False, keepalive=10)
     index = SqliteIndex(folder / INDEX_FILE)
-    caplog.set_level(logging.INFO, logger="linetap.sync.central.fleet")
+    caplog.set_level(logging.INFO, logger="linetap.sync.central.tracker")
     with FleetTracker(index, settings, client_id="tracker", owns_index=True) as tracker:
         tracker.wait_ready(WAIT)
         send(boxes, status("lt-a"), status("lt-b"), status("lt-c"),

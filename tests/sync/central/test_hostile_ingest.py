@@ -37,7 +37,8 @@ from linetap.sync.central.index import INDEX_FILE
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import keys_init
 from linetap.sync.central.tools import StoreTools
-from linetap.sync.central.worker import BrokerSettings, IngestWorker
+from linetap.sync.central.ingestworker import IngestWorker
+from linetap.sync.mqtt import BrokerSettings
 
 DEVICE = "box-hostile"
 WAIT = 20.0
