@@ -261,7 +261,7 @@ def with_overdue_acks(telemetry: Any, status: dict[str, Any]) -> Any:
 
     ``{"overdue_acks": <messages>, "oldest_overdue_s": <whole seconds or null>}``;
     the centre raises its alarm on a count above zero
-    (:mod:`linetap.sync.central.fleet`).
+    (:mod:`linetap.sync.central.tracker`).
     """
     body = json.loads(telemetry.payload)
     oldest = status.get("oldest_overdue_s")

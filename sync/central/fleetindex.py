@@ -1,6 +1,6 @@
 """The index's fleet tables: what the fleet tracker keeps of each box.
 
-Kept by :class:`linetap.sync.central.fleet.FleetTracker`: ``fleet_devices``
+Kept by :class:`linetap.sync.central.tracker.FleetTracker`: ``fleet_devices``
 holds each box's newest status order (boot, session, offline) and when it was
 last seen, ``fleet_latest`` the newest message of each subject (status, birth,
 telemetry, config/reported, alarm/<name>), and ``fleet_seq`` the last config
