@@ -6,7 +6,7 @@ the recorder, the spool, the manifest and the central store read it.
 
 from __future__ import annotations
 
-import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +50,7 @@ class CallRecord:
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7): recordings sort by id as they sort by time."""
     ms = time.time_ns() // 1_000_000
-    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(secrets.token_bytes(10), "big") & ((1 << 80) - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # variant
     h = f"{value:032x}"

@@ -56,6 +56,7 @@ thread. :meth:`BoxSync.alarm` may be called from any thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ class BoxSync:
         """What the push policy asks of this box (link thread)."""
         by_state = self._spool.status()["by_state"]
         unsynced = sum(figures["bytes"] for state, figures in by_state.items() if state != "synced")
-        return pushpolicy.BoxFacts(data_dir=self._data_dir, unsynced_bytes=unsynced)
+        return pushpolicy.BoxFacts(data_dir=self._data_dir, unsynced_bytes=unsynced, resolve=os.path.realpath)
 
     def _upload_alarm(self, kind: str, detail: str) -> None:
         if kind in fleet.ALARMS:

@@ -2,7 +2,7 @@
 
 The fleet agent (:mod:`linetap.sync.fleet`) judges a push; the box's
 service module (:mod:`linetap.sync.boxsync`) then keeps its text here, on
-trial when it needs a restart. ``app.run`` lays it over the local file at
+trial when it needs a restart. ``service.run`` lays it over the local file at
 start (:meth:`PushedConfig.overlay`, which judges it again with the push
 policy against the local file as it is then) and rolls it back if the
 drivers fail with it (:meth:`PushedConfig.roll_back`); the rejection is
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ class PushedConfig:
         """``text`` laid over ``local`` and judged by the push policy as at the push; ConfigError if not."""
         source = f"{self.toml_path} (version {version})"
         merged = pushpolicy.pushed_config(text, local, source=source)
-        verdict = pushpolicy.judge(local, merged, pushpolicy.BoxFacts(data_dir=self.data_dir))
+        verdict = pushpolicy.judge(local, merged, pushpolicy.BoxFacts(data_dir=self.data_dir,
+                                                                       resolve=os.path.realpath))
         if verdict.refusals:
             raise ConfigError(f"{source} is refused by this box's push policy against its own file: "
                               + "; ".join(verdict.refusals))

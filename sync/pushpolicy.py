@@ -27,12 +27,14 @@ Every key of :class:`~linetap.firmware.config.Config` has a row (a test
 holds the table and the schema in step), so a key added later cannot be
 pushed before someone decides what a push may do with it.
 
-Pure: no I/O but :func:`os.path.realpath` on a pushed prompt path.
+Pure: no I/O. Where a pushed file path must be judged, the box's own path
+resolution (``os.path.realpath``) is handed in as :attr:`BoxFacts.resolve`;
+without it no file path is taken.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +69,8 @@ class BoxFacts:
 
     data_dir: Path | None = None  # None: only the packaged prompts are inside the prompt folders
     unsynced_bytes: int | None = None  # audio held not yet at the centre; None: not known (start-up)
+    # Follows symbolic links on the box (os.path.realpath); None: no pushed file path is accepted.
+    resolve: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,7 @@ def _prompts(old: Any, new: Any, local: Config, facts: BoxFacts) -> str | None:
     problems = [f"{language} = {_show(location)}: {problem}"
                 for language, location in sorted(new.items())
                 if old.get(language) != location
-                and (problem := prompt_problem(location, facts.data_dir)) is not None]
+                and (problem := prompt_problem(location, facts.data_dir, facts.resolve)) is not None]
     return "; ".join(problems) or None
 
 
@@ -175,30 +179,38 @@ def prompt_folders(data_dir: Path | None) -> tuple[Path, ...]:
     return (packaged,) if data_dir is None else (packaged, Path(data_dir) / PROMPT_DIR)
 
 
-def prompt_problem(location: str, data_dir: Path | None) -> str | None:
-    """Why a pushed prompt location is not inside the prompt folders, or None."""
+def prompt_problem(location: str, data_dir: Path | None,
+                   resolve: Callable[[str], str] | None) -> str | None:
+    """Why a pushed prompt location is not inside the prompt folders, or None.
+
+    ``resolve`` follows symbolic links (the shell passes ``os.path.realpath``);
+    without it a file path cannot be shown to stay inside, so it is refused.
+    """
     if location.startswith(BUILTIN_PREFIX):
         language = location[len(BUILTIN_PREFIX):]
         return None if _LANGUAGE.fullmatch(language) else \
             "a built-in prompt is named by its language (letters, e.g. builtin:en)"
     folders = prompt_folders(data_dir)
     where = " or ".join(str(f) for f in folders)
-    if "\0" in location or not os.path.isabs(location):
+    if "\0" in location or not posixpath.isabs(location):
         return f"not an absolute path; use builtin:<language> or a file in {where}"
     if ".." in Path(location).parts:
         return "'..' is not allowed in a pushed prompt path"
-    normal = os.path.normpath(location)
+    normal = posixpath.normpath(location)
     for folder in folders:
-        for root in {os.path.normpath(folder), os.path.realpath(folder)}:
-            if _inside(normal, root):
-                if _inside(os.path.realpath(normal), os.path.realpath(folder)):
-                    return None
-                return f"resolves through a symbolic link to outside {folder}"
+        roots = {posixpath.normpath(folder)} | ({resolve(str(folder))} if resolve is not None else set())
+        if any(_inside(normal, root) for root in roots):
+            if resolve is None:
+                return ("a file path cannot be checked here (no view of the box's file system); "
+                        "use builtin:<language>")
+            if _inside(resolve(normal), resolve(str(folder))):
+                return None
+            return f"resolves through a symbolic link to outside {folder}"
     return f"not inside the prompt folders; use builtin:<language> or a file in {where}"
 
 
 def _inside(path: str, root: str) -> bool:
-    return path.startswith(root.rstrip(os.sep) + os.sep)
+    return path.startswith(root.rstrip("/") + "/")
 
 
 # ------------------------------------------------------------------- table --

@@ -121,12 +121,6 @@ IO_NAMES = {"io.open", "io.FileIO", "builtins.open", "time.sleep"}
 # pathlib is allowed for names; these calls (on a Path or anything else) touch the file system.
 FILE_METHODS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "touch", "mkdir", "unlink",
                 "rmdir", "iterdir", "glob", "rglob"}
-FLEET_NOT_YET = "fleet core still does I/O (being made sans-IO)"
-# Cores that fail today, and why: strict, so each case fails the moment its module is fixed.
-SANS_IO_NOT_YET = {
-    "sync/pushpolicy.py": FLEET_NOT_YET,  # os.path.realpath on a pushed prompt path
-    "firmware/callrecord.py": "call ids draw their random bits from os.urandom",
-}
 
 
 @functools.cache
@@ -172,13 +166,8 @@ def _io_uses(path: Path) -> list[str]:
     return found
 
 
-def _not_yet(core: str, path: Path) -> object:
-    rel = str(path.relative_to(ROOT))
-    marks = [pytest.mark.xfail(strict=True, reason=SANS_IO_NOT_YET[rel])] if rel in SANS_IO_NOT_YET else []
-    return pytest.param(core, path, marks=marks, id=f"{core}: {rel}")
-
-
-@pytest.mark.parametrize("core, path", [_not_yet(core, path) for core, path in _core_modules()])
+@pytest.mark.parametrize("core, path", [pytest.param(core, path, id=f"{core}: {path.relative_to(ROOT)}")
+                                        for core, path in _core_modules()])
 def test_sans_io_cores_do_no_io(core: str, path: Path) -> None:
     uses = _io_uses(path)
     assert not uses, f"{path.relative_to(ROOT)} ({core}, sans-IO) does I/O: {'; '.join(uses)}"
@@ -202,8 +191,6 @@ def test_every_sans_io_core_is_found_and_its_split_modules_are_in_it() -> None:
                 "add it to its core in SANS_IO_CORES (or, if it only lends values, to CORE_NEIGHBOURS)")
     for rel in CORE_NEIGHBOURS:
         assert (ROOT / rel).is_file(), f"CORE_NEIGHBOURS names {rel}, which is gone"
-    for rel in SANS_IO_NOT_YET:
-        assert ROOT / rel in cores, f"SANS_IO_NOT_YET names {rel}, which is no core module (any more)"
 
 
 # ------------------------------------------------------------------------ sizes --
@@ -215,11 +202,6 @@ MAX_FUNCTION_LINES = 60
 # docstring), returned or assigned. Code that builds a table (an argparse parser, a loop of
 # add_* calls) is not one. Each entry says what its rows are.
 DATA_TABLES: dict[str, str] = {}
-BEING_SPLIT = "being split in the redesign"
-# Over a limit today because their split is under way ("path" or "path::Class.function"). Each is
-# a strict xfail: it fails as soon as the entry is under the limit (or gone), so the list only shrinks.
-# Entries read like ``"sync/example.py": BEING_SPLIT`` or ``"sync/example.py::Agent.handle": BEING_SPLIT``.
-KNOWN_OVER: dict[str, str] = {}
 
 
 def _production() -> list[Path]:
@@ -264,13 +246,13 @@ def _all_functions() -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
 
 def test_no_production_module_is_over_the_limit() -> None:
     over = {str(p.relative_to(ROOT)): _module_lines(p) for p in _production()}
-    over = {rel: lines for rel, lines in over.items() if lines > MAX_MODULE_LINES and rel not in KNOWN_OVER}
+    over = {rel: lines for rel, lines in over.items() if lines > MAX_MODULE_LINES}
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
 
 
 def test_no_production_function_is_over_the_limit() -> None:
     over = {name: _function_lines(node) for name, node in _all_functions().items()
-            if _function_lines(node) > MAX_FUNCTION_LINES and name not in DATA_TABLES and name not in KNOWN_OVER}
+            if _function_lines(node) > MAX_FUNCTION_LINES and name not in DATA_TABLES}
     assert not over, f"functions over {MAX_FUNCTION_LINES} lines (split them): {over}"
 
 
@@ -280,18 +262,3 @@ def test_data_tables_are_tables_and_need_the_exception() -> None:
         assert name in functions, f"DATA_TABLES names {name}, which is gone"
         assert _is_data_table(functions[name]), f"{name} is in DATA_TABLES but is more than one literal of rows"
         assert _function_lines(functions[name]) > MAX_FUNCTION_LINES, f"{name} fits the limit: drop it from DATA_TABLES"
-
-
-@pytest.mark.parametrize("entry", [pytest.param(entry, marks=pytest.mark.xfail(strict=True, reason=reason), id=entry)
-                                   for entry, reason in KNOWN_OVER.items()])
-def test_known_over_entry_is_within_the_limit(entry: str) -> None:
-    """Fails (as expected) while the entry is over; passes, and so fails strictly, once it is split."""
-    rel, _, function = entry.partition("::")
-    path = ROOT / rel
-    if not path.is_file():
-        return
-    if function:
-        node = _functions(path).get(entry)
-        assert node is None or _function_lines(node) <= MAX_FUNCTION_LINES, f"{entry}: {_function_lines(node)} lines"
-    else:
-        assert _module_lines(path) <= MAX_MODULE_LINES, f"{rel}: {_module_lines(path)} lines"

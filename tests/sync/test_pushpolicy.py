@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,17 +57,17 @@ def test_several_refusals_are_all_named() -> None:
 
 def test_the_packaged_prompts_are_inside_the_prompt_folders(tmp_path: Path) -> None:
     packaged = pushpolicy.prompt_folders(None)[0]
-    assert prompt_problem(str(packaged / "prompt-en.ogg"), None) is None
-    assert prompt_problem(str(packaged / ".." / "config.py"), None) is not None
-    assert prompt_problem(str(tmp_path / "prompts" / "x.ogg"), None) is not None  # no data folder given
-    assert prompt_problem(str(tmp_path / "prompts" / "x.ogg"), tmp_path) is None
-    assert prompt_problem("builtin:en", None) is None and prompt_problem("builtin:", None) is not None
+    assert prompt_problem(str(packaged / "prompt-en.ogg"), None, os.path.realpath) is None
+    assert prompt_problem(str(packaged / ".." / "config.py"), None, os.path.realpath) is not None
+    assert prompt_problem(str(tmp_path / "prompts" / "x.ogg"), None, os.path.realpath) is not None  # no data folder given
+    assert prompt_problem(str(tmp_path / "prompts" / "x.ogg"), tmp_path, os.path.realpath) is None
+    assert prompt_problem("builtin:en", None, None) is None and prompt_problem("builtin:", None, None) is not None
 
 
 def test_a_symlinked_folder_inside_the_prompt_folder_may_not_lead_out(tmp_path: Path) -> None:
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "etc").symlink_to("/etc")
-    assert "symbolic link" in prompt_problem(str(tmp_path / "prompts" / "etc" / "passwd"), tmp_path)
+    assert "symbolic link" in prompt_problem(str(tmp_path / "prompts" / "etc" / "passwd"), tmp_path, os.path.realpath)
 
 
 def test_secrets_are_masked_when_shown() -> None:
@@ -92,3 +93,8 @@ def test_every_call_opens_with_the_policy_event_while_pushed_consent_is_in_force
     plain = CallFlow(policy_from(LOCAL, None, consent_note(LOCAL, LOCAL, 0)), clock)
     plain.handle(HookChanged(off_hook=True, source="gpio"))
     assert all(e.kind != "policy" for e in plain.call.events)
+
+
+def test_without_the_box_s_view_of_its_files_no_pushed_path_is_taken(tmp_path: Path) -> None:
+    """The policy does no I/O itself: with no resolver it cannot show a path stays inside, so it refuses."""
+    assert "cannot be checked" in prompt_problem(str(tmp_path / "prompts" / "x.ogg"), tmp_path, None)
