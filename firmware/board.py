@@ -83,8 +83,8 @@ class AudioProfile(Schema):
                                     'name as `python -m sounddevice` lists it, e.g. "USB Audio"'))
         if self.near == self.far:
             problems.append(Problem(("far",), self.far,
-                                    f"the same channel as audio.near; the two sides of the call "
-                                    f"need two channels, e.g. near = 0, far = 1"))
+                                    "the same channel as audio.near; the two sides of the call "
+                                    "need two channels, e.g. near = 0, far = 1"))
         for key, channel in (("near", self.near), ("far", self.far)):
             if channel >= self.channels:
                 problems.append(Problem((key,), channel,

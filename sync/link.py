@@ -42,7 +42,6 @@ from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.sync.mqtt import (CONNECT_TIMEOUT_S, BrokerClient, ClientFactory, Inbound, Will, box_settings,
                                publish_properties)
-from linetap.sync.mqtt import tls_files  # noqa: F401  the box's TLS file checks, asked for by this name
 
 logger = logging.getLogger(__name__)
 

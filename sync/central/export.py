@@ -20,7 +20,7 @@ from typing import Any
 
 import pyrage
 
-from linetap.firmware.durable import fsync_dir
+from linetap.firmware.durable import fsync_dir, write_all
 from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.sync.central.index import UnknownRecording
 from linetap.sync.central.keys import load_identity
@@ -128,7 +128,7 @@ def write_private_file(out: Path, data: bytes, *, replace: bool) -> None:
     try:
         try:
             os.fchmod(fd, 0o600)
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         if replace:
@@ -157,19 +157,12 @@ def _create_exclusive(out: Path, data: bytes) -> None:
         raise _exists(out) from None
     try:
         os.fchmod(fd, 0o600)
-        _write_all(fd, data)
+        write_all(fd, data)
     except OSError:
         os.close(fd)
         out.unlink(missing_ok=True)
         raise
     os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.fsync(fd)
 
 
 def _exists(out: Path) -> ExportExists:

@@ -21,7 +21,8 @@ from linetap.firmware import cli, doctor, keys
 from linetap.firmware.clock import ManualClock, SystemClock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError
-from linetap.sync.link import Link, tls_files
+from linetap.sync.link import Link
+from linetap.sync.mqtt import tls_files
 from linetap.sync.pki import CertificateAuthority
 
 DEVICE_ID = "lt-desk-1"

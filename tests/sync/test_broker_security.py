@@ -303,7 +303,7 @@ def test_a_worker_without_its_own_certificate_is_told_which_to_issue(fleet: Flee
 
 @pytest.mark.parametrize("topic_filter", [f"$share/ingest/{ROOT}/+/up/#", f"{ROOT}/+/up/#", "#",
                                           f"{ROOT}/box-b/ack/#", f"{ROOT}/+/ack/#", f"{ROOT}/box-a/#",
-                                          "$share/ingest/#", f"$CONTROL/dynamic-security/v1/#", "$SYS/#"])
+                                          "$share/ingest/#", "$CONTROL/dynamic-security/v1/#", "$SYS/#"])
 def test_a_box_is_refused_a_subscription_beyond_its_own_topics(connect, topic_filter: str) -> None:
     box_a = connect("box-a")
     assert box_a.subscribe(topic_filter) == [NOT_AUTHORIZED]

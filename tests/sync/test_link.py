@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import random
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path

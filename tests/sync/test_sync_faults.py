@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyrage
 import pytest
 
 from linetap.firmware.callflow import CallEvent, CallRecord, uuid7

@@ -378,7 +378,7 @@ def test_a_restart_sends_only_what_the_catalogue_lacks(clock: ManualClock) -> No
 
 def test_recordings_that_leave_the_backlog_are_forgotten(clock: ManualClock) -> None:
     store = Store()
-    r = store.add(1, [10, 10])
+    store.add(1, [10, 10])
     up = make(store, clock)
     up.connected()
     assert len(store.apply(up.poll())) == 2
