@@ -11,8 +11,11 @@ machine allows; the hook goes off and on as the hook driver's events. Both
 sides of the call are the bundled conversation, streamed from its Ogg files
 over and over, so the input costs a decoder's buffers and nothing more. The
 recording uploads when it closes; the process ends once the centre has
-acknowledged its manifest. Its peak RSS is the kernel's (``ru_maxrss`` from
-``wait4``).
+acknowledged its manifest. Its peak RSS is the kernel's high-water mark of
+the process's own memory (``VmHWM``), read by the process itself at its end:
+``ru_maxrss`` from ``wait4`` is no good here, because Linux carries the
+parent's resident size at fork into the child's figure, and the parent is the
+bench (which may have run every other benchmark first).
 
 Peer, in the same run: a bare interpreter that imports the libraries the
 box loads (numpy, av, paho, pyrage) and does nothing; the difference is our
@@ -53,7 +56,9 @@ SAMPLE_EVERY_S = 10.0  # stream seconds between RSS samples during the call
 SYNC_WAIT_S = 600.0
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "firmware" / "data"  # the bundled two-sided conversation
-PEER_CODE = "import numpy, av, paho.mqtt.client, pyrage"
+PEER_IMPORTS = "import numpy, av, paho.mqtt.client, pyrage"
+PEER_CODE = PEER_IMPORTS + ("; import json, re; print(json.dumps({'peak_mb': round(int(re.search("
+                            "r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) / 1024, 1)}))")
 # What the box imports, in steps: first the peer's libraries, then the rest of ours.
 IMPORT_STEPS = ("numpy", "av", "paho.mqtt.client", "pyrage", "pydantic", "linetap.firmware.config",
                 "cryptography.hazmat.primitives.asymmetric.ed25519", "sqlite3", "soundfile + soxr",
@@ -246,17 +251,12 @@ def _top_allocations(snapshot: Any, n: int = 8) -> dict[str, Any]:
 
 # ------------------------------------------------------------- the bench --
 
-def _peak_rss(argv: list[str]) -> tuple[int, str]:
-    """Run ``argv`` from the repository root; its peak RSS in bytes (from wait4) and its stdout."""
-    with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        err = child.stderr.read() if child.stderr else ""
-        if child.returncode != 0:
-            raise RuntimeError(f"{argv[1:4]} failed ({child.returncode}): {err[-2000:]}")
-        out.seek(0)
-        return usage.ru_maxrss * 1024, out.read()
+def _child(argv: list[str]) -> dict[str, Any]:
+    """Run ``argv`` from the repository root; the JSON it prints (with its own ``peak_mb``)."""
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[1:4]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
 
 
 def _keys(box_dir: Path, central_dir: Path, device_id: str) -> None:
@@ -285,25 +285,24 @@ def run(call_s: float = CALL_S, traced_call_s: float = TRACED_CALL_S) -> dict[st
                 run_workers(2, functools.partial(Ingest, central_dir),
                             BrokerSettings(host=broker.host, port=broker.port, tls=False),
                             client_id_prefix="bench-memory-central"):
-            def box(seconds: float, trace: bool) -> tuple[int, dict[str, Any]]:
-                argv = [sys.executable, "-m", "bench.memory", "--box", str(box_dir), "--broker",
-                        f"{broker.host}:{broker.port}", "--seconds", str(seconds)] + (["--trace"] if trace else [])
-                peak, out = _peak_rss(argv)
-                return peak, json.loads(out)
+            def box(seconds: float, trace: bool) -> dict[str, Any]:
+                return _child([sys.executable, "-m", "bench.memory", "--box", str(box_dir), "--broker",
+                               f"{broker.host}:{broker.port}", "--seconds", str(seconds)]
+                              + (["--trace"] if trace else []))
 
-            peer_peak, _ = _peak_rss([sys.executable, "-c", PEER_CODE])
-            ours_peak, ours = box(call_s, trace=False)
-            _, traced = box(traced_call_s, trace=True)
+            peer_peak_mb = _child([sys.executable, "-c", PEER_CODE])["peak_mb"]
+            ours = box(call_s, trace=False)
+            traced = box(traced_call_s, trace=True)
         with StoreTools(central_dir) as tools:
             verified = tools.verify()
     return {
         "call_s": call_s,
-        "ours_peak_rss_mb": _mb(ours_peak),
-        "peer_peak_rss_mb": _mb(peer_peak),
-        "peer": f"python -c '{PEER_CODE}'",
-        "ours_minus_peer_mb": _mb(ours_peak - peer_peak),
+        "ours_peak_rss_mb": ours["peak_mb"],
+        "peer_peak_rss_mb": peer_peak_mb,
+        "peer": f"python -c '{PEER_IMPORTS}'",
+        "ours_minus_peer_mb": round(ours["peak_mb"] - peer_peak_mb, 1),
         "target_mb": TARGET_MB,
-        "within_target": ours_peak <= TARGET_MB * MB,
+        "within_target": ours["peak_mb"] <= TARGET_MB,
         "ours": ours,
         "central_verify_ok": bool(verified) and all(device.ok for device in verified),
         "traced_call": {k: traced[k] for k in ("call_s", "python_heap_peak_mb", "python_heap_at_call_end")},

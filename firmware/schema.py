@@ -201,9 +201,13 @@ def read_bounded(path: Path, *, max_bytes: int) -> bytes:
             raise FileRefused("was replaced while it was being opened; try again")
         chunks: list[bytes] = []
         size = 0
-        while size <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - size)):
+        # Ask for what stat says is there (and one byte more, to see growth), then small steps:
+        # os.read allocates the whole request up front, and the bound may be megabytes.
+        want = now.st_size + 1
+        while size <= max_bytes and (chunk := os.read(fd, min(want, max_bytes + 1 - size))):
             chunks.append(chunk)
             size += len(chunk)
+            want = 64 * 1024
     finally:
         os.close(fd)
     if size > max_bytes:

@@ -390,3 +390,23 @@ def test_segment_length_has_one_bound_that_spool_and_encoder_share() -> None:
             SpoolSettings(segment_s=bad)
     SpoolSettings(segment_s=config_module.SEGMENT_S_MIN)
     load_model(config_module.SpoolSection, {"segment_s": config_module.SEGMENT_S_MIN}, source="t")
+
+
+def test_a_bounded_read_costs_the_file_not_the_bound(tmp_path: Path) -> None:
+    """os.read allocates its whole request: asking for the bound would cost megabytes per small file."""
+    import tracemalloc
+
+    from linetap.firmware.schema import FileRefused, read_bounded
+
+    path = tmp_path / "small"
+    path.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        assert read_bounded(path, max_bytes=64 * 1024 * 1024) == b"x" * 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024
+    path.write_bytes(b"x" * 2000)
+    with pytest.raises(FileRefused, match="at most 1500"):
+        read_bounded(path, max_bytes=1500)
