@@ -69,10 +69,11 @@ from linetap.firmware.config import Config
 from linetap.firmware.errors import ConfigError, DeviceMissing, LinetapError, SyncError
 from linetap.firmware.keys import OPERATOR_HINT, load_operator_keys, load_signing_key
 from linetap.firmware.spool import Spool
-from linetap.sync import fleet, pushpolicy
+from linetap.sync import fleet, fleetcommands, fleetwire, pushpolicy
 from linetap.sync.boxstate import THERMAL_ZONE, RecentLog, cpu_temperature, load_agent_state, next_boot, \
     save_agent_state, set_log_level
-from linetap.sync.fleet import Action, BirthInfo, FleetAgent, SpoolFigures, Telemetry
+from linetap.sync.fleet import Action, FleetAgent
+from linetap.sync.fleetwire import BirthInfo, SpoolFigures, Telemetry
 from linetap.sync.link import Delivery, Link
 from linetap.sync.mqtt import Inbound, Will
 from linetap.sync.pushedconfig import PushedConfig
@@ -163,8 +164,8 @@ class BoxSync:
                          on_message=self._message)
         self.uploader = Uploader(spool, self.link, config.sync, clock=clock, on_alarm=self._upload_alarm)
         device = config.device.id
-        self.link.subscribe(fleet.device_topic(device, "cmd", "#"), qos=1)
-        self.link.subscribe(fleet.config_desired_topic(device), qos=1)
+        self.link.subscribe(fleetwire.device_topic(device, "cmd", "#"), qos=1)
+        self.link.subscribe(fleetwire.config_desired_topic(device), qos=1)
 
     # -- life cycle --
 
@@ -206,7 +207,7 @@ class BoxSync:
         return self.uploader.status()
 
     def alarm(self, name: str, active: bool, detail: str = "") -> None:
-        """Raise or clear alarm ``name`` (one of :data:`fleet.ALARMS`); published only when it changes.
+        """Raise or clear alarm ``name`` (one of :data:`fleetwire.ALARMS`); published only when it changes.
 
         ``detail`` is for the operator and must hold no caller numbers or names.
         """
@@ -274,9 +275,9 @@ class BoxSync:
 
     def _message(self, message: Inbound) -> None:
         device = self._config.device.id
-        if message.topic.startswith(fleet.device_topic(device, "cmd") + "/"):
+        if message.topic.startswith(fleetwire.device_topic(device, "cmd") + "/"):
             self._command(message)
-        elif message.topic == fleet.config_desired_topic(device):
+        elif message.topic == fleetwire.config_desired_topic(device):
             self._desired_config(message)
         else:
             self.uploader.on_message(message)
@@ -300,7 +301,7 @@ class BoxSync:
         return pushpolicy.BoxFacts(data_dir=self._data_dir, unsynced_bytes=unsynced, resolve=os.path.realpath)
 
     def _upload_alarm(self, kind: str, detail: str) -> None:
-        if kind in fleet.ALARMS:
+        if kind in fleetwire.ALARMS:
             self.alarm(kind, True, detail)
         else:
             logger.error("alarm not in the fleet's vocabulary, not published alarm=%s detail=%s", kind, detail)
@@ -328,7 +329,7 @@ class BoxSync:
             caps.append("opt-out")
         return tuple(caps)
 
-    def _publish(self, message: fleet.Outbound) -> None:
+    def _publish(self, message: fleetwire.Outbound) -> None:
         self.link.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
 
     # -- the agent's actions (link thread, under the agent lock) --
@@ -343,7 +344,7 @@ class BoxSync:
                                              correlation_data=action.correlation_data)
             elif isinstance(action, fleet.ConfigReport):
                 delivery = self.link.publish(action.topic, action.payload, qos=action.qos, retain=action.retain)
-            elif isinstance(action, fleet.Restart):
+            elif isinstance(action, fleetcommands.Restart):
                 self._restart_after(delivery, action.reason)
             else:
                 todo[:0] = self._perform(action)
@@ -374,22 +375,22 @@ class BoxSync:
         return []
 
     def _command_effect(self, action: Action) -> Any:
-        if isinstance(action, fleet.Ping):
+        if isinstance(action, fleetcommands.Ping):
             return self._ping()
-        if isinstance(action, fleet.ShowIdentify):
+        if isinstance(action, fleetcommands.ShowIdentify):
             if self._hooks.identify is None:
                 raise DeviceMissing("identify: this box runs without an LED panel (not started as the service)")
             return self._hooks.identify(action.seconds)
-        if isinstance(action, fleet.PlayTestAnnouncement):
+        if isinstance(action, fleetcommands.PlayTestAnnouncement):
             if self._hooks.test_announcement is None:
                 raise DeviceMissing("test-announcement: this box runs without a line output "
                                     "(not started as the service)")
             return self._hooks.test_announcement()
-        if isinstance(action, fleet.SyncNow):
+        if isinstance(action, fleetcommands.SyncNow):
             return self.uploader.sync_now()
-        if isinstance(action, fleet.ReadLogs):
+        if isinstance(action, fleetcommands.ReadLogs):
             return self.recent_log.lines(action.lines)
-        if isinstance(action, fleet.PurgeSynced):
+        if isinstance(action, fleetcommands.PurgeSynced):
             return len(self._spool.purge_synced())
         raise SyncError(f"the fleet agent asked for {type(action).__name__}, which this box does not run")
 

@@ -51,15 +51,14 @@ from linetap.firmware.errors import ConfigError, LinetapError, SyncError
 from linetap.firmware.manifest import canonical
 from linetap.firmware.untrusted import Untrusted, loads
 from linetap.sync import pushpolicy
-from linetap.sync.fleetcommands import (  # noqa: F401 (the command actions, named here with the others)
+from linetap.sync.fleetcommands import (
     COMMANDS, MAX_CORRELATION, CommandAction, Ping, PlayTestAnnouncement, PurgeSynced, ReadLogs, Refusal, Restart,
     ShowIdentify, SyncNow, Ticket, command_args, command_body_parts, command_name, reply_topic)
-from linetap.sync.fleetwire import (  # noqa: F401 (the protocol's names, asked of this module too)
-    ALARMS, MAX_COMMAND_BYTES, MAX_CONFIG_BYTES, MAX_FIGURES, MAX_LOG_LINE, MAX_LOG_LINES, MAX_REASON, ROOT,
-    BirthInfo, Outbound, Session, SpoolFigures, Telemetry, alarm_topic, birth_topic, bounded, cmd_filter,
-    cmd_topic, command_body, config_body, config_desired_topic, config_reported_topic, device_topic,
-    fleet_filter, resp_topic, spool_body, status_topic, telemetry_topic, tenths)
-from linetap.sync.pushpolicy import BoxFacts, pushed_config  # noqa: F401
+from linetap.sync.fleetwire import (
+    ALARMS, MAX_COMMAND_BYTES, MAX_CONFIG_BYTES, MAX_FIGURES, MAX_REASON, BirthInfo, Outbound, Session,
+    Telemetry, alarm_topic, birth_topic, bounded, config_reported_topic, spool_body, status_topic,
+    telemetry_topic, tenths)
+from linetap.sync.pushpolicy import BoxFacts, pushed_config
 from linetap.sync.signed import EnvelopeRefused, Malformed, ReplayGuard, StaleVersion, open_envelope, seal
 from linetap.sync.wire import check_device_id
 

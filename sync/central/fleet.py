@@ -31,7 +31,7 @@ from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.config import Config, DeviceSection
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync import fleet, wire
+from linetap.sync import fleetwire, pushpolicy, wire
 from linetap.sync.central.fleetclient import FleetClient
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
 from linetap.sync.central.keys import load_operator_key
@@ -135,7 +135,7 @@ class PushResult:
 
 def check_config_text(text: str, *, source: str) -> Config:
     """Validate a config for pushing as each box will, laid over the defaults (a box lays it over its file)."""
-    return fleet.pushed_config(text, Config(device=DeviceSection(id="placeholder")), source=source)
+    return pushpolicy.pushed_config(text, Config(device=DeviceSection(id="placeholder")), source=source)
 
 
 def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str] | None, text: str, *,
@@ -148,7 +148,7 @@ def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str]
     """
     clock = clock or SystemClock()
     check_config_text(text, source=source)
-    body = fleet.config_body(text)
+    body = fleetwire.config_body(text)
     with SqliteIndex(Path(data_dir) / INDEX_FILE) as index:
         operator = load_operator_key(data_dir)
         targets = [d["device_id"] for d in index.devices()] if devices is None else list(dict.fromkeys(devices))
@@ -168,13 +168,13 @@ def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str]
     reports: queue.Queue[Inbound] = queue.Queue()
     started = time.monotonic()
     if sendable:
-        report_filter = fleet.config_reported_topic(sendable[0]) if len(sendable) == 1 \
-            else fleet.fleet_filter("config", "reported")
+        report_filter = fleetwire.config_reported_topic(sendable[0]) if len(sendable) == 1 \
+            else fleetwire.fleet_filter("config", "reported")
         with FleetClient(settings, client_id=_cli_client_id("config"), filters=[report_filter],
                          on_message=reports.put) as client:
             client.wait_ready(timeout)
             started = time.monotonic()
-            mids = [client.publish(fleet.config_desired_topic(d), sealed[d], retain=True) for d in sendable]
+            mids = [client.publish(fleetwire.config_desired_topic(d), sealed[d], retain=True) for d in sendable]
             logger.info("config pushed devices=%d versions=%s", len(sendable),
                         ",".join(sorted({str(v) for v in versions.values()})))
             outcomes.update(_await_reports(reports, versions, verify, started, started + timeout))
@@ -274,16 +274,16 @@ def send_command(settings: BrokerSettings, data_dir: Path, device_id: str, name:
         seq = index.next_fleet_seq(device_id, "cmd", at_least=1)
     trusted = key_table([public_key_from_b64(key_text)])
     nonce = secrets.token_urlsafe(16)
-    reply_to = f"{fleet.resp_topic(device_id)}/{nonce}"
+    reply_to = f"{fleetwire.resp_topic(device_id)}/{nonce}"
     correlation = nonce.encode("ascii")
-    payload = seal("cmd", device_id, fleet.command_body(name, **args), operator, seq=seq,
+    payload = seal("cmd", device_id, fleetwire.command_body(name, **args), operator, seq=seq,
                    now_ms=round(clock.wall() * 1000), ttl_ms=ttl_ms, nonce=nonce)
     answers: queue.Queue[Inbound] = queue.Queue()
     with FleetClient(settings, client_id=_cli_client_id("cmd"), filters=[reply_to], on_message=answers.put) as client:
         client.wait_ready(timeout)
         started = time.monotonic()
         deadline = started + timeout
-        client.wait_published([client.publish(fleet.cmd_topic(device_id, name), payload, response_topic=reply_to,
+        client.wait_published([client.publish(fleetwire.cmd_topic(device_id, name), payload, response_topic=reply_to,
                                                correlation_data=correlation)], timeout)
         logger.info("command sent device_id=%s command=%s seq=%d", device_id, name, seq)
         while True:

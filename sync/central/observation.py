@@ -32,13 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync import fleet, wire
+from linetap.sync import fleetwire, wire
 from linetap.sync.central.index import FleetUpdate, SqliteIndex
 from linetap.sync.signed import EnvelopeRefused, key_table, open_envelope
 
 MAX_REPORT_BYTES = 8 * 1024  # a config report: a signed envelope with a reason of at most 1000 characters
 SUBJECTS = ("status", "birth", "telemetry", "config/reported")
-TRACKED_FILTERS = tuple(fleet.fleet_filter(*s.split("/")) for s in SUBJECTS) + (fleet.fleet_filter("alarm", "#"),)
+TRACKED_FILTERS = tuple(fleetwire.fleet_filter(*s.split("/")) for s in SUBJECTS) + (fleetwire.fleet_filter("alarm", "#"),)
 # What `fleet list --live` reads: the retained subjects (telemetry is not retained).
 LIVE_FILTERS = tuple(f for f in TRACKED_FILTERS if not f.endswith("/telemetry"))
 
@@ -116,7 +116,7 @@ class _Report(_Shape):
     outcome: Literal["applied", "rejected"]
     applied_version: int = Field(ge=0)
     code: str | None = Field(max_length=64)
-    reason: str | None = Field(max_length=fleet.MAX_REASON)
+    reason: str | None = Field(max_length=fleetwire.MAX_REASON)
     changed: list[str] = Field(max_length=32)
 
 
@@ -158,7 +158,7 @@ def parse_observation(topic: str, payload: bytes, *, retained: bool, received_ms
     if not (subject in SUBJECTS or levels[3] == "alarm" and len(levels) == 5):
         raise FleetMessageError(f"topic {short_topic(topic)}: {subject[:40]!r} is not a fleet subject the centre "
                                 f"tracks ({', '.join(SUBJECTS)}, alarm/<name>)")
-    limit = MAX_REPORT_BYTES if subject == "config/reported" else fleet.MAX_FIGURES
+    limit = MAX_REPORT_BYTES if subject == "config/reported" else fleetwire.MAX_FIGURES
     if len(payload) > limit:
         raise FleetMessageError(f"{subject} from {device_id} is {len(payload)} bytes, more than {limit}")
     if subject == "config/reported":
@@ -184,7 +184,7 @@ def _seen_ms(body: Mapping[str, Any], received_ms: int) -> int | None:
 
 def _json_object(device_id: str, subject: str, payload: bytes) -> dict[str, Any]:
     try:
-        body = untrusted.loads(payload, what=f"{subject} from {device_id}", max_bytes=fleet.MAX_FIGURES,
+        body = untrusted.loads(payload, what=f"{subject} from {device_id}", max_bytes=fleetwire.MAX_FIGURES,
                                max_depth=8)
     except untrusted.Untrusted as e:
         raise FleetMessageError(str(e)) from None

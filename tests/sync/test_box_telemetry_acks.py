@@ -6,7 +6,7 @@ import pytest
 from test_fleet_box import DEV, Hooks, Operator, Site, boxes, online, operator, site  # noqa: F401 (fixtures)
 
 from linetap.firmware.clock import ManualClock
-from linetap.sync import fleet
+from linetap.sync import fleet, fleetwire
 
 
 def test_telemetry_says_how_many_uploads_are_unacknowledged(site: Site, operator: Operator, boxes,
@@ -18,5 +18,5 @@ def test_telemetry_says_how_many_uploads_are_unacknowledged(site: Site, operator
     monkeypatch.setattr(box.sync.uploader, "status", lambda: dict(figures))  # what its thread would report
     clock.advance(60)
     box.sync.tick()
-    body = operator.latest(fleet.telemetry_topic(DEV))
+    body = operator.latest(fleetwire.telemetry_topic(DEV))
     assert body["upload"] == {"overdue_acks": 7, "oldest_overdue_s": 125}

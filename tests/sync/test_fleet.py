@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceMissing, LinetapError
-from linetap.sync import fleet
-from linetap.sync.fleet import BirthInfo, FleetAgent, SpoolFigures, Telemetry
+from linetap.sync import fleet, fleetcommands, fleetwire
+from linetap.sync.fleet import FleetAgent
+from linetap.sync.fleetwire import BirthInfo, SpoolFigures, Telemetry
 from linetap.sync.pushpolicy import MIB, BoxFacts
 from linetap.sync.signed import key_table, open_envelope, seal
 
@@ -61,12 +62,12 @@ class RecordedEffects:
 
 # Each command action: the effect it asks for, with its arguments.
 EFFECT_OF: dict[type, Callable[[Any], tuple[str, tuple[Any, ...]]]] = {
-    fleet.Ping: lambda _a: ("ping", ()),
-    fleet.ShowIdentify: lambda a: ("identify", (a.seconds,)),
-    fleet.PlayTestAnnouncement: lambda _a: ("test_announcement", ()),
-    fleet.SyncNow: lambda _a: ("sync_now", ()),
-    fleet.ReadLogs: lambda a: ("logs", (a.lines,)),
-    fleet.PurgeSynced: lambda _a: ("purge_synced", ()),
+    fleetcommands.Ping: lambda _a: ("ping", ()),
+    fleetcommands.ShowIdentify: lambda a: ("identify", (a.seconds,)),
+    fleetcommands.PlayTestAnnouncement: lambda _a: ("test_announcement", ()),
+    fleetcommands.SyncNow: lambda _a: ("sync_now", ()),
+    fleetcommands.ReadLogs: lambda a: ("logs", (a.lines,)),
+    fleetcommands.PurgeSynced: lambda _a: ("purge_synced", ()),
     fleet.ApplyConfig: lambda a: ("apply_config", (a.config, a.sections)),
 }
 
@@ -100,7 +101,7 @@ class Box:
                 self.saved.append(json.loads(json.dumps(action.state)))
             elif isinstance(action, (fleet.Reply, fleet.ConfigReport)):
                 answer = action
-            elif isinstance(action, fleet.Restart) and isinstance(answer, fleet.Reply):
+            elif isinstance(action, fleetcommands.Restart) and isinstance(answer, fleet.Reply):
                 self.effects["restart"]()  # after a config report, restarting is part of applying it
             elif isinstance(action, fleet.RollbackConfig):
                 self.effects["rollback_config"](action.config)
@@ -123,18 +124,18 @@ class Box:
     def command(self, name: str, seq: int | None = 1, *, topic_name: str | None = None,
                 nonce: str | None = None, correlation: bytes | None = b"req-1",
                 response_topic: str | None = None, **args: Any) -> tuple[fleet.Reply, dict[str, Any]]:
-        payload = seal("cmd", DEV, fleet.command_body(name, **args), OPERATOR, seq=seq, nonce=nonce,
+        payload = seal("cmd", DEV, fleetwire.command_body(name, **args), OPERATOR, seq=seq, nonce=nonce,
                        now_ms=self.now_ms, ttl_ms=TTL)
-        return self.send(fleet.cmd_topic(DEV, topic_name or name), payload, correlation, response_topic)
+        return self.send(fleetwire.cmd_topic(DEV, topic_name or name), payload, correlation, response_topic)
 
     def send(self, topic: str, payload: bytes, correlation: bytes | None = b"req-1",
              response_topic: str | None = None) -> tuple[fleet.Reply, dict[str, Any]]:
-        response = self.run(self.agent.handle_command(topic, payload, response_topic or fleet.resp_topic(DEV),
+        response = self.run(self.agent.handle_command(topic, payload, response_topic or fleetwire.resp_topic(DEV),
                                                       correlation))
         return response, verified(response.payload, response.status)
 
     def push(self, toml: str, version: int, device: str = DEV) -> tuple[fleet.ConfigReport, dict[str, Any]]:
-        payload = seal("config", device, fleet.config_body(toml), OPERATOR, seq=version,
+        payload = seal("config", device, fleetwire.config_body(toml), OPERATOR, seq=version,
                        now_ms=self.now_ms, ttl_ms=TTL)
         report = self.handle_config(payload)
         return report, verified(report.payload, report.outcome)
@@ -170,7 +171,7 @@ def test_each_command_calls_exactly_its_effect(box: Box, name: str, args: dict[s
     response, body = box.command(name, seq=12, correlation=b"\x00req-7", **args)
     assert box.recorded.calls == [effect]
     assert (response.status, response.command, response.code) == ("ok", name, None)
-    assert response.topic == fleet.resp_topic(DEV) and response.correlation_data == b"\x00req-7"
+    assert response.topic == fleetwire.resp_topic(DEV) and response.correlation_data == b"\x00req-7"
     assert body["result"] == result and body["command"] == name
     assert body["_seq"] == 12 and base64.b64decode(body["correlation"]) == b"\x00req-7"
     assert body["clock_synced"] is True and body["time_checked"] is True
@@ -184,9 +185,9 @@ def test_logs_returns_the_last_lines_asked_for(box: Box) -> None:
 
 def test_logs_stay_within_one_message(clock: ManualClock) -> None:
     box = Box(clock, logs=lambda lines: ["é" * 5000] * lines)
-    response, body = box.command("logs", lines=fleet.MAX_LOG_LINES)
+    response, body = box.command("logs", lines=fleetwire.MAX_LOG_LINES)
     assert body["result"]["truncated"] is True
-    assert all(len(line) == fleet.MAX_LOG_LINE for line in body["result"]["lines"])
+    assert all(len(line) == fleetwire.MAX_LOG_LINE for line in body["result"]["lines"])
     assert len(response.payload) < 128 * 1024
 
 
@@ -206,10 +207,10 @@ def refusals(box: Box) -> dict[str, tuple[str, bytes, bytes | None]]:
     """One command per refusal: (topic, payload, correlation)."""
     def sealed(name: str = "ping", seq: int = 50, device: str = DEV, now_ms: int | None = None,
                key: Ed25519PrivateKey = OPERATOR, **args: Any) -> bytes:
-        return seal("cmd", device, fleet.command_body(name, **args), key, seq=seq,
+        return seal("cmd", device, fleetwire.command_body(name, **args), key, seq=seq,
                     now_ms=box.now_ms if now_ms is None else now_ms, ttl_ms=TTL)
 
-    ping = fleet.cmd_topic(DEV, "ping")
+    ping = fleetwire.cmd_topic(DEV, "ping")
     good = sealed()
     unsigned = json.loads(good)
     del unsigned["signature"]
@@ -221,9 +222,9 @@ def refusals(box: Box) -> dict[str, tuple[str, bytes, bytes | None]]:
         "bad-signature": (ping, good.replace(b'"seq":50', b'"seq":51'), None),
         "wrong-device": (ping, sealed(device="lt-desk-2"), None),
         "malformed": (ping, b"{not json", None),
-        "oversized": (ping, good[:-1] + b" " * fleet.MAX_COMMAND_BYTES + b"}", None),
-        "unknown-command": (fleet.cmd_topic(DEV, "self-destruct"), sealed("self-destruct"), None),
-        "bad-args": (fleet.cmd_topic(DEV, "identify"), sealed("identify", seconds=0), None),
+        "oversized": (ping, good[:-1] + b" " * fleetwire.MAX_COMMAND_BYTES + b"}", None),
+        "unknown-command": (fleetwire.cmd_topic(DEV, "self-destruct"), sealed("self-destruct"), None),
+        "bad-args": (fleetwire.cmd_topic(DEV, "identify"), sealed("identify", seconds=0), None),
     }
 
 
@@ -246,7 +247,7 @@ def test_every_refusal_is_a_signed_error_response_and_nothing_runs(box: Box, cod
     (f"linetap/v1/{DEV}/cmd/ping/extra", "malformed"),
 ])
 def test_the_topic_must_name_this_box_and_the_signed_command(box: Box, topic: str, code: str) -> None:
-    payload = seal("cmd", DEV, fleet.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
+    payload = seal("cmd", DEV, fleetwire.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
     response, _ = box.send(topic, payload)
     assert (response.status, response.code) == ("refused", code)
     assert box.recorded.calls == []
@@ -254,15 +255,15 @@ def test_the_topic_must_name_this_box_and_the_signed_command(box: Box, topic: st
 
 def test_a_refused_command_does_not_use_up_its_seq(box: Box) -> None:
     """Only a signed command whose topic matches is admitted; a misrouted copy does not burn the number."""
-    payload = seal("cmd", DEV, fleet.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
-    assert box.send(fleet.cmd_topic(DEV, "identify"), payload)[0].status == "refused"
-    assert box.send(fleet.cmd_topic(DEV, "ping"), payload)[0].status == "ok"
-    assert box.send(fleet.cmd_topic(DEV, "ping"), payload)[0].code == "replayed"
+    payload = seal("cmd", DEV, fleetwire.command_body("ping"), OPERATOR, seq=3, now_ms=box.now_ms, ttl_ms=TTL)
+    assert box.send(fleetwire.cmd_topic(DEV, "identify"), payload)[0].status == "refused"
+    assert box.send(fleetwire.cmd_topic(DEV, "ping"), payload)[0].status == "ok"
+    assert box.send(fleetwire.cmd_topic(DEV, "ping"), payload)[0].code == "replayed"
     assert box.recorded.names == ["ping"]
 
 
 def test_correlation_data_too_long_is_refused_and_not_echoed(box: Box) -> None:
-    response, body = box.command("ping", correlation=b"x" * (fleet.MAX_CORRELATION + 1))
+    response, body = box.command("ping", correlation=b"x" * (fleetcommands.MAX_CORRELATION + 1))
     assert (response.code, response.correlation_data) == ("malformed", None) and "correlation" not in body
     assert box.recorded.calls == []
 
@@ -280,11 +281,11 @@ def test_responses_go_only_where_the_box_may_publish(box: Box, asked: str, used:
 
 def test_with_the_clock_unsynchronised_a_stale_sequenced_command_runs_and_says_so(clock: ManualClock) -> None:
     box = Box(clock)
-    stale = seal("cmd", DEV, fleet.command_body("sync-now"), OPERATOR, seq=5,
+    stale = seal("cmd", DEV, fleetwire.command_body("sync-now"), OPERATOR, seq=5,
                  now_ms=box.now_ms - 10 * TTL, ttl_ms=TTL)
-    assert box.send(fleet.cmd_topic(DEV, "sync-now"), stale)[0].code == "expired"
+    assert box.send(fleetwire.cmd_topic(DEV, "sync-now"), stale)[0].code == "expired"
     clock.set_synced(False)
-    response, body = box.send(fleet.cmd_topic(DEV, "sync-now"), stale)
+    response, body = box.send(fleetwire.cmd_topic(DEV, "sync-now"), stale)
     assert response.status == "ok" and box.recorded.names == ["sync_now"]
     assert body["clock_synced"] is False and body["time_checked"] is False
     response, _ = box.command("ping", seq=None, nonce="n0nce-0000000002")
@@ -293,10 +294,10 @@ def test_with_the_clock_unsynchronised_a_stale_sequenced_command_runs_and_says_s
 
 def test_replay_protection_survives_a_restart(clock: ManualClock) -> None:
     box = Box(clock)
-    payload = seal("cmd", DEV, fleet.command_body("restart"), OPERATOR, seq=8, now_ms=box.now_ms, ttl_ms=TTL)
-    assert box.send(fleet.cmd_topic(DEV, "restart"), payload)[0].status == "ok"
+    payload = seal("cmd", DEV, fleetwire.command_body("restart"), OPERATOR, seq=8, now_ms=box.now_ms, ttl_ms=TTL)
+    assert box.send(fleetwire.cmd_topic(DEV, "restart"), payload)[0].status == "ok"
     reborn = Box(clock, state=box.saved[-1])
-    assert reborn.send(fleet.cmd_topic(DEV, "restart"), payload)[0].code == "replayed"
+    assert reborn.send(fleetwire.cmd_topic(DEV, "restart"), payload)[0].code == "replayed"
     assert reborn.recorded.calls == []
 
 
@@ -307,7 +308,7 @@ def test_the_command_is_saved_as_seen_before_it_runs(clock: ManualClock) -> None
     assert seen_when_run == [1]
 
 
-command_names = st.sampled_from([*fleet.COMMANDS, "bogus"])
+command_names = st.sampled_from([*fleetcommands.COMMANDS, "bogus"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -315,7 +316,7 @@ command_names = st.sampled_from([*fleet.COMMANDS, "bogus"])
 def test_any_payload_is_refused_with_a_signed_response(name: str, payload: bytes,
                                                        correlation: bytes | None) -> None:
     box = Box(ManualClock())
-    response, body = box.send(fleet.cmd_topic(DEV, name), payload, correlation)
+    response, body = box.send(fleetwire.cmd_topic(DEV, name), payload, correlation)
     assert response.status == "refused" and body["code"] == response.code
     assert box.recorded.calls == []
 
@@ -324,14 +325,14 @@ def test_any_payload_is_refused_with_a_signed_response(name: str, payload: bytes
 @given(data=st.data())
 def test_any_mutation_of_a_valid_command_is_refused(data: st.DataObject) -> None:
     box = Box(ManualClock())
-    valid = seal("cmd", DEV, fleet.command_body("identify", seconds=5), OPERATOR, seq=2, now_ms=box.now_ms,
+    valid = seal("cmd", DEV, fleetwire.command_body("identify", seconds=5), OPERATOR, seq=2, now_ms=box.now_ms,
                  ttl_ms=TTL)
     mutated = bytearray(valid)
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(mutated) - 1))
         mutated[at] ^= data.draw(st.integers(1, 255))
     assume(mutated != valid)  # two changes at one place may cancel out
-    response, _ = box.send(fleet.cmd_topic(DEV, "identify"), bytes(mutated))
+    response, _ = box.send(fleetwire.cmd_topic(DEV, "identify"), bytes(mutated))
     assert response.status == "refused"
     assert box.recorded.calls == []
 
@@ -347,7 +348,7 @@ def test_a_valid_config_is_applied_with_the_sections_that_changed(box: Box) -> N
     assert new.audio.rate == 8000 and new.controls.long_press_s == 2.5 and new.device.id == DEV
     assert box.agent.config == new and box.agent.config_version == 4
     assert box.saved[-1]["config"]["applied_version"] == 4
-    assert report.topic == fleet.config_reported_topic(DEV) and report.retain
+    assert report.topic == fleetwire.config_reported_topic(DEV) and report.retain
 
 
 def test_a_schema_error_is_rejected_naming_the_key(box: Box) -> None:
@@ -381,18 +382,18 @@ def test_a_driver_failure_rolls_back_and_is_reported(clock: ManualClock) -> None
 
 
 def test_a_redelivered_version_is_reported_again_not_reapplied(box: Box) -> None:
-    payload = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
+    payload = seal("config", DEV, fleetwire.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
                    now_ms=box.now_ms, ttl_ms=TTL)
     first = box.handle_config(payload)
     again = box.handle_config(payload)
     assert (first.outcome, again.outcome, again.version, again.changed) == ("applied", "applied", 3, ("audio",))
     assert box.recorded.names == ["apply_config"]
     box.clock.advance(5)
-    resealed = seal("config", DEV, fleet.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
+    resealed = seal("config", DEV, fleetwire.config_body("[audio]\nrate = 8000\n"), OPERATOR, seq=3,
                     now_ms=box.now_ms, ttl_ms=TTL)
     assert resealed != payload and box.handle_config(resealed).outcome == "applied"
     assert box.recorded.names == ["apply_config"]
-    other = seal("config", DEV, fleet.config_body("[audio]\nrate = 48000\n"), OPERATOR, seq=3,
+    other = seal("config", DEV, fleetwire.config_body("[audio]\nrate = 48000\n"), OPERATOR, seq=3,
                  now_ms=box.now_ms, ttl_ms=TTL)
     assert box.handle_config(other).code == "older-version"
 
@@ -437,9 +438,9 @@ def test_each_session_pairs_its_will_with_its_online_status(clock: ManualClock) 
         online, will = json.loads(session.online.payload), json.loads(session.will.payload)
         assert (online["state"], will["state"]) == ("online", "offline")
         assert (online["boot"], online["session"]) == (will["boot"], will["session"]) == (7, number)
-        assert session.online.topic == session.will.topic == fleet.status_topic(DEV)
+        assert session.online.topic == session.will.topic == fleetwire.status_topic(DEV)
         assert session.online.retain and session.will.retain and session.will.qos == 1
-    assert fleet.fleet_filter("status") == "linetap/v1/+/status"
+    assert fleetwire.fleet_filter("status") == "linetap/v1/+/status"
 
 
 def test_a_late_will_is_answered_by_the_live_box_and_a_newer_session_is_not_fought(clock: ManualClock) -> None:
@@ -459,7 +460,7 @@ def test_birth_telemetry_and_alarms_are_bounded_json_on_their_topics(box: Box) -
     box.agent.start_session()
     birth = box.agent.birth(BirthInfo("0.1.0", "pi4-usb-codec", tuple(f"cap-{i}" for i in range(100)), SPOOL))
     body = json.loads(birth.payload)
-    assert (birth.topic, birth.retain) == (fleet.birth_topic(DEV), True)
+    assert (birth.topic, birth.retain) == (fleetwire.birth_topic(DEV), True)
     assert body["config_version"] == 5 and body["session"] == 1 and len(body["capabilities"]) == 32
     assert body["clock"] == {"synced": True, "wall_ms": box.now_ms}
     assert body["spool"]["unsynced_recordings"] == 3
@@ -467,11 +468,11 @@ def test_birth_telemetry_and_alarms_are_bounded_json_on_their_topics(box: Box) -
                                               near_dbfs=-23.456, far_dbfs=None, overruns=0, cpu_temp_c=51.04))
     body = json.loads(telemetry.payload)
     assert (telemetry.topic, telemetry.qos, body["near_dbfs"], body["cpu_temp_c"]) == (
-        fleet.telemetry_topic(DEV), 0, -23.5, 51.0)
+        fleetwire.telemetry_topic(DEV), 0, -23.5, 51.0)
     alarm = box.agent.alarm("spool-full", active=True, detail="x" * 10_000)
     body = json.loads(alarm.payload)
     assert alarm.topic == f"linetap/v1/{DEV}/alarm/spool-full" and body["active"] and len(body["detail"]) == 500
-    assert max(len(m.payload) for m in (birth, telemetry, alarm)) <= fleet.MAX_FIGURES
+    assert max(len(m.payload) for m in (birth, telemetry, alarm)) <= fleetwire.MAX_FIGURES
     with pytest.raises(fleet.SyncError, match="not one of"):
         box.agent.alarm("on-fire", active=True)
 
@@ -602,7 +603,7 @@ def sealed_command(box: Box, body: dict[str, Any], seq: int = 7) -> bytes:
     (b'{"body":{"args":{"seconds":' + b"9" * 4_000 + b'}}}', "malformed"),
 ])
 def test_a_deep_or_huge_command_is_refused_with_a_signed_answer(box: Box, payload: bytes, code: str) -> None:
-    response, body = box.send(fleet.cmd_topic(DEV, "identify"), payload)
+    response, body = box.send(fleetwire.cmd_topic(DEV, "identify"), payload)
     assert (response.status, response.code, body["code"]) == ("refused", code, code)
     assert box.recorded.calls == []
 
@@ -612,7 +613,7 @@ def test_a_deep_or_huge_command_is_refused_with_a_signed_answer(box: Box, payloa
     {"seconds": [[[[[[[[[[5]]]]]]]]]]},  # deeper than an envelope may nest
 ])
 def test_a_signed_command_out_of_json_bounds_is_malformed(box: Box, args: dict[str, Any]) -> None:
-    response, body = box.send(fleet.cmd_topic(DEV, "identify"),
+    response, body = box.send(fleetwire.cmd_topic(DEV, "identify"),
                               sealed_command(box, {"args": args, "name": "identify"}))
     assert (response.status, response.code) == ("refused", "malformed")
     assert box.recorded.calls == []

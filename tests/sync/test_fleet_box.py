@@ -34,7 +34,7 @@ from linetap.firmware.keys import keys_init, load_signing_key, public_key_b64
 from linetap.firmware.manifest import canonical
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, Spool, SpoolSink
-from linetap.sync import fleet
+from linetap.sync import fleetwire
 from linetap.sync.boxsync import AppHooks, AudioFigures, BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.pushedconfig import PushedConfig
@@ -69,7 +69,7 @@ class Operator:
         self.client.on_subscribe = lambda *_args: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(f"{fleet.ROOT}/{DEV}/#", qos=1)
+        self.client.subscribe(f"{fleetwire.ROOT}/{DEV}/#", qos=1)
         assert subscribed.wait(WAIT)
         self._seq = 0
 
@@ -96,7 +96,7 @@ class Operator:
                 retain: bool = False) -> None:
         properties = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
-            properties.ResponseTopic = fleet.resp_topic(DEV) + "/operator"
+            properties.ResponseTopic = fleetwire.resp_topic(DEV) + "/operator"
             properties.CorrelationData = correlation
         self.client.publish(topic, payload, qos=1, retain=retain, properties=properties).wait_for_publish(WAIT)
 
@@ -104,27 +104,27 @@ class Operator:
         if seq is None:
             self._seq += 1
             seq = self._seq
-        return seal("cmd", device, fleet.command_body(name, **args), OPERATOR, seq=seq, now_ms=now_ms(),
+        return seal("cmd", device, fleetwire.command_body(name, **args), OPERATOR, seq=seq, now_ms=now_ms(),
                     ttl_ms=TTL_MS)
 
     def send(self, name: str, payload: bytes) -> dict[str, Any]:
         """Publish a command and return its verified response body."""
         correlation = f"corr-{len(self.messages)}-{name}".encode()
-        self.publish(fleet.cmd_topic(DEV, name), payload, correlation=correlation)
+        self.publish(fleetwire.cmd_topic(DEV, name), payload, correlation=correlation)
         expected = base64.b64encode(correlation).decode()
-        reply = self.wait_for(lambda m: m.topic.startswith(fleet.resp_topic(DEV))
+        reply = self.wait_for(lambda m: m.topic.startswith(fleetwire.resp_topic(DEV))
                               and json.loads(m.payload)["body"].get("correlation") == expected)
         assert reply.properties.CorrelationData == correlation  # the MQTT v5 property, echoed
         return verified(reply.payload)
 
     def push_config(self, toml_text: str, version: int) -> dict[str, Any]:
-        payload = seal("config", DEV, fleet.config_body(toml_text), OPERATOR, seq=version, now_ms=now_ms(),
+        payload = seal("config", DEV, fleetwire.config_body(toml_text), OPERATOR, seq=version, now_ms=now_ms(),
                        ttl_ms=TTL_MS)
-        self.publish(fleet.config_desired_topic(DEV), payload, retain=True)
+        self.publish(fleetwire.config_desired_topic(DEV), payload, retain=True)
         return self.report(version)
 
     def report(self, version: int) -> dict[str, Any]:
-        reply = self.wait_for(lambda m: m.topic == fleet.config_reported_topic(DEV)
+        reply = self.wait_for(lambda m: m.topic == fleetwire.config_reported_topic(DEV)
                               and json.loads(m.payload)["body"]["version"] == version)
         return verified(reply.payload)
 
@@ -245,7 +245,7 @@ def boxes() -> Iterator[Callable[..., Box]]:
 
 
 def online(operator: Operator, boot: int) -> dict[str, Any]:
-    return operator.latest(fleet.status_topic(DEV), lambda b: b["state"] == "online" and b["boot"] == boot)
+    return operator.latest(fleetwire.status_topic(DEV), lambda b: b["state"] == "online" and b["boot"] == boot)
 
 
 def synced_recording(spool: Spool) -> str:
@@ -272,7 +272,7 @@ def test_status_and_birth_are_retained_after_connect(site: Site, boxes) -> None:
     late = Operator(site.broker.port, "late")  # subscribes after the fact: sees only retained messages
     try:
         status = online(late, 1)
-        birth = late.latest(fleet.birth_topic(DEV))
+        birth = late.latest(fleetwire.birth_topic(DEV))
     finally:
         late.close()
     assert status["session"] == 1 and box.sync.boot == 1
@@ -353,7 +353,7 @@ def refusals(operator: Operator) -> dict[str, bytes]:
     good = operator.command("identify", seconds=5)
     members = json.loads(good)
     del members["signature"]
-    stale = seal("cmd", DEV, fleet.command_body("identify", seconds=5), OPERATOR, seq=900,
+    stale = seal("cmd", DEV, fleetwire.command_body("identify", seconds=5), OPERATOR, seq=900,
                  now_ms=now_ms() - 3_600_000, ttl_ms=TTL_MS)
     return {
         "unsigned": canonical(members),
@@ -476,7 +476,7 @@ def test_a_config_the_drivers_fail_with_after_restart_is_rolled_back_and_reporte
     second = boxes(site, Hooks(), config=config)
     online(operator, 2)
     # The retained desired config comes back on subscribe; the box answers with its new judgement.
-    rejected = operator.wait_for(lambda m: m.topic == fleet.config_reported_topic(DEV)
+    rejected = operator.wait_for(lambda m: m.topic == fleetwire.config_reported_topic(DEV)
                                  and verified(m.payload)["outcome"] == "rejected")
     body = verified(rejected.payload)
     assert body["version"] == 6 and body["code"] == "apply-failed" and body["applied_version"] == 0
@@ -491,10 +491,10 @@ def test_telemetry_follows_the_injected_clock(site: Site, operator: Operator, bo
     box = boxes(site, Hooks(), clock=clock)
     online(operator, 1)
     box.sync.tick()
-    assert not any(m.topic == fleet.telemetry_topic(DEV) for m in operator.messages)
+    assert not any(m.topic == fleetwire.telemetry_topic(DEV) for m in operator.messages)
     clock.advance(60)
     box.sync.tick()
-    body = operator.latest(fleet.telemetry_topic(DEV))
+    body = operator.latest(fleetwire.telemetry_topic(DEV))
     assert body["uptime_s"] == 60 and body["cpu_temp_c"] == 48.2 and body["near_dbfs"] == -20.0
     assert body["overruns"] == 3 and body["recording"] is True and body["spool"]["free_bytes"] == 10 ** 12
 
@@ -504,15 +504,15 @@ def test_alarms_are_retained_raised_and_cleared(site: Site, operator: Operator, 
     box = boxes(site, Hooks(), clock=clock)
     online(operator, 1)
     box.sync.tick()
-    raised = operator.latest(fleet.alarm_topic(DEV, "clock-unsynced"), lambda b: b["active"])
+    raised = operator.latest(fleetwire.alarm_topic(DEV, "clock-unsynced"), lambda b: b["active"])
     clock.set_synced(True)
     box.sync.tick()
-    cleared = operator.latest(fleet.alarm_topic(DEV, "clock-unsynced"), lambda b: not b["active"])
+    cleared = operator.latest(fleetwire.alarm_topic(DEV, "clock-unsynced"), lambda b: not b["active"])
     box.sync.alarm("modem-lost", True, "serial port /dev/ttyACM0 gone")
-    modem = operator.latest(fleet.alarm_topic(DEV, "modem-lost"))
+    modem = operator.latest(fleetwire.alarm_topic(DEV, "modem-lost"))
     assert raised["alarm"] == cleared["alarm"] == "clock-unsynced"
     assert modem["active"] and "ttyACM0" in modem["detail"]
-    retained = [m for m in operator.messages if m.topic.startswith(fleet.alarm_topic(DEV, ""))]
+    retained = [m for m in operator.messages if m.topic.startswith(fleetwire.alarm_topic(DEV, ""))]
     assert all(m.qos == 1 for m in retained)
 
 
@@ -526,10 +526,10 @@ def test_the_will_marks_a_cut_box_offline_and_reconnecting_marks_it_online(site:
         boxes(cut_site, Hooks())
         online(operator, 1)
         proxy.cut()
-        offline = operator.latest(fleet.status_topic(DEV), lambda b: b["state"] == "offline")
+        offline = operator.latest(fleetwire.status_topic(DEV), lambda b: b["state"] == "offline")
         assert (offline["boot"], offline["session"]) == (1, 1)
         count = len(operator.messages)
-        back = operator.wait_for(lambda m: m.topic == fleet.status_topic(DEV)
+        back = operator.wait_for(lambda m: m.topic == fleetwire.status_topic(DEV)
                                  and operator.messages.index(m) >= count and json.loads(m.payload)["state"] == "online")
         assert json.loads(back.payload)["boot"] == 1
     finally:
@@ -545,7 +545,7 @@ def test_after_a_broker_restart_the_retained_status_is_online(site: Site, boxes)
     after = Operator(site.broker.port, "after")
     try:
         # Whatever the broker kept, the box's reconnection leaves it online.
-        status = after.wait_for(lambda m: m.topic == fleet.status_topic(DEV)
+        status = after.wait_for(lambda m: m.topic == fleetwire.status_topic(DEV)
                                 and json.loads(m.payload)["state"] == "online" and not m.retain)
         assert json.loads(status.payload)["boot"] == 1
     finally:
@@ -553,7 +553,7 @@ def test_after_a_broker_restart_the_retained_status_is_online(site: Site, boxes)
     late = Operator(site.broker.port, "late")
     try:
         assert online(late, 1)["state"] == "online"
-        assert late.latest(fleet.birth_topic(DEV))["boot"] == 1
+        assert late.latest(fleetwire.birth_topic(DEV))["boot"] == 1
     finally:
         late.close()
 
@@ -594,7 +594,7 @@ def test_pushed_consent_raises_the_alarm_and_is_noted_in_every_recording_until_u
     online(operator, 1)
     report = operator.push_config(site.sync_toml("[consent]\nwarning_interval_s = 10.0\n"), version=5)
     assert report["outcome"] == "applied" and hooks.wait("restart")
-    alarm = operator.latest(fleet.alarm_topic(DEV, "consent-changed"), lambda b: b["active"])
+    alarm = operator.latest(fleetwire.alarm_topic(DEV, "consent-changed"), lambda b: b["active"])
     assert "consent.warning_interval_s" in alarm["detail"] and "version 5" in alarm["detail"]
     first.close()
 
@@ -607,7 +607,7 @@ def test_pushed_consent_raises_the_alarm_and_is_noted_in_every_recording_until_u
     count = len(operator.messages)
     second = boxes(site, Hooks(), config=config, local=local)
     online(operator, 2)
-    again = operator.wait_for(lambda m: m.topic == fleet.alarm_topic(DEV, "consent-changed")
+    again = operator.wait_for(lambda m: m.topic == fleetwire.alarm_topic(DEV, "consent-changed")
                               and operator.messages.index(m) >= count)
     assert json.loads(again.payload)["active"] is True
 
@@ -622,7 +622,7 @@ def test_pushed_consent_raises_the_alarm_and_is_noted_in_every_recording_until_u
     # A push that no longer changes consent clears the alarm.
     report = operator.push_config(site.sync_toml(), version=6)
     assert report["outcome"] == "applied"
-    cleared = operator.latest(fleet.alarm_topic(DEV, "consent-changed"), lambda b: not b["active"])
+    cleared = operator.latest(fleetwire.alarm_topic(DEV, "consent-changed"), lambda b: not b["active"])
     assert cleared["alarm"] == "consent-changed"
 
 

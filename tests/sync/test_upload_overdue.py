@@ -14,7 +14,7 @@ import json
 import pytest
 
 from linetap.firmware.clock import ManualClock
-from linetap.sync import fleet, wire
+from linetap.sync import fleetwire, wire
 from linetap.sync.upload import MANIFEST, Overdue, Pending, Publish, SegmentInfo, Upload
 from linetap.sync.uploader import with_overdue_acks
 from linetap.sync.wire import Ack, ObjectRef
@@ -121,7 +121,7 @@ def test_a_manifest_is_owed_its_answer_too(clock: ManualClock) -> None:
 
 
 def test_telemetry_carries_the_count_and_the_oldest_age() -> None:
-    base = fleet.Outbound(fleet.telemetry_topic(DEVICE), json.dumps({"uptime_s": 5}).encode(), qos=0)
+    base = fleetwire.Outbound(fleetwire.telemetry_topic(DEVICE), json.dumps({"uptime_s": 5}).encode(), qos=0)
     message = with_overdue_acks(base, {"overdue_acks": 4, "oldest_overdue_s": 91.7})
     assert json.loads(message.payload) == {"uptime_s": 5, "upload": {"overdue_acks": 4, "oldest_overdue_s": 91}}
     assert (message.topic, message.qos, message.retain) == (base.topic, 0, False)

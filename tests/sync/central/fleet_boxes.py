@@ -26,8 +26,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceMissing
-from linetap.sync import fleet
-from linetap.sync.fleet import Action, BirthInfo, FleetAgent, SpoolFigures
+from linetap.sync import fleet, fleetcommands, fleetwire
+from linetap.sync.fleet import Action, FleetAgent
+from linetap.sync.fleetwire import BirthInfo, SpoolFigures
 from linetap.sync.signed import key_table
 
 SPOOL = SpoolFigures(unsynced_recordings=2, unsynced_bytes=48_000, oldest_unsynced_age_s=30,
@@ -81,9 +82,9 @@ class SimBox:
         self._next_session()
 
     # What each command's effect gives back; the effects only note that they ran.
-    OUTCOMES = {fleet.Ping: ("ping", {"uptime_s": 5}), fleet.ShowIdentify: ("identify", None),
-                fleet.PlayTestAnnouncement: ("test_announcement", None), fleet.SyncNow: ("sync_now", None),
-                fleet.ReadLogs: ("logs", ["one", "two"]), fleet.PurgeSynced: ("purge_synced", 0)}
+    OUTCOMES = {fleetcommands.Ping: ("ping", {"uptime_s": 5}), fleetcommands.ShowIdentify: ("identify", None),
+                fleetcommands.PlayTestAnnouncement: ("test_announcement", None), fleetcommands.SyncNow: ("sync_now", None),
+                fleetcommands.ReadLogs: ("logs", ["one", "two"]), fleetcommands.PurgeSynced: ("purge_synced", 0)}
 
     def _run(self, actions: list[Action]) -> fleet.Reply | fleet.ConfigReport:
         """Run the agent's actions as the box does (state kept nowhere); the answer to publish."""
@@ -92,7 +93,7 @@ class SimBox:
             action = todo.pop(0)
             if isinstance(action, (fleet.Reply, fleet.ConfigReport)):
                 answer = action
-            elif isinstance(action, fleet.Restart) and isinstance(answer, fleet.Reply):
+            elif isinstance(action, fleetcommands.Restart) and isinstance(answer, fleet.Reply):
                 self.calls.append("restart")
             elif isinstance(action, fleet.RollbackConfig):
                 self.calls.append("rollback_config")
@@ -123,7 +124,7 @@ class SimBox:
         with self._changed:
             return self._changed.wait_for(lambda: self._online_session >= session, timeout)
 
-    def publish(self, message: fleet.Outbound) -> None:
+    def publish(self, message: fleetwire.Outbound) -> None:
         self.client.publish(message.topic, message.payload, qos=message.qos,
                             retain=message.retain).wait_for_publish(5.0)
 
@@ -149,8 +150,8 @@ class SimBox:
         client.publish(online.topic, online.payload, qos=1, retain=True)
         birth = self.agent.birth(BirthInfo(self._software_version, "sim", ("hook-gpio", "rec-led"), SPOOL))
         self._birth_mid = client.publish(birth.topic, birth.payload, qos=1, retain=True).mid
-        client.subscribe([(fleet.config_desired_topic(self.device_id), SubscribeOptions(qos=1)),
-                          (fleet.cmd_filter(self.device_id), SubscribeOptions(qos=1))])
+        client.subscribe([(fleetwire.config_desired_topic(self.device_id), SubscribeOptions(qos=1)),
+                          (fleetwire.cmd_filter(self.device_id), SubscribeOptions(qos=1))])
 
     def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int, _reason: ReasonCode,
                     _props: object) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_boxes import SimBox, device_key
 
 from linetap.firmware.keys import public_key_b64
-from linetap.sync import dynsec, fleet
+from linetap.sync import dynsec, fleet, fleetwire
 from linetap.sync.broker import LocalBroker, free_port
 from linetap.sync.central import cli
 from linetap.sync.central.fleet import collect_live, parse_command_args, push_config, send_command
@@ -141,7 +141,7 @@ def test_list_reads_the_broker_live_while_nothing_is_tracked(centre: Centre, box
 def test_a_late_will_from_an_older_session_does_not_mark_a_box_offline(centre: Centre, broker: LocalBroker,
                                                                       tracker: FleetTracker) -> None:
     client = publisher(broker)
-    topic = fleet.status_topic("lt-order")
+    topic = fleetwire.status_topic("lt-order")
     try:
         for payload in (status(2, 1, "online"), status(1, 9, "offline"), status(2, 0, "offline")):
             client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
@@ -185,7 +185,7 @@ def test_malformed_fleet_messages_are_logged_and_ignored(centre: Centre, broker:
                                                  "clock": {"synced": True, "wall_ms": 1}}).encode()),
         ("linetap/v1/lt-bad/status", json.dumps([1, 2]).encode()),
         ("linetap/v1/lt-bad/birth", json.dumps({"boot": 1}).encode()),
-        ("linetap/v1/lt-bad/telemetry", b"{" + b" " * fleet.MAX_FIGURES + b"}"),
+        ("linetap/v1/lt-bad/telemetry", b"{" + b" " * fleetwire.MAX_FIGURES + b"}"),
         ("linetap/v1/lt-bad/alarm/spool-full", json.dumps({"alarm": "modem-lost", "active": True, "boot": 1,
                                                            "detail": "", "clock": {"synced": False,
                                                                                    "wall_ms": 0}}).encode()),
@@ -224,7 +224,7 @@ def test_an_oversized_report_is_refused_before_its_signature_is_read() -> None:
 ])
 def test_hostile_telemetry_is_refused_by_name_before_it_reaches_the_index(payload: bytes, words: str) -> None:
     with pytest.raises(fleet.SyncError, match=words):
-        parse_observation("linetap/v1/lt-x/telemetry", payload[:fleet.MAX_FIGURES], retained=False,
+        parse_observation("linetap/v1/lt-x/telemetry", payload[:fleetwire.MAX_FIGURES], retained=False,
                           received_ms=1, device_key=lambda _d: None)
 
 

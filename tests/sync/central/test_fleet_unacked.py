@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from linetap.sync import fleet
+from linetap.sync import fleetwire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central import cli
 from linetap.sync.central.fleet import fleet_views
@@ -25,17 +25,17 @@ WAIT = 10.0
 CLOCK = {"synced": True, "wall_ms": 1_800_000_000_000}
 
 
-def telemetry(device_id: str, overdue: int, oldest: float | None) -> fleet.Outbound:
+def telemetry(device_id: str, overdue: int, oldest: float | None) -> fleetwire.Outbound:
     body = {"clock": CLOCK, "config_version": 0, "recording": False, "overruns": 0, "uptime_s": 60,
             "spool": {"unsynced_recordings": overdue, "unsynced_bytes": 0, "oldest_unsynced_age_s": None,
                       "free_bytes": 10**9}}
-    message = fleet.Outbound(fleet.telemetry_topic(device_id), json.dumps(body).encode(), qos=0)
+    message = fleetwire.Outbound(fleetwire.telemetry_topic(device_id), json.dumps(body).encode(), qos=0)
     return with_overdue_acks(message, {"overdue_acks": overdue, "oldest_overdue_s": oldest})
 
 
-def status(device_id: str) -> fleet.Outbound:
+def status(device_id: str) -> fleetwire.Outbound:
     body = {"boot": 1, "session": 1, "state": "online", "clock": CLOCK}
-    return fleet.Outbound(fleet.status_topic(device_id), json.dumps(body).encode(), qos=1, retain=True)
+    return fleetwire.Outbound(fleetwire.status_topic(device_id), json.dumps(body).encode(), qos=1, retain=True)
 
 
 pytestmark = pytest.mark.broker("test", persistence=False)
@@ -63,7 +63,7 @@ def named(caplog: pytest.LogCaptureFixture) -> dict[str, tuple[str, str]]:
     return found
 
 
-def send(client: mqtt.Client, *messages: fleet.Outbound) -> None:
+def send(client: mqtt.Client, *messages: fleetwire.Outbound) -> None:
     for m in messages:
         client.publish(m.topic, m.payload, qos=1, retain=m.retain).wait_for_publish(WAIT)
 
@@ -114,7 +114,7 @@ def test_telemetry_from_a_box_that_reports_no_acks_is_still_accepted(
     del older["upload"]
     with FleetTracker(index, settings, client_id="tracker", owns_index=True) as tracker:
         tracker.wait_ready(WAIT)
-        send(boxes, status("lt-old"), fleet.Outbound(fleet.telemetry_topic("lt-old"), json.dumps(older).encode()))
+        send(boxes, status("lt-old"), fleetwire.Outbound(fleetwire.telemetry_topic("lt-old"), json.dumps(older).encode()))
         tracker.flush(WAIT)
         [view] = fleet_views(index)
         assert view.alarms == () and view.overdue_acks is None and "telemetry" in view.subjects
