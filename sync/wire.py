@@ -253,6 +253,7 @@ class Ack:
     code: str | None = None  # why, for rejected / retry
     reason: str | None = None  # for people: logged on the box
     missing: tuple[int, ...] = ()  # segments the centre lacks (code missing-segments)
+    receipt: str | None = None  # with a manifest's "stored": the store's signed receipt, base64 (sync/receipt.py)
 
     def encode(self) -> bytes:
         """Canonical JSON of at most :data:`MAX_ACK` bytes, so the device can always read it.
@@ -268,6 +269,8 @@ class Ack:
             body["code"] = self.code
         if self.missing:
             body["missing"] = list(self.missing[:MAX_MISSING])
+        if self.receipt is not None:
+            body["receipt"] = self.receipt
         if self.reason is not None:
             budget = MAX_ACK - len(_canonical({**body, "reason": ""}))
             kept = 0
@@ -327,7 +330,10 @@ def parse_ack(topic: str, payload: bytes, device_id: str) -> Ack:
     if not isinstance(missing, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_SEGMENTS for i in missing):
         raise WireError("ack 'missing' is not a list of segment indexes")
-    return Ack(recording_id, obj, sha256, status, part, code, reason, tuple(missing))
+    receipt = body.get("receipt")
+    if receipt is not None and (not isinstance(receipt, str) or len(receipt) > MAX_ACK):
+        raise WireError("ack 'receipt' is not text")  # judged by sync/receipt.py where it is used
+    return Ack(recording_id, obj, sha256, status, part, code, reason, tuple(missing), receipt)
 
 
 def _clip(value: object, limit: int = 80) -> object:

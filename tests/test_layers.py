@@ -104,6 +104,7 @@ SANS_IO_CORES = {
     "fleet core": ("sync/fleet.py", "sync/fleet/**/*.py", "sync/fleetwire.py", "sync/fleetcommands.py",
                    "sync/pushpolicy.py"),
     "signed envelopes": ("sync/signed.py", "sync/signed/**/*.py"),
+    "delivery receipts": ("sync/receipt.py",),
     "wire format": ("sync/wire.py", "sync/wire/**/*.py"),
     "call flow": ("firmware/callflow.py", "firmware/callflow/**/*.py", "firmware/callevents.py",
                   "firmware/callrecord.py"),
