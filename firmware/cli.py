@@ -66,6 +66,9 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     init.add_argument("--operator-key", metavar="BASE64",
                       help="the fleet operator's Ed25519 public key (printed by linetap-central keys init); without "
                            "one the box refuses every fleet command and config")
+    init.add_argument("--store-key", metavar="BASE64",
+                      help="the central store's Ed25519 store key (printed by linetap-central keys init): checks "
+                           "delivery receipts; without one synced recordings stay on the box")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 
 
@@ -146,11 +149,13 @@ def _keys(args: argparse.Namespace) -> int:
 
     folder = data_dir(args)
     if args.keys_command == "init":
-        info = keys.keys_init(folder, args.central_recipient, args.operator_key)
+        info = keys.keys_init(folder, args.central_recipient, args.operator_key, args.store_key)
         print(f"{'created' if info.created else 'kept existing'} device signing key {info.device_key}")
         print(f"central recipient stored in {info.recipient_file}")
         if info.operator_key_file is not None:
             print(f"operator key stored in {info.operator_key_file}")
+        if info.store_key_file is not None:
+            print(f"store key stored in {info.store_key_file}")
     public = keys.load_signing_key(folder).public_key()
     print(f"enrol this box at the central store with its public key:\n  {keys.public_key_b64(public)}")
     operators = keys.load_operator_keys(folder)
@@ -160,6 +165,12 @@ def _keys(args: argparse.Namespace) -> int:
               end="")
     else:
         print(f"no operator key: fleet commands and configs are refused; {keys.OPERATOR_HINT}")
+    stores = keys.load_store_keys(folder)
+    if stores:
+        print("delivery receipts checked with store key:\n"
+              + "".join(f"  {keys.public_key_b64(k)} (key id {kid})\n" for kid, k in stores.items()), end="")
+    else:
+        print(f"no store key: receipts cannot be checked and synced recordings stay on the box; {keys.STORE_HINT}")
     return 0
 
 
@@ -177,7 +188,7 @@ def _spool(args: argparse.Namespace) -> int:
             for row in view.rows:
                 print(f"{row['seq']:>6}  {row['id']}  {row['state']:<11} {row['segments']:>3} segments "
                       f"{row['bytes']:>9} bytes{'  flagged' if row['flagged'] else ''}"
-                      f"{'' if row['recorded'] else '  (nothing kept)'}")
+                      f"{'' if row['recorded'] else '  (nothing kept)'}{_receipt_note(row)}")
         for problem in view.problems:
             print(f"linetap: {problem['detail']}", file=sys.stderr)
         return 1 if view.problems else 0
@@ -192,6 +203,19 @@ def _spool(args: argparse.Namespace) -> int:
         for problem in report["chain"].get("problems", []):
             print(f"  chain: {problem}")
     return 0 if report["ok"] else 1
+
+
+def _receipt_note(row: dict[str, Any]) -> str:
+    if row["state"] != "synced":
+        return ""
+    stored = row.get("receipt_stored_ms")
+    return "  no receipt" if stored is None else f"  receipt {mf_time(stored)}"
+
+
+def mf_time(ms: int) -> str:
+    """A catalogue time in milliseconds as UTC ISO 8601 to the second."""
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Layout under the data dir::
       device.key          0600  Ed25519 private key, PKCS#8 PEM, unencrypted: signs manifests
       central.recipient   0644  the central store's X25519 recipient (age1...)
       operator.pub        0644  the fleet operator's Ed25519 public key (base64), optional
+      store.pub           0644  the central store's Ed25519 store key (base64): checks receipts, optional
       ca.pem              0644  the fleet CA                       } the broker connection
       tls.crt             0644  this box's client certificate      } (``sync.ca_file``,
       tls.key             0600  its private key (RSA or EC)        }  ``cert_file``, ``key_file``)
@@ -24,6 +25,13 @@ The operator key is the one whose signed commands and configs the box
 obeys (:mod:`linetap.sync.fleet`). Without it the box refuses every fleet
 command and config: a box nobody enrolled an operator for takes orders from
 nobody.
+
+The store key is the one the central store signs delivery receipts with
+(:mod:`linetap.sync.receipt`). Without it the box cannot check a receipt, so
+it keeps none, and retention deletes no synced recording: they stay on the
+box until a store key is provisioned. It is not the operator key (a key that
+commands boxes must not also vouch for storage), and ``keys init`` refuses
+the operator's key, the box's own key, an age recipient or PEM given as one.
 
 The two private keys have different jobs and different files: the signing
 key is made on the box by ``keys init`` and enrolled once; the TLS key comes
@@ -66,6 +74,9 @@ MAX_KEY_FILE = 64 * 1024  # a PEM key or certificate chain is a few KiB
 CENTRAL_RECIPIENT = "central.recipient"
 OPERATOR_KEY = "operator.pub"
 INIT_HINT = "run `linetap keys init --central-recipient age1...` with the central store's recipient"
+STORE_KEY = "store.pub"
+STORE_HINT = ("run `linetap keys init --central-recipient age1... --store-key <base64>` with the store "
+              "public key `linetap-central keys init` prints")
 OPERATOR_HINT = ("run `linetap keys init --central-recipient age1... --operator-key <base64>` with the "
                  "operator public key `linetap-central keys init` prints")
 
@@ -119,6 +130,7 @@ class KeyInfo:
     public_key_b64: str
     created: bool  # False when an existing signing key was kept
     operator_key_file: Path | None = None  # stored by this init; None when none was given
+    store_key_file: Path | None = None  # likewise
 
 
 def keys_dir(data_dir: Path) -> Path:
@@ -138,8 +150,9 @@ def parse_recipient(text: str) -> pyrage.x25519.Recipient:
                           "copy it again from `age-keygen -y central.key` on the central store") from e
 
 
-def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None) -> KeyInfo:
-    """Create the signing key (once), store the central recipient and, if given, the operator key.
+def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None,
+              store_key: str | None = None) -> KeyInfo:
+    """Create the signing key (once), store the central recipient and, if given, the operator and store keys.
 
     An existing signing key is kept: the central store has enrolled its public
     half, and replacing it would orphan every manifest signed so far. The
@@ -147,6 +160,9 @@ def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None) -
     """
     parsed = parse_recipient(recipient)
     operator = None if operator_key is None else _parse_operator_key(operator_key)
+    store = None if store_key is None else _parse_store_key(
+        store_key, operators=[operator] if operator is not None else load_operator_keys(data_dir),
+        own=_signing_public_raw(data_dir))
     folder = keys_dir(data_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
@@ -165,8 +181,15 @@ def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None) -
         operator_path = folder / OPERATOR_KEY
         write_durably(operator_path, (public_key_b64(operator) + "\n").encode(), mode=0o644)
         logger.info("keys init operator_key=%s fingerprint=%s", operator_path, fingerprint(operator))
+    store_path = None
+    if store is not None:
+        if public_key_raw(store) == public_key_raw(key.public_key()):
+            raise WrongKeyKind("--store-key is this box's own signing key", STORE_HINT)
+        store_path = folder / STORE_KEY
+        write_durably(store_path, (public_key_b64(store) + "\n").encode(), mode=0o644)
+        logger.info("keys init store_key=%s fingerprint=%s", store_path, fingerprint(store))
     fsync_dir(folder)
-    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path)
+    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path, store_path)
     logger.info("keys init device_key=%s created=%s fingerprint=%s", key_path, created,
                 fingerprint(key.public_key()))
     return info
@@ -305,6 +328,43 @@ def load_operator_keys(data_dir: Path) -> list[Ed25519PublicKey]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"operator key {path} cannot be read ({e}); {OPERATOR_HINT}") from e
     return [_parse_operator_key(text, source=str(path))]
+
+
+def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """The store keys the box checks receipts with, by receipt key id: empty until ``keys init --store-key``."""
+    # Here, not at the top: the receipt format imports the manifest, which imports this module.
+    from linetap.sync.receipt import key_id
+    path = keys_dir(data_dir) / STORE_KEY
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"store key {path} cannot be read ({e}); {STORE_HINT}") from e
+    key = _parse_store_key(text, source=str(path))
+    return {key_id(key): key}
+
+
+def _parse_store_key(text: str, *, source: str = "--store-key", operators: list[Ed25519PublicKey] = (),
+                     own: bytes | None = None) -> Ed25519PublicKey:
+    """The store's Ed25519 public key in base64; an age recipient, PEM, the operator's or the box's key refused."""
+    value = text.strip()
+    if value.startswith("age1"):
+        raise WrongKeyKind(f"{source} is an age recipient (the central recipient), not the store's Ed25519 "
+                           "public key", STORE_HINT)
+    if value.startswith("-----BEGIN"):
+        raise WrongKeyKind(f"{source} is PEM, not the store's public key in base64", STORE_HINT)
+    try:
+        key = public_key_from_b64(value)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}; {STORE_HINT}") from None
+    raw = public_key_raw(key)
+    if any(public_key_raw(k) == raw for k in operators):
+        raise WrongKeyKind(f"{source} is the operator key, which commands boxes, not the store key that "
+                           "signs receipts", STORE_HINT)
+    if own is not None and raw == own:
+        raise WrongKeyKind(f"{source} is this box's own signing key", STORE_HINT)
+    return key
 
 
 def _parse_operator_key(text: str, *, source: str = "--operator-key") -> Ed25519PublicKey:

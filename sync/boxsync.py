@@ -67,7 +67,7 @@ from linetap.firmware import __version__
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import ConfigError, DeviceMissing, LinetapError, SyncError
-from linetap.firmware.keys import OPERATOR_HINT, load_operator_keys, load_signing_key
+from linetap.firmware.keys import OPERATOR_HINT, load_operator_keys, load_signing_key, load_store_keys
 from linetap.firmware.spool import Spool
 from linetap.sync import fleet, fleetcommands, fleetwire, pushpolicy
 from linetap.sync.boxstate import THERMAL_ZONE, RecentLog, cpu_temperature, load_agent_state, next_boot, \
@@ -162,7 +162,8 @@ class BoxSync:
                          will=Will(will.topic, will.payload, will.qos, will.retain),
                          on_connected=self._connected, on_disconnected=self._disconnected,
                          on_message=self._message)
-        self.uploader = Uploader(spool, self.link, config.sync, clock=clock, on_alarm=self._upload_alarm)
+        self.uploader = Uploader(spool, self.link, config.sync, clock=clock, on_alarm=self._upload_alarm,
+                                 trusted=load_store_keys(self._data_dir))
         device = config.device.id
         self.link.subscribe(fleetwire.device_topic(device, "cmd", "#"), qos=1)
         self.link.subscribe(fleetwire.config_desired_topic(device), qos=1)

@@ -30,6 +30,14 @@ Rules, all in this file:
   level (the link may have lost it, and the centre treats repeats as no-ops).
 - ``retry``: the object goes again after a back-off doubling from
   ``retry_base_s`` up to ``ack_timeout_s``.
+- Receipt: with store keys (``trusted``), the manifest's object-level
+  ``stored`` ack must carry a receipt (:mod:`linetap.sync.receipt`) signed by
+  one of them, naming this device, recording and manifest hash. Only then
+  :class:`RecordingSynced` (with the receipt's bytes, for the spool to keep).
+  A missing, forged or mismatched receipt raises an :class:`Alarm` with code
+  ``receipt-invalid`` and the manifest goes again after the retry back-off
+  (the centre answers a repeat with the same receipt). Without store keys the
+  ack alone marks the recording synced, with no receipt.
 - ``rejected``: an :class:`Alarm`, and nothing more of that recording until
   the box restarts, except ``missing-segments`` on the manifest: the listed
   segments lose their synced mark and go again, then the manifest (at most
@@ -54,10 +62,12 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SpoolError
-from linetap.sync import wire
+from linetap.sync import receipt, wire
 # Inputs and outputs live beside this module; the protocol's users may name them through it.
 from linetap.sync.uploadevents import (Alarm, Output, Overdue, Pending, Publish, RecordingSynced, SegmentInfo,
                                        SegmentsLost, SegmentSynced)
@@ -111,7 +121,7 @@ class Upload:
 
     def __init__(self, device_id: str, reader: Reader, clock: Clock, *, window: int = _SYNC.window,
                  ack_timeout_s: float = _SYNC.ack_timeout_s, bandwidth_bytes_s: int = _SYNC.bandwidth_bytes_s,
-                 retry_base_s: float = 1.0) -> None:
+                 retry_base_s: float = 1.0, trusted: dict[str, Ed25519PublicKey] | None = None) -> None:
         if window < 1:
             raise ConfigError(f"sync window = {window}; it must be at least 1 message")
         if ack_timeout_s <= 0:
@@ -125,6 +135,7 @@ class Upload:
         self._ack_timeout = ack_timeout_s
         self._rate = bandwidth_bytes_s
         self._retry_base = retry_base_s
+        self._trusted = dict(trusted or {})  # store keys by receipt.key_id; empty: receipts are not asked for
         self._recordings: dict[str, _Recording] = {}
         self._order: list[_Recording] = []
         self._inflight: dict[tuple[str, ObjectRef, int], float] = {}  # -> when sent
@@ -180,7 +191,7 @@ class Upload:
             return
         now = self._clock.monotonic()
         if ack.status == "stored":
-            self._stored(rec, obj, ack.part, now)
+            self._stored(rec, obj, ack, now)
         elif ack.status == "retry":
             self._retry(rec, obj, ack, now)
         elif ack.code == "missing-segments" and obj.ref == MANIFEST:
@@ -278,8 +289,8 @@ class Upload:
         self._inflight.pop((recording_id, ref, part), None)
         self._waiting.pop((recording_id, ref, part), None)
 
-    def _stored(self, rec: _Recording, obj: _Object, part: int | None, now: float) -> None:
-        rid = rec.pending.recording_id
+    def _stored(self, rec: _Recording, obj: _Object, ack: wire.Ack, now: float) -> None:
+        rid, part = rec.pending.recording_id, ack.part
         if part is not None:
             self._answered(rid, obj.ref, part)
             obj.staged.add(part)
@@ -288,32 +299,57 @@ class Upload:
                 obj.staged_at = now
                 self._track(rid, obj)
             return
+        kept = None
+        if obj.ref == MANIFEST and self._trusted:
+            kept = self._receipt(rec, obj, ack, now)
+            if kept is None:
+                return
         obj.done = True
         obj.parts = None
         self._drop_inflight(rid, obj.ref)
         self._track(rid, obj)
         if obj.ref == MANIFEST:
-            self._out.append(RecordingSynced(rid))
+            self._out.append(RecordingSynced(rid, kept))
             self._forget(rid)
             logger.info("recording uploaded recording=%s seq=%d", rid, rec.pending.seq)
             return
         rec.todo.remove(obj.ref)
         self._out.append(SegmentSynced(rid, obj.ref.index))
 
+    def _receipt(self, rec: _Recording, obj: _Object, ack: wire.Ack, now: float) -> bytes | None:
+        """The checked receipt's bytes; None after an alarm and a back-off when it is missing or wrong."""
+        rid = rec.pending.recording_id
+        try:
+            if ack.receipt is None:
+                raise receipt.ReceiptError("the centre's stored ack carries no receipt")
+            return receipt.verify(receipt.decode(ack.receipt), self._trusted, device_id=self.device_id,
+                                  recording_id=rid, manifest_sha256=rec.pending.manifest_sha256).data
+        except receipt.ReceiptError as e:
+            self._out.append(Alarm(rid, MANIFEST, "receipt-invalid", str(e)))
+            logger.error("receipt refused recording=%s seq=%d reason=%s; the manifest goes again later", rid,
+                         rec.pending.seq, e)
+            self._backoff(rec, obj, now)
+            return None
+
     def _retry(self, rec: _Recording, obj: _Object, ack: wire.Ack, now: float) -> None:
+        delay = self._backoff(rec, obj, now, ack.part)
+        logger.info("centre asks to retry recording=%s object=%s code=%s delay_s=%.1f", rec.pending.recording_id,
+                    obj.ref, ack.code, delay)
+
+    def _backoff(self, rec: _Recording, obj: _Object, now: float, part: int | None = None) -> float:
+        """The object (or one part) goes again after a back-off doubling up to the ack timeout."""
         rid = rec.pending.recording_id
         obj.attempts += 1
         delay = min(self._ack_timeout, self._retry_base * 2 ** (obj.attempts - 1))
         obj.not_before = now + delay
-        if ack.part is None:
+        if part is None:
             self._drop_inflight(rid, obj.ref)
             obj.reset()
         else:
-            self._answered(rid, obj.ref, ack.part)
-            obj.staged.discard(ack.part)
+            self._answered(rid, obj.ref, part)
+            obj.staged.discard(part)
         self._track(rid, obj)
-        logger.info("centre asks to retry recording=%s object=%s code=%s delay_s=%.1f", rid, obj.ref,
-                    ack.code, delay)
+        return delay
 
     def _missing(self, rec: _Recording, ack: wire.Ack) -> None:
         rid = rec.pending.recording_id

@@ -9,7 +9,10 @@ them (it names no file: the spool's layout is the spool's), publishes through a
 :class:`~linetap.sync.link.Link` it is given (the app owns the link and may
 share it with the fleet side), and applies the protocol's catalogue updates
 with :meth:`Spool.mark_segments_synced`, :meth:`Spool.mark_synced` and
-:meth:`Spool.mark_unsynced`.
+:meth:`Spool.mark_unsynced`. A recording's receipt, checked by the protocol
+against the store keys it is given (``trusted``), is kept with
+:meth:`Spool.keep_receipt` before the recording is marked synced; if it
+cannot be kept, the recording stays unsynced and goes again.
 
 Wiring. The app passes the uploader's :meth:`on_connected`,
 :meth:`on_disconnected` and :meth:`on_message` to the link (or calls them
@@ -35,9 +38,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
-from linetap.firmware.errors import SyncError
+from linetap.firmware.errors import SpoolError, SyncError
 from linetap.firmware.spool import RecordingGone, Spool
 from linetap.sync import wire
 from linetap.sync.link import Link
@@ -70,7 +75,8 @@ class Uploader:
     """
 
     def __init__(self, spool: Spool, link: Link, settings: SyncSection, *, clock: Clock,
-                 on_alarm: Callable[[str, str], None] | None = None, rescan_s: float = RESCAN_S) -> None:
+                 on_alarm: Callable[[str, str], None] | None = None, rescan_s: float = RESCAN_S,
+                 trusted: dict[str, Ed25519PublicKey] | None = None) -> None:
         self._spool = spool
         self._link = link
         self._clock = clock
@@ -79,7 +85,11 @@ class Uploader:
         self.device_id = spool.device_id
         self._protocol = Upload(spool.device_id, self._read, clock, window=settings.window,
                                 ack_timeout_s=settings.ack_timeout_s,
-                                bandwidth_bytes_s=settings.bandwidth_bytes_s)
+                                bandwidth_bytes_s=settings.bandwidth_bytes_s, trusted=trusted)
+        if not trusted:
+            logger.warning("delivery receipts cannot be checked device_id=%s reason=no store key; synced "
+                           "recordings stay on the box until one is provisioned (linetap keys init --store-key)",
+                           self.device_id)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -198,8 +208,8 @@ class Uploader:
                 continue
             self._mark_segments(segment_marks)  # catalogue updates keep the protocol's order
             if isinstance(out, RecordingSynced):
-                self._mark(out.recording_id)
-                self._set_status(last_sync_wall=self._clock.wall())
+                if self._mark(out.recording_id, out.receipt):
+                    self._set_status(last_sync_wall=self._clock.wall())
             elif isinstance(out, SegmentsLost):
                 self._unmark(out.recording_id, out.indexes)
             elif isinstance(out, Alarm):
@@ -220,11 +230,19 @@ class Uploader:
                 logger.warning("synced segments of a recording no longer in the catalogue recording=%s",
                                recording_id)
 
-    def _mark(self, recording_id: str) -> None:
+    def _mark(self, recording_id: str, receipt: bytes | None) -> bool:
+        """Keep the receipt (durably), then mark the recording synced; False when either failed."""
         try:
+            if receipt is not None:
+                self._spool.keep_receipt(recording_id, receipt)
             self._spool.mark_synced(recording_id)
         except RecordingGone:
             logger.warning("synced recording no longer in the catalogue recording=%s", recording_id)
+            return False
+        except SpoolError as e:  # stays unsynced: the next rescan sends the manifest again
+            logger.error("receipt not kept recording=%s reason=%s; the manifest goes again", recording_id, e)
+            return False
+        return True
 
     def _unmark(self, recording_id: str, indexes: tuple[int, ...]) -> None:
         try:

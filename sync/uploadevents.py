@@ -56,9 +56,15 @@ class SegmentSynced:
 
 @dataclass(frozen=True)
 class RecordingSynced:
-    """The centre has the whole recording: mark it synced (retention may then delete it)."""
+    """The centre has the whole recording: keep its receipt (if any), then mark it synced.
+
+    ``receipt``: the store's signed receipt, checked (:func:`linetap.sync.receipt.verify`), to be kept
+    beside the manifest before the synced mark; None when the box has no store key to check one with.
+    Retention deletes only recordings that hold a receipt.
+    """
 
     recording_id: str
+    receipt: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,15 @@ class SegmentsLost:
 
 @dataclass(frozen=True)
 class Alarm:
-    """A recording the box cannot deliver; nothing more of it is sent until restart."""
+    """A recording the box cannot deliver; nothing more of it is sent until restart.
+
+    Except ``receipt-invalid``: the centre stored the recording but its receipt did not verify, and the
+    manifest goes again after a back-off to ask for it again.
+    """
 
     recording_id: str
     object: ObjectRef | None
-    code: str  # a wire.CODES code from the centre, or "unreadable" / "altered" found on the box
+    code: str  # a wire.CODES code from the centre, or "unreadable" / "altered" / "receipt-invalid" found on the box
     reason: str
 
 

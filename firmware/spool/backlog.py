@@ -16,7 +16,7 @@ from typing import Any
 from linetap.firmware import manifest as mf
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.schema import FileRefused, read_bounded
-from linetap.firmware.spool.layout import MANIFEST_MAX_BYTES, SEGMENT_MAX_BYTES, is_recording_id
+from linetap.firmware.spool.layout import MANIFEST_MAX_BYTES, RECEIPT_MAX_BYTES, SEGMENT_MAX_BYTES, is_recording_id
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,30 @@ class SyncMarks:
                 raise
             self.db.execute("COMMIT")
             logger.info("recording synced recording=%s", recording_id)
+
+    def keep_receipt(self, recording_id: str, data: bytes) -> None:
+        """Keep the store's receipt beside the manifest, durably, and note it in the catalogue.
+
+        ``data`` is a receipt the caller has checked (:func:`linetap.sync.receipt.verify`): retention
+        deletes a synced recording only once this has returned. The file is written (fsynced) before
+        the row says so, with ``synchronous=FULL``; a crash in between leaves a receipt file the next
+        stored ack writes again. Call it before :meth:`mark_synced`.
+        """
+        if len(data) > RECEIPT_MAX_BYTES:
+            raise SpoolError(f"receipt of recording {recording_id} is {len(data)} bytes, over "
+                             f"{RECEIPT_MAX_BYTES}; it is not one the store signs")
+        with self._lock:
+            state = self._recording_state(recording_id)
+            if state not in ("closed", "synced"):
+                raise SpoolError(f"recording {recording_id} is {state}; only a closed recording can keep a receipt")
+            path = self.layout.receipt(recording_id)
+            try:
+                self._files.write(path, data)
+            except OSError as e:
+                raise SpoolError(f"cannot keep the receipt {path}: {e.strerror or e}") from e
+            self.db.execute("UPDATE recordings SET receipt_stored_ms = ? WHERE id = ?",
+                            (mf.ms(self._clock.wall()), recording_id))
+            logger.info("receipt kept recording=%s", recording_id)
 
     def mark_segments_synced(self, recording_id: str, indexes: Iterable[int]) -> None:
         """Segments the central store has durably stored: resume hints, in one commit without an fsync."""

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     opening TEXT,
     manifest_sha256 TEXT,
     synced_wall_ms INTEGER,
-    note TEXT
+    note TEXT,
+    receipt_stored_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS segments (
     recording_id TEXT NOT NULL REFERENCES recordings(id),
@@ -65,6 +66,29 @@ COLUMNS = {
                    "discarded", "ended_by", "consent", "opening", "manifest_sha256", "synced_wall_ms", "note"),
     "segments": ("recording_id", "idx", "size", "sha256", "synced"),
 }
+# Columns added after the first catalogues were written: a catalogue without one gets it at open
+# (ALTER TABLE ... ADD COLUMN, NULL in old rows), so a box keeps its catalogue across the upgrade.
+ADDED_COLUMNS = {
+    "recordings": (("receipt_stored_ms", "INTEGER"),),  # when the store's receipt was kept (receipt.json)
+}
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Add the :data:`ADDED_COLUMNS` an older catalogue lacks; returns what was added."""
+    added = []
+    for table, columns in ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if have and name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                added.append(f"{table}.{name}")
+    return added
+
+
+def recording_values(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
+    """A ``recordings`` row's values by column: the first columns, and the added ones it has."""
+    names = COLUMNS["recordings"] + tuple(n for n, _ in ADDED_COLUMNS["recordings"] if n in row.keys())
+    return {key: row[key] for key in names}
+
 
 def schema_problem(db: sqlite3.Connection, *, tables_required: bool) -> str | None:
     """What the catalogue's tables lack, or None. A missing table is made by ``SCHEMA`` at start."""
@@ -121,6 +145,9 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
     checks += [int_problem(k, row[k], untrusted.MIN_SAFE_INT, untrusted.MAX_SAFE_INT, null=True)
                for k in ("started_wall_ms", "started_mono_ms", "ended_wall_ms", "ended_mono_ms",
                          "synced_wall_ms")]
+    if "receipt_stored_ms" in row.keys():  # an older catalogue read as it is (spool list) lacks it
+        checks.append(int_problem("receipt_stored_ms", row["receipt_stored_ms"], 0, untrusted.MAX_SAFE_INT,
+                                  null=True))
     if (problem := next((c for c in checks if c is not None), None)) is not None:
         return problem
     if row["state"] not in STATES:
@@ -189,6 +216,7 @@ def open_catalogue(path: Path, on_damage: Callable[[str], None]) -> sqlite3.Conn
             raise sqlite3.DatabaseError(f"integrity_check: {check}")
         if (problem := schema_problem(db, tables_required=False)) is not None:
             raise sqlite3.DatabaseError(f"not a linetap catalogue: {problem}")
+        migrate(db)
         db.executescript(SCHEMA)
         return db
     except sqlite3.DatabaseError as e:
@@ -202,6 +230,7 @@ def open_catalogue(path: Path, on_damage: Callable[[str], None]) -> sqlite3.Conn
 
 def row_dict(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys() if k != "opening"}
+    out.setdefault("receipt_stored_ms", None)
     out["consent"] = untrusted.loads(row["consent"], what="catalogue consent column",
                                      max_bytes=MANIFEST_MAX_BYTES) if row["consent"] else []
     for flag in ("clock_synced", "flagged", "recorded", "discarded"):

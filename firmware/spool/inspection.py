@@ -23,16 +23,26 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linetap.firmware import manifest as mf
-from linetap.firmware.errors import SpoolError
-from linetap.firmware.keys import load_signing_key
+from linetap.firmware.errors import ConfigError, SpoolError
+from linetap.firmware import untrusted
+from linetap.firmware.keys import load_signing_key, load_store_keys
 from linetap.firmware.schema import FileRefused, read_bounded
-from linetap.firmware.spool.catalogue import COLUMNS, SQLITE_HEADER, row_dict, row_problem, schema_problem
+from linetap.firmware.spool.catalogue import (
+    SQLITE_HEADER,
+    recording_values,
+    row_dict,
+    row_problem,
+    schema_problem,
+)
 from linetap.firmware.spool.checks import kind_of, segment_problem
+from linetap.sync import receipt
 from linetap.firmware.spool.layout import (
     CATALOGUE,
     MANIFEST_FILE,
     MANIFEST_MAX_BYTES,
     OPEN_FILE,
+    RECEIPT_FILE,
+    RECEIPT_MAX_BYTES,
     SpoolLayout,
     is_recording_id,
     segment_name,
@@ -110,7 +120,7 @@ def read_catalogue(data_dir: Path) -> CatalogueView:
     if why is not None:
         return view.unreadable("bad-catalogue", f"the catalogue {path} {why}; {REBUILT_AT_START}")
     for row in rows:
-        values = {key: row[key] for key in COLUMNS["recordings"]}
+        values = recording_values(row)
         if (problem := row_problem(values)) is None:
             view.rows.append(row_dict(values))
             continue
@@ -196,8 +206,10 @@ def verify_spool(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> 
     """``linetap spool verify``: structure, hashes, signatures and chain; never decrypts.
 
     Read-only: nothing is created, changed or removed, whatever is found.
-    ``public_key`` defaults to the device's own key. A damaged catalogue,
-    spool folder or file is a problem in the report, never an exception.
+    ``public_key`` defaults to the device's own key. A kept receipt must name
+    its recording's manifest hash, and verify with the store key when one is
+    provisioned. A damaged catalogue, spool folder or file is a problem in the
+    report, never an exception.
     """
     layout = SpoolLayout(Path(data_dir))
     if public_key is None:
@@ -209,6 +221,12 @@ def verify_spool(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> 
     def problem(kind: str, rid: str | None, detail: str) -> None:
         problems.append({"kind": kind, "recording_id": rid, "detail": detail})
 
+    try:
+        stores = load_store_keys(layout.data_dir)
+    except ConfigError as e:
+        stores = {}
+        problem("bad-store-key", None, f"{e} (receipts checked for shape only)")
+
     manifests: list[tuple[int, bytes]] = []
     for folder in _recording_folders(layout, problem):
         row = rows.get(folder.name)
@@ -216,6 +234,10 @@ def verify_spool(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> 
             problem("orphan-recording", folder.name, "folder has no catalogue row")
         if (found := _verify_folder(folder, row, public_key, problem)) is not None:
             manifests.append(found)
+            _verify_receipt(folder, found[1], stores, problem)
+        if row is not None and row.get("receipt_stored_ms") is not None and not (folder / RECEIPT_FILE).exists():
+            problem("missing-receipt", folder.name, f"the catalogue says a receipt was kept but {RECEIPT_FILE} "
+                    "is gone; the recording may be deleted by nothing until it holds one again")
     for rid, row in rows.items():
         if row["state"] in ("closed", "synced", "recording") and not layout.recording(rid).is_dir():
             problem("missing-files", rid, f"catalogue row seq={row['seq']} state={row['state']} has no folder")
@@ -262,9 +284,36 @@ def _verify_folder(folder: Path, row: dict[str, Any] | None, public_key: Ed25519
         if (p := segment_problem(folder / name, s["bytes"], s["sha256"])) is not None:
             problem("bad-segment", rid, f"{name}: {p}")
     for extra in sorted(folder.iterdir()):
-        if extra.name not in listed and extra.name not in (MANIFEST_FILE, OPEN_FILE):
+        if extra.name not in listed and extra.name not in (MANIFEST_FILE, OPEN_FILE, RECEIPT_FILE):
             problem("orphan-file", rid, f"{extra.name} is not in the manifest")
     return m["seq"], data
+
+
+def _verify_receipt(folder: Path, manifest: bytes, stores: dict[str, Ed25519PublicKey], problem: Problem) -> None:
+    """A kept receipt names this recording and manifest; with a store key provisioned, it verifies too."""
+    rid, path = folder.name, folder / RECEIPT_FILE
+    try:
+        data = read_bounded(path, max_bytes=RECEIPT_MAX_BYTES)
+    except FileNotFoundError:
+        return
+    except (FileRefused, OSError) as e:
+        problem("bad-receipt", rid, f"{path} {e}")
+        return
+    digest = mf.manifest_hash(manifest)
+    device_id = mf.parse(manifest)["device_id"]
+    try:
+        if stores:
+            receipt.verify(data, stores, device_id=device_id, recording_id=rid, manifest_sha256=digest)
+            return
+        value = untrusted.loads(data, what=str(path), max_bytes=RECEIPT_MAX_BYTES, max_depth=2)
+    except (receipt.ReceiptError, untrusted.Untrusted) as e:
+        problem("bad-receipt", rid, f"{RECEIPT_FILE}: {e}")
+        return
+    want = {"format": receipt.FORMAT, "device_id": device_id, "recording_id": rid, "manifest_sha256": digest}
+    wrong = [k for k, v in want.items() if not isinstance(value, dict) or value.get(k) != v]
+    if wrong:
+        problem("bad-receipt", rid, f"{RECEIPT_FILE} does not name this recording's {', '.join(wrong)} "
+                "(its signature is not checked: no store key is provisioned)")
 
 
 def _verify_chain(manifests: list[tuple[int, bytes]], rows: dict[str, dict[str, Any]],

@@ -9,6 +9,7 @@ Layout under the data dir::
         open.json              while the call is open: seq, start, codec (caller sealed)
         000000.age ...         ciphertext segments, standard age files
         manifest.json          signed, once the call is closed
+        receipt.json           the central store's signed receipt for the manifest, once synced
     quarantine/<when>-<what>/  anything recovery found that does not add up
     keys/                      see :mod:`linetap.firmware.keys`
 
@@ -31,12 +32,14 @@ CATALOGUE = "catalogue.db"
 CHAIN_FILE = "chain.json"
 OPEN_FILE = "open.json"
 MANIFEST_FILE = "manifest.json"
+RECEIPT_FILE = "receipt.json"  # the signed bytes exactly as the store sent them (linetap.sync.receipt)
 SEGMENT_SUFFIX = ".age"
 TMP_SUFFIX = ".tmp"
 # Bounds on what the spool reads back from disk: each is far above what the box writes.
 CHAIN_MAX_BYTES = 4 * 1024
 OPEN_MAX_BYTES = 64 * 1024
 MANIFEST_MAX_BYTES = 8 * 1024 * 1024
+RECEIPT_MAX_BYTES = 1024  # sync.receipt.MAX_BYTES; a receipt is about 450 bytes
 SEGMENT_MAX_BYTES = 16 * 1024 * 1024  # 120 s at 128 kbit/s is 2 MB
 MAX_SEGMENT_INDEX = 999_999  # six digits
 _SEGMENT_STEM = re.compile(r"[0-9]{6}")
@@ -98,6 +101,9 @@ class SpoolLayout:
 
     def manifest(self, recording_id: str) -> Path:
         return self.root / recording_id / MANIFEST_FILE
+
+    def receipt(self, recording_id: str) -> Path:
+        return self.root / recording_id / RECEIPT_FILE
 
     def opening(self, recording_id: str) -> Path:
         return self.root / recording_id / OPEN_FILE

@@ -29,6 +29,7 @@ from linetap.firmware.spool.catalogue import (
     COLUMNS,
     open_catalogue,
     opening_problem,
+    recording_values,
     row_dict,
     row_problem,
     segment_row_problem,
@@ -37,6 +38,7 @@ from linetap.firmware.spool.catalogue import (
 from linetap.firmware.spool.checks import age_shape_problem, segment_problem
 from linetap.firmware.spool.layout import (
     MANIFEST_FILE,
+    RECEIPT_FILE,
     MANIFEST_MAX_BYTES,
     OPEN_FILE,
     OPEN_MAX_BYTES,
@@ -155,7 +157,7 @@ class Recovery:
     def _quarantine_bad_rows(self) -> None:
         """Rows whose values make no sense are copied to quarantine and dropped; the files are adopted again."""
         for row in self.db.execute("SELECT rowid AS rowid_, * FROM recordings").fetchall():
-            values = {key: row[key] for key in COLUMNS["recordings"]}
+            values = recording_values(row)
             if (problem := row_problem(values)) is None:
                 continue
             note = self.layout.bad_row_note(self._clock.wall(), row["rowid_"])
@@ -299,7 +301,7 @@ class Recovery:
         for extra in sorted(folder.iterdir()):
             if extra.name == OPEN_FILE:
                 extra.unlink()  # a crash between the manifest and its removal; the manifest supersedes it
-            elif extra.name not in expected and extra.name != MANIFEST_FILE:
+            elif extra.name not in expected and extra.name not in (MANIFEST_FILE, RECEIPT_FILE):
                 self._quarantine(extra, "orphan-file", "file not listed in the recording's manifest", rid)
 
     def _close_after_crash(self, row: sqlite3.Row) -> None:

@@ -2,7 +2,13 @@
 
 Deleting a recording deletes ciphertext only: without the central key it is
 noise, so flash wear-levelling leaving old blocks behind reveals nothing, and
-deletion is secure erasure here. Synced recordings go after
+deletion is secure erasure here. A synced recording may go only once it
+holds the central store's receipt (``receipt.json``, checked before it was
+kept; :meth:`~linetap.firmware.spool.Spool.keep_receipt`): the ack alone is
+no proof the centre has it. Synced recordings without one are kept (counted
+in :meth:`~linetap.firmware.spool.Spool.status` as ``synced_without_receipt``)
+and are deleted only as unsynced ones are, by ``overwrite-oldest`` (before
+any unsynced one). Receipted recordings go after
 ``keep_synced_days``, and first when the spool passes ``max_bytes`` or free
 space falls below ``min_free_bytes``. Unsynced recordings are deleted only
 with ``on_full = "overwrite-oldest"``; by default (``stop-and-alarm``) new
@@ -22,6 +28,9 @@ from linetap.firmware.config import segment_s_problem
 from linetap.firmware.errors import SpoolError
 
 logger = logging.getLogger(__name__)
+
+# What retention may delete: synced, with the store's checked receipt kept.
+RECEIPTED = "state = 'synced' AND receipt_stored_ms IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -49,16 +58,17 @@ class Retention:
         purged: list[str] = []
         with self._lock:
             cutoff = mf.ms(self._clock.wall() - self.settings.keep_synced_days * 86400)
-            for row in self.db.execute("SELECT id FROM recordings WHERE state = 'synced' AND "
+            for row in self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} AND "
                                        "synced_wall_ms < ? ORDER BY seq", (cutoff,)).fetchall():
                 self._purge(row["id"], "kept-synced-days")
                 purged.append(row["id"])
             while (why := self._over_limit()) is not None:
-                victim = self.db.execute("SELECT id FROM recordings WHERE state = 'synced' "
+                victim = self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} "
                                          "ORDER BY seq LIMIT 1").fetchone()
                 if victim is None and self.settings.on_full == "overwrite-oldest":
-                    victim = self.db.execute("SELECT id FROM recordings WHERE state = 'closed' "
-                                             "ORDER BY seq LIMIT 1").fetchone()
+                    # Synced without a receipt (the centre said stored) before unsynced.
+                    victim = self.db.execute("SELECT id FROM recordings WHERE state IN ('synced', 'closed') "
+                                             "ORDER BY state = 'closed', seq LIMIT 1").fetchone()
                     if victim is not None:
                         logger.warning("retention overwrites unsynced recording=%s reason=%s",
                                        victim["id"], why)
@@ -71,9 +81,9 @@ class Retention:
         return purged
 
     def purge_synced(self) -> list[str]:
-        """Delete every synced recording now, whatever its age (an operator's request); returns the ids."""
+        """Delete every synced recording that holds a receipt now, whatever its age (an operator's request)."""
         with self._lock:
-            rows = self.db.execute("SELECT id FROM recordings WHERE state = 'synced' ORDER BY seq").fetchall()
+            rows = self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} ORDER BY seq").fetchall()
             for row in rows:
                 self._purge(row["id"], "purge-synced")
             purged = [row["id"] for row in rows]

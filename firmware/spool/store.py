@@ -86,7 +86,10 @@ class Spool(SpoolWriter, SyncMarks, Retention, Recovery):
         with self._lock:
             rows = self.db.execute("SELECT state, COUNT(*) AS n, SUM(bytes) AS b FROM recordings "
                                    "GROUP BY state").fetchall()
+            unreceipted = self.db.execute("SELECT COUNT(*) FROM recordings WHERE state = 'synced' AND "
+                                          "receipt_stored_ms IS NULL").fetchone()[0]
         return {"by_state": {r["state"]: {"recordings": r["n"], "bytes": r["b"] or 0} for r in rows},
+                "synced_without_receipt": unreceipted,  # kept: retention deletes only receipted recordings
                 "used_bytes": self._used_bytes(), "free_bytes": self._disk_free(self.root),
                 "fault": self.fault}
 

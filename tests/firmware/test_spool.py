@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyrage
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.drivers.events import CallerId
 from linetap.firmware import manifest as mf
@@ -36,6 +38,7 @@ from linetap.firmware.spool import (
     list_recordings,
     verify_spool,
 )
+from linetap.sync import receipt
 
 RATE = 8000
 CODEC = CodecParams(rate=RATE, segment_s=1.0)
@@ -507,12 +510,28 @@ def test_segment_marks_skip_the_fsync_and_the_recording_mark_does_not(data: Path
 
 # --------------------------------------------------------------- retention --
 
+STORE_KEY = Ed25519PrivateKey.generate()
+
+
+def signed_receipt(spool: Spool, recording_id: str, *, key: Ed25519PrivateKey = STORE_KEY,
+                   manifest_sha256: str | None = None) -> bytes:
+    """A store receipt for a closed recording, as the centre signs it."""
+    digest = manifest_sha256 or hashlib.sha256(spool.read_object(recording_id)).hexdigest()
+    return receipt.sign(key, device_id=spool.device_id, recording_id=recording_id, seq=1,
+                        manifest_sha256=digest, stored_ms=1_700_000_000_000, prev=receipt.GENESIS).data
+
+
+def synced_with_receipt(spool: Spool, recording_id: str) -> None:
+    spool.keep_receipt(recording_id, signed_receipt(spool, recording_id))
+    spool.mark_synced(recording_id)
+
+
 def test_synced_recordings_expire_after_keep_synced_days(data: Path, clock) -> None:
     with open_spool(data, clock, settings=SpoolSettings(keep_synced_days=7)) as spool:
         sink = SpoolSink(spool, CODEC, FakeSegmenter)
         old, _ = run_call(sink, clock, 0.5)
         unsynced, _ = run_call(sink, clock, 0.5)
-        spool.mark_synced(old.call_id)
+        synced_with_receipt(spool, old.call_id)
         clock.advance(6 * 86400)
         assert spool.enforce_retention() == []
         clock.advance(2 * 86400)
@@ -531,7 +550,7 @@ def test_over_max_bytes_synced_go_first_then_stop_and_alarm(data: Path, clock) -
         sink = SpoolSink(spool, CODEC, FakeSegmenter)
         first, _ = run_call(sink, clock, 1.0)   # about 32 KB of ciphertext each
         second, _ = run_call(sink, clock, 1.0)
-        spool.mark_synced(first.call_id)
+        synced_with_receipt(spool, first.call_id)
         assert spool.enforce_retention() == [first.call_id]
         assert spool.fault is None
         run_call(sink, clock, 1.0)
@@ -566,3 +585,95 @@ def test_free_space_floor_stops_new_calls(data: Path, clock) -> None:
         run_call(sink, clock, 0.5)
         assert spool.fault is None
     assert [r["seq"] for r in list_recordings(data)] == [1, 2]
+
+
+# ---------------------------------------------------------------- receipts --
+
+def test_receipt_is_kept_durably_beside_the_manifest_and_listed(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+        signed = signed_receipt(spool, call.call_id)
+        spool.keep_receipt(call.call_id, signed)
+        spool.mark_synced(call.call_id)
+        assert spool.status()["synced_without_receipt"] == 0
+    assert (data / "spool" / call.call_id / "receipt.json").read_bytes() == signed
+    [row] = list_recordings(data)
+    assert row["state"] == "synced" and row["receipt_stored_ms"] == mf.ms(clock.wall())
+    listed = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "spool", "list", "--data-dir",
+                             str(data)], capture_output=True, text=True, check=True).stdout
+    assert "receipt 20" in listed
+    assert verify_spool(data)["ok"]
+    with open_spool(data, clock) as spool:  # recovery keeps it: not a stray
+        assert not spool.recovery.quarantined
+    assert (data / "spool" / call.call_id / "receipt.json").read_bytes() == signed
+
+
+def test_keep_receipt_writes_through_durable_files_and_refuses_what_is_not_closed(data: Path, clock) -> None:
+    written = []
+
+    class Recording(DurableFiles):
+        def write(self, path: Path, data: bytes) -> None:
+            written.append(path.name)
+            super().write(path, data)
+
+    with open_spool(data, clock, files=Recording()) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+        spool.keep_receipt(call.call_id, signed_receipt(spool, call.call_id))
+        assert written[-1] == "receipt.json"
+        with pytest.raises(RecordingGone):
+            spool.keep_receipt("no-such-recording", b"{}")
+        with pytest.raises(SpoolError, match="over 1024"):
+            spool.keep_receipt(call.call_id, b"x" * 2000)
+
+
+def test_retention_keeps_a_synced_recording_without_a_receipt(data: Path, clock) -> None:
+    with open_spool(data, clock, settings=SpoolSettings(keep_synced_days=1)) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        bare, _ = run_call(sink, clock, 0.5)
+        kept, _ = run_call(sink, clock, 0.5)
+        spool.mark_synced(bare.call_id)
+        synced_with_receipt(spool, kept.call_id)
+        clock.advance(2 * 86400)
+        assert spool.enforce_retention() == [kept.call_id]
+        assert spool.purge_synced() == []
+        assert spool.status()["synced_without_receipt"] == 1
+    assert (data / "spool" / bare.call_id).is_dir()
+    assert [r["state"] for r in list_recordings(data)] == ["synced", "purged"]
+    listed = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "spool", "list", "--data-dir",
+                             str(data)], capture_output=True, text=True, check=True).stdout
+    assert "no receipt" in listed
+
+
+def test_spool_verify_finds_a_receipt_for_another_manifest_or_forged(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+        spool.keep_receipt(call.call_id, signed_receipt(spool, call.call_id, manifest_sha256="ab" * 32))
+        spool.mark_synced(call.call_id)
+    report = verify_spool(data)
+    assert not report["ok"] and [p["kind"] for p in report["problems"]] == ["bad-receipt"]
+    assert "manifest_sha256" in report["problems"][0]["detail"]
+    # With the store key provisioned, a receipt signed by another key is found too.
+    (data / "keys" / "store.pub").write_text(base64.b64encode(STORE_KEY.public_key().public_bytes_raw()).decode())
+    with open_spool(data, clock) as spool:
+        forged = signed_receipt(spool, call.call_id, key=Ed25519PrivateKey.generate())
+        spool.keep_receipt(call.call_id, forged)
+    report = verify_spool(data)
+    assert [p["kind"] for p in report["problems"]] == ["bad-receipt"]
+    assert "does not trust" in report["problems"][0]["detail"]
+
+
+def test_a_catalogue_from_before_receipts_opens_and_keeps_its_rows(data: Path, clock) -> None:
+    with open_spool(data, clock) as spool:
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+        spool.mark_synced(call.call_id)
+    db = sqlite3.connect(data / "spool" / "catalogue.db")
+    db.execute("ALTER TABLE recordings DROP COLUMN receipt_stored_ms")
+    db.commit()
+    db.close()
+    [old] = list_recordings(data)  # read as it is, before the service migrates it
+    assert old["state"] == "synced" and old["receipt_stored_ms"] is None
+    with open_spool(data, clock) as spool:
+        assert not spool.recovery.quarantined
+        spool.keep_receipt(call.call_id, signed_receipt(spool, call.call_id))
+    [row] = list_recordings(data)
+    assert row["id"] == call.call_id and row["receipt_stored_ms"] is not None
