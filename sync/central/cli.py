@@ -3,7 +3,7 @@
 Everything lives under one data dir (``--data-dir DIR`` or
 ``LINETAP_CENTRAL_DATA_DIR``)::
 
-    keys/          the age identity (decrypts recordings) and the operator key
+    keys/          the age identity (decrypts recordings), the operator key and the store key (receipts)
     index.db       the SQLite index
     objects/       the object store: <device>/<YYYY>/<MM>/<DD>/<recording>/...
     staging/       parts of objects still arriving
@@ -69,13 +69,16 @@ def _add_config(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
-    keys = sub.add_parser("keys", parents=[common], help="the central age identity and the operator key")
+    keys = sub.add_parser("keys", parents=[common],
+                          help="the central age identity, the operator key and the store key")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser("init", parents=[common],
                                help="create the keys (once) and print the recipient boxes need")
     init.add_argument("--import-identity", type=Path, metavar="FILE",
                       help="use this age identity file (age-keygen -o FILE) instead of making one")
     init.set_defaults(run=_keys_init)
+    show = keys_sub.add_parser("show", parents=[common], help="print the public keys boxes need (makes nothing)")
+    show.set_defaults(run=_keys_show)
 
 
 def _add_enroll(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -202,13 +205,27 @@ def _keys_init(args: argparse.Namespace) -> int:
     from linetap.sync.central.keys import keys_init
 
     keys = keys_init(data_dir(args), args.import_identity)
-    print(f"{'created' if keys.identity_created else 'kept existing'} age identity in "
-          f"{data_dir(args) / 'keys'}")
+    for made, what in ((keys.identity_created, "age identity"), (keys.operator_created, "operator key"),
+                       (keys.store_created, "store key")):
+        print(f"{'created' if made else 'kept existing'} {what} in {data_dir(args) / 'keys'}")
+    _print_public_keys(keys)
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    from linetap.sync.central.keys import show_keys
+
+    _print_public_keys(show_keys(data_dir(args)))
+    return 0
+
+
+def _print_public_keys(keys: Any) -> None:
     print(f"give every box this recipient (linetap keys init --central-recipient ...):\n  {keys.recipient}")
     print(f"and this operator key, so it obeys the fleet commands and config you sign "
           f"(linetap keys init --operator-key ...; image: operator.pub on the boot partition):\n"
           f"  {keys.operator_public_key_b64}")
-    return 0
+    print(f"and this store key, so it trusts the delivery receipts this store signs "
+          f"(linetap keys init --store-key BASE64):\n  {keys.store_public_key_b64}")
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -240,6 +257,9 @@ def _list(args: argparse.Namespace) -> int:
             device_id=args.device, since_ms=args.since, until_ms=args.until, caller=args.caller,
             flagged=True if args.flagged else None,
             min_duration_ms=None if args.min_duration is None else round(args.min_duration * 1000))
+        receipted = {(r["device_id"], r["recording_id"]): r["stored_ms"] for r in tools.index.receipts()}
+    for row in rows:  # when the store signed the recording's delivery receipt; None: it has none
+        row["receipt_stored_ms"] = receipted.get((row["device_id"], row["recording_id"]))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

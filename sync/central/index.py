@@ -13,7 +13,9 @@ two workers exactly one wins and the other is told ``conflict``; a recording
 row is inserted if absent, so a manifest delivered twice is indexed once.
 
 The schema and its migrations are in :mod:`~linetap.sync.central.indexschema`,
-the fleet tracker's tables in :mod:`~linetap.sync.central.fleetindex`.
+the fleet tracker's tables in :mod:`~linetap.sync.central.fleetindex`, the
+receipt log in :mod:`~linetap.sync.central.receiptlog` (a recording's receipt
+is appended in the transaction that indexes it).
 
 Keys. Recording ids are unique per device, not across the fleet (a box makes
 its own UUIDv7s, and a hostile box may reuse another's): every recording row,
@@ -51,6 +53,7 @@ from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
+from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -107,9 +110,15 @@ class Index(Protocol):
         """Staged objects (one row per device, recording, name, sha256: bytes, parts, last_ms),
         those last touched before ``older_than_ms`` when given."""
 
-    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = ()) -> bool:
+    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = (), sign: Signer | None = None) -> bool:
         """Insert a recording unless it is indexed already, and mark the named objects of it vouched;
-        True when this call inserted it."""
+        True when this call inserted it. With ``sign``, the recording's receipt is appended to the
+        receipt log in the same transaction unless the log has one."""
+
+    def receipt(self, device_id: str, recording_id: str) -> dict[str, Any] | None: ...
+    def unreceipted(self) -> list[dict[str, Any]]: ...
+    def add_receipt(self, device_id: str, recording_id: str, sign: Signer) -> None: ...
+    def receipts(self, device_id: str | None = None) -> list[dict[str, Any]]: ...
 
     def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The recording; without ``device_id`` the one of that id, :class:`AmbiguousRecording` if
@@ -132,7 +141,7 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteIndex(FleetTables):
+class SqliteIndex(FleetTables, ReceiptTables):
     """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -279,7 +288,7 @@ class SqliteIndex(FleetTables):
 
     # -- recordings --
 
-    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = ()) -> bool:
+    def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = (), sign: Signer | None = None) -> bool:
         values = [json.dumps(row[c]) if c in _JSON_COLUMNS and row[c] is not None else
                   int(row[c]) if c in _FLAG_COLUMNS else row[c] for c in RECORDING_COLUMNS]
         device, rid = row["device_id"], row["recording_id"]
@@ -291,6 +300,8 @@ class SqliteIndex(FleetTables):
                 inserted = cursor.rowcount == 1
                 db.executemany("UPDATE objects SET vouched = 1 WHERE device_id = ? AND recording_id = ? "
                                "AND name = ? AND vouched = 0", [(device, rid, name) for name in vouched])
+                if sign is not None:
+                    append_receipt(db, device, rid, sign)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

@@ -85,6 +85,19 @@ CREATE TABLE IF NOT EXISTS problems (
     detail TEXT NOT NULL,
     found_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receipts (
+    pos BIGINT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    stored_ms BIGINT NOT NULL,
+    key_id TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (device_id, recording_id)
+);
 CREATE TABLE IF NOT EXISTS fleet_devices (
     device_id TEXT PRIMARY KEY,
     boot BIGINT,
@@ -107,7 +120,7 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 );
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -127,8 +140,15 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
                "r.device_id = objects.device_id AND r.recording_id = objects.recording_id)")
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """The receipt log (``receipts``), empty: recordings stored before it have no receipt, and ``verify``
+    says so; a box sending such a manifest again gets one signed then."""
+    statement = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS receipts"):]
+    db.execute(statement[:statement.index(";")])
+
+
 # user_version -> the step that brings a file of that version to the next one.
-MIGRATIONS = {0: _migrate_0_to_1}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 
 def create(db: sqlite3.Connection) -> None:

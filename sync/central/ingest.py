@@ -20,7 +20,12 @@ idempotent and every shared decision is taken in the index:
    storing the last one right now, or the box has not sent it) the manifest
    waits in staging and is finished by the worker that stores the last
    segment. A broken chain link is stored and recorded as a problem
-   (refusing it would lose evidence), and ``verify`` reports it.
+   (refusing it would lose evidence), and ``verify`` reports it;
+5. a stored and verified manifest's recording is indexed and its delivery
+   receipt (:mod:`linetap.sync.receipt`) signed with the store key and
+   appended to the receipt log in the same transaction; the manifest's
+   ``stored`` ack carries it. A manifest sent again gets the receipt already
+   in the log, never a new one; nothing is acknowledged before it is durable.
 
 Everything is keyed by (device, recording): recording ids are unique per
 device only, and a box may reuse another's id without touching it.
@@ -51,16 +56,18 @@ from pathlib import Path
 from typing import Any
 
 import pyrage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware import manifest as mf
 from linetap.firmware import untrusted
 from linetap.firmware.clock import Clock, SystemClock
-from linetap.firmware.errors import ConfigError
+from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync import wire
+from linetap.sync import receipt, wire
 from linetap.sync.central.config import DAY_MS, IngestSection
 from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
-from linetap.sync.central.keys import load_identity
+from linetap.sync.central.keys import load_identity, load_store_key
+from linetap.sync.central.receiptlog import Signer, as_receipt
 from linetap.sync.central.staging import AgedOut, Staging
 from linetap.sync.central.store import DurableFiles, FileStore, ObjectStore, StoreUnavailable, manifest_key, segment_key
 
@@ -83,12 +90,17 @@ class Ingest:
     and the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
     writer of both the staging and the default store (tests pass one that
     fails like a full disk). ``limits`` is the config's ``[ingest]`` section.
+    ``store_key`` signs the delivery receipts; without it the data dir's
+    ``keys/store.key`` is loaded here, once (a worker process loads its own:
+    a key does not cross a process boundary), and a store without one is
+    refused with the ``keys init`` hint.
     """
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
                  index: Index | None = None, files: DurableFiles | None = None,
-                 limits: IngestSection | None = None) -> None:
+                 limits: IngestSection | None = None, store_key: Ed25519PrivateKey | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._store_key = store_key if store_key is not None else load_store_key(self.data_dir)
         self.limits = limits or IngestSection()
         self._clock = clock or SystemClock()
         self._files = files or DurableFiles()
@@ -266,12 +278,36 @@ class Ingest:
             return [refusal]
         row = self._recording_row(manifest, data)
         vouched = [str(wire.ObjectRef.manifest())] + [str(wire.ObjectRef.segment(i)) for i, _, _ in listed]
-        if self.index.add_recording(row, vouched):
+        if self.index.add_recording(row, vouched, self._signer(manifest, row["manifest_sha256"])):
             self._check_links(manifest, row["manifest_sha256"])
             logger.info("recording stored device=%s recording=%s seq=%d segments=%d",
                         device, rid, manifest["seq"], len(listed))
         self._staging.drop_pending(device, rid)
-        return [_ack(part, "stored")]
+        issued = self.index.receipt(device, rid)
+        if issued is None:
+            raise SyncError(f"index {type(self.index).__name__} kept no receipt for recording {rid} of {device}")
+        return [_ack(part, "stored", receipt=receipt.encode(as_receipt(issued)))]
+
+    def issue_missing_receipts(self) -> int:
+        """Sign receipts for recordings stored before this store kept a receipt log (``serve`` does at start).
+
+        Each is stamped with the time the index says it was stored, and
+        appended in that order; returns how many were signed.
+        """
+        missing = self.index.unreceipted()
+        for row in missing:
+            self.index.add_receipt(row["device_id"], row["recording_id"], self._signer(row, row["manifest_sha256"]))
+        if missing:
+            logger.info("receipts signed for recordings stored before the receipt log count=%d", len(missing))
+        return len(missing)
+
+    def _signer(self, manifest: dict[str, Any], digest: str) -> Signer:
+        """Signs the recording's receipt inside the index's transaction, with ``prev`` from the log."""
+        def sign(prev: str, stored_ms: int) -> receipt.Receipt:
+            return receipt.sign(self._store_key, device_id=manifest["device_id"],
+                                recording_id=manifest["recording_id"], seq=manifest["seq"],
+                                manifest_sha256=digest, stored_ms=stored_ms, prev=prev)
+        return sign
 
     def _compare_segments(self, device: str, rid: str,
                           listed: list[tuple[int, str, int]]) -> tuple[list[int], list[int]]:
@@ -376,7 +412,9 @@ class Ingest:
 
     def _stored(self, part: wire.Part) -> list[wire.Ack]:
         acks = [_ack(part, "stored", per_part=True)] if part.parts > 1 else []
-        return acks + [_ack(part, "stored")]
+        issued = self.index.receipt(part.device_id, part.recording_id) if part.object.kind == "manifest" else None
+        encoded = None if issued is None else receipt.encode(as_receipt(issued))
+        return acks + [_ack(part, "stored", receipt=encoded)]
 
     def _refuse(self, part: wire.Part, code: str, reason: str) -> wire.Ack:
         logger.warning("upload refused device=%s recording=%s object=%s code=%s: %s",
@@ -391,9 +429,9 @@ class Ingest:
 
 
 def _ack(part: wire.Part, status: wire.Status, code: str | None = None, reason: str | None = None, *,
-         per_part: bool = False, missing: tuple[int, ...] = ()) -> wire.Ack:
+         per_part: bool = False, missing: tuple[int, ...] = (), receipt: str | None = None) -> wire.Ack:
     return wire.Ack(part.recording_id, part.object, part.sha256, status,
-                    part.part if per_part else None, code, reason, missing)
+                    part.part if per_part else None, code, reason, missing, receipt)
 
 
 def _check_part(part: wire.Part) -> None:

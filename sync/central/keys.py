@@ -1,19 +1,25 @@
-"""The central store's keys: the age identity that decrypts recordings and the operator signing key.
+"""The central store's keys: the age identity that decrypts recordings, the operator and store signing keys.
 
 Layout under the central data dir::
 
     keys/                 0700
       central.key         0600  age X25519 identity, in age-keygen's file format
-      operator.key        0600  Ed25519 private key, PKCS#8 PEM (tombstones, later fleet commands)
+      operator.key        0600  Ed25519 private key, PKCS#8 PEM (tombstones, fleet commands)
+      store.key           0600  Ed25519 private key, PKCS#8 PEM (delivery receipts, sync/receipt.py)
 
 ``central.key`` is a standard age identity file: ``age -d -i keys/central.key
 000000.age`` decrypts a stored segment with no project code. Its public half
 (``age1...``) is what every box is given by ``linetap keys init
---central-recipient``. Keys are never replaced by ``keys init``: a new
-identity would make every stored recording unreadable, a new operator key
-would orphan every tombstone. Key files readable by anyone but the owner are
-refused, and so is a file holding another kind of key: the broker's TLS key
-(PEM, RSA or EC) copied over ``central.key`` or ``operator.key`` is named as
+--central-recipient``; the store key's public half is what every box is
+given by ``linetap keys init --store-key``. The store key is kept apart from
+the operator key: one signs what the store received, the other commands
+boxes. Keys are never replaced by ``keys init``: a new identity would make
+every stored recording unreadable, a new operator key would orphan every
+tombstone, a new store key would leave every box distrusting its receipts.
+``keys init`` on a store that has some of its keys adds only the missing ones.
+Key files readable by anyone but the owner are refused, and so is a file
+holding another kind of key: the broker's TLS key (PEM, RSA or EC) copied
+over ``central.key``, ``operator.key`` or ``store.key`` is named as
 such, with where it belongs, rather than reported as a parse error. Nothing
 here logs key material.
 """
@@ -33,13 +39,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from linetap.firmware.durable import fsync_dir, write_new_private
 from linetap.firmware.errors import ConfigError
-from linetap.firmware.keys import WrongKeyKind, fingerprint, pem_contents, public_key_b64
+from linetap.firmware.keys import WrongKeyKind, fingerprint, pem_contents, public_key_b64, public_key_raw
 
 logger = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
 IDENTITY_FILE = "central.key"
 OPERATOR_FILE = "operator.key"
+STORE_FILE = "store.key"
 INIT_HINT = "run `linetap-central keys init` (or pass --data-dir of the store that has the keys)"
 TLS_HINT = ("the broker's TLS key and certificate belong in the files central.toml's [broker] key_file and "
             "cert_file name (tls/central.key and tls/central.pem, say), never in keys/")
@@ -57,6 +64,8 @@ class CentralKeys:
     operator_public_key_b64: str
     identity_created: bool
     operator_created: bool
+    store_public_key_b64: str = ""  # base64 raw Ed25519: give it to every box (--store-key)
+    store_created: bool = False
 
 
 def keys_init(data_dir: Path, import_identity: Path | None = None) -> CentralKeys:
@@ -78,19 +87,34 @@ def keys_init(data_dir: Path, import_identity: Path | None = None) -> CentralKey
     elif not identity_path.exists():
         write_new_private(identity_path, _identity_file(pyrage.x25519.Identity.generate()))
         identity_created = True
-    operator_path = folder / OPERATOR_FILE
-    operator_created = not operator_path.exists()
-    if operator_created:
-        key = Ed25519PrivateKey.generate()
-        write_new_private(operator_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
+    operator_created = _new_ed25519(folder / OPERATOR_FILE)
+    store_created = _new_ed25519(folder / STORE_FILE)
     fsync_dir(folder)
     operator = load_operator_key(data_dir)
+    store = load_store_key(data_dir)
     keys = CentralKeys(str(load_identity(data_dir).to_public()), public_key_b64(operator.public_key()),
-                       identity_created, operator_created)
-    logger.info("central keys init identity_created=%s operator_created=%s operator=%s",
-                identity_created, operator_created, fingerprint(operator.public_key()))
+                       identity_created, operator_created, public_key_b64(store.public_key()), store_created)
+    logger.info("central keys init identity_created=%s operator_created=%s store_created=%s operator=%s store=%s",
+                identity_created, operator_created, store_created, fingerprint(operator.public_key()),
+                fingerprint(store.public_key()))
     return keys
+
+
+def show_keys(data_dir: Path) -> CentralKeys:
+    """The public halves boxes need, from keys already made (nothing is created)."""
+    return CentralKeys(str(load_identity(data_dir).to_public()),
+                       public_key_b64(load_operator_key(data_dir).public_key()), False, False,
+                       public_key_b64(load_store_key(data_dir).public_key()), False)
+
+
+def _new_ed25519(path: Path) -> bool:
+    """Write a new Ed25519 private key to ``path`` unless a file is there; True when written."""
+    if path.exists():
+        return False
+    key = Ed25519PrivateKey.generate()
+    write_new_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    return True
 
 
 def load_identity(data_dir: Path) -> pyrage.x25519.Identity:
@@ -112,21 +136,44 @@ def load_identity(data_dir: Path) -> pyrage.x25519.Identity:
 
 
 def load_operator_key(data_dir: Path) -> Ed25519PrivateKey:
-    path = Path(data_dir) / KEYS_DIR / OPERATOR_FILE
+    return _load_ed25519(Path(data_dir) / KEYS_DIR / OPERATOR_FILE, "operator")
+
+
+def load_store_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The store key that signs delivery receipts; :class:`CentralKeyMissing` names ``keys init``.
+
+    The operator key copied over it is refused: the two are kept apart.
+    """
+    path = Path(data_dir) / KEYS_DIR / STORE_FILE
+    key = _load_ed25519(path, "store")
+    operator = Path(data_dir) / KEYS_DIR / OPERATOR_FILE
+    if operator.exists() and pem_contents(operator.read_bytes()).public_raw == public_key_raw(key.public_key()):
+        raise WrongKeyKind(f"store key {path} is the operator key (operator.key), which commands boxes",
+                           f"the store key signs receipts and is kept apart: move {path} aside and run "
+                           "`linetap-central keys init` to make a store key, then give boxes its public half")
+    return key
+
+
+def _load_ed25519(path: Path, role: str) -> Ed25519PrivateKey:
     _check_private(path)
     data = path.read_bytes()
     contents = pem_contents(data)
+    trusted_by = "every box trusts its public half"
     if contents.key != "Ed25519" and (contents.key is not None or contents.certificate):
-        raise WrongKeyKind(f"operator key {path} holds {contents.describe()}"
+        raise WrongKeyKind(f"{role} key {path} holds {contents.describe()}"
                            + (" (TLS material for the broker?)" if contents.key in (None, "RSA", "EC") else "")
-                           + ", not the Ed25519 operator signing key",
-                           f"{TLS_HINT}; restore {path} from its backup (every box trusts its public half)")
+                           + f", not the Ed25519 {role} signing key",
+                           f"{TLS_HINT}; restore {path} from its backup ({trusted_by})")
+    if data.lstrip().startswith(b"AGE-SECRET-KEY-") or b"\nAGE-SECRET-KEY-" in data:
+        raise WrongKeyKind(f"{role} key {path} holds an age identity (central.key?), not the Ed25519 "
+                           f"{role} signing key", f"restore {path} from its backup ({trusted_by})")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError as e:
-        raise ConfigError(f"operator key {path} is not a PEM private key ({e})") from e
+        raise ConfigError(f"{role} key {path} is not a PEM private key ({e}); restore it from its "
+                          f"backup ({trusted_by})") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"operator key {path} is a {type(key).__name__}, not Ed25519")
+        raise ConfigError(f"{role} key {path} is a {type(key).__name__}, not Ed25519")
     return key
 
 

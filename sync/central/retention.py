@@ -16,10 +16,9 @@ from typing import Any
 
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.sync.central.config import DAY_MS, IngestSection, RetentionSection
-from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import load_operator_key
-from linetap.sync.central.staging import AgedOut
-from linetap.sync.central.store import tombstone_key
+from linetap.sync.central.staging import AgedOut, Staging
+from linetap.sync.central.store import DurableFiles, tombstone_key
 from linetap.sync.central.stored import Stored
 from linetap.sync.central.tombstone import sign_tombstone
 
@@ -91,12 +90,8 @@ def retention_run(stored: Stored, retention: RetentionSection, *,
 
 def age_out(stored: Stored, limits: IngestSection, *, dry_run: bool = False) -> list[AgedOut]:
     """Remove staging untouched for ``limits.stale_staging_days`` (with ``dry_run``, only list it)."""
-    ingest = Ingest(stored.data_dir, clock=stored.clock, store=stored.store, index=stored.index, limits=limits)
-    try:
-        if not dry_run:
-            return ingest.age_out()
-        cutoff = stored.now_ms() - limits.stale_staging_days * DAY_MS
-        return [AgedOut(r["device_id"], r["recording_id"], r["name"], int(r["bytes"]), int(r["last_ms"]))
-                for r in stored.index.staged(older_than_ms=cutoff)]
-    finally:
-        ingest.close()
+    cutoff = stored.now_ms() - round(limits.stale_staging_days * DAY_MS)
+    if not dry_run:  # staging only: no store key needed
+        return Staging(stored.data_dir, stored.index, DurableFiles()).age_out(cutoff)
+    return [AgedOut(r["device_id"], r["recording_id"], r["name"], int(r["bytes"]), int(r["last_ms"]))
+            for r in stored.index.staged(older_than_ms=cutoff)]

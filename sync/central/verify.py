@@ -1,4 +1,12 @@
-"""Verify: re-hash what is stored, re-check signatures and each device's chain; list orphans.
+"""Verify: re-hash what is stored, re-check signatures and each device's chain, the receipt log; list orphans.
+
+The receipt log (:mod:`~linetap.sync.central.receiptlog`) is checked whole:
+each receipt's signature with the store key, its ``prev`` link to the
+receipt before it (the first from ``GENESIS``), that the log's columns and
+the recording's indexed manifest hash say what the signed bytes say, and
+that every stored recording has one. What is wrong is a problem of the
+receipt's device: ``bad-receipt``, ``broken-receipt-link``,
+``missing-receipt``, ``receipt-without-recording``.
 
 ``problems`` (a missing or altered object, a broken link, a bad tombstone, a
 refusal that meant tampering) make a device's report not ok. ``orphans``,
@@ -22,12 +30,15 @@ from linetap.firmware.errors import AuthError, ConfigError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync.central.config import DAY_MS, IngestSection
 from linetap.sync.central.index import PENDING_MANIFEST
-from linetap.sync.central.keys import operator_public_key
+from linetap.sync.central.keys import load_store_key, operator_public_key
 from linetap.sync.central.store import ObjectMissing
 from linetap.sync.central.stored import IntegrityError, Stored
 from linetap.sync.central.tombstone import CHAIN_MEMBERS, verify_tombstone
+from linetap.sync.receipt import GENESIS, ReceiptError, key_id
+from linetap.sync.receipt import verify as verify_receipt
 
 Row = dict[str, Any]
+RECEIPT_COLUMNS = ("seq", "manifest_sha256", "stored_ms", "key_id", "prev")
 
 
 @dataclass
@@ -37,6 +48,7 @@ class DeviceReport:
 
     device_id: str
     recordings: int = 0
+    receipts: int = 0
     erased: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -48,7 +60,7 @@ class DeviceReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "ok": self.ok, "recordings": self.recordings,
-                "erased": self.erased, "missing": self.missing, "problems": self.problems,
+                "receipts": self.receipts, "erased": self.erased, "missing": self.missing, "problems": self.problems,
                 "orphans": self.orphans}
 
     def problem(self, kind: str, row: Row | None, detail: str, seq: int | None = None) -> None:
@@ -71,14 +83,81 @@ def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | 
     limits = limits or IngestSection()
     if recording_id is not None:
         row = stored.recording(recording_id, device_id)
-        return [verify_device(stored, row["device_id"], row, limits)]
+        reports = [verify_device(stored, row["device_id"], row, limits)]
+        check_receipts(stored, reports, row)
+        return reports
     devices = sorted({d["device_id"] for d in stored.index.devices()})
     if device_id is not None:
         if device_id not in devices:
             raise ConfigError(f"device {device_id} is not enrolled at {stored.data_dir}; "
                               "`linetap-central fleet list` shows the boxes")
         devices = [device_id]
-    return [verify_device(stored, device, None, limits) for device in devices]
+    reports = [verify_device(stored, device, None, limits) for device in devices]
+    check_receipts(stored, reports)
+    return reports
+
+
+def check_receipts(stored: Stored, reports: list[DeviceReport], only: Row | None = None) -> None:
+    """Walk the whole receipt log; add what is wrong to the reports of the devices it concerns."""
+    found: list[dict[str, Any]] = []
+    try:
+        public = load_store_key(stored.data_dir).public_key()
+        trusted = {key_id(public): public}
+    except ConfigError as e:
+        trusted = {}
+        found += [{"device_id": r.device_id, "kind": "bad-receipt", "seq": None, "recording_id": None,
+                   "detail": f"the store key cannot be read, so no receipt can be checked: {e}"}
+                  for r in reports]
+    log = stored.index.receipts()
+    found += _receipt_chain(stored, log, trusted)
+    have = {(r["device_id"], r["recording_id"]) for r in log}
+    for report in reports:
+        report.receipts = sum(1 for r in log if r["device_id"] == report.device_id)
+        for row in stored.index.device_recordings(report.device_id):
+            if (report.device_id, row["recording_id"]) not in have:
+                found.append({"device_id": report.device_id, "kind": "missing-receipt", "seq": row["seq"],
+                              "recording_id": row["recording_id"],
+                              "detail": "stored, but the receipt log has no receipt for it (removed from the "
+                                        "log, or stored before this store kept one: `linetap-central serve` "
+                                        "signs those at its start)"})
+    by_device = {r.device_id: r for r in reports}
+    for problem in found:
+        report = by_device.get(problem.pop("device_id"))
+        if report is not None and (only is None or problem["recording_id"] in (None, only["recording_id"])):
+            report.problems.append(problem)
+
+
+def _receipt_chain(stored: Stored, log: list[Row], trusted: dict[str, Ed25519PublicKey]) -> list[dict[str, Any]]:
+    """Each receipt's signature, its columns, its manifest hash, and its ``prev`` link."""
+    found: list[dict[str, Any]] = []
+    prev = GENESIS
+    for row in log:
+        def problem(kind: str, detail: str, row: Row = row) -> None:
+            found.append({"device_id": row["device_id"], "kind": kind, "seq": row["seq"],
+                          "recording_id": row["recording_id"], "detail": f"receipt at log position {row['pos']}: "
+                                                                         f"{detail}"})
+        recording = stored.index.recording(row["recording_id"], row["device_id"])
+        if recording is None:
+            problem("receipt-without-recording", "the index holds no such recording")
+        want = recording["manifest_sha256"] if recording is not None else row["manifest_sha256"]
+        signed_prev = row["prev"]
+        if hashlib.sha256(row["data"]).hexdigest() != row["sha256"]:
+            problem("bad-receipt", "its bytes do not hash to the sha256 the log keeps")
+        if trusted:
+            try:
+                checked = verify_receipt(row["data"], trusted, device_id=row["device_id"],
+                                         recording_id=row["recording_id"], manifest_sha256=want)
+                signed_prev = checked.prev
+                differs = [c for c in RECEIPT_COLUMNS if getattr(checked, c) != row[c]]
+                if differs:
+                    problem("bad-receipt", f"the log's {', '.join(differs)} differ from the signed receipt")
+            except ReceiptError as e:
+                problem("bad-receipt", str(e))
+        if signed_prev != prev:
+            problem("broken-receipt-link", f"prev {str(signed_prev)[:16]}... is not the hash of the receipt "
+                                           f"before it ({prev[:16]}...): a receipt was removed, inserted or altered")
+        prev = hashlib.sha256(row["data"]).hexdigest()
+    return found
 
 
 def verify_device(stored: Stored, device_id: str, only: Row | None,

@@ -199,10 +199,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     from linetap.sync.central.config import load_config
     from linetap.sync.central.tracker import start_tracker
     from linetap.sync.central.ingest import Ingest
+    from linetap.sync.central.keys import load_store_key
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = load_config(args.config, folder)
+    # No receipt, no ack: a store without its store key does not start (the error names `keys init`).
+    # Each worker's Ingest loads the key once more in its own process.
+    load_store_key(folder)
     section = config.broker
     settings = broker_settings(section, folder)
     # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
@@ -214,6 +218,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         for aged in ingest.age_out():
             logger.warning("aged out incomplete upload device=%s recording=%s object=%s bytes=%d",
                            aged.device_id, aged.recording_id, aged.object, aged.bytes)
+        ingest.issue_missing_receipts()  # recordings stored before this store kept a receipt log
     with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id):
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, make_ingest, workers=section.workers,

@@ -228,6 +228,8 @@ def test_an_index_of_schema_version_0_is_migrated_at_open_and_stays_readable(
         Path(f"{new}{suffix}").unlink(missing_ok=True)
     old.rename(new)
 
+    with Ingest(central, clock=clock) as core:  # as `serve` does at start: receipts for what was stored before
+        assert core.issue_missing_receipts() == 2
     assert cli(central, "verify", "--all", "--strict") == 0  # every old object is vouched for
     assert cli(central, "list", "--json") == 0
     capsys.readouterr()

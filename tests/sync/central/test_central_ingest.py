@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central_boxes import BIG_CODEC, Box, make_box
 from linetap.firmware import manifest as mf
@@ -327,7 +328,7 @@ def test_caller_ids_stay_sealed_without_the_central_identity(tmp_path: Path, box
     with StoreTools(elsewhere) as tools:
         tools.enroll(box.device_id, box.public_key_b64)
     rid = box.call(1.5)
-    with Ingest(elsewhere, clock=clock) as core:
+    with Ingest(elsewhere, clock=clock, store_key=Ed25519PrivateKey.generate()) as core:
         acks = feed(core, box.parts(rid))
         assert object_acks(acks, wire.ObjectRef.manifest())[0].status == "stored"
         row = core.index.recording(rid)
