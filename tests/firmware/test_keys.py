@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pyrage
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware import keys
 from linetap.firmware.errors import ConfigError
+from linetap.sync import receipt
 
 
 @pytest.fixture
@@ -91,3 +95,55 @@ def test_no_key_material_is_logged(tmp_path: Path, central, caplog) -> None:
     assert "keys init" in caplog.text
     assert secret_line not in caplog.text
     assert str(central) not in caplog.text
+
+
+# --------------------------------------------------------------- store key --
+
+def linetap(*args: str) -> subprocess.CompletedProcess:
+    """The real box CLI, as an installer runs it."""
+    return subprocess.run([sys.executable, "-m", "linetap.firmware.cli", *args], capture_output=True, text=True)
+
+
+def b64(key: Ed25519PrivateKey) -> str:
+    return keys.public_key_b64(key.public_key())
+
+
+def test_keys_init_store_key_through_the_cli_is_stored_shown_and_loaded(tmp_path: Path, central) -> None:
+    store = Ed25519PrivateKey.generate()
+    done = linetap("keys", "init", "--data-dir", str(tmp_path), "--central-recipient", str(central.to_public()),
+                   "--store-key", b64(store))
+    assert done.returncode == 0, done.stderr
+    assert "store key stored in" in done.stdout and b64(store) in done.stdout
+    assert (tmp_path / "keys" / "store.pub").read_text().strip() == b64(store)
+    trusted = keys.load_store_keys(tmp_path)
+    assert list(trusted) == [receipt.key_id(store.public_key())]
+    shown = linetap("keys", "show", "--data-dir", str(tmp_path))
+    assert shown.returncode == 0 and f"{b64(store)} (key id {receipt.key_id(store.public_key())})" in shown.stdout
+
+
+def test_without_a_store_key_none_is_trusted_and_show_says_what_follows(tmp_path: Path, central) -> None:
+    keys.keys_init(tmp_path, str(central.to_public()))
+    assert keys.load_store_keys(tmp_path) == {}
+    shown = linetap("keys", "show", "--data-dir", str(tmp_path))
+    assert "no store key" in shown.stdout and "stay on the box" in shown.stdout
+
+
+@pytest.mark.parametrize("kind", ["operator", "own", "recipient", "pem", "garbage"])
+def test_keys_init_refuses_a_store_key_of_the_wrong_kind(tmp_path: Path, central, kind: str) -> None:
+    operator = Ed25519PrivateKey.generate()
+    keys.keys_init(tmp_path, str(central.to_public()), b64(operator))
+    given = {"operator": b64(operator),
+             "own": keys.public_key_b64(keys.load_signing_key(tmp_path).public_key()),
+             "recipient": str(central.to_public()),
+             "pem": keys.public_key_pem(operator.public_key()),
+             "garbage": "not-a-key"}[kind]
+    done = linetap("keys", "init", "--data-dir", str(tmp_path), "--central-recipient", str(central.to_public()),
+                   "--store-key", given)
+    assert done.returncode != 0 and "--store-key" in done.stderr and "linetap keys init" in done.stderr
+    assert {"operator": "operator key", "own": "own signing key", "recipient": "age recipient",
+            "pem": "PEM", "garbage": "not 32 base64"}[kind] in done.stderr
+    assert not (tmp_path / "keys" / "store.pub").exists()
+    # A store.pub damaged on the card is refused when loaded, naming the file.
+    (tmp_path / "keys" / "store.pub").write_text(str(central.to_public()))
+    with pytest.raises(ConfigError, match="store.pub"):
+        keys.load_store_keys(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pyrage
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.clock import ManualClock, SystemClock
@@ -19,7 +21,7 @@ from linetap.firmware.config import SyncSection
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
-from linetap.sync import wire
+from linetap.sync import receipt, wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.link import Link
 from linetap.sync.upload import message_bytes
@@ -42,8 +44,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 class NotifyingSpool(Spool):
     """The real spool, telling waiting tests when the catalogue changes."""
 
+    def __init__(self, *args: object, **kw: object) -> None:
+        self.calls: list[tuple[str, str]] = []  # (what, recording id), in order
+        super().__init__(*args, **kw)
+
+    def keep_receipt(self, recording_id: str, data: bytes) -> None:
+        super().keep_receipt(recording_id, data)
+        self.calls.append(("keep_receipt", recording_id))
+
     def mark_synced(self, recording_id: str, index: int | None = None) -> None:
         super().mark_synced(recording_id, index)
+        self.calls.append(("mark_synced", recording_id))
         with CHANGED:
             CHANGED.notify_all()
 
@@ -106,6 +117,7 @@ class FakeCentre:
         self.log: list[tuple[float, int]] = []
         self.drop: Callable[[Ack], bool] = lambda ack: False
         self.answer: Callable[[wire.Part], list[Ack] | None] = lambda part: None
+        self.receipt_key: Ed25519PrivateKey | None = None  # signs a receipt into each manifest's stored ack
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-centre", protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         subscribed = threading.Event()
@@ -146,7 +158,12 @@ class FakeCentre:
         with CHANGED:
             self.stored[key] = data
             CHANGED.notify_all()
-        return acks + [Ack(part.recording_id, part.object, part.sha256, "stored")]
+        signed = None
+        if part.object.kind == "manifest" and self.receipt_key is not None:
+            signed = receipt.encode(receipt.sign(
+                self.receipt_key, device_id=part.device_id, recording_id=part.recording_id, seq=1,
+                manifest_sha256=part.sha256, stored_ms=1_700_000_000_000, prev=receipt.GENESIS))
+        return acks + [Ack(part.recording_id, part.object, part.sha256, "stored", receipt=signed)]
 
     def close(self) -> None:
         self.client.disconnect()  # first, so that the network thread ends without waiting out its select
@@ -176,7 +193,7 @@ def open_spool(data: Path) -> Spool:
 class Box:
     """A spool, a link and an uploader wired as the app wires them."""
 
-    def __init__(self, data: Path, broker: LocalBroker, **sync: object) -> None:
+    def __init__(self, data: Path, broker: LocalBroker, *, trusted: dict | None = None, **sync: object) -> None:
         self.settings = SyncSection(broker=broker.host, port=broker.port, tls=False, reconnect_max_s=1, **sync)
         self.spool = open_spool(data)
         self.alarms: list[tuple[str, str]] = []
@@ -186,7 +203,7 @@ class Box:
                          on_disconnected=self._disconnected,
                          on_message=lambda message: self.uploader.on_message(message))
         self.uploader = Uploader(self.spool, self.link, self.settings, clock=SystemClock(),
-                                 on_alarm=self._alarm)
+                                 on_alarm=self._alarm, trusted=trusted)
 
     def _alarm(self, kind: str, detail: str) -> None:
         with CHANGED:
@@ -335,6 +352,38 @@ def test_a_rejection_raises_an_alarm_and_the_rest_still_drains(data: Path, broke
     kind, detail = box.alarms[0]
     assert kind == "upload-rejected" and bad in detail and "code=not-enrolled" in detail
     assert states(data)[bad] == "closed"
+
+
+STORE_KEY = Ed25519PrivateKey.generate()
+TRUSTED = {receipt.key_id(STORE_KEY.public_key()): STORE_KEY.public_key()}
+
+
+def test_a_valid_receipt_is_kept_before_the_recording_is_marked_synced(data: Path, broker, centre) -> None:
+    with open_spool(data) as spool:
+        rid = record(spool, ManualClock(), 2)
+    centre.receipt_key = STORE_KEY
+    with Box(data, broker, trusted=TRUSTED) as box:
+        assert wait_synced(data, [rid])
+    assert box.spool.calls == [("keep_receipt", rid), ("mark_synced", rid)] and not box.alarms
+    kept = (data / "spool" / rid / "receipt.json").read_bytes()
+    manifest = (data / "spool" / rid / "manifest.json").read_bytes()
+    assert receipt.verify(kept, TRUSTED, device_id=DEVICE, recording_id=rid,
+                          manifest_sha256=hashlib.sha256(manifest).hexdigest()).data == kept
+    assert [r["receipt_stored_ms"] is not None for r in list_recordings(data)] == [True]
+
+
+def test_a_forged_receipt_raises_the_alarm_and_the_recording_stays_unsynced(data: Path, broker, centre) -> None:
+    with open_spool(data) as spool:
+        rid = record(spool, ManualClock(), 1)
+    centre.receipt_key = Ed25519PrivateKey.generate()
+    with Box(data, broker, trusted=TRUSTED, ack_timeout_s=1) as box:
+        assert wait_until(lambda: centre.received.count((rid, "manifest")) >= 2)  # asked again after back-off
+        assert wait_until(lambda: bool(box.alarms))
+    kind, detail = box.alarms[0]
+    assert kind == "upload-rejected" and rid in detail and "code=receipt-invalid" in detail
+    assert "does not trust" in detail
+    assert states(data)[rid] == "closed" and not (data / "spool" / rid / "receipt.json").exists()
+    assert ("mark_synced", rid) not in box.spool.calls
 
 
 def test_the_bandwidth_cap_holds_on_the_wire(data: Path, broker, centre) -> None:
