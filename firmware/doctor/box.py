@@ -40,8 +40,19 @@ def check_keys(ctx: Context) -> CheckResult:
     except ConfigError as exc:  # KeyPermissions and unreadable key files
         return failed("keys", str(exc).split(";")[0], str(exc).split("; ", 1)[-1], error=str(exc))
     fingerprint = keys.fingerprint(public)
-    return passed("keys", f"device signing key present (mode 0600, fingerprint {fingerprint}); central "
-                          f"recipient present", fingerprint=fingerprint)
+    found = f"device signing key present (mode 0600, fingerprint {fingerprint}); central recipient present"
+    try:
+        stores = keys.load_store_keys(ctx.data_dir)
+    except ConfigError as exc:
+        return failed("keys", str(exc).split(";")[0], str(exc).split("; ", 1)[-1], error=str(exc))
+    if not stores:
+        return warned("keys", f"{found}; no store key: delivery receipts cannot be checked, so synced "
+                              "recordings stay on the box (retention deletes none) until one is provisioned",
+                      f"run `linetap keys init --data-dir {ctx.data_dir} --central-recipient age1... --store-key "
+                      "<base64>` with the store key `linetap-central keys init` prints (first-boot provisioning "
+                      "reads store.pub from the boot partition)", fingerprint=fingerprint)
+    return passed("keys", f"{found}; store key {', '.join(stores)} checks delivery receipts",
+                  fingerprint=fingerprint, store_keys=list(stores))
 
 
 def _in_data_dir(data_dir: Path, name: str) -> Path:
@@ -206,7 +217,9 @@ def check_spool(ctx: Context) -> CheckResult:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
     quarantine = spool.SpoolLayout(ctx.data_dir).quarantine
     quarantined = sorted(p.name for p in quarantine.iterdir()) if quarantine.is_dir() else []
-    details: dict[str, Any] = {"recordings": by_state, "quarantined": quarantined}
+    unreceipted = sum(r["state"] == "synced" and r["receipt_stored_ms"] is None for r in rows)
+    details: dict[str, Any] = {"recordings": by_state, "quarantined": quarantined,
+                               "synced_without_receipt": unreceipted}  # kept until they hold a receipt
     used = sum(r["bytes"] for r in rows if r["state"] in ("recording", "closed", "synced"))
     limit = config.spool.max_bytes
     if (limit and used > limit and "synced" not in by_state

@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from gpiozero import LED
 
@@ -58,7 +59,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def with_keys(data_dir: Path) -> Path:
-    keys.keys_init(data_dir, str(pyrage.x25519.Identity.generate().to_public()))
+    keys.keys_init(data_dir, str(pyrage.x25519.Identity.generate().to_public()),
+                   store_key=keys.public_key_b64(Ed25519PrivateKey.generate().public_key()))
     return data_dir
 
 
@@ -252,6 +254,13 @@ def test_keys_pass_once_initialised(tmp_path, with_keys, parts) -> None:
     result = doctor.check_keys(context(tmp_path, with_keys, parts))
     assert result.status == "pass" and result.details["fingerprint"] in result.finding
     assert "PRIVATE" not in json.dumps(result.details)
+
+
+def test_no_store_key_warns_that_synced_recordings_stay(tmp_path, data_dir, parts) -> None:
+    keys.keys_init(data_dir, str(pyrage.x25519.Identity.generate().to_public()))
+    result = doctor.check_keys(context(tmp_path, data_dir, parts))
+    assert result.status == "warn" and "no store key" in result.finding and "stay on the box" in result.finding
+    assert "--store-key" in result.fix
 
 
 def test_missing_keys_fail_with_keys_init(tmp_path, data_dir, parts) -> None:

@@ -38,7 +38,8 @@ esac
 
 @pytest.fixture
 def box(tmp_path: Path):
-    def make(*, has_keys: bool = True, recipient: str | None = RECIPIENT, serial: bytes | None = None):
+    def make(*, has_keys: bool = True, recipient: str | None = RECIPIENT, serial: bytes | None = None,
+             store: str | None = None):
         data_dir = tmp_path / "data"
         data_dir.mkdir(exist_ok=True)
         calls = tmp_path / "calls.log"
@@ -49,6 +50,10 @@ def box(tmp_path: Path):
         if recipient is not None:
             recipient_file.parent.mkdir(exist_ok=True)
             recipient_file.write_text(recipient + "\n")
+        store_file = tmp_path / "boot" / "store.pub"
+        if store is not None:
+            store_file.parent.mkdir(exist_ok=True)
+            store_file.write_text(store + "\n")
         serial_file = tmp_path / "serial-number"
         if serial is not None:
             serial_file.write_bytes(serial)
@@ -59,6 +64,8 @@ def box(tmp_path: Path):
             "LINETAP_USER": "",
             "LINETAP_RECIPIENT_FILES": f"{tmp_path / 'missing.recipient'} {recipient_file}",
             "LINETAP_SERIAL_FILE": str(serial_file),
+            "LINETAP_OPERATOR_FILES": str(tmp_path / "boot" / "operator.pub"),
+            "LINETAP_STORE_FILES": f"{tmp_path / 'missing.pub'} {store_file}",
             "LINETAP_SET_HOSTNAME": "0",
             "LINETAP_REQUIRE_MOUNT": "0",
         }
@@ -80,6 +87,22 @@ def test_first_run_makes_id_and_key_and_prints_enrolment(box) -> None:
     assert f"keys init --data-dir {data_dir} --central-recipient {RECIPIENT}" in calls.read_text()
     assert "device id: lt-abcdef12" in result.stdout
     assert "public key: TESTPUBLICKEY" in result.stdout
+
+
+def test_the_store_key_is_read_from_the_boot_partition(box) -> None:
+    store_key = "MCowBQYDK2VwAyEAstorekeystorekeystorekeystorekey="
+    run, data_dir, calls = box(store=store_key)
+    result = run()
+    assert result.returncode == 0, result.stderr
+    assert f"--central-recipient {RECIPIENT} --store-key {store_key}" in calls.read_text()
+
+
+def test_without_a_store_key_it_says_synced_recordings_stay(box) -> None:
+    run, data_dir, calls = box()
+    result = run()
+    assert result.returncode == 0, result.stderr
+    assert "--store-key" not in calls.read_text()
+    assert "no store key found" in result.stdout + result.stderr and "stay on it" in result.stdout + result.stderr
 
 
 def test_second_run_changes_nothing_and_prints_the_same_enrolment(box) -> None:
