@@ -55,7 +55,8 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
     box_dir, central_dir = data_dir / "box", data_dir / "central"
     recipient = _demo_keys(config, box_dir, central_dir)
     print(f"linetap demo, in {data_dir}:")
-    print(f"  central store  {central_dir}  (age identity and operator key made; box enrolled and trusting the operator)")
+    print(f"  central store  {central_dir}  (age identity, operator and store keys made; box enrolled, "
+          "trusting the operator and the store's receipts)")
     print(f"  box            {box_dir}  (device {config.device.id!r}, encrypting to {recipient[:16]}...)")
     with LocalBroker(data_dir / "broker", persistence=False) as broker, \
             run_workers(2, functools.partial(Ingest, central_dir),
@@ -183,9 +184,10 @@ def _fresh_workdir(data_dir: Path) -> None:
 
 
 def _demo_keys(config: Config, box_dir: Path, central_dir: Path) -> str:
-    """Central keys, the box's keys made with the central recipient and operator key, the box enrolled."""
+    """Central keys, the box's keys made with the central recipient, operator and store keys, the box enrolled."""
     central = central_keys_init(central_dir)
-    info = keys_init(box_dir, central.recipient, operator_key=central.operator_public_key_b64)
+    info = keys_init(box_dir, central.recipient, operator_key=central.operator_public_key_b64,
+                     store_key=central.store_public_key_b64)
     with StoreTools(central_dir) as tools:
         tools.enroll(config.device.id, info.public_key_b64)
     return central.recipient

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import soundfile
+
+from linetap.firmware.spool.layout import RECEIPT_FILE
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,11 +40,17 @@ def test_demo_records_syncs_verifies_and_exports_and_runs_again(tmp_path: Path) 
     assert sorted(r["recording_id"] for r in rows) == sorted(c for c, _ in calls)
     verified = _run("linetap.sync.central.cli", "verify", "--all", "--json", env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    with sqlite3.connect(work / "central" / "index.db") as db:
+        receipts = dict(db.execute("SELECT recording_id, data FROM receipts").fetchall())
+    db.close()
     for call_id, _ in calls:
-        box_files = sorted(p.name for p in (work / "box" / "spool" / call_id).iterdir())
+        spool = work / "box" / "spool" / call_id
+        # The box keeps the store's signed receipt beside the manifest, byte for byte as the store logged it.
+        assert (spool / RECEIPT_FILE).read_bytes() == receipts[call_id]
+        box_files = sorted(p.name for p in spool.iterdir() if p.name != RECEIPT_FILE)
         [central_folder] = (work / "central" / "objects").rglob(call_id)
         for name in box_files:
-            assert (central_folder / name).read_bytes() == (work / "box" / "spool" / call_id / name).read_bytes()
+            assert (central_folder / name).read_bytes() == (spool / name).read_bytes()
 
     audio, rate = soundfile.read(work / "exports" / f"{calls[0][0]}.wav")
     assert audio.shape[1] == 2 and 59 < len(audio) / rate < 63
