@@ -22,6 +22,7 @@ from linetap.firmware.errors import ConfigError
 from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.ingestworker import IngestWorker
+from linetap.sync.central.keys import keys_init
 from linetap.sync.central.worker import run_workers, serve
 from linetap.sync.mqtt import BrokerSettings
 
@@ -284,7 +285,7 @@ def test_serve_returns_0_when_stopped_and_1_when_a_worker_fails(broker, box) -> 
 
 def test_the_serve_command_runs_the_real_ingest_and_stops_on_sigterm(broker, box, tmp_path: Path) -> None:
     data = tmp_path / "central"
-    data.mkdir()
+    keys_init(data)  # serve does not start without its store key (receipts)
     (data / "central.toml").write_text(
         f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\nworkers = 1\n'
         'group = "cli"\nclient_id = "cli-test"\n')
