@@ -36,6 +36,7 @@ from linetap.firmware.keys import public_key_b64
 from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.ingest import Ingest
+from linetap.sync.central.keys import keys_init
 from linetap.sync.central.worker import BrokerSettings, run_workers
 
 DEVICES = 20
@@ -135,6 +136,7 @@ def _publish(broker: LocalBroker, parts: list[wire.Part]) -> None:
 def _run_once(workers: int, work: Path, parts: list[wire.Part]) -> dict:
     data_dir = work / f"central-{workers}"
     data_dir.mkdir()
+    keys_init(data_dir)  # Ingest needs the store key (manifest receipts) to start
     _enroll(data_dir)
     go = multiprocessing.get_context("spawn").Event()
     with LocalBroker(work / f"broker-{workers}", persistence=False) as broker:
