@@ -4,15 +4,15 @@ One room per job; :class:`Spool` (``store``) wires them around one catalogue
 connection and its lock:
 
 - ``layout``: every path and file name (spool root, recording folder, the
-  segment name and its parse, open/manifest/chain files, quarantine). Anyone
+  segment name and its parse, open/manifest/receipt/chain files, quarantine). Anyone
   who names a spool file asks it: the spool, the central store's object keys,
   card import, the doctor.
 - ``catalogue``: the SQLite schema, opening and rebuilding it, row checks.
 - ``writer``: writing a call (open, segments, discard, the signed manifest)
   and :class:`SpoolSink`, which the recorder writes to.
-- ``backlog``: typed backlog records, bounded object reads, synced marks:
-  the uploader's whole view of the spool.
-- ``retention``: the keep and purge policy and the spool-full fault.
+- ``backlog``: typed backlog records, bounded object reads, synced marks and
+  the store's receipts (``keep_receipt``): the uploader's whole view of the spool.
+- ``retention``: the keep and purge policy (only receipted recordings go) and the spool-full fault.
 - ``recovery``: start-up recovery and quarantine.
 - ``inspection``: ``list_recordings``, ``read_catalogue``, ``verify_spool``
   for the CLI and the doctor; read-only, they never open a :class:`Spool`.
