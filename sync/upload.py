@@ -241,6 +241,11 @@ class Upload:
         ages = [now - sent for sent in self._waiting.values() if now - sent >= self._ack_timeout]
         return Overdue(len(ages), max(ages) if ages else None)
 
+    @property
+    def checks_receipts(self) -> bool:
+        """True when a recording is synced only with a valid receipt (store keys were given)."""
+        return bool(self._trusted)
+
     def is_blocked(self, recording_id: str) -> bool:
         rec = self._recordings.get(recording_id)
         return rec is not None and rec.blocked

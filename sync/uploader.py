@@ -155,6 +155,8 @@ class Uploader:
     # -- the uploader thread --
 
     def _run(self) -> None:
+        if self._protocol.checks_receipts:
+            self._spool.ask_receipts_again()  # synced before the store key: fetch their receipts now
         if self._link.connected:
             self._protocol.connected()
         self._rescan()

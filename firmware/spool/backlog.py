@@ -147,6 +147,23 @@ class SyncMarks:
                             (mf.ms(self._clock.wall()), recording_id))
             logger.info("receipt kept recording=%s", recording_id)
 
+    def ask_receipts_again(self) -> list[str]:
+        """Synced recordings without a receipt go back to closed, so their manifest goes again.
+
+        For a box that now has a store key: recordings synced before it (or before receipts) hold
+        no receipt, and retention keeps them for ever. Their segments stay marked synced, so only
+        the manifest is sent; the centre answers with its receipt. Returns their ids.
+        """
+        with self._lock:
+            rows = self.db.execute("SELECT id FROM recordings WHERE state = 'synced' AND receipt_stored_ms IS NULL "
+                                   "ORDER BY seq").fetchall()
+            self.db.execute("UPDATE recordings SET state = 'closed', synced_wall_ms = NULL WHERE state = 'synced' "
+                            "AND receipt_stored_ms IS NULL")
+        ids = [r["id"] for r in rows]
+        if ids:
+            logger.info("receipts asked for again recordings=%d", len(ids))
+        return ids
+
     def mark_segments_synced(self, recording_id: str, indexes: Iterable[int]) -> None:
         """Segments the central store has durably stored: resume hints, in one commit without an fsync."""
         with self._lock:
