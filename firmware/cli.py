@@ -68,7 +68,7 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
                            "one the box refuses every fleet command and config")
     init.add_argument("--store-key", metavar="BASE64",
                       help="the central store's Ed25519 store key (printed by linetap-central keys init): checks "
-                           "delivery receipts; without one synced recordings stay on the box")
+                           "delivery receipts; without one synced recordings are deleted on the stored ack alone")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 
 
@@ -170,7 +170,8 @@ def _keys(args: argparse.Namespace) -> int:
         print("delivery receipts checked with store key:\n"
               + "".join(f"  {keys.public_key_b64(k)} (key id {kid})\n" for kid, k in stores.items()), end="")
     else:
-        print(f"no store key: receipts cannot be checked and synced recordings stay on the box; {keys.STORE_HINT}")
+        print(f"no store key: receipts cannot be checked and synced recordings are deleted on the stored ack "
+              f"alone; {keys.STORE_HINT}")
     return 0
 
 

@@ -332,8 +332,6 @@ def load_operator_keys(data_dir: Path) -> list[Ed25519PublicKey]:
 
 def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
     """The store keys the box checks receipts with, by receipt key id: empty until ``keys init --store-key``."""
-    # Here, not at the top: the receipt format imports the manifest, which imports this module.
-    from linetap.sync.receipt import key_id
     path = keys_dir(data_dir) / STORE_KEY
     try:
         text = path.read_text(encoding="ascii")
@@ -342,7 +340,12 @@ def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"store key {path} cannot be read ({e}); {STORE_HINT}") from e
     key = _parse_store_key(text, source=str(path))
-    return {key_id(key): key}
+    return {store_key_id(key): key}
+
+
+def store_key_id(public_key: Ed25519PublicKey) -> str:
+    """A short, stable name of a store key: the first 16 hex digits of SHA-256 of its raw bytes."""
+    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
 
 
 def _parse_store_key(text: str, *, source: str = "--store-key", operators: list[Ed25519PublicKey] = (),

@@ -27,9 +27,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from linetap.firmware.errors import AuthError
+from linetap.firmware.keys import store_key_id
 from linetap.firmware.manifest import canonical
 from linetap.firmware.untrusted import MAX_SAFE_INT, Untrusted, loads
 from linetap.sync.wire import SHA256, WireError, check_device_id, check_recording_id
@@ -64,9 +64,7 @@ class Receipt:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """A short, stable name of a store key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    return hashlib.sha256(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+key_id = store_key_id  # the key's owner names it; the receipt carries the name
 
 
 def sign(key: Ed25519PrivateKey, *, device_id: str, recording_id: str, seq: int, manifest_sha256: str,

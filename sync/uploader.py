@@ -88,7 +88,8 @@ class Uploader:
                                 bandwidth_bytes_s=settings.bandwidth_bytes_s, trusted=trusted)
         if not trusted:
             logger.warning("delivery receipts cannot be checked device_id=%s reason=no store key; synced "
-                           "recordings stay on the box until one is provisioned (linetap keys init --store-key)",
+                           "recordings are deleted on the stored ack alone until one is provisioned "
+                           "(linetap keys init --store-key)",
                            self.device_id)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()

@@ -47,7 +47,7 @@ def check_keys(ctx: Context) -> CheckResult:
         return failed("keys", str(exc).split(";")[0], str(exc).split("; ", 1)[-1], error=str(exc))
     if not stores:
         return warned("keys", f"{found}; no store key: delivery receipts cannot be checked, so synced "
-                              "recordings stay on the box (retention deletes none) until one is provisioned",
+                              "recordings are deleted on the stored ack alone until one is provisioned",
                       f"run `linetap keys init --data-dir {ctx.data_dir} --central-recipient age1... --store-key "
                       "<base64>` with the store key `linetap-central keys init` prints (first-boot provisioning "
                       "reads store.pub from the boot partition)", fingerprint=fingerprint)

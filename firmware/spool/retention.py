@@ -2,13 +2,18 @@
 
 Deleting a recording deletes ciphertext only: without the central key it is
 noise, so flash wear-levelling leaving old blocks behind reveals nothing, and
-deletion is secure erasure here. A synced recording may go only once it
-holds the central store's receipt (``receipt.json``, checked before it was
-kept; :meth:`~linetap.firmware.spool.Spool.keep_receipt`): the ack alone is
-no proof the centre has it. Synced recordings without one are kept (counted
-in :meth:`~linetap.firmware.spool.Spool.status` as ``synced_without_receipt``)
+deletion is secure erasure here. On a box that holds the store's public key
+(``keys init --store-key``), a synced recording may go only once it holds
+the central store's receipt (``receipt.json``, checked before it was kept;
+:meth:`~linetap.firmware.spool.Spool.keep_receipt`): the ack alone is no
+proof the centre has it. Synced recordings without one are kept (counted in
+:meth:`~linetap.firmware.spool.Spool.status` as ``synced_without_receipt``)
 and are deleted only as unsynced ones are, by ``overwrite-oldest`` (before
-any unsynced one). Receipted recordings go after
+any unsynced one). A box without a store key cannot check a receipt at all;
+it keeps the rule it had before receipts (the ``stored`` ack, which only the
+centre's broker role may publish, is enough), so a fleet upgraded before its
+boxes get the key keeps recording instead of filling up; the service and
+``linetap doctor`` warn about it. Receipted recordings go after
 ``keep_synced_days``, and first when the spool passes ``max_bytes`` or free
 space falls below ``min_free_bytes``. Unsynced recordings are deleted only
 with ``on_full = "overwrite-oldest"``; by default (``stop-and-alarm``) new
@@ -29,8 +34,10 @@ from linetap.firmware.errors import SpoolError
 
 logger = logging.getLogger(__name__)
 
-# What retention may delete: synced, with the store's checked receipt kept.
+# What retention may delete: synced, with the store's checked receipt kept (boxes with a store key),
+# or synced (boxes without one, which cannot check a receipt).
 RECEIPTED = "state = 'synced' AND receipt_stored_ms IS NOT NULL"
+SYNCED = "state = 'synced'"
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,12 @@ class Retention:
         purged: list[str] = []
         with self._lock:
             cutoff = mf.ms(self._clock.wall() - self.settings.keep_synced_days * 86400)
-            for row in self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} AND "
+            for row in self.db.execute(f"SELECT id FROM recordings WHERE {self._deletable} AND "
                                        "synced_wall_ms < ? ORDER BY seq", (cutoff,)).fetchall():
                 self._purge(row["id"], "kept-synced-days")
                 purged.append(row["id"])
             while (why := self._over_limit()) is not None:
-                victim = self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} "
+                victim = self.db.execute(f"SELECT id FROM recordings WHERE {self._deletable} "
                                          "ORDER BY seq LIMIT 1").fetchone()
                 if victim is None and self.settings.on_full == "overwrite-oldest":
                     # Synced without a receipt (the centre said stored) before unsynced.
@@ -80,10 +87,14 @@ class Retention:
             self._set_fault(None)
         return purged
 
+    @property
+    def _deletable(self) -> str:
+        return RECEIPTED if self.requires_receipts else SYNCED
+
     def purge_synced(self) -> list[str]:
-        """Delete every synced recording that holds a receipt now, whatever its age (an operator's request)."""
+        """Delete every synced recording retention may delete, whatever its age (an operator's request)."""
         with self._lock:
-            rows = self.db.execute(f"SELECT id FROM recordings WHERE {RECEIPTED} ORDER BY seq").fetchall()
+            rows = self.db.execute(f"SELECT id FROM recordings WHERE {self._deletable} ORDER BY seq").fetchall()
             for row in rows:
                 self._purge(row["id"], "purge-synced")
             purged = [row["id"] for row in rows]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from linetap.firmware.clock import Clock
 from linetap.firmware.durable import DurableFiles
 from linetap.firmware.errors import SpoolError
-from linetap.firmware.keys import load_recipient, load_signing_key
+from linetap.firmware.keys import load_recipient, load_signing_key, load_store_keys
 from linetap.firmware.spool.backlog import SyncMarks
 from linetap.firmware.spool.layout import SpoolLayout
 from linetap.firmware.spool.recovery import Recovery, RecoveryReport
@@ -54,6 +54,8 @@ class Spool(SpoolWriter, SyncMarks, Retention, Recovery):
         self._on_alarm = on_alarm
         self._recipient = load_recipient(self.data_dir)
         self._key: Ed25519PrivateKey = load_signing_key(self.data_dir)
+        # Only a box that can check the store's receipts waits for one before deleting (retention.py).
+        self.requires_receipts = bool(load_store_keys(self.data_dir))
         self.public_key: Ed25519PublicKey = self._key.public_key()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None

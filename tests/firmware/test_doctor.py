@@ -259,7 +259,7 @@ def test_keys_pass_once_initialised(tmp_path, with_keys, parts) -> None:
 def test_no_store_key_warns_that_synced_recordings_stay(tmp_path, data_dir, parts) -> None:
     keys.keys_init(data_dir, str(pyrage.x25519.Identity.generate().to_public()))
     result = doctor.check_keys(context(tmp_path, data_dir, parts))
-    assert result.status == "warn" and "no store key" in result.finding and "stay on the box" in result.finding
+    assert result.status == "warn" and "no store key" in result.finding and "deleted on the stored ack alone" in result.finding
     assert "--store-key" in result.fix
 
 

@@ -125,7 +125,7 @@ def test_without_a_store_key_none_is_trusted_and_show_says_what_follows(tmp_path
     keys.keys_init(tmp_path, str(central.to_public()))
     assert keys.load_store_keys(tmp_path) == {}
     shown = linetap("keys", "show", "--data-dir", str(tmp_path))
-    assert "no store key" in shown.stdout and "stay on the box" in shown.stdout
+    assert "no store key" in shown.stdout and "deleted on the stored ack alone" in shown.stdout
 
 
 @pytest.mark.parametrize("kind", ["operator", "own", "recipient", "pem", "garbage"])

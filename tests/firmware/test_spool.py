@@ -626,7 +626,12 @@ def test_keep_receipt_writes_through_durable_files_and_refuses_what_is_not_close
             spool.keep_receipt(call.call_id, b"x" * 2000)
 
 
+def provision_store_key(data: Path) -> None:
+    (data / "keys" / "store.pub").write_text(base64.b64encode(STORE_KEY.public_key().public_bytes_raw()).decode())
+
+
 def test_retention_keeps_a_synced_recording_without_a_receipt(data: Path, clock) -> None:
+    provision_store_key(data)
     with open_spool(data, clock, settings=SpoolSettings(keep_synced_days=1)) as spool:
         sink = SpoolSink(spool, CODEC, FakeSegmenter)
         bare, _ = run_call(sink, clock, 0.5)
@@ -644,6 +649,17 @@ def test_retention_keeps_a_synced_recording_without_a_receipt(data: Path, clock)
     assert "no receipt" in listed
 
 
+def test_a_box_without_a_store_key_deletes_synced_recordings_as_before(data: Path, clock) -> None:
+    """It cannot check a receipt, so waiting for one would only fill the spool and stop recording."""
+    with open_spool(data, clock, settings=SpoolSettings(keep_synced_days=1)) as spool:
+        assert not spool.requires_receipts
+        call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
+        spool.mark_synced(call.call_id)
+        clock.advance(2 * 86400)
+        assert spool.enforce_retention() == [call.call_id]
+    assert not (data / "spool" / call.call_id).exists()
+
+
 def test_spool_verify_finds_a_receipt_for_another_manifest_or_forged(data: Path, clock) -> None:
     with open_spool(data, clock) as spool:
         call, _ = run_call(SpoolSink(spool, CODEC, FakeSegmenter), clock, 0.5)
@@ -653,7 +669,7 @@ def test_spool_verify_finds_a_receipt_for_another_manifest_or_forged(data: Path,
     assert not report["ok"] and [p["kind"] for p in report["problems"]] == ["bad-receipt"]
     assert "manifest_sha256" in report["problems"][0]["detail"]
     # With the store key provisioned, a receipt signed by another key is found too.
-    (data / "keys" / "store.pub").write_text(base64.b64encode(STORE_KEY.public_key().public_bytes_raw()).decode())
+    provision_store_key(data)
     with open_spool(data, clock) as spool:
         forged = signed_receipt(spool, call.call_id, key=Ed25519PrivateKey.generate())
         spool.keep_receipt(call.call_id, forged)

@@ -97,12 +97,12 @@ def test_the_store_key_is_read_from_the_boot_partition(box) -> None:
     assert f"--central-recipient {RECIPIENT} --store-key {store_key}" in calls.read_text()
 
 
-def test_without_a_store_key_it_says_synced_recordings_stay(box) -> None:
+def test_without_a_store_key_it_says_receipts_are_not_checked(box) -> None:
     run, data_dir, calls = box()
     result = run()
     assert result.returncode == 0, result.stderr
     assert "--store-key" not in calls.read_text()
-    assert "no store key found" in result.stdout + result.stderr and "stay on it" in result.stdout + result.stderr
+    assert "no store key found" in result.stdout + result.stderr and "on the stored ack alone" in result.stdout + result.stderr
 
 
 def test_second_run_changes_nothing_and_prints_the_same_enrolment(box) -> None:

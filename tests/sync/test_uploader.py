@@ -389,13 +389,15 @@ def test_a_forged_receipt_raises_the_alarm_and_the_recording_stays_unsynced(data
 def test_a_recording_synced_before_the_store_key_fetches_its_receipt(data: Path, broker, centre) -> None:
     with open_spool(data) as spool:
         rid = record(spool, ManualClock(), 2)
-        spool.mark_synced(rid)  # synced by a box that had no store key: no receipt, kept for ever
+        spool.mark_synced(rid)  # synced by a box that had no store key: no receipt
     for path in sorted((data / "spool" / rid).glob("*.age")):  # the centre has its segments already
         centre.stored[(rid, f"seg/{int(path.stem)}")] = path.read_bytes()
     centre.receipt_key = STORE_KEY
     with Box(data, broker, trusted=TRUSTED):
         assert wait_until(lambda: (data / "spool" / rid / "receipt.json").exists() and states(data)[rid] == "synced")
-    assert centre.received == [(rid, "manifest")]  # its segments were not sent again
+    # Its segments were not sent again: only the manifest (perhaps twice, as a resend on a
+    # reconnect may repeat what is unacknowledged; the centre answers a repeat alike).
+    assert centre.received and set(centre.received) == {(rid, "manifest")}
 
 
 def test_the_bandwidth_cap_holds_on_the_wire(data: Path, broker, centre) -> None:
