@@ -27,9 +27,10 @@ command and config: a box nobody enrolled an operator for takes orders from
 nobody.
 
 The store key is the one the central store signs delivery receipts with
-(:mod:`linetap.sync.receipt`). Without it the box cannot check a receipt, so
-it keeps none, and retention deletes no synced recording: they stay on the
-box until a store key is provisioned. It is not the operator key (a key that
+(:mod:`linetap.firmware.receipt`). Without it the box cannot check a receipt, so
+it keeps none, and retention deletes synced recordings on the stored ack
+alone, as before receipts (waiting for a receipt it can never check would
+only fill the spool). It is not the operator key (a key that
 commands boxes must not also vouch for storage), and ``keys init`` refuses
 the operator's key, the box's own key, an age recipient or PEM given as one.
 

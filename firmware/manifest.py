@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,9 @@ from linetap.firmware import untrusted
 from linetap.firmware.errors import AuthError, ConfigError, SpoolError
 from linetap.firmware.keys import public_key_b64, public_key_from_b64
 
+# What a recording id and a hash look like, wherever they travel (wire, receipts, the index).
+RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 FORMAT = "linetap-manifest/1"
 GENESIS = "0" * 64  # ``prev`` of a device's first recording
 # A manifest lists ~120 bytes per segment: 16 MiB is a call of several days at 10 s segments.

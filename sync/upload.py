@@ -31,7 +31,7 @@ Rules, all in this file:
 - ``retry``: the object goes again after a back-off doubling from
   ``retry_base_s`` up to ``ack_timeout_s``.
 - Receipt: with store keys (``trusted``), the manifest's object-level
-  ``stored`` ack must carry a receipt (:mod:`linetap.sync.receipt`) signed by
+  ``stored`` ack must carry a receipt (:mod:`linetap.firmware.receipt`) signed by
   one of them, naming this device, recording and manifest hash. Only then
   :class:`RecordingSynced` (with the receipt's bytes, for the spool to keep).
   A missing, forged or mismatched receipt raises an :class:`Alarm` with code
@@ -64,10 +64,11 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from linetap.firmware import receipt
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.errors import ConfigError, SpoolError
-from linetap.sync import receipt, wire
+from linetap.sync import wire
 # Inputs and outputs live beside this module; the protocol's users may name them through it.
 from linetap.sync.uploadevents import (Alarm, Output, Overdue, Pending, Publish, RecordingSynced, SegmentInfo,
                                        SegmentsLost, SegmentSynced)

@@ -58,7 +58,7 @@ class SegmentSynced:
 class RecordingSynced:
     """The centre has the whole recording: keep its receipt (if any), then mark it synced.
 
-    ``receipt``: the store's signed receipt, checked (:func:`linetap.sync.receipt.verify`), to be kept
+    ``receipt``: the store's signed receipt, checked (:func:`linetap.firmware.receipt.verify`), to be kept
     beside the manifest before the synced mark; None when the box has no store key to check one with.
     Retention deletes only recordings that hold a receipt.
     """

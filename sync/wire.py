@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from linetap.firmware import untrusted
 from linetap.firmware.config import DEVICE_ID
+from linetap.firmware.manifest import RECORDING_ID, SHA256
 from linetap.firmware.errors import SyncError
 
 ROOT = "linetap/v1"
@@ -61,8 +61,6 @@ MAX_ACK = 4096
 MAX_REASON = 1000  # characters of an ack's reason
 MAX_MISSING = 200  # segment indexes listed in one missing-segments ack
 
-RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SEGMENTS = 1_000_000  # a ten-year call at 1 s segments; anything above is garbage
 MAX_PARTS = 1024  # 120 MiB per object; a segment of 120 s at 128 kbit/s is 2 MB
 MAX_OBJECT = MAX_PARTS * PART_BYTES
@@ -253,7 +251,7 @@ class Ack:
     code: str | None = None  # why, for rejected / retry
     reason: str | None = None  # for people: logged on the box
     missing: tuple[int, ...] = ()  # segments the centre lacks (code missing-segments)
-    receipt: str | None = None  # with a manifest's "stored": the store's signed receipt, base64 (sync/receipt.py)
+    receipt: str | None = None  # with a manifest's "stored": the store's signed receipt, base64 (firmware/receipt.py)
 
     def encode(self) -> bytes:
         """Canonical JSON of at most :data:`MAX_ACK` bytes, so the device can always read it.
@@ -332,7 +330,7 @@ def parse_ack(topic: str, payload: bytes, device_id: str) -> Ack:
         raise WireError("ack 'missing' is not a list of segment indexes")
     receipt = body.get("receipt")
     if receipt is not None and (not isinstance(receipt, str) or len(receipt) > MAX_ACK):
-        raise WireError("ack 'receipt' is not text")  # judged by sync/receipt.py where it is used
+        raise WireError("ack 'receipt' is not text")  # judged by firmware/receipt.py where it is used
     return Ack(recording_id, obj, sha256, status, part, code, reason, tuple(missing), receipt)
 
 

@@ -126,7 +126,7 @@ class SyncMarks:
     def keep_receipt(self, recording_id: str, data: bytes) -> None:
         """Keep the store's receipt beside the manifest, durably, and note it in the catalogue.
 
-        ``data`` is a receipt the caller has checked (:func:`linetap.sync.receipt.verify`): retention
+        ``data`` is a receipt the caller has checked (:func:`linetap.firmware.receipt.verify`): retention
         deletes a synced recording only once this has returned. The file is written (fsynced) before
         the row says so, with ``synchronous=FULL``; a crash in between leaves a receipt file the next
         stored ack writes again. Call it before :meth:`mark_synced`.

@@ -35,7 +35,7 @@ from linetap.firmware.spool.catalogue import (
     schema_problem,
 )
 from linetap.firmware.spool.checks import kind_of, segment_problem
-from linetap.sync import receipt
+from linetap.firmware import receipt
 from linetap.firmware.spool.layout import (
     CATALOGUE,
     MANIFEST_FILE,

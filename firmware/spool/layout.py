@@ -32,7 +32,7 @@ CATALOGUE = "catalogue.db"
 CHAIN_FILE = "chain.json"
 OPEN_FILE = "open.json"
 MANIFEST_FILE = "manifest.json"
-RECEIPT_FILE = "receipt.json"  # the signed bytes exactly as the store sent them (linetap.sync.receipt)
+RECEIPT_FILE = "receipt.json"  # the signed bytes exactly as the store sent them (linetap.firmware.receipt)
 SEGMENT_SUFFIX = ".age"
 TMP_SUFFIX = ".tmp"
 # Bounds on what the spool reads back from disk: each is far above what the box writes.

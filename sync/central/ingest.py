@@ -22,7 +22,7 @@ idempotent and every shared decision is taken in the index:
    segment. A broken chain link is stored and recorded as a problem
    (refusing it would lose evidence), and ``verify`` reports it;
 5. a stored and verified manifest's recording is indexed and its delivery
-   receipt (:mod:`linetap.sync.receipt`) signed with the store key and
+   receipt (:mod:`linetap.firmware.receipt`) signed with the store key and
    appended to the receipt log in the same transaction; the manifest's
    ``stored`` ack carries it. A manifest sent again gets the receipt already
    in the log, never a new one; nothing is acknowledged before it is durable.
@@ -59,11 +59,12 @@ import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware import manifest as mf
+from linetap.firmware import receipt
 from linetap.firmware import untrusted
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync import receipt, wire
+from linetap.sync import wire
 from linetap.sync.central.config import DAY_MS, IngestSection
 from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
 from linetap.sync.central.keys import load_identity, load_store_key

@@ -5,7 +5,7 @@ Layout under the central data dir::
     keys/                 0700
       central.key         0600  age X25519 identity, in age-keygen's file format
       operator.key        0600  Ed25519 private key, PKCS#8 PEM (tombstones, fleet commands)
-      store.key           0600  Ed25519 private key, PKCS#8 PEM (delivery receipts, sync/receipt.py)
+      store.key           0600  Ed25519 private key, PKCS#8 PEM (delivery receipts, firmware/receipt.py)
 
 ``central.key`` is a standard age identity file: ``age -d -i keys/central.key
 000000.age`` decrypts a stored segment with no project code. Its public half

@@ -1,11 +1,11 @@
 """The index's receipt log: every delivery receipt the store signed, in one hash chain.
 
-A receipt (:mod:`linetap.sync.receipt`) is signed with the store key when a
+A receipt (:mod:`linetap.firmware.receipt`) is signed with the store key when a
 recording's manifest is stored and verified, in the same write transaction
 that indexes the recording (``BEGIN IMMEDIATE``: SQLite's write lock, taken
 before the last receipt is read), so of several ingest processes on one
 data dir exactly one appends at a time and each receipt names the one before
-it as ``prev`` (the first names :data:`~linetap.sync.receipt.GENESIS`). ``pos``
+it as ``prev`` (the first names :data:`~linetap.firmware.receipt.GENESIS`). ``pos``
 is the log position. There is at most one receipt per (device, recording): a
 manifest sent again is answered with the receipt already in the log.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from linetap.sync.receipt import GENESIS, Receipt
+from linetap.firmware.receipt import GENESIS, Receipt
 
 # (prev, stored_ms) -> the signed receipt: what ingest hands the index to sign inside its transaction.
 Signer = Callable[[str, int], Receipt]
@@ -87,7 +87,7 @@ def append_receipt(db: sqlite3.Connection, device_id: str, recording_id: str, si
 
 
 def as_receipt(row: dict[str, Any]) -> Receipt:
-    """A log row as the :class:`~linetap.sync.receipt.Receipt` it holds (``data``: the signed bytes).
+    """A log row as the :class:`~linetap.firmware.receipt.Receipt` it holds (``data``: the signed bytes).
 
     Not checked here: ``verify`` checks the log against the store key.
     """

@@ -34,8 +34,8 @@ from linetap.sync.central.keys import load_store_key, operator_public_key
 from linetap.sync.central.store import ObjectMissing
 from linetap.sync.central.stored import IntegrityError, Stored
 from linetap.sync.central.tombstone import CHAIN_MEMBERS, verify_tombstone
-from linetap.sync.receipt import GENESIS, ReceiptError, key_id
-from linetap.sync.receipt import verify as verify_receipt
+from linetap.firmware.receipt import GENESIS, ReceiptError, key_id
+from linetap.firmware.receipt import verify as verify_receipt
 
 Row = dict[str, Any]
 RECEIPT_COLUMNS = ("seq", "manifest_sha256", "stored_ms", "key_id", "prev")

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware import keys
 from linetap.firmware.errors import ConfigError
-from linetap.sync import receipt
+from linetap.firmware import receipt
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from linetap.firmware.spool import (
     list_recordings,
     verify_spool,
 )
-from linetap.sync import receipt
+from linetap.firmware import receipt
 
 RATE = 8000
 CODEC = CodecParams(rate=RATE, segment_s=1.0)

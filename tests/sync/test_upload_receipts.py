@@ -8,8 +8,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_upload import DEVICE, Centre, Store, make, rid, run_clean
 
+from linetap.firmware import receipt
 from linetap.firmware.clock import ManualClock
-from linetap.sync import receipt, wire
+from linetap.sync import wire
 from linetap.sync.upload import MANIFEST, Alarm, RecordingSynced
 from linetap.sync.wire import Ack
 

@@ -15,13 +15,14 @@ import pyrage
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from linetap.firmware import receipt
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.clock import ManualClock, SystemClock
 from linetap.firmware.config import SyncSection
 from linetap.firmware.keys import keys_init
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, Spool, SpoolSink, list_recordings
-from linetap.sync import receipt, wire
+from linetap.sync import wire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.link import Link
 from linetap.sync.upload import message_bytes

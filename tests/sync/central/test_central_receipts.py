@@ -14,15 +14,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central_boxes import Box, make_box
 from linetap.firmware import manifest as mf
+from linetap.firmware import receipt
 from linetap.firmware.keys import WrongKeyKind
-from linetap.sync import receipt, wire
+from linetap.sync import wire
 from linetap.sync.central import indexschema
 from linetap.sync.central.cli import main
 from linetap.sync.central.index import SCHEMA_VERSION, SqliteIndex
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import CentralKeyMissing, load_identity, load_store_key
 from linetap.sync.central.tools import StoreTools
-from linetap.sync.receipt import GENESIS
+from linetap.firmware.receipt import GENESIS
 
 
 def cli(central: Path, *argv: str) -> int:

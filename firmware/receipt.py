@@ -14,7 +14,9 @@ a manifest: the signature covers the canonical bytes of every member but
 ``signature``. It travels in the ack as base64 of those exact bytes, so the
 box keeps what was signed byte for byte.
 
-Sans-IO: bytes and keys in, receipts or :class:`ReceiptError` out.
+Sans-IO: bytes and keys in, receipts or :class:`ReceiptError` out. It sits in
+``firmware/`` beside the manifest format, like it: the box checks receipts
+(uploader, ``spool verify``) and the central store makes them.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from linetap.firmware.config import DEVICE_ID
 from linetap.firmware.errors import AuthError
 from linetap.firmware.keys import store_key_id
-from linetap.firmware.manifest import canonical
+from linetap.firmware.manifest import RECORDING_ID, SHA256, canonical
 from linetap.firmware.untrusted import MAX_SAFE_INT, Untrusted, loads
-from linetap.sync.wire import SHA256, WireError, check_device_id, check_recording_id
 
 FORMAT = "linetap-receipt/1"
 MAX_BYTES = 1024  # a receipt is about 450 bytes
@@ -131,11 +133,9 @@ def verify(data: bytes, trusted: dict[str, Ed25519PublicKey], *, device_id: str,
 
 
 def _check_body(body: dict[str, Any]) -> None:
-    try:
-        check_device_id(body["device_id"])
-        check_recording_id(body["recording_id"])
-    except WireError as e:
-        raise ReceiptError(f"receipt names {e}") from None
+    for name, pattern in (("device_id", DEVICE_ID), ("recording_id", RECORDING_ID)):
+        if not isinstance(body[name], str) or not pattern.fullmatch(body[name]):
+            raise ReceiptError(f"receipt {name} {str(body[name])[:64]!r} is not a device id / recording id")
     if body["format"] != FORMAT:
         raise ReceiptError(f"receipt format {str(body['format'])[:40]!r} is not {FORMAT!r}")
     for name in ("seq", "stored_ms"):

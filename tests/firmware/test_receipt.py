@@ -10,9 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from linetap.firmware import receipt
 from linetap.firmware.manifest import canonical
-from linetap.sync import receipt, wire
-from linetap.sync.receipt import GENESIS, ReceiptError
+from linetap.sync import wire
+from linetap.firmware.receipt import GENESIS, ReceiptError
 
 STORE = Ed25519PrivateKey.generate()
 TRUSTED = {receipt.key_id(STORE.public_key()): STORE.public_key()}
