@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from linetap.firmware import manifest as mf
+from linetap.firmware import untrusted
 from linetap.firmware.errors import SpoolError
 from linetap.firmware.schema import FileRefused, read_bounded
 from linetap.firmware.spool.layout import MANIFEST_MAX_BYTES, RECEIPT_MAX_BYTES, SEGMENT_MAX_BYTES, is_recording_id
@@ -143,15 +144,18 @@ class SyncMarks:
                 self._files.write(path, data)
             except OSError as e:
                 raise SpoolError(f"cannot keep the receipt {path}: {e.strerror or e}") from e
+            # The store's time in the receipt (when the centre stored it), not this box's clock.
+            stored_ms = untrusted.loads(data, what=f"receipt of {recording_id}", max_bytes=RECEIPT_MAX_BYTES,
+                                        max_depth=2).get("stored_ms")
             self.db.execute("UPDATE recordings SET receipt_stored_ms = ? WHERE id = ?",
-                            (mf.ms(self._clock.wall()), recording_id))
+                            (stored_ms if type(stored_ms) is int else mf.ms(self._clock.wall()), recording_id))
             logger.info("receipt kept recording=%s", recording_id)
 
     def ask_receipts_again(self) -> list[str]:
         """Synced recordings without a receipt go back to closed, so their manifest goes again.
 
         For a box that now has a store key: recordings synced before it (or before receipts) hold
-        no receipt, and retention keeps them for ever. Their segments stay marked synced, so only
+        no receipt, and retention would keep them for ever. Their segments stay marked synced, so only
         the manifest is sent; the centre answers with its receipt. Returns their ids.
         """
         with self._lock:

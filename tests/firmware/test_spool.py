@@ -598,7 +598,8 @@ def test_receipt_is_kept_durably_beside_the_manifest_and_listed(data: Path, cloc
         assert spool.status()["synced_without_receipt"] == 0
     assert (data / "spool" / call.call_id / "receipt.json").read_bytes() == signed
     [row] = list_recordings(data)
-    assert row["state"] == "synced" and row["receipt_stored_ms"] == mf.ms(clock.wall())
+    # The time listed is the store's, from the receipt (signed_receipt's stored_ms), not the box's clock.
+    assert row["state"] == "synced" and row["receipt_stored_ms"] == 1_700_000_000_000 != mf.ms(clock.wall())
     listed = subprocess.run([sys.executable, "-m", "linetap.firmware.cli", "spool", "list", "--data-dir",
                              str(data)], capture_output=True, text=True, check=True).stdout
     assert "receipt 20" in listed
@@ -693,3 +694,4 @@ def test_a_catalogue_from_before_receipts_opens_and_keeps_its_rows(data: Path, c
         spool.keep_receipt(call.call_id, signed_receipt(spool, call.call_id))
     [row] = list_recordings(data)
     assert row["id"] == call.call_id and row["receipt_stored_ms"] is not None
+
