@@ -88,3 +88,14 @@ def make_box(root: Path, device_id: str, identity: pyrage.x25519.Identity) -> Bo
     clock = ManualClock()
     spool = Spool(data, device_id=device_id, clock=clock, disk_free=lambda _path: 10 ** 12)
     return Box(data, device_id, clock, spool, info.public_key_b64)
+
+
+def enrolled(tmp_path: Path, central: Path, device_id: str) -> Box:
+    """A box made under ``tmp_path`` whose signing key the central store in ``central`` has enrolled."""
+    from linetap.sync.central.keys import load_identity
+    from linetap.sync.central.tools import StoreTools
+
+    made = make_box(tmp_path / "boxes", device_id, load_identity(central))
+    with StoreTools(central) as tools:
+        tools.enroll(made.device_id, made.public_key_b64)
+    return made

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from central_boxes import BIG_CODEC, Box, make_box
+from central_boxes import BIG_CODEC, Box, enrolled
 from linetap.firmware import manifest as mf
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import load_signing_key
@@ -34,13 +34,6 @@ DAY_S = 86_400.0
 
 def cli(central: Path, *argv: str) -> int:
     return main(["--data-dir", str(central), *argv])
-
-
-def enrolled(tmp_path: Path, central: Path, device_id: str) -> Box:
-    made = make_box(tmp_path / "boxes", device_id, load_identity(central))
-    with StoreTools(central) as tools:
-        tools.enroll(made.device_id, made.public_key_b64)
-    return made
 
 
 @pytest.fixture

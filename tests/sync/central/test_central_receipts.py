@@ -12,29 +12,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central_boxes import Box, make_box
+from central_boxes import Box, enrolled
 from linetap.firmware import manifest as mf
 from linetap.firmware import receipt
+from linetap.firmware.receipt import GENESIS
 from linetap.firmware.keys import WrongKeyKind
 from linetap.sync import wire
 from linetap.sync.central import indexschema
 from linetap.sync.central.cli import main
 from linetap.sync.central.index import SCHEMA_VERSION, SqliteIndex
 from linetap.sync.central.ingest import Ingest
-from linetap.sync.central.keys import CentralKeyMissing, load_identity, load_store_key
-from linetap.sync.central.tools import StoreTools
-from linetap.firmware.receipt import GENESIS
+from linetap.sync.central.keys import CentralKeyMissing, load_store_key
 
 
 def cli(central: Path, *argv: str) -> int:
     return main(["--data-dir", str(central), *argv])
-
-
-def enrolled(tmp_path: Path, central: Path, device_id: str) -> Box:
-    made = make_box(tmp_path / "boxes", device_id, load_identity(central))
-    with StoreTools(central) as tools:
-        tools.enroll(made.device_id, made.public_key_b64)
-    return made
 
 
 @pytest.fixture
