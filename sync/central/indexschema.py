@@ -98,6 +98,28 @@ CREATE TABLE IF NOT EXISTS receipts (
     data BLOB NOT NULL,
     UNIQUE (device_id, recording_id)
 );
+CREATE TABLE IF NOT EXISTS timestamps (
+    pos BIGINT PRIMARY KEY,
+    made_ms BIGINT NOT NULL,
+    commitment BLOB NOT NULL,
+    digest_sha256 TEXT NOT NULL,
+    tsa TEXT NOT NULL,
+    token BLOB NOT NULL,
+    gen_time_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_log (
+    pos BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    device_id TEXT,
+    recording_id TEXT,
+    origin TEXT NOT NULL,
+    detail TEXT,
+    prev TEXT NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_log_recording ON access_log (device_id, recording_id);
 CREATE TABLE IF NOT EXISTS fleet_devices (
     device_id TEXT PRIMARY KEY,
     boot BIGINT,
@@ -120,7 +142,7 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 );
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -147,8 +169,14 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute(statement[:statement.index(";")])
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Trusted timestamps over the chain heads (``timestamps``) and the access log (``access_log``), both
+    empty: they start when the program that writes them first runs."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def create(db: sqlite3.Connection) -> None:

@@ -220,13 +220,16 @@ def test_an_index_of_the_previous_version_gains_an_empty_receipt_log(tmp_path: P
     with Ingest(central, clock=clock) as core:
         sent(core, box, rid)
     with sqlite3.connect(central / "index.db") as db:  # the file as version 1 left it
-        db.execute("DROP TABLE receipts")
+        for table in ("receipts", "timestamps", "access_log"):
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 1")
     with SqliteIndex(central / "index.db") as index:
         assert index.receipts() == []
         assert index.recording(rid, box.device_id) is not None
     with sqlite3.connect(central / "index.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"receipts", "timestamps", "access_log"} <= tables
     code, report = verify_json(central, capsys)
     assert code == 1 and problems(report) == [("missing-receipt", rid)]  # stored before the log began
     with Ingest(central, clock=clock) as core:  # the box sends the manifest again: it gets one then
