@@ -238,10 +238,12 @@ class BoxSync:
         audio = self._hooks.audio() if self._hooks.audio is not None else None
         last_sync = upload["last_sync_wall"]
         oldest = upload["oldest_age_s"]
+        spool = self._spool.status()
         figures = Telemetry(
             uptime_s=int(self._clock.monotonic() - self._started_at),
             spool=SpoolFigures(upload["backlog_recordings"], upload["backlog_bytes"],
-                               None if oldest is None else int(oldest), self._spool.status()["free_bytes"]),
+                               None if oldest is None else int(oldest), spool["free_bytes"],
+                               spool["synced_without_receipt"]),
             last_sync_ms=None if last_sync is None else round(last_sync * 1000),
             recording=audio.recording if audio else False,
             near_dbfs=audio.near_dbfs if audio else None, far_dbfs=audio.far_dbfs if audio else None,
@@ -316,7 +318,7 @@ class BoxSync:
         closed = status["by_state"].get("closed", {"recordings": 0, "bytes": 0})
         oldest = self.uploader.status()["oldest_age_s"]
         return SpoolFigures(closed["recordings"], closed["bytes"], None if oldest is None else int(oldest),
-                            status["free_bytes"])
+                            status["free_bytes"], status["synced_without_receipt"])
 
     def _capabilities(self) -> tuple[str, ...]:
         caps = ["sync"]

@@ -126,6 +126,8 @@ class SpoolFigures:
     unsynced_bytes: int
     oldest_unsynced_age_s: int | None  # None when nothing is waiting
     free_bytes: int
+    # Synced recordings the box keeps because it holds no valid receipt for them (None: not counted).
+    synced_without_receipt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,11 @@ class Telemetry:
 
 
 def spool_body(figures: SpoolFigures) -> dict[str, Any]:
-    return {"free_bytes": figures.free_bytes, "oldest_unsynced_age_s": figures.oldest_unsynced_age_s,
+    body = {"free_bytes": figures.free_bytes, "oldest_unsynced_age_s": figures.oldest_unsynced_age_s,
             "unsynced_bytes": figures.unsynced_bytes, "unsynced_recordings": figures.unsynced_recordings}
+    if figures.synced_without_receipt is not None:
+        body["synced_without_receipt"] = figures.synced_without_receipt
+    return body
 
 
 def tenths(value: float | None) -> float | None:

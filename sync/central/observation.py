@@ -44,6 +44,9 @@ LIVE_FILTERS = tuple(f for f in TRACKED_FILTERS if not f.endswith("/telemetry"))
 
 Presence = Literal["online", "offline", "unknown"]
 UNACKED_ALARM = "uploads-unacknowledged"  # raised by the centre from telemetry, not by the box
+# Raised by the centre while a box reports synced recordings it keeps for want of a valid receipt: it trusts
+# another store key, or it got its key after those recordings synced (it asks for their receipts again).
+UNRECEIPTED_ALARM = "receipts-missing"
 
 
 class FleetMessageError(SyncError, ValueError):
@@ -67,6 +70,7 @@ class _Spool(_Shape):
     unsynced_bytes: int = Field(ge=0)
     oldest_unsynced_age_s: int | None = Field(default=None, ge=0)
     free_bytes: int = Field(ge=0)
+    synced_without_receipt: int | None = Field(default=None, ge=0)  # boxes before receipts send none
 
 
 class _Status(_Shape):
@@ -245,6 +249,7 @@ class DeviceView:
     subjects: dict[str, Any] = field(repr=False)  # subject → {"body": ..., "received_ms": ...}
     overdue_acks: int | None = None  # upload messages unanswered past the box's ack timeout, by its last telemetry
     oldest_overdue_s: int | None = None
+    synced_without_receipt: int | None = None  # synced recordings the box keeps without a receipt
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DeviceView:
@@ -268,6 +273,9 @@ class DeviceView:
         overdue = upload.get("overdue_acks")
         if isinstance(overdue, int) and overdue > 0:
             alarms = tuple(sorted({*alarms, UNACKED_ALARM}))
+        unreceipted = spool.get("synced_without_receipt")
+        if isinstance(unreceipted, int) and unreceipted > 0:
+            alarms = tuple(sorted({*alarms, UNRECEIPTED_ALARM}))
         return cls(device_id=row["device_id"], enrolled=row["enrolled"],
                    state=status.get("state", "unknown"), boot=row.get("boot"), session=row.get("session"),
                    last_seen_ms=row.get("last_seen_ms"), software_version=birth.get("software_version"),
@@ -276,7 +284,8 @@ class DeviceView:
                    backlog_bytes=spool.get("unsynced_bytes"),
                    oldest_unsynced_age_s=spool.get("oldest_unsynced_age_s"),
                    clock_synced=(newest.get("clock") or {}).get("synced"), alarms=alarms, subjects=subjects,
-                   overdue_acks=overdue, oldest_overdue_s=upload.get("oldest_overdue_s"))
+                   overdue_acks=overdue, oldest_overdue_s=upload.get("oldest_overdue_s"),
+                   synced_without_receipt=unreceipted)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"alarms": list(self.alarms)}
