@@ -393,12 +393,24 @@ def public_key_pem(key: Ed25519PublicKey) -> str:
                             serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
+_P = 2**255 - 19  # the field prime of Ed25519
+_Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022  # y of a point of order 8
+# y of every point of small order (1, 2, 4, 8): the identity, (0, -1), (±sqrt(-1), 0) and the four of order 8.
+_SMALL_ORDER_Y = frozenset({1, _P - 1, 0, _Y8, _P - _Y8})
+
+
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in ``text``; a point of small order (all zeros, the identity...) is refused:
+    it proves nothing, since signatures that verify under it can be made without any private key."""
     try:
         raw = base64.b64decode(text, validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
+        key = Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as e:
         raise ConfigError(f"public key {text[:16]!r}... is not 32 base64-encoded Ed25519 bytes ({e})") from e
+    if (int.from_bytes(raw, "little") & (2**255 - 1)) % _P in _SMALL_ORDER_Y:
+        raise ConfigError(f"public key {text[:16]!r}... is a point of small order, not a real key; "
+                          "copy the public key again from where it was made (keys show / keys init)")
+    return key
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from linetap.firmware import keys
 from linetap.firmware.errors import ConfigError
@@ -147,3 +147,23 @@ def test_keys_init_refuses_a_store_key_of_the_wrong_kind(tmp_path: Path, central
     (tmp_path / "keys" / "store.pub").write_text(str(central.to_public()))
     with pytest.raises(ConfigError, match="store.pub"):
         keys.load_store_keys(tmp_path)
+
+
+P = 2**255 - 19
+Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+
+
+def encoding(y: int, x_sign: int = 0) -> str:
+    return base64.b64encode((y | x_sign << 255).to_bytes(32, "little")).decode()
+
+
+def test_a_point_of_small_order_is_refused_as_a_public_key() -> None:
+    identity = bytes([1]) + bytes(31)
+    weak = Ed25519PublicKey.from_public_bytes  # what a key of small order would let anyone do:
+    weak(identity).verify(identity + bytes(32), b"any receipt at all")  # a signature made with no private key
+    for y, sign in [(1, 0), (0, 0), (0, 1), (P - 1, 0), (Y8, 0), (Y8, 1), (P - Y8, 0), (P - Y8, 1),
+                    (P + 1, 0)]:  # the last: the identity again, encoded with y not reduced mod p
+        with pytest.raises(ConfigError, match="small order"):
+            keys.public_key_from_b64(encoding(y, sign))
+    real = Ed25519PrivateKey.generate().public_key()
+    assert keys.public_key_raw(keys.public_key_from_b64(keys.public_key_b64(real))) == keys.public_key_raw(real)
