@@ -61,12 +61,29 @@ ChannelList = Annotated[tuple[Annotated[StrictInt, Field(ge=0, le=31)], ...],
                         Field(strict=False, min_length=1, max_length=32)]
 
 
-class AudioProfile(Schema):
-    """The codec: one duplex device, capture channels for both sides, playback into the call."""
+USB_BRIDGES = ("usb-bridge", "sim-usb-bridge")
+"""Audio drivers that sit inline on a USB headset: the PC sees our gadget, the headset sees us."""
 
-    driver: Literal["sounddevice", "sim"]
+# The rates a USB gadget may offer the PC (UAC2 in Linux takes a list; softphones use 48 and 16 kHz).
+GadgetRate = Literal[8000, 16000, 24000, 32000, 44100, 48000]
+
+
+class AudioProfile(Schema):
+    """The codec: one duplex device, capture channels for both sides, playback into the call.
+
+    With ``usb-bridge`` the "codec" is the inline USB bridge: ``headset`` is
+    the USB headset on a host port, ``gadget`` our own USB audio gadget that
+    the PC plays to and records from; near is the headset mic, far what the
+    PC plays, and the announcement is mixed into what the PC receives.
+    ``sim-usb-bridge`` is the same bridge between a simulated headset and PC.
+    """
+
+    driver: Literal["sounddevice", "sim", "usb-bridge", "sim-usb-bridge"]
     # Case-insensitive substring of the PortAudio device name; required for "sounddevice".
     device: str | None = None
+    # usb-bridge: substrings of the headset's and of our gadget's PortAudio names.
+    headset: str | None = None
+    gadget: str | None = None
     channels: int = Field(default=2, ge=2, le=32)
     near: int = Field(default=0, ge=0, le=31)  # capture channel carrying the agent (handset mic)
     far: int = Field(default=1, ge=0, le=31)  # capture channel carrying the caller (earpiece)
@@ -81,6 +98,16 @@ class AudioProfile(Schema):
             problems.append(Problem(("device",), self.device,
                                     'required with driver "sounddevice"; set part of the device '
                                     'name as `python -m sounddevice` lists it, e.g. "USB Audio"'))
+        if self.driver == "usb-bridge":
+            for key, example in (("headset", "USB Audio"), ("gadget", "UAC2_Gadget")):
+                if not getattr(self, key):
+                    problems.append(Problem((key,), None, f'required with driver "usb-bridge"; set part of '
+                                                         f'its name as `linetap devices` lists it, '
+                                                         f'e.g. "{example}"'))
+        elif self.headset is not None or self.gadget is not None:
+            key = "headset" if self.headset is not None else "gadget"
+            problems.append(Problem((key,), getattr(self, key), 'only used with driver "usb-bridge"; '
+                                                                'remove it, or set driver = "usb-bridge"'))
         if self.near == self.far:
             problems.append(Problem(("far",), self.far,
                                     "the same channel as audio.near; the two sides of the call "
@@ -169,10 +196,39 @@ class LineProfile(Schema):
         return self
 
 
+class HidProfile(Schema):
+    """The headset's HID telephony controls (hook switch, mute) and our gadget's HID function.
+
+    ``headset`` is the headset's hidraw node; None finds the one whose report
+    descriptor has the Telephony usage page. ``gadget`` is the node of our
+    gadget's HID function, where the PC's LED reports arrive and the
+    headset's buttons are forwarded.
+    """
+
+    driver: Literal["none", "hidraw", "sim"] = "none"
+    headset: str | None = None
+    gadget: str = "/dev/hidg0"
+
+
+class GadgetProfile(Schema):
+    """The USB device the PC sees (made through configfs at boot): our ids, the rates offered."""
+
+    # pid.codes' test pair by default (https://pid.codes/1209/0001/); a fleet sets its own.
+    vendor_id: int = Field(default=0x1209, ge=1, le=0xFFFF)
+    product_id: int = Field(default=0x0001, ge=0, le=0xFFFF)
+    rates: Annotated[tuple[GadgetRate, ...], Field(strict=False, min_length=1, max_length=6)] = (48000, 16000)
+
+    @model_validator(mode="after")
+    def _check(self) -> GadgetProfile:
+        if len(set(self.rates)) != len(self.rates):
+            raise Invalid([Problem(("rates",), self.rates, "lists a rate twice; list each once")])
+        return self
+
+
 class CallDetectProfile(Schema):
     """Where the box learns that a call starts and ends."""
 
-    source: Literal["hook-gpio", "v253", "vad"]
+    source: Literal["hook-gpio", "v253", "vad", "hid"]
 
 
 class BoardProfile(Schema):
@@ -181,6 +237,8 @@ class BoardProfile(Schema):
     audio: AudioProfile
     gpio: GpioProfile
     line: LineProfile = LineProfile()
+    hid: HidProfile = HidProfile()
+    gadget: GadgetProfile | None = None  # only for the usb-bridge drivers
     call_detect: CallDetectProfile
 
     @model_validator(mode="after")
@@ -195,9 +253,26 @@ class BoardProfile(Schema):
             problems.append(Problem(("call_detect", "source"), source,
                                     f'needs a voice modem but line.driver = {self.line.driver!r}; '
                                     f'set line.driver = "v253" and line.port'))
+        if source == "hid" and self.hid.driver == "none":
+            problems.append(Problem(("call_detect", "source"), source,
+                                    'needs the headset\'s HID controls but hid.driver = "none"; '
+                                    'set hid.driver = "hidraw"'))
+        problems += self._usb_problems()
         if problems:
             raise Invalid(problems)
         return self
+
+
+    def _usb_problems(self) -> list[Problem]:
+        bridge = self.audio.driver in USB_BRIDGES
+        if bridge and self.gadget is None:
+            return [Problem(("gadget",), None, f'required with audio.driver = "{self.audio.driver}": '
+                                              f'add a [gadget] section (its defaults: pid.codes\' test ids, '
+                                              f'48 and 16 kHz), see hardware/README.md')]
+        if not bridge and self.gadget is not None:
+            return [Problem(("gadget",), "[gadget]", 'only used by the USB inline boards '
+                                                     '(audio.driver = "usb-bridge"); remove the section')]
+        return []
 
 
 def builtin_boards() -> list[str]:

@@ -166,14 +166,17 @@ def _parts(profile: BoardProfile, nets_: list[Net]) -> tuple[list[str], int]:
     else:
         boxes.append(("Hook sense", [f"no hook input: call detection is {profile.call_detect.source!r}"],
                       COLOURS["hook"]))
-    device = "simulated codec" if audio.driver == "sim" else f"{audio.device!r} ({audio.driver})"
-    outs = ", ".join(_channel(c) for c in audio.line_out)
-    boxes.append((f"Audio codec: {device}",
-                  [f"line in {_channel(audio.near)} ← T1 ← handset mic pair: near (agent)",
-                   f"line in {_channel(audio.far)} ← T2 ← earpiece pair: far (caller)",
-                   f"line out {outs} → R4/R6 → T3 → C3/R5 → mic pair: announcement",
-                   f"{audio.channels} capture / {audio.out_channels} playback channels"
-                   + (f", opened at {audio.native_rate} Hz" if audio.native_rate else "")], "#37474f"))
+    if profile.gadget is not None:
+        boxes += _usb_inline_boxes(profile)
+    else:
+        device = "simulated codec" if audio.driver == "sim" else f"{audio.device!r} ({audio.driver})"
+        outs = ", ".join(_channel(c) for c in audio.line_out)
+        boxes.append((f"Audio codec: {device}",
+                      [f"line in {_channel(audio.near)} ← T1 ← handset mic pair: near (agent)",
+                       f"line in {_channel(audio.far)} ← T2 ← earpiece pair: far (caller)",
+                       f"line out {outs} → R4/R6 → T3 → C3/R5 → mic pair: announcement",
+                       f"{audio.channels} capture / {audio.out_channels} playback channels"
+                       + (f", opened at {audio.native_rate} Hz" if audio.native_rate else "")], "#37474f"))
     if line.driver == "v253":
         modem = [f"USB voice modem on {line.port} at {line.baudrate} baud",
                  "RJ11 splitter on the analog line (ATA FXS port); stays on hook",
@@ -188,6 +191,28 @@ def _parts(profile: BoardProfile, nets_: list[Net]) -> tuple[list[str], int]:
         drawn, y = _part(y, title, lines, colour)
         out += drawn
     return out, y
+
+
+def _usb_inline_boxes(profile: BoardProfile) -> list[tuple[str, list[str], str]]:
+    """The USB inline board's parts: the bridge's two USB ends, its HID and its power."""
+    audio, gadget, hid = profile.audio, profile.gadget, profile.hid
+    assert gadget is not None
+    simulated = audio.driver.startswith("sim")
+    headset = "simulated headset" if simulated else f"headset {audio.headset!r} on a USB-A host port"
+    pc = "simulated PC" if simulated else f"USB-C (dwc2, device mode) → the PC; gadget card {audio.gadget!r}"
+    rates = ", ".join(f"{r / 1000:g}" for r in gadget.rates)
+    return [
+        (f"USB bridge ({audio.driver})",
+         [f"{headset}: mic → near (agent)",
+          f"{pc}: what the PC plays → far (caller)",
+          "announcement and warning tone mixed into the PC's mic stream",
+          f"gadget {gadget.vendor_id:04x}:{gadget.product_id:04x}, UAC2 at {rates} kHz, 16 bit"], "#37474f"),
+        ("HID telephony",
+         [f"headset hook switch and mute (hid.driver = \"{hid.driver}\"), PC's off-hook LED",
+          f"forwarded both ways through the gadget's HID function {hid.gadget}"], "#37474f"),
+        ("Power", ["5 V into header pins 2/4 and GND 6, or a PoE HAT: USB-C carries data to the PC",
+                   "3 A supply: the headset draws from the Pi's USB-A port"], "#37474f"),
+    ]
 
 
 def diagram(profile: BoardProfile) -> str:

@@ -37,8 +37,9 @@ def usb_codec_with(section: str, **changes: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------- built-ins --
 
-def test_the_four_built_in_boards_ship() -> None:
-    assert builtin_boards() == ["pi-zero2w-wm8960", "pi4-usb-codec", "pi4-v253-modem", "sim"]
+def test_the_built_in_boards_ship() -> None:
+    assert builtin_boards() == ["pi-zero2w-wm8960", "pi4-usb-codec", "pi4-usb-inline", "pi4-v253-modem", "sim",
+                                "sim-usb-inline"]
 
 
 @pytest.mark.parametrize("name", builtin_boards())
@@ -95,7 +96,7 @@ def test_unknown_name_lists_the_built_in_boards() -> None:
         load_board("pi5")
     message = str(caught.value)
     assert "no built-in board 'pi5'" in message
-    assert "pi-zero2w-wm8960, pi4-usb-codec, pi4-v253-modem, sim" in message
+    assert "pi-zero2w-wm8960, pi4-usb-codec, pi4-usb-inline, pi4-v253-modem, sim, sim-usb-inline" in message
 
 
 def test_missing_profile_file() -> None:
@@ -140,7 +141,8 @@ def test_pin_reserved_by_the_board() -> None:
     ({"line_out": []}, "audio.line_out = []: needs at least 1 (has 0); add the missing entries"),
     ({"line_out": [1, 1]}, "audio.line_out = [1, 1]: lists a channel twice"),
     ({"device": None}, 'audio.device: required with driver "sounddevice"'),
-    ({"driver": "alsa"}, "audio.driver = 'alsa': not an allowed value; use one of 'sounddevice' or 'sim'"),
+    ({"driver": "alsa"}, "audio.driver = 'alsa': not an allowed value; use one of 'sounddevice', 'sim', "
+                         "'usb-bridge' or 'sim-usb-bridge'"),
     ({"channels": "2"}, "audio.channels = '2': must be a whole number, not a string; write it without quotes"),
 ])
 def test_audio_checks(changes: dict[str, Any], expected: str) -> None:
@@ -223,3 +225,80 @@ def test_the_profile_example_in_the_hardware_readme_is_valid() -> None:
                    if block.startswith("name = "))
     board = board_from_data(tomllib.loads(example), source="hardware/README.md")
     assert board.name == "front-desk"
+
+
+# ------------------------------------------------------- the USB inline board --
+
+def usb_inline_with(section: str, **changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(builtin_data("pi4-usb-inline"))
+    data[section].update(changes)
+    return data
+
+
+def test_usb_inline_board_bridges_a_headset_and_takes_calls_from_hid() -> None:
+    board = load_board("pi4-usb-inline")
+    assert (board.audio.driver, board.audio.headset, board.audio.gadget) == ("usb-bridge", "USB Audio",
+                                                                             "UAC2_Gadget")
+    assert board.call_detect.source == "hid" and board.hid.driver == "hidraw"
+    assert board.hid.headset is None and board.hid.gadget == "/dev/hidg0"
+    assert board.gadget is not None
+    assert (board.gadget.vendor_id, board.gadget.product_id) == (0x1209, 0x0001)  # pid.codes test pair
+    assert board.gadget.rates == (48000, 16000)
+    # The front panel stays on the header; no hook GPIO and no modem.
+    assert board.gpio.pin_factory == "lgpio" and board.gpio.hook is None and board.line.driver == "none"
+
+
+def test_simulated_usb_inline_board_mirrors_the_real_one() -> None:
+    sim, real = load_board("sim-usb-inline"), load_board("pi4-usb-inline")
+    assert (sim.audio.driver, sim.hid.driver, sim.gpio.pin_factory) == ("sim-usb-bridge", "sim", "mock")
+    assert sim.call_detect.source == "hid" and sim.gadget == real.gadget
+    assert sim.gpio.assigned() == real.gpio.assigned()
+
+
+def test_other_boards_have_no_gadget_or_hid() -> None:
+    for name in ("pi4-usb-codec", "pi4-v253-modem", "pi-zero2w-wm8960", "sim"):
+        board = load_board(name)
+        assert board.gadget is None and board.hid.driver == "none", name
+
+
+@pytest.mark.parametrize(("key", "example"), [("headset", "USB Audio"), ("gadget", "UAC2_Gadget")])
+def test_the_bridge_needs_both_devices(key: str, example: str) -> None:
+    data = copy.deepcopy(builtin_data("pi4-usb-inline"))
+    del data["audio"][key]
+    assert (f'audio.{key}: required with driver "usb-bridge"; set part of its name as `linetap devices` '
+            f'lists it, e.g. "{example}"') in board_error(data)
+
+
+def test_bridge_devices_on_a_codec_board_are_refused() -> None:
+    assert 'audio.headset = \'Jabra\': only used with driver "usb-bridge"' in board_error(
+        usb_codec_with("audio", headset="Jabra"))
+
+
+def test_hid_detection_needs_the_hid_driver() -> None:
+    message = board_error(usb_inline_with("hid", driver="none"))
+    assert "call_detect.source = 'hid': needs the headset's HID controls but hid.driver = \"none\"" in message
+
+
+def test_the_bridge_needs_a_gadget_section_and_a_codec_board_none() -> None:
+    data = copy.deepcopy(builtin_data("pi4-usb-inline"))
+    del data["gadget"]
+    assert 'gadget: required with audio.driver = "usb-bridge": add a [gadget] section' in board_error(data)
+    data = copy.deepcopy(builtin_data("pi4-usb-codec"))
+    data["gadget"] = {}
+    assert "gadget = '[gadget]': only used by the USB inline boards" in board_error(data)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"rates": [44000]}, "gadget.rates[0] = 44000: not an allowed value"),
+    ({"rates": []}, "gadget.rates = []: needs at least 1"),
+    ({"rates": [48000, 48000]}, "gadget.rates = [48000, 48000]: lists a rate twice"),
+    ({"vendor_id": 0x10000}, "gadget.vendor_id = 65536"),
+    ({"vendor_id": 0}, "gadget.vendor_id = 0"),
+])
+def test_gadget_checks(changes: dict[str, Any], expected: str) -> None:
+    assert expected in board_error(usb_inline_with("gadget", **changes))
+
+
+def test_hid_driver_values() -> None:
+    assert "hid.driver = 'usb': not an allowed value; use one of 'none', 'hidraw' or 'sim'" in board_error(
+        usb_inline_with("hid", driver="usb"))

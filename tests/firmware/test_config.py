@@ -172,7 +172,7 @@ def test_unknown_board_name_lists_the_built_in_boards(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[device]\nboard = "pi4-usb-codek"\n')
     assert "device.board = 'pi4-usb-codek' is not usable" in message
     assert "did you mean 'pi4-usb-codec'?" in message
-    assert "pi-zero2w-wm8960, pi4-usb-codec, pi4-v253-modem, sim" in message
+    assert "pi-zero2w-wm8960, pi4-usb-codec, pi4-usb-inline, pi4-v253-modem, sim, sim-usb-inline" in message
 
 
 def test_board_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
