@@ -100,6 +100,9 @@ class OpenRecording:
     segments: list[dict[str, Any]] = field(default_factory=list)
     discarded: bool = False
     full: bool = False  # a segment write hit a full disk; nothing more is kept
+    # A segment write failed otherwise (an I/O error): nothing more is kept either, so the segments stored
+    # are the call's audio up to the failure, never a stream with a piece silently missing from its middle.
+    failed: bool = False
 
 
 def boot_id() -> str | None:
@@ -188,6 +191,9 @@ class SpoolWriter:
                     raise
         except SpoolFull:
             rec.full = True
+            raise
+        except SpoolError:
+            rec.failed = True
             raise
         rec.segments.append(entry)
         return entry
@@ -346,7 +352,7 @@ class SpoolSink:
         self._encoder = self._factory(self.codec)
 
     def write(self, frames: np.ndarray) -> None:
-        if self._rec is None or self._rec.full or self._encoder is None:
+        if self._rec is None or self._rec.full or self._rec.failed or self._encoder is None:
             return
         for segment in self._encoder.write(frames):
             self._spool.add_segment(self._rec, segment)
@@ -363,7 +369,7 @@ class SpoolSink:
             return
         encoder, self._encoder = self._encoder, None
         try:
-            if encoder is not None and not rec.full and not rec.discarded:
+            if encoder is not None and not (rec.full or rec.failed or rec.discarded):
                 tail = encoder.finish()
                 if tail:
                     self._spool.add_segment(rec, tail)

@@ -373,6 +373,44 @@ class FillingDisk(DurableFiles):
         super().write(path, data)
 
 
+class FailingDisk(DurableFiles):
+    """A disk whose third segment write fails with an I/O error; the writes after it would succeed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.segment_writes = 0
+
+    def write(self, path: Path, data: bytes) -> None:
+        if path.suffix == ".age":
+            self.segment_writes += 1
+            if self.segment_writes == 3:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        super().write(path, data)
+
+
+def test_an_io_error_mid_call_ends_the_kept_audio_there_with_no_gap_hidden_inside(data: Path, clock,
+                                                                                  central) -> None:
+    disk = FailingDisk()
+    with open_spool(data, clock, files=disk) as spool:
+        sink = SpoolSink(spool, CODEC, FakeSegmenter)
+        call = make_call(clock)
+        sink.open(call)
+        frames = audio(4.0)
+        with pytest.raises(SpoolError, match="Input/output error"):
+            for start in range(0, len(frames), 160):
+                sink.write(frames[start:start + 160])
+        for start in range(0, len(frames), 160):  # the call flow has not reacted yet: more audio comes
+            sink.write(frames[start:start + 160])
+        ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "fault",
+                              "ended_mono": clock.monotonic()})
+        sink.close(Recording(ended, len(frames), 0.0, (), {}))
+    assert disk.segment_writes == 3  # nothing was written after the failure
+    folder = data / "spool" / call.call_id
+    manifest = mf.verify((folder / "manifest.json").read_bytes())
+    assert [s["index"] for s in manifest["segments"]] == [0, 1]
+    assert decrypt_recording(folder, central).replace(b"OggS", b"") == frames[:2 * RATE].tobytes()
+
+
 def test_disk_full_mid_call_keeps_the_stored_part_valid_and_raises_the_alarm(data: Path, clock,
                                                                             central) -> None:
     alarms = []
