@@ -105,6 +105,7 @@ SANS_IO_CORES = {
                    "sync/pushpolicy.py"),
     "signed envelopes": ("sync/signed.py", "sync/signed/**/*.py"),
     "delivery receipts": ("firmware/receipt.py",),
+    "trusted timestamps": ("sync/central/timestamps.py",),
     "wire format": ("sync/wire.py", "sync/wire/**/*.py"),
     "call flow": ("firmware/callflow.py", "firmware/callflow/**/*.py", "firmware/callevents.py",
                   "firmware/callrecord.py"),

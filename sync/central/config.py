@@ -22,6 +22,13 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
     device_quota_bytes = 536870912  # per box: staged parts, waiting manifests and segments no
                                     # manifest lists yet (512 MiB); 0: no quota
     stale_staging_days = 7          # `retention run` removes staging untouched this long
+
+    [timestamps]                    # trusted timestamps (RFC 3161); no tsa_url: none are made
+    tsa_url = "https://tsa.example.org/tsr"
+    ca_file = "tsa/ca.pem"          # the TSA's root CA certificate(s), PEM
+    tsa_cert_file = "tsa/tsa.pem"   # the TSA's signing certificate, PEM
+    interval_s = 3600               # while serve runs, stamp this often when something new arrived
+    timeout_s = 30                  # one request to the TSA
 """
 
 from __future__ import annotations
@@ -80,10 +87,36 @@ class IngestSection(Schema):
     stale_staging_days: Annotated[int, Field(ge=1)] = 7
 
 
+class TimestampsSection(Schema):
+    """The time-stamping authority (TSA) and how its tokens are checked; no ``tsa_url``: no stamps."""
+
+    tsa_url: str | None = None
+    ca_file: str | None = None
+    tsa_cert_file: str | None = None
+    interval_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 3600
+    timeout_s: Annotated[int, Field(ge=1, le=300)] = 30
+
+    @model_validator(mode="after")
+    def _tsa(self) -> TimestampsSection:
+        problems = []
+        if self.tsa_url is not None and not self.tsa_url.startswith(("http://", "https://")):
+            problems.append(Problem(("tsa_url",), self.tsa_url, "must be an http:// or https:// URL of an "
+                                    "RFC 3161 time-stamping service; leave it out for no timestamps"))
+        for name, what in (("ca_file", "the TSA's CA certificate (PEM)"),
+                           ("tsa_cert_file", "the TSA's signing certificate (PEM)")):
+            if self.tsa_url is not None and getattr(self, name) is None:
+                problems.append(Problem((name,), None, f"is needed when tsa_url is set: {what}, a path "
+                                                       "under the data dir, so tokens can be verified"))
+        if problems:
+            raise Invalid(problems)
+        return self
+
+
 class CentralConfig(Schema):
     broker: BrokerSection = BrokerSection()
     retention: RetentionSection = RetentionSection()
     ingest: IngestSection = IngestSection()
+    timestamps: TimestampsSection = TimestampsSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

@@ -55,6 +55,7 @@ from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.store import StoreUnavailable
+from linetap.sync.central.timestamplog import TimestampTables
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,15 @@ class Index(Protocol):
     def add_receipt(self, device_id: str, recording_id: str, sign: Signer) -> None: ...
     def receipts(self, device_id: str | None = None) -> list[dict[str, Any]]: ...
 
+    # trusted timestamps (:mod:`~linetap.sync.central.timestamplog`)
+    def chain_heads(self) -> list[dict[str, Any]]: ...
+    def receipt_head(self) -> dict[str, Any] | None: ...
+    def receipt_at(self, pos: int) -> dict[str, Any] | None: ...
+    def add_timestamp(self, made_ms: int, commitment: bytes, digest_sha256: str, tsa: str, token: bytes,
+                      gen_time_ms: int) -> int: ...
+    def timestamps(self) -> list[dict[str, Any]]: ...
+    def last_timestamp(self) -> dict[str, Any] | None: ...
+
     def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The recording; without ``device_id`` the one of that id, :class:`AmbiguousRecording` if
         several devices have one."""
@@ -141,7 +151,7 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteIndex(FleetTables, ReceiptTables):
+class SqliteIndex(FleetTables, ReceiptTables, TimestampTables):
     """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:

@@ -1,0 +1,79 @@
+"""The index's trusted timestamps: every RFC 3161 stamp the store was given, in order.
+
+One row per stamp (table ``timestamps``): ``pos`` (0, 1, ...), ``made_ms`` (the
+store's clock when it was stored), ``commitment`` (the exact bytes stamped,
+:mod:`~linetap.sync.central.timestamps`), ``digest_sha256`` (their SHA-256, hex),
+``tsa`` (the URL asked), ``token`` (the TSA's whole DER ``TimeStampResp``) and
+``gen_time_ms`` (the TSA's time in the token). Rows are only appended. A stamp
+holds no personal data, so erasure keeps it. Here too: the chain heads a
+commitment is made of, read in one statement each. :class:`TimestampTables`
+is part of :class:`~linetap.sync.central.index.SqliteIndex`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Any
+
+COLUMNS = ("pos", "made_ms", "commitment", "digest_sha256", "tsa", "token", "gen_time_ms")
+
+
+class TimestampTables:
+    """The stamps' statements, on the index's one connection (``_sql``)."""
+
+    def _sql(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def chain_heads(self) -> list[dict[str, Any]]:
+        """Each device's recordings at its highest seq (erased ones too: their hash stays), by device."""
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT device_id, seq, manifest_sha256 FROM recordings r WHERE seq = "
+                "(SELECT MAX(seq) FROM recordings x WHERE x.device_id = r.device_id) "
+                "ORDER BY device_id, manifest_sha256")]
+
+    def receipt_head(self) -> dict[str, Any] | None:
+        """The receipt log's last position and hash; None while it is empty."""
+        with self._sql() as db:
+            row = db.execute("SELECT pos, sha256 FROM receipts ORDER BY pos DESC LIMIT 1").fetchone()
+        return None if row is None else dict(row)
+
+    def receipt_at(self, pos: int) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT pos, device_id, recording_id, sha256 FROM receipts WHERE pos = ?",
+                             (pos,)).fetchone()
+        return None if row is None else dict(row)
+
+    def add_timestamp(self, made_ms: int, commitment: bytes, digest_sha256: str, tsa: str, token: bytes,
+                      gen_time_ms: int) -> int:
+        """Append a stamp (own transaction); returns its position."""
+        with self._sql() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                last = db.execute("SELECT MAX(pos) FROM timestamps").fetchone()[0]
+                pos = 0 if last is None else last + 1
+                db.execute(f"INSERT INTO timestamps ({', '.join(COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(COLUMNS))})",
+                           (pos, made_ms, commitment, digest_sha256, tsa, token, gen_time_ms))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return pos
+
+    def timestamps(self) -> list[dict[str, Any]]:
+        """Every stamp, in order (``commitment`` and ``token`` as bytes)."""
+        with self._sql() as db:
+            return [_row(r) for r in db.execute("SELECT * FROM timestamps ORDER BY pos")]
+
+    def last_timestamp(self) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT * FROM timestamps ORDER BY pos DESC LIMIT 1").fetchone()
+        return None if row is None else _row(row)
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["commitment"], out["token"] = bytes(out["commitment"]), bytes(out["token"])
+    return out
