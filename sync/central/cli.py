@@ -41,6 +41,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.worker import add_serve_command
+    from linetap.sync.central.timestampcli import add_timestamp_command
     from linetap.sync.dynsec import add_broker_commands
 
     parser, common = OPTIONS.parsers()
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub, common)
     add_fleet_commands(sub, common)
     add_broker_commands(sub, common)
+    add_timestamp_command(sub, common)
     return parser
 
 
@@ -127,7 +129,8 @@ def _add_verify(sub: Any, common: argparse.ArgumentParser) -> None:
     verify.add_argument("--strict", action="store_true",
                         help="also exit 1 on orphans: objects no stored manifest vouches for, manifests "
                              "waiting for segments, stale staging")
-    _add_config(verify, "central config with [ingest] (default: DATA_DIR/central.toml, else the defaults)")
+    _add_config(verify, "central config with [ingest] and [timestamps] (default: DATA_DIR/central.toml, else "
+                        "the defaults)")
     add_json(verify)
     verify.set_defaults(run=_verify)
 
@@ -285,15 +288,18 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from linetap.sync.central.config import load_config
 
-    limits = load_config(args.config, data_dir(args)).ingest
+    from linetap.sync.central.verify import verify_timestamps
+
+    config = load_config(args.config, data_dir(args))
     with _tools(args) as tools:
-        reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=limits)
-    ok = all(r.ok for r in reports)
+        reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=config.ingest)
+        stamps = verify_timestamps(tools, config.timestamps)
+    ok = all(r.ok for r in reports) and stamps.ok
     orphans = sum(len(r.orphans) for r in reports)
     passed = ok and not (args.strict and orphans)
     if args.json:
         print(json.dumps({"ok": ok, "orphans": orphans, "strict": args.strict,
-                          "devices": [r.as_dict() for r in reports]}, indent=2))
+                          "devices": [r.as_dict() for r in reports], "timestamps": stamps.as_dict()}, indent=2))
         return 0 if passed else 1
     for report in reports:
         state = "OK" if report.ok else f"{len(report.problems)} problems"
@@ -304,6 +310,7 @@ def _verify(args: argparse.Namespace) -> int:
         for orphan in report.orphans:
             print(f"  orphan {orphan['kind']}: {orphan['recording_id']} {orphan['object']} {orphan['bytes']} bytes, "
                   f"{orphan['age_days']} days: {orphan['detail']}")
+    print("\n".join(stamps.lines()))
     if not reports:
         print("no devices enrolled")
     elif orphans:

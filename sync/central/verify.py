@@ -14,6 +14,16 @@ what the device holds that no stored manifest vouches for (unvouched objects,
 manifests waiting for segments, staging untouched for
 ``[ingest] stale_staging_days``), are listed and fail only a strict verify;
 they are never deleted here.
+
+Trusted timestamps (:func:`verify_timestamps`, reported beside the devices):
+every stored token is checked against ``[timestamps] ca_file`` and
+``tsa_cert_file``, its imprint against the stored digest, the digest against
+the stored commitment, and every head in the commitment against the index
+(``timestamp-invalid``, ``timestamp-mismatch``, ``timestamp-head-mismatch``,
+``timestamp-receipt-mismatch``). Devices with recordings newer than the last
+stamp are listed as not yet timestamped (information); the last failure to
+get a stamp is shown until a stamp succeeds. With no TSA configured the report
+says so.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from linetap.firmware import manifest as mf
 from linetap.firmware.errors import AuthError, ConfigError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync.central.config import DAY_MS, IngestSection
+from linetap.sync.central import timestamps as ts
+from linetap.sync.central.config import DAY_MS, IngestSection, TimestampsSection
 from linetap.sync.central.index import PENDING_MANIFEST
 from linetap.sync.central.keys import load_store_key, operator_public_key
 from linetap.sync.central.store import ObjectMissing
@@ -69,6 +80,74 @@ class DeviceReport:
 
 
 Problem = Callable[..., None]
+
+
+@dataclass
+class TimestampReport:
+    """The stored stamps: ``problems`` make it not ok; ``unstamped`` and ``last_failure`` are information."""
+
+    tsa: str | None
+    stamps: int = 0
+    last: dict[str, Any] | None = None
+    unstamped: list[dict[str, Any]] = field(default_factory=list)
+    last_failure: dict[str, Any] | None = None
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"configured": self.tsa is not None, "tsa": self.tsa, "ok": self.ok, "stamps": self.stamps,
+                "last": self.last, "not_yet_timestamped": self.unstamped, "last_failure": self.last_failure,
+                "problems": self.problems}
+
+    def lines(self) -> list[str]:
+        """The report as text, for ``verify``'s output."""
+        if self.tsa is None:
+            head = "timestamps: no TSA configured ([timestamps] tsa_url): recordings get no trusted timestamps"
+        else:
+            head = f"timestamps from {self.tsa}"
+        last = "" if self.last is None else f", last stamp {self.last['pos']} at TSA time {self.last['gen_time']}"
+        out = [f"{head}: {self.stamps} stored{last}: {'OK' if self.ok else f'{len(self.problems)} problems'}"]
+        out += [f"  {p['kind']}: {p['detail']}" for p in self.problems]
+        out += [f"  not yet timestamped: {u['device_id']} seq {u['newest_seq']} (last stamped seq "
+                f"{u['stamped_seq'] if u['stamped_seq'] is not None else '-'})" for u in self.unstamped]
+        if self.last_failure is not None:
+            f = self.last_failure
+            out.append(f"  last failure (alarm timestamp-failed, {f.get('failures')} in a row): {f.get('reason')}")
+        return out
+
+
+def verify_timestamps(stored: Stored, section: TimestampsSection | None = None) -> TimestampReport:
+    """Check every stored stamp against the configured TSA certificates and the index (module docstring)."""
+    from linetap.sync.central.tsa import load_trust, read_status
+
+    section = section or TimestampsSection()
+    report = TimestampReport(section.tsa_url)
+    trust = None
+    try:
+        trust = load_trust(stored.data_dir, section)
+    except (ConfigError, ts.TimestampError) as e:
+        report.problems.append({"kind": "timestamp-invalid", "pos": None, "device_id": None,
+                                "detail": f"no token can be checked: {e}"})
+    stamps = stored.index.timestamps()
+    report.stamps = len(stamps)
+    report.problems += ts.check_stamps(stored.index, stamps, trust)
+    last = stamps[-1] if stamps else None
+    if last is not None:
+        report.last = {"pos": last["pos"], "made_ms": last["made_ms"], "gen_time_ms": last["gen_time_ms"],
+                       "gen_time": _iso(last["gen_time_ms"]), "digest_sha256": last["digest_sha256"],
+                       "tsa": last["tsa"]}
+    report.unstamped = ts.unstamped(ts.commitment_of(stored.index), last)
+    report.last_failure = read_status(stored.data_dir)
+    return report
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | None = None,

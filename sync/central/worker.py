@@ -178,8 +178,8 @@ def add_serve_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("serve", parents=[common],
                                    help="ingest uploads from the broker until stopped (SIGTERM)")
     parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="central config with [broker] (default: DATA_DIR/central.toml, else a "
-                             "broker on 127.0.0.1:1883 without TLS)")
+                        help="central config with [broker] and [timestamps] (default: DATA_DIR/central.toml, "
+                             "else a broker on 127.0.0.1:1883 without TLS, and no timestamps)")
     parser.set_defaults(run=_serve_command)
 
 
@@ -200,6 +200,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     from linetap.sync.central.tracker import start_tracker
     from linetap.sync.central.ingest import Ingest
     from linetap.sync.central.keys import load_store_key
+    from linetap.sync.central.tsa import start_stamping
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,7 +220,9 @@ def _serve_command(args: argparse.Namespace) -> int:
             logger.warning("aged out incomplete upload device=%s recording=%s object=%s bytes=%d",
                            aged.device_id, aged.recording_id, aged.object, aged.bytes)
         ingest.issue_missing_receipts()  # recordings stored before this store kept a receipt log
-    with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id):
+    # Trusted timestamps over the chain heads on their schedule, in a thread that never stops ingest.
+    with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id), \
+            start_stamping(folder, config.timestamps):
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, make_ingest, workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)
