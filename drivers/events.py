@@ -1,8 +1,8 @@
 """What the drivers tell the rest of the box, as frozen dataclasses.
 
-GPIO hook sense and a voice modem's handset events both become
-:class:`HookChanged`, so the call flow sees one kind of event whatever the
-board. Drivers deliver these on their own threads (each driver's docstring
+GPIO hook sense, a voice modem's handset events and a USB headset's hook
+switch (or the PC's off-hook LED) all become :class:`HookChanged`, so the call
+flow sees one kind of event whatever the board. Drivers deliver these on their own threads (each driver's docstring
 says which); consumers hand them on to a queue and do no work in place.
 """
 
@@ -17,7 +17,43 @@ class HookChanged:
     """The handset went off hook (``off_hook=True``) or back on hook."""
 
     off_hook: bool
-    source: Literal["gpio", "modem", "vad"]
+    source: Literal["gpio", "modem", "vad", "hid-host", "hid-headset"]
+
+
+# Where a USB telephony event came from: the PC's LED reports to the box's own HID
+# interface ("hid-host": what the softphone says) or the headset's buttons ("hid-headset").
+HidSource = Literal["hid-host", "hid-headset"]
+
+
+@dataclass(frozen=True)
+class MuteChanged:
+    """The agent's microphone was muted to the far end (``muted=True``) or unmuted.
+
+    Mute is evidence, not a privacy pause: audio keeps being kept, the span is
+    marked in the call's record.
+    """
+
+    muted: bool
+    source: HidSource
+
+
+@dataclass(frozen=True)
+class PhoneButton:
+    """A telephony button other than hook and mute was pressed on a USB headset.
+
+    ``button`` is ``flash``, ``redial``, ``drop`` or ``button-<n>`` (a programmable button).
+    """
+
+    button: str
+    source: HidSource
+
+
+@dataclass(frozen=True)
+class PhoneLed:
+    """The PC set a telephony LED other than off-hook and mute: ``ring``, ``hold`` or ``microphone``."""
+
+    led: str
+    on: bool
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def test_every_package_folder_is_packaged() -> None:
 # modules (a glob per folder, so a module made a package stays covered).
 SANS_IO_CORES = {
     "V.253 parser": ("drivers/v253.py", "drivers/v253/**/*.py", "drivers/callerid.py"),
+    "HID telephony": ("drivers/hid/descriptor.py", "drivers/hid/telephony.py", "drivers/hid/forward.py",
+                      "drivers/hid/gadget.py"),
     "upload protocol": ("sync/upload.py", "sync/upload/**/*.py", "sync/uploadevents.py"),
     "fleet core": ("sync/fleet.py", "sync/fleet/**/*.py", "sync/fleetwire.py", "sync/fleetcommands.py",
                    "sync/pushpolicy.py"),
