@@ -293,7 +293,8 @@ def _verify(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir(args))
     with _tools(args) as tools:
         reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=config.ingest)
-        stamps = verify_timestamps(tools, config.timestamps)
+        one = None if args.all else tools.recording(args.recording_id, args.device)
+        stamps = verify_timestamps(tools, config.timestamps, one)
     ok = all(r.ok for r in reports) and stamps.ok
     orphans = sum(len(r.orphans) for r in reports)
     passed = ok and not (args.strict and orphans)

@@ -101,10 +101,10 @@ CREATE TABLE IF NOT EXISTS receipts (
 CREATE TABLE IF NOT EXISTS timestamps (
     pos BIGINT PRIMARY KEY,
     made_ms BIGINT NOT NULL,
-    commitment BLOB NOT NULL,
+    commitment BLOB NOT NULL,  -- the exact bytes stamped (sync/central/timestamps.py)
     digest_sha256 TEXT NOT NULL,
-    tsa TEXT NOT NULL,
-    token BLOB NOT NULL,
+    tsa TEXT NOT NULL,  -- the URL asked
+    token BLOB NOT NULL,  -- the TSA's whole DER TimeStampResp
     gen_time_ms BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS access_log (

@@ -239,7 +239,8 @@ def check_token(der: bytes, digest_sha256: str, trust: Trust | None, *, what: st
         response = decode_timestamp_response(der)
         info = response.tst_info
         imprint = info.message_imprint
-        algorithm, message, gen_time, serial = imprint.hash_algorithm, imprint.message, info.gen_time, info.serial_number
+        algorithm, message = imprint.hash_algorithm, imprint.message
+        gen_time, serial = info.gen_time, info.serial_number
     except ValueError as e:
         raise TimestampError(f"{what} does not parse as a timestamp response: {e}") from None
     if trust is not None:

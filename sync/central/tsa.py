@@ -76,11 +76,19 @@ class TsaClient:
         return self._post(self.url, query.der, self.timeout_s)
 
 
-def load_trust(data_dir: Path, section: TimestampsSection) -> ts.Trust | None:
-    """The configured CA and TSA certificates (paths under ``data_dir``); None without a TSA."""
+def trust_files(data_dir: Path, section: TimestampsSection) -> dict[str, Path] | None:
+    """The configured certificate files (``ca_file``, ``tsa_cert_file``) under ``data_dir``; None without
+    them. What an evidence bundle ships beside a token for ``openssl ts -verify -CAfile -untrusted``."""
     if section.ca_file is None or section.tsa_cert_file is None:
         return None
-    files = {"ca_file": Path(data_dir) / section.ca_file, "tsa_cert_file": Path(data_dir) / section.tsa_cert_file}
+    return {"ca_file": Path(data_dir) / section.ca_file, "tsa_cert_file": Path(data_dir) / section.tsa_cert_file}
+
+
+def load_trust(data_dir: Path, section: TimestampsSection) -> ts.Trust | None:
+    """The configured CA and TSA certificates (paths under ``data_dir``); None without a TSA."""
+    files = trust_files(data_dir, section)
+    if files is None:
+        return None
     pem = {}
     for name, path in files.items():
         try:

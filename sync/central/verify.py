@@ -92,6 +92,7 @@ class TimestampReport:
     unstamped: list[dict[str, Any]] = field(default_factory=list)
     last_failure: dict[str, Any] | None = None
     problems: list[dict[str, Any]] = field(default_factory=list)
+    covered: dict[str, Any] | None = None  # with one recording: the first stamp that covers it
 
     @property
     def ok(self) -> bool:
@@ -100,7 +101,7 @@ class TimestampReport:
     def as_dict(self) -> dict[str, Any]:
         return {"configured": self.tsa is not None, "tsa": self.tsa, "ok": self.ok, "stamps": self.stamps,
                 "last": self.last, "not_yet_timestamped": self.unstamped, "last_failure": self.last_failure,
-                "problems": self.problems}
+                "problems": self.problems, "recording": self.covered}
 
     def lines(self) -> list[str]:
         """The report as text, for ``verify``'s output."""
@@ -113,14 +114,21 @@ class TimestampReport:
         out += [f"  {p['kind']}: {p['detail']}" for p in self.problems]
         out += [f"  not yet timestamped: {u['device_id']} seq {u['newest_seq']} (last stamped seq "
                 f"{u['stamped_seq'] if u['stamped_seq'] is not None else '-'})" for u in self.unstamped]
+        if self.covered is not None:
+            c = self.covered
+            out.append(f"  {c['recording_id']} ({c['device_id']} seq {c['seq']}): " + (
+                "not yet timestamped" if c["stamp"] is None else
+                f"covered by stamp {c['stamp']} at TSA time {c['gen_time']} through seq {c['head_seq']}"))
         if self.last_failure is not None:
             f = self.last_failure
             out.append(f"  last failure (alarm timestamp-failed, {f.get('failures')} in a row): {f.get('reason')}")
         return out
 
 
-def verify_timestamps(stored: Stored, section: TimestampsSection | None = None) -> TimestampReport:
-    """Check every stored stamp against the configured TSA certificates and the index (module docstring)."""
+def verify_timestamps(stored: Stored, section: TimestampsSection | None = None,
+                      recording: Row | None = None) -> TimestampReport:
+    """Check every stored stamp against the configured TSA certificates and the index (module docstring);
+    with ``recording`` (an index row), also say which stamp covers it."""
     from linetap.sync.central.tsa import load_trust, read_status
 
     section = section or TimestampsSection()
@@ -141,6 +149,12 @@ def verify_timestamps(stored: Stored, section: TimestampsSection | None = None) 
                        "tsa": last["tsa"]}
     report.unstamped = ts.unstamped(ts.commitment_of(stored.index), last)
     report.last_failure = read_status(stored.data_dir)
+    if recording is not None:
+        covering = ts.covering_stamp(stored.index, recording["device_id"], recording["seq"])
+        report.covered = {"recording_id": recording["recording_id"], "device_id": recording["device_id"],
+                          "seq": recording["seq"], "stamp": None if covering is None else covering.stamp["pos"],
+                          "gen_time": None if covering is None else _iso(covering.stamp["gen_time_ms"]),
+                          "head_seq": None if covering is None else covering.head.seq}
     return report
 
 

@@ -22,7 +22,8 @@ from linetap.sync.central.cli import main
 from linetap.sync.central.config import TimestampsSection, load_config
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
 from linetap.sync.central.ingest import Ingest
-from linetap.sync.central.tsa import STATUS_FILE, Stamper, StampingThread, TsaClient, TsaError, start_stamping
+from linetap.sync.central.tsa import (STATUS_FILE, Stamper, StampingThread, TsaClient, TsaError, start_stamping,
+                                     trust_files)
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +226,8 @@ def test_a_tsa_that_is_down_or_answers_garbage_raises_an_alarm_and_stops_nothing
                                   ("garbage", None, "not a timestamp response"),
                                   ("error", None, "HTTP 500"), ("huge", None, "more than 65536 bytes")):
             tsa.mode = mode
-            with caplog.at_level(logging.ERROR, logger="linetap.sync.central.tsa"), pytest.raises(TsaError if mode != "garbage" else ts.TimestampError, match=why):
+            error = ts.TimestampError if mode == "garbage" else TsaError
+            with caplog.at_level(logging.ERROR, logger="linetap.sync.central.tsa"), pytest.raises(error, match=why):
                 Stamper(central, section, index, clock=clock, client=client).stamp()
             assert "alarm=timestamp-failed" in caplog.text and why in caplog.text
             caplog.clear()
@@ -286,7 +288,7 @@ def test_serve_starts_stamping_only_with_a_tsa(box: Box, central: Path, clock, t
 
 
 def test_covering_stamp_finds_the_first_stamp_whose_head_reaches_a_recording(
-        box: Box, central: Path, clock, tsa, tsa_files: Path) -> None:
+        box: Box, central: Path, clock, tsa, tsa_files: Path, capsys) -> None:
     section = configure(central, tsa_files, tsa.url)
     rids = store_calls(central, box, clock, 3)
     with SqliteIndex(central / INDEX_FILE) as index:
@@ -302,3 +304,9 @@ def test_covering_stamp_finds_the_first_stamp_whose_head_reaches_a_recording(
         assert later.stamp["pos"] == 1 and [r["recording_id"] for r in later.chain] == rids[3:5]
         assert ts.covering_stamp(index, "desk-1", 6) is None
         assert ts.covering_stamp(index, "desk-9", 1) is None
+    code, out = cli(central, capsys, "verify", rids[3])
+    assert code == 0 and f"{rids[3]} (desk-1 seq 4): covered by stamp 1 at TSA time" in out and "through seq 5" in out
+    code, out = cli(central, capsys, "verify", rids[5], "--json")
+    assert code == 0 and json.loads(out)["timestamps"]["recording"]["stamp"] is None
+    files = trust_files(central, section)
+    assert files["ca_file"].read_bytes() == (tsa_files / "ca.pem").read_bytes()
