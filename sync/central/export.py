@@ -12,15 +12,18 @@ import errno
 import io
 import logging
 import os
+import shutil
 import tempfile
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyrage
 
-from linetap.firmware.durable import fsync_dir, write_all
+from linetap.firmware.durable import fsync_dir
 from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.sync.central.index import UnknownRecording
 from linetap.sync.central.keys import load_identity
@@ -113,51 +116,65 @@ def _wav(plaintexts: list[bytes], rate: int) -> tuple[bytes, int]:
 
 
 def write_private_file(out: Path, data: bytes, *, replace: bool) -> None:
-    """Write ``out`` complete or not at all, mode 0600, never through a symbolic link.
+    """Write ``out`` complete or not at all, mode 0600, never through a symbolic link (:func:`private_output`)."""
+    with private_output(out, replace=replace) as file:
+        file.write(data)
+
+
+@contextmanager
+def private_output(out: Path, *, replace: bool) -> Iterator[BinaryIO]:
+    """A file to stream into; on a clean exit it becomes ``out``, complete, 0600, never through a link.
 
     The bytes go to a new temporary file in the same folder (``mkstemp``:
     exclusive, no link followed, 0600), which is then renamed over ``out``
     (``replace``: a link at ``out`` is itself replaced, its target untouched)
     or hard-linked to it, which fails if anything, even a dangling link, is
     there. On a file system without hard links (a FAT stick) the file is
-    created with ``O_EXCL | O_NOFOLLOW`` instead.
+    created with ``O_EXCL | O_NOFOLLOW`` instead. On an error nothing is left.
     """
     folder = out.parent
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     tmp = Path(name)
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        if replace:
-            try:
-                os.replace(tmp, out)
-            except IsADirectoryError:
-                raise ConfigError(f"export file {out} is a folder; give -o a file name") from None
-        else:
-            try:
-                os.link(tmp, out, follow_symlinks=False)
-            except FileExistsError:
-                raise _exists(out) from None
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                _create_exclusive(out, data)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w+b") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+            if replace:
+                try:
+                    os.replace(tmp, out)
+                except IsADirectoryError:
+                    raise ConfigError(f"export file {out} is a folder; give -o a file name") from None
+            else:
+                _link(tmp, out, file)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(folder)
 
 
-def _create_exclusive(out: Path, data: bytes) -> None:
+def _link(tmp: Path, out: Path, file: BinaryIO) -> None:
+    try:
+        os.link(tmp, out, follow_symlinks=False)
+    except FileExistsError:
+        raise _exists(out) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        _create_exclusive(out, file)
+
+
+def _create_exclusive(out: Path, source: BinaryIO) -> None:
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         raise _exists(out) from None
     try:
         os.fchmod(fd, 0o600)
-        write_all(fd, data)
+        source.seek(0)
+        with os.fdopen(os.dup(fd), "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        os.fsync(fd)
     except OSError:
         os.close(fd)
         out.unlink(missing_ok=True)
