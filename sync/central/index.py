@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from linetap.firmware import manifest as mf
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
+from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
@@ -121,6 +122,10 @@ class Index(Protocol):
     def add_receipt(self, device_id: str, recording_id: str, sign: Signer) -> None: ...
     def receipts(self, device_id: str | None = None) -> list[dict[str, Any]]: ...
 
+    # the access log (:mod:`~linetap.sync.central.accesslog`)
+    def log_access(self, access: Access, now_ms: int) -> dict[str, Any]: ...
+    def access_log(self, device_id: str | None = None, recording_id: str | None = None) -> list[dict[str, Any]]: ...
+
     # trusted timestamps (:mod:`~linetap.sync.central.timestamplog`)
     def chain_heads(self) -> list[dict[str, Any]]: ...
     def receipt_head(self) -> dict[str, Any] | None: ...
@@ -151,7 +156,7 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteIndex(FleetTables, ReceiptTables, TimestampTables):
+class SqliteIndex(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
     """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
