@@ -29,6 +29,9 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
     tsa_cert_file = "tsa/tsa.pem"   # the TSA's signing certificate, PEM
     interval_s = 3600               # while serve runs, stamp this often when something new arrived
     timeout_s = 30                  # one request to the TSA
+
+    [evidence]
+    max_clock_skew_s = 300          # flag a recording whose box clock ran this far ahead of the store's
 """
 
 from __future__ import annotations
@@ -112,11 +115,29 @@ class TimestampsSection(Schema):
         return self
 
 
+class EvidenceSection(Schema):
+    """Clock honesty (``verify``, evidence bundles): how far a box's clock may run ahead of the store's.
+
+    A box's time for a recording (its manifest's end time) is compared with the
+    store's time in the delivery receipt (``stored_ms``). Storing normally comes
+    after the call ends, by seconds, or by days for a box that was offline, so
+    a late receipt proves nothing about the box's clock and is never flagged.
+    A call that ended after the store had already stored it cannot happen with
+    honest clocks: when the box's end time is more than this bound after the
+    receipt's time, the box's clock was ahead (``clock-skew``). The bound only
+    absorbs the store's own clock error and the seconds between the box closing
+    the manifest and the store's receipt, so 5 minutes is generous.
+    """
+
+    max_clock_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 300
+
+
 class CentralConfig(Schema):
     broker: BrokerSection = BrokerSection()
     retention: RetentionSection = RetentionSection()
     ingest: IngestSection = IngestSection()
     timestamps: TimestampsSection = TimestampsSection()
+    evidence: EvidenceSection = EvidenceSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

@@ -26,7 +26,7 @@ from linetap.sync.central import export as _export
 from linetap.sync.central import importer as _importer
 from linetap.sync.central import retention as _retention
 from linetap.sync.central import verify as _verify
-from linetap.sync.central.config import IngestSection, RetentionSection
+from linetap.sync.central.config import EvidenceSection, IngestSection, RetentionSection
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.staging import AgedOut
 from linetap.sync.central.stored import Stored
@@ -61,8 +61,9 @@ class StoreTools(Stored):
         return _export.export(self, recording_id, out, force=force, device_id=device_id)
 
     def verify(self, recording_id: str | None = None, *, device_id: str | None = None,
-               limits: IngestSection | None = None) -> list[_verify.DeviceReport]:
-        return _verify.verify(self, recording_id, device_id=device_id, limits=limits)
+               limits: IngestSection | None = None,
+               clock: EvidenceSection | None = None) -> list[_verify.DeviceReport]:
+        return _verify.verify(self, recording_id, device_id=device_id, limits=limits, clock=clock)
 
     def import_dir(self, box_data_dir: Path, *, ingest: Ingest | None = None) -> list[_importer.ImportResult]:
         return _importer.import_dir(self, box_data_dir, ingest=ingest)

@@ -24,6 +24,13 @@ the stored commitment, and every head in the commitment against the index
 stamp are listed as not yet timestamped (information); the last failure to
 get a stamp is shown until a stamp succeeds. With no TSA configured the report
 says so.
+
+``warnings`` are about a recording's times, not its integrity
+(:mod:`~linetap.sync.central.evidence_clock`): ``clock-unsynchronised``,
+``clock-skew`` (the box's end time after the store's receipt time by more
+than ``[evidence] max_clock_skew_s``), ``clock-estimated``, ``clock-unknown``.
+The store's time is the recording's indexed ``stored_ms``, the time its
+receipt signs. A one-recording verify also reports its ``clock``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from linetap.firmware import manifest as mf
 from linetap.firmware.errors import AuthError, ConfigError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync.central import timestamps as ts
-from linetap.sync.central.config import DAY_MS, IngestSection, TimestampsSection
+from linetap.sync.central.config import DAY_MS, EvidenceSection, IngestSection, TimestampsSection
+from linetap.sync.central.evidence_clock import clock_report, describe
 from linetap.sync.central.index import PENDING_MANIFEST
 from linetap.sync.central.keys import load_store_key, operator_public_key
 from linetap.sync.central.store import ObjectMissing
@@ -64,6 +72,8 @@ class DeviceReport:
     missing: list[int] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     orphans: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    clock: dict[str, Any] | None = None  # the one recording's clock report, on a one-recording verify
 
     @property
     def ok(self) -> bool:
@@ -72,7 +82,7 @@ class DeviceReport:
     def as_dict(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "ok": self.ok, "recordings": self.recordings,
                 "receipts": self.receipts, "erased": self.erased, "missing": self.missing, "problems": self.problems,
-                "orphans": self.orphans}
+                "orphans": self.orphans, "warnings": self.warnings, "clock": self.clock}
 
     def problem(self, kind: str, row: Row | None, detail: str, seq: int | None = None) -> None:
         self.problems.append({"kind": kind, "seq": row["seq"] if row else seq,
@@ -165,7 +175,7 @@ def _iso(ms: int) -> str:
 
 
 def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | None = None,
-           limits: IngestSection | None = None) -> list[DeviceReport]:
+           limits: IngestSection | None = None, clock: EvidenceSection | None = None) -> list[DeviceReport]:
     """Re-hash and re-verify stored recordings, per device; one recording's device with ``recording_id``
     (``device_id`` names the device when several have that id; alone it limits the check to it).
 
@@ -174,9 +184,10 @@ def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | 
     ``limits.stale_staging_days``.
     """
     limits = limits or IngestSection()
+    skew_ms = (clock or EvidenceSection()).max_clock_skew_s * 1000
     if recording_id is not None:
         row = stored.recording(recording_id, device_id)
-        reports = [verify_device(stored, row["device_id"], row, limits)]
+        reports = [verify_device(stored, row["device_id"], row, limits, skew_ms)]
         check_receipts(stored, reports, row)
         return reports
     devices = sorted({d["device_id"] for d in stored.index.devices()})
@@ -185,7 +196,7 @@ def verify(stored: Stored, recording_id: str | None = None, *, device_id: str | 
             raise ConfigError(f"device {device_id} is not enrolled at {stored.data_dir}; "
                               "`linetap-central fleet list` shows the boxes")
         devices = [device_id]
-    reports = [verify_device(stored, device, None, limits) for device in devices]
+    reports = [verify_device(stored, device, None, limits, skew_ms) for device in devices]
     check_receipts(stored, reports)
     return reports
 
@@ -254,7 +265,7 @@ def _receipt_chain(stored: Stored, log: list[Row], trusted: dict[str, Ed25519Pub
 
 
 def verify_device(stored: Stored, device_id: str, only: Row | None,
-                  limits: IngestSection | None = None) -> DeviceReport:
+                  limits: IngestSection | None = None, skew_ms: int | None = None) -> DeviceReport:
     """One device's report; with ``only``, narrowed to that recording and its neighbours' links."""
     report = DeviceReport(device_id)
     report.orphans = orphans(stored, device_id, limits or IngestSection())
@@ -269,6 +280,8 @@ def verify_device(stored: Stored, device_id: str, only: Row | None,
     key = public_key_from_b64(key_b64)
     links, manifests = _check_recordings(stored, rows, key, only, report)
     _check_chain(manifests, links, key, report)
+    _check_clocks(rows, manifests, only, EvidenceSection().max_clock_skew_s * 1000 if skew_ms is None else skew_ms,
+                  report)
     for found in stored.index.problems(device_id):
         if found["kind"] != "chain-break":  # recomputed above from what is stored now
             report.problems.append({"kind": found["kind"], "seq": found["seq"],
@@ -331,6 +344,25 @@ def _check_chain(manifests: list[tuple[int, bytes]], links: dict[int, tuple[str,
         if after is not None and after[1] != digest:
             report.problem("broken-link", None, f"seq {seq + 1} does not link to the erased seq {seq}'s "
                                                 "manifest hash kept in its tombstone", seq + 1)
+
+
+def _check_clocks(rows: list[Row], manifests: list[tuple[int, bytes]], only: Row | None, skew_ms: int,
+                  report: DeviceReport) -> None:
+    """Each recording's box time against the store's (its receipt's) time: warnings, never problems."""
+    by_seq = {r["seq"]: r for r in rows if r["erased_ms"] is None}
+    for seq, data in manifests:
+        row = by_seq.get(seq)
+        if row is None or (only is not None and row["recording_id"] != only["recording_id"]):
+            continue
+        try:
+            manifest = mf.parse(data)
+        except mf.ManifestError:
+            continue  # reported by the chain check
+        clock = clock_report(manifest, row["stored_ms"], skew_ms)
+        if only is not None:
+            report.clock = {**clock, "text": describe(clock)}
+        report.warnings += [{"kind": w["kind"], "seq": seq, "recording_id": row["recording_id"],
+                             "detail": w["detail"]} for w in clock["warnings"]]
 
 
 def _verify_segments(stored: Stored, row: Row, data: bytes, key: Ed25519PublicKey, problem: Problem) -> None:

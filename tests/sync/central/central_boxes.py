@@ -41,10 +41,10 @@ class Box:
     calls: list[str] = field(default_factory=list)
 
     def call(self, seconds: float, *, codec: CodecParams = CODEC, flagged: bool = False,
-             number: str | None = "+15551230001", name: str | None = "ACME Corp") -> str:
+             number: str | None = "+15551230001", name: str | None = "ACME Corp", synced: bool = True) -> str:
         sink = SpoolSink(self.spool, codec)
         rid = uuid7_at(self.clock.wall(), len(self.calls) + 1)
-        call = CallRecord(rid, self.clock.monotonic(), self.clock.wall(), True,
+        call = CallRecord(rid, self.clock.monotonic(), self.clock.wall(), synced,
                           caller=CallerId(number=number, name=name), flagged=flagged)
         t = np.arange(int(RATE * seconds)) / RATE
         frames = (np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], axis=1)
