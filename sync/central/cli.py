@@ -30,6 +30,7 @@ from typing import Any
 from linetap.firmware.errors import LinetapError
 from linetap.firmware.options import CommonOptions, add_json
 from linetap.sync.central.config import IngestSection
+from linetap.sync.central.evidencecli import audited
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.worker import add_serve_command
     from linetap.sync.central.timestampcli import add_timestamp_command
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_commands(sub, common)
     add_broker_commands(sub, common)
     add_timestamp_command(sub, common)
+    add_evidence_commands(sub, common)
     return parser
 
 
@@ -129,8 +132,8 @@ def _add_verify(sub: Any, common: argparse.ArgumentParser) -> None:
     verify.add_argument("--strict", action="store_true",
                         help="also exit 1 on orphans: objects no stored manifest vouches for, manifests "
                              "waiting for segments, stale staging")
-    _add_config(verify, "central config with [ingest] and [timestamps] (default: DATA_DIR/central.toml, else "
-                        "the defaults)")
+    _add_config(verify, "central config with [ingest], [timestamps] and [evidence] (default: DATA_DIR/central.toml, "
+                        "else the defaults)")
     add_json(verify)
     verify.set_defaults(run=_verify)
 
@@ -281,6 +284,7 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     with _tools(args) as tools:
         result = tools.export(args.recording_id, args.output, force=args.force, device_id=args.device)
+        audited(tools, "export", args.recording_id, args.device, f"file {result.path.name}")
     print(f"wrote {result.path} ({result.segments} segments, {result.rate} Hz stereo)")
     return 0
 
@@ -292,7 +296,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, data_dir(args))
     with _tools(args) as tools:
-        reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=config.ingest)
+        reports = tools.verify(None if args.all else args.recording_id, device_id=args.device, limits=config.ingest,
+                               clock=config.evidence)
         one = None if args.all else tools.recording(args.recording_id, args.device)
         stamps = verify_timestamps(tools, config.timestamps, one)
     ok = all(r.ok for r in reports) and stamps.ok
@@ -308,6 +313,10 @@ def _verify(args: argparse.Namespace) -> int:
               f"missing seq {report.missing or '-'}: {state}")
         for problem in report.problems:
             print(f"  {problem['kind']}: seq {problem['seq']} {problem['recording_id'] or ''}: {problem['detail']}")
+        if report.clock is not None:
+            print(f"  clock: {report.clock['text']}")
+        for warning in report.warnings:
+            print(f"  warning {warning['kind']}: seq {warning['seq']} {warning['recording_id']}: {warning['detail']}")
         for orphan in report.orphans:
             print(f"  orphan {orphan['kind']}: {orphan['recording_id']} {orphan['object']} {orphan['bytes']} bytes, "
                   f"{orphan['age_days']} days: {orphan['detail']}")
@@ -335,6 +344,7 @@ def _import(args: argparse.Namespace) -> int:
 def _erase(args: argparse.Namespace) -> int:
     with _tools(args) as tools:
         key = tools.erase(args.recording_id, args.reason, device_id=args.device)
+        audited(tools, "erase", args.recording_id, args.device, args.reason)
     print(f"erased {args.recording_id}; tombstone {key}")
     return 0
 
@@ -343,6 +353,7 @@ def _hold(args: argparse.Namespace) -> int:
     hold = args.hold_command == "set"
     with _tools(args) as tools:
         tools.set_hold(args.recording_id, hold, getattr(args, "reason", None), device_id=args.device)
+        audited(tools, "hold" if hold else "unhold", args.recording_id, args.device, getattr(args, "reason", None))
     print(f"legal hold {'set on' if hold else 'cleared from'} {args.recording_id}")
     return 0
 
