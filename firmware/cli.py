@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="list the audio devices and serial ports this machine has")
     add_json(devices)
     _add_doctor(sub, common)
+    gadget = sub.add_parser("gadget", parents=[common],
+                            help="make (up) or remove (down) the USB device the PC sees on a USB inline board")
+    gadget.add_argument("action", choices=("up", "down"))
+    gadget.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a fake root in tests
     return parser
 
 
@@ -121,6 +125,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys(args)
     if args.command == "spool":
         return _spool(args)
+    if args.command == "gadget":
+        return devices.usb_gadget(load_config(args.config), args.action, args.root)
     config = load_config(args.config)
     if args.command == "demo":
         from linetap.firmware.demo import run_demo

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from linetap.firmware.board import BoardProfile
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceError
+from linetap.firmware.usbgadget import GadgetSpec, gadget_down, gadget_up
 
 logger = logging.getLogger(__name__)
 
@@ -161,4 +163,30 @@ def list_devices(*, as_json: bool) -> int:
     print("serial ports:" + ("" if ports else " none"))
     for p in ports:
         print(f"  {p['device']}: {p['description']}")
+    return 0
+
+
+def gadget_spec(config: Config) -> GadgetSpec:
+    """What the PC sees on a USB inline board: the profile's ids and rates, our HID descriptor."""
+    from linetap.drivers.hid.gadget import report_descriptor, report_length
+
+    gadget = config.board_profile().gadget
+    assert gadget is not None, "only the USB inline boards have a gadget"
+    return GadgetSpec(vendor_id=gadget.vendor_id, product_id=gadget.product_id, serial=config.device.id,
+                      rates=tuple(gadget.rates), hid_descriptor=report_descriptor(),
+                      hid_report_length=report_length())
+
+
+def usb_gadget(config: Config, action: str, root: Path) -> int:
+    """``linetap gadget up|down``: make or remove the USB device the PC sees (the image's unit runs it)."""
+    profile = config.board_profile()
+    if profile.gadget is None:
+        print(f"board {profile.name} has no USB gadget (only the USB inline boards have one): nothing to do")
+        return 0
+    if action == "down":
+        print("usb gadget removed" if gadget_down(root) else "no usb gadget to remove")
+        return 0
+    spec = gadget_spec(config)
+    udc = gadget_up(root, spec)
+    print(f"usb gadget {spec.vendor_id:04x}:{spec.product_id:04x} serial {spec.serial} bound to {udc}")
     return 0
