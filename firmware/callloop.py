@@ -14,6 +14,7 @@ a call runs as fast as the machine allows.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -25,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from linetap.drivers.audio import Block
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, Ring
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, MuteChanged, Ring
 from linetap.firmware import callflow as cf
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
 from linetap.firmware.consent import Prompt, load_prompt
 from linetap.firmware.devices import Board
 from linetap.firmware.dsp import CallActivity, VadSettings, warning_tone
+from linetap.firmware.hidcalls import HidCallInput
 from linetap.firmware.keys import INIT_HINT
 from linetap.firmware.recorder import Recorder, Recording, Sink
 from linetap.firmware.spool import CodecParams, Spool, SpoolSettings, SpoolSink
@@ -40,7 +42,10 @@ logger = logging.getLogger(__name__)
 
 # Events the call flow takes; anything else a driver reports is telemetry.
 _FLOW_EVENTS = (Ring, CallerId, HookChanged, ButtonPressed)
-_HOOK_SOURCE = {"hook-gpio": "gpio", "v253": "modem", "vad": "vad"}
+# The HookChanged sources each call-detect source takes; the first is the one a synthetic hang-up uses.
+# "hid": the headset's hook switch and the softphone's off-hook LED, one hook (firmware/hidcalls.py).
+_HOOK_SOURCES = {"hook-gpio": ("gpio",), "v253": ("modem",), "vad": ("vad",), "hid": ("hid-host", "hid-headset")}
+HEADSET_GONE = "the USB headset is gone"
 # Blocks waiting in the loop's queue beyond which the loop is not keeping up (200 ms at 20 ms blocks).
 MAX_BACKLOG_BLOCKS = 10
 
@@ -168,7 +173,8 @@ class CallLoop:
         self.recorder = Recorder(config.audio.rate, _Notify(sink or _NoSink(), self), vad=vad,
                                  call_activity=activity, hold_min_s=config.calls.hold_min_s)
         self._tone = warning_tone(config.audio.rate, config.consent.warning_level_dbfs)
-        self._hook_source = _HOOK_SOURCE[board.profile.call_detect.source]
+        self._hook_sources = _HOOK_SOURCES[board.profile.call_detect.source]
+        self._hid = HidCallInput() if board.profile.call_detect.source == "hid" else None
         # The drivers were built before the loop, posting into this same queue.
         self._queue: queue.SimpleQueue[object] = inbox if inbox is not None else queue.SimpleQueue()
         self._prompt_playing = False
@@ -214,14 +220,22 @@ class CallLoop:
     def process(self, item: object) -> None:
         if isinstance(item, Block):
             self._on_block(item)
+        elif isinstance(item, LineState) and self._hid is not None:
+            self._headset_state(item)
         elif isinstance(item, LineState):
             self.line_state = item.state
             self._tell("line", f"modem {item.state}" + (f" ({item.detail})" if item.detail else ""))
             if item.state in ("lost", "ready"):
                 self._alarm("modem-lost", item.state == "lost", item.detail)
-        elif isinstance(item, HookChanged) and item.source != self._hook_source:
+        elif isinstance(item, HookChanged) and item.source not in self._hook_sources:
             logger.debug("hook event from %s ignored (this board detects calls by %s)",
-                         item.source, self._hook_source)
+                         item.source, "/".join(self._hook_sources))
+        elif isinstance(item, HookChanged) and self._hid is not None and self._hid.hook(item) is None:
+            logger.debug("hook event from %s ignored: the line is already %s hook", item.source,
+                         "off" if item.off_hook else "on")
+        elif isinstance(item, MuteChanged):
+            if self._hid is not None and self._hid.mute(item, self._clock.monotonic()):
+                self._tell(item.source, "microphone muted" if item.muted else "microphone unmuted")
         elif isinstance(item, _FLOW_EVENTS):
             self._tell(*_describe_input(item))
             self.handle(item)
@@ -258,7 +272,7 @@ class CallLoop:
     def finish(self) -> None:
         """End of the audio stream: hang up any call and let the recorder catch up."""
         if self.flow.call is not None:
-            self.handle(HookChanged(off_hook=False, source=self._hook_source))  # type: ignore[arg-type]
+            self.handle(HookChanged(off_hook=False, source=self._hook_sources[0]))  # type: ignore[arg-type]
             self._clock.sleep(self.flow.policy.hangup_grace_s)
             self.handle(cf.Tick())
         self.recorder.flush()
@@ -268,6 +282,8 @@ class CallLoop:
     def _execute(self, action: cf.Action) -> None:
         match action:
             case cf.OpenCall(call=call):
+                if self._hid is not None:
+                    self._hid.call_opened(call)
                 self.recorder.open(call)
                 self._tell("call", f"call {call.call_id} opened"
                            + (" (caller ID known)" if call.caller else ""))
@@ -317,6 +333,26 @@ class CallLoop:
         self._codec.play(prompt.samples)
         self._tell("codec", f"test announcement ({prompt.seconds:.1f} s) into the line, not recorded")
 
+    def _headset_state(self, item: LineState) -> None:
+        """The USB headset (this board's line) went away or came back.
+
+        Lost: the call in progress is closed as a device loss (what was kept stays), the alarm
+        raised, nothing is kept until it returns; back: the alarm cleared, the next call recorded.
+        """
+        assert self._hid is not None
+        self.line_state = item.state
+        self._tell("hid-headset", f"headset {item.state}" + (f" ({item.detail})" if item.detail else ""))
+        if item.state == "lost":
+            self._alarm("headset-lost", True, item.detail)
+            self.handle(cf.Fault(f"{HEADSET_GONE}: {item.detail or 'unplugged'}"))
+            if self._hid.off_hook:
+                self._hid.off_hook = False
+                self.handle(HookChanged(off_hook=False, source="hid-headset"))
+        elif item.state == "ready":
+            self._alarm("headset-lost", False, item.detail)
+            if (self.flow.fault or "").startswith(HEADSET_GONE):  # another fault (no key, spool full) stays
+                self.handle(cf.FaultCleared())
+
     def _alarm(self, name: str, active: bool, detail: str) -> None:
         logger.log(logging.WARNING if active else logging.INFO, "alarm %s name=%s detail=%s",
                    "raised" if active else "cleared", name, detail)
@@ -350,6 +386,8 @@ class _Notify:
         self._sink.discard()
 
     def close(self, recording: Recording) -> None:
+        if self._loop._hid is not None:
+            recording = dataclasses.replace(recording, call=self._loop._hid.with_mute_spans(recording.call))
         self._sink.close(recording)
         self._loop._recorded(recording)
 

@@ -22,7 +22,7 @@ import numpy as np
 from linetap.drivers.audio import Codec, SampleSource, SimCodec, SoundDeviceCodec
 from linetap.drivers.gpio import Panel, sim_pin_factory
 from linetap.drivers.line import SimModem, V253Line
-from linetap.firmware.board import BoardProfile
+from linetap.firmware.board import USB_BRIDGES, BoardProfile
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
 from linetap.firmware.errors import DeviceError
@@ -43,9 +43,11 @@ class Board:
     line: V253Line | None = None
     pin_factory: Any = None  # gpiozero's MockFactory on the simulated board
     modem: SimModem | None = None  # the simulated modem on the simulated board
+    hid: Any = None  # the headset's HID telephony controls (HidTelephony) on a USB inline board
+    usb: SimUsb | None = None  # the simulated headset and PC on the simulated USB inline board
 
     def close(self) -> None:
-        for part in (self.line, self.modem, self.panel, self.codec):
+        for part in (self.line, self.modem, self.hid, self.panel, self.codec, self.usb):
             if part is not None:
                 part.close()
         if self.pin_factory is not None:
@@ -62,12 +64,17 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
     A real board ignores them.
     """
     profile = config.board_profile()
+    usb = SimUsb(config, clock, near, far) if profile.audio.driver == "sim-usb-bridge" else None
     if profile.audio.driver == "sim":
         codec: Codec = sim_codec(config, clock, near, far, keep_played=keep_played)
+    elif profile.audio.driver in USB_BRIDGES:
+        codec = bridge_codec(config, clock, usb)
     else:
         codec = sound_device_codec(config)
-    board = Board(profile=profile, codec=codec)
+    board = Board(profile=profile, codec=codec, usb=usb)
     try:
+        if profile.hid.driver != "none":
+            board.hid = make_hid(config, clock, on_event, usb)
         board.pin_factory = board_pin_factory(config)
         board.panel = make_panel(config, board.pin_factory, on_event)
         if profile.line.driver == "sim":
@@ -79,8 +86,8 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
     except BaseException:
         board.close()
         raise
-    logger.info("board ready name=%s audio=%s gpio=%s line=%s call_detect=%s", profile.name,
-                profile.audio.driver, profile.gpio.pin_factory, profile.line.driver,
+    logger.info("board ready name=%s audio=%s gpio=%s line=%s hid=%s call_detect=%s", profile.name,
+                profile.audio.driver, profile.gpio.pin_factory, profile.line.driver, profile.hid.driver,
                 profile.call_detect.source)
     return board
 
@@ -102,6 +109,48 @@ def sound_device_codec(config: Config) -> SoundDeviceCodec:
                             channels=audio.channels, near=audio.near, far=audio.far,
                             out_channels=audio.out_channels, line_out=tuple(audio.line_out),
                             queue_blocks=config.audio.queue_blocks, native_rate=audio.native_rate)
+
+
+class SimUsb:
+    """The simulated USB inline board's far ends: a headset (HID controls, mic and speaker) and a PC.
+
+    ``nodes`` stands in for ``/dev`` (the HID driver opens the headset's and the
+    gadget's nodes there), ``headset`` presses the headset's buttons, ``host``
+    sets the softphone's LEDs; ``audio`` is the bridge's simulated headset and
+    PC, fed ``near`` (the agent at the headset mic) and ``far`` (the caller, as
+    the PC plays it), keeping what the PC receives.
+    """
+
+    HEADSET_NODE = "/dev/hidraw0"
+
+    def __init__(self, config: Config, clock: Clock, near: Samples | None, far: Samples | None) -> None:
+        from linetap.drivers.hid.sim import SimHeadset, SimHidNodes, SimHost
+
+        self.nodes = SimHidNodes()
+        self.headset = SimHeadset(self.nodes, self.HEADSET_NODE)
+        self.host = SimHost(self.nodes, config.board_profile().hid.gadget)
+        self.audio: Any = None
+        self._sides = (near, far)
+
+    def close(self) -> None:
+        for end in (self.headset, self.host):
+            end.close()
+
+
+def make_hid(config: Config, clock: Clock, on_event: Callable[[object], None], usb: SimUsb | None) -> Any:
+    """The headset's HID telephony controls, forwarded to and from the PC through our gadget."""
+    from linetap.drivers.hid.hidraw import HidTelephony, find_headset
+
+    hid = config.board_profile().hid
+    if hid.driver == "sim":
+        assert usb is not None, "hid.driver = \"sim\" needs the simulated USB inline board"
+        return HidTelephony(usb.HEADSET_NODE, hid.gadget, on_event, clock=clock, nodes=usb.nodes)
+    return HidTelephony(hid.headset or find_headset(), hid.gadget, on_event, clock=clock)
+
+
+def bridge_codec(config: Config, clock: Clock, usb: SimUsb | None) -> Codec:
+    """The USB bridge between the headset and the PC, as the box's codec."""
+    raise DeviceError("the USB bridge driver is not available yet")
 
 
 def board_pin_factory(config: Config) -> Any:

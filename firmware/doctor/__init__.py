@@ -14,6 +14,7 @@ can run any check alone.
 - :mod:`.audio`: audio device, signal per channel, channel order;
 - :mod:`.inputs`: pins, hook toggling, modem;
 - :mod:`.box`: keys, broker, clock, disk, spool;
+- :mod:`.usb`: the USB inline board's gadget, PC, headset, audio both ways, HID and drift, run only there;
 - :mod:`.report`: :class:`CheckResult`, the checklist and the exit code.
 
 Doctor may run next to the service, so it never changes the spool.
@@ -35,11 +36,14 @@ from linetap.firmware.doctor.report import (
     skipped,
     warned,
 )
-from linetap.firmware.doctor.runner import CHECKS, check_config, main, run_checks
+from linetap.firmware.doctor.runner import CHECKS, check_config, checks_for, main, run_checks
+from linetap.firmware.doctor.usb import (USB_CHECKS, check_drift, check_gadget, check_headset, check_hid, check_pc,
+                                         check_usb_audio)
 
 __all__ = [
-    "CHECKS", "BoardParts", "CheckResult", "Context", "HookStep", "SimTap", "Status", "check_audio",
+    "CHECKS", "USB_CHECKS", "BoardParts", "CheckResult", "Context", "HookStep", "SimTap", "Status", "check_audio",
     "check_broker", "check_channels", "check_clock", "check_config", "check_disk", "check_gpio",
     "check_hook", "check_keys", "check_modem", "check_signal", "check_spool", "checklist",
     "exit_code", "failed", "main", "passed", "run_checks", "skipped", "warned",
+    "check_drift", "check_gadget", "check_headset", "check_hid", "check_pc", "check_usb_audio", "checks_for",
 ]

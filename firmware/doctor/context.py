@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,11 +17,13 @@ import numpy as np
 from linetap.drivers.audio import Block, Codec, CodecStats, SimCodec
 from linetap.drivers.gpio import Panel
 from linetap.drivers.line import SimModem, V253Line
-from linetap.firmware.clock import Clock, ManualClock
+from linetap.firmware.board import USB_BRIDGES
+from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config, load_config
-from linetap.firmware.devices import board_pin_factory, make_line, make_panel, sim_codec, sound_device_codec
+from linetap.firmware.devices import (SimUsb, board_pin_factory, bridge_codec, make_hid, make_line, make_panel,
+                                      sim_codec, sound_device_codec)
 from linetap.firmware.doctor.report import CheckResult, skipped
-from linetap.firmware.errors import ConfigError
+from linetap.firmware.errors import ConfigError, DeviceError
 from linetap.firmware.scripted import bundled_speech
 
 HookStep = Literal["lift", "replace"]
@@ -104,7 +108,10 @@ class BoardParts:
     def __init__(self, *, pin_factory: Any = None, modem: SimModem | None = None,
                  sim_near: np.ndarray | None = None, sim_far: np.ndarray | None = None,
                  swapped: bool = False, line_out_connected: bool = True,
-                 modem_timeout_s: float = 2.0) -> None:
+                 modem_timeout_s: float = 2.0, usb: SimUsb | None = None) -> None:
+        self._usb, self._own_usb = usb, False
+        self._clock = SystemClock()
+        self._stop = threading.Event()
         self._pin_factory = pin_factory
         self._modem = modem
         self._own_factory = False
@@ -114,7 +121,11 @@ class BoardParts:
         self.modem_timeout_s = modem_timeout_s
 
     def codec(self, config: Config) -> Codec:
-        if config.board_profile().audio.driver == "sim":
+        driver = config.board_profile().audio.driver
+        if driver in USB_BRIDGES:
+            usb = self.sim_usb(config) if driver == "sim-usb-bridge" else None
+            return bridge_codec(config, ManualClock() if usb is not None else self._clock, usb)
+        if driver == "sim":
             near, far = self._sim_near, self._sim_far
             if near is None or far is None:
                 near, far = _test_call(config.audio.rate)
@@ -146,8 +157,37 @@ class BoardParts:
         assert port is not None  # the profile schema requires it for v253
         return make_line(config, port, clock, on_event, command_timeout=self.modem_timeout_s)
 
+    def sim_usb(self, config: Config) -> SimUsb:
+        """The simulated headset and PC of the simulated USB inline board (``usb`` if given)."""
+        if self._usb is None:
+            self._usb, self._own_usb = SimUsb(config, ManualClock(), *_test_call(config.audio.rate)), True
+        return self._usb
+
+    def hid(self, config: Config, on_event: Callable[[object], None]) -> Any:
+        """The headset's HID telephony controls and our gadget's HID function, forwarding."""
+        usb = self.sim_usb(config) if config.board_profile().hid.driver == "sim" else None
+        return make_hid(config, self._clock, on_event, usb)
+
+    def find_headset(self, hidraw_class: Path) -> str:
+        """The hidraw node of the headset with telephony controls under ``hidraw_class``."""
+        from linetap.drivers.hid.hidraw import find_headset
+
+        return find_headset(hidraw_class)
+
+    def watch_hid(self, hid: Any, seconds: float) -> dict[str, Any]:
+        """The HID driver's counters once a headset report came, or after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        stats = hid.stats()
+        while stats["headset"]["reports"] == 0 and time.monotonic() < deadline:
+            self._stop.wait(0.05)  # poll the driver's counters; nothing else wakes this thread
+            stats = hid.stats()
+        return stats
+
     def close(self) -> None:
         """Close what this object made itself; safe to call twice."""
+        if self._own_usb and self._usb is not None:
+            self._usb.close()
+            self._usb, self._own_usb = None, False
         if self._own_modem and self._modem is not None:
             self._modem.close()
             self._modem, self._own_modem = None, False
@@ -170,6 +210,15 @@ def _say(text: str) -> None:
     print(f"linetap doctor: {text}", file=sys.stderr, flush=True)
 
 
+def _audio_names() -> list[str]:
+    from linetap.drivers.audio import list_devices
+
+    try:
+        return [d.name for d in list_devices()]
+    except DeviceError:
+        return []
+
+
 @dataclass
 class Context:
     """What every check is given. ``config_path=None`` means the defaults (simulated board).
@@ -189,6 +238,9 @@ class Context:
     ask: Callable[[HookStep], None] = _ask_installer
     say: Callable[[str], None] = _say
     disk_free: Callable[[Path], int] = _disk_free
+    root: Path = Path("/")  # where /sys (sysfs, configfs) is: a fake folder in tests
+    audio_names: Callable[[], list[str]] = _audio_names  # the sound devices' names, as `linetap devices`
+    memo: dict[str, Any] = field(default_factory=dict)  # what one check measured for another
     _config: Config | None = field(default=None, init=False, repr=False)
     _config_error: ConfigError | None = field(default=None, init=False, repr=False)
 

@@ -14,6 +14,7 @@ from linetap.firmware.doctor.box import check_broker, check_clock, check_disk, c
 from linetap.firmware.doctor.context import SERVICE_CONFIG, BoardParts, Context, config_ref
 from linetap.firmware.doctor.inputs import check_gpio, check_hook, check_modem
 from linetap.firmware.doctor.report import CheckResult, checklist, exit_code, failed, passed, warned
+from linetap.firmware.doctor.usb import USB_CHECKS, usb_inline
 from linetap.firmware.errors import ConfigError, LinetapError
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,20 @@ CHECKS: tuple[tuple[str, Callable[[Context], CheckResult]], ...] = (
 """Every check, in the order an installer fixes things."""
 
 
+def checks_for(ctx: Context) -> tuple[tuple[str, Callable[[Context], CheckResult]], ...]:
+    """:data:`CHECKS`, with the USB inline board's after the modem check on such a board."""
+    config = ctx.config()
+    if config is None or not usb_inline(config):
+        return CHECKS
+    at = [name for name, _ in CHECKS].index("modem") + 1
+    return CHECKS[:at] + USB_CHECKS + CHECKS[at:]
+
+
 def run_checks(ctx: Context, names: Iterable[str] | None = None) -> list[CheckResult]:
     """Run the checks named (all by default) in table order; one result each."""
     wanted = set(names) if names is not None else None
     results = []
-    for name, check in CHECKS:
+    for name, check in checks_for(ctx):
         if wanted is not None and name not in wanted:
             continue
         try:
