@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from linetap.drivers.hid import gadget as hid_gadget
 from linetap.firmware import usbgadget
 from linetap.firmware.errors import DeviceError, DeviceMissing
 from linetap.firmware.usbgadget import GadgetSpec, gadget_down, gadget_up
@@ -160,9 +161,6 @@ def linetap(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_command_makes_the_gadget_from_the_board_profile(root: Path, tmp_path: Path) -> None:
-    pytest.importorskip("linetap.drivers.hid.gadget")
-    from linetap.drivers.hid import gadget as hid_gadget
-
     config = tmp_path / "linetap.toml"
     config.write_text('[device]\nid = "lt-0a1b2c3d"\nboard = "pi4-usb-inline"\n')
     for _ in range(2):  # the unit may run twice (a restart): the second run finds it bound
