@@ -1,4 +1,4 @@
-"""What the call flow takes and gives: events in, actions out.
+"""What the call flow takes and gives: its policy and events in, actions out.
 
 Frozen dataclasses with no behaviour, as in h11's ``_events.py``: the call
 flow (:mod:`linetap.firmware.callflow`) maps them, the app's call loop
@@ -11,8 +11,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, MuteChanged, Ring
 from linetap.firmware.callrecord import CallRecord
+from linetap.firmware.config import CallsSection, ConsentSection
+
+# ---------------------------------------------------------------- policy --
+
+_CONSENT, _CALLS = ConsentSection(), CallsSection()
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """What a site decided about consent and call timing; the defaults are the config's."""
+
+    announce: bool = _CONSENT.announce
+    announce_when: Literal["connect", "far-speech"] = _CONSENT.announce_when
+    far_speech_wait_s: float = _CONSENT.far_speech_wait_s  # announce anyway if the far end stays silent
+    prompt_sha256: str = ""  # of the prompt as played, recorded as proof
+    language: str = _CONSENT.language
+    warning_tone: bool = _CONSENT.warning_tone
+    warning_interval_s: float = _CONSENT.warning_interval_s
+    opt_out_key: str | None = None  # DTMF key a caller presses to refuse recording
+    opt_out_window_s: float = _CONSENT.opt_out_window_s  # from the announcement's start
+    ring_timeout_s: float = _CALLS.ring_timeout_s  # no RING for this long: the call was missed
+    hangup_grace_s: float = _CALLS.hangup_grace_s  # a shorter on-hook is a flash or a bounce
+    caller_id_max_age_s: float = _CALLS.caller_id_max_age_s  # older caller ID belongs to no call
+    # Consent keys a fleet push set over the site's own file, and that config's version: every call
+    # then opens with a "policy" event naming them (see linetap.sync.pushpolicy).
+    fleet_consent: tuple[str, ...] = ()
+    config_version: int = 0
+
 
 # ---------------------------------------------------------------- events --
 
@@ -51,7 +78,7 @@ class FaultCleared:
     """The fault that stopped keeping audio is gone (it applies from the next call)."""
 
 
-Event = Ring | CallerId | HookChanged | ButtonPressed | Tick | FarSpeech | PromptFinished \
+Event = Ring | CallerId | HookChanged | ButtonPressed | MuteChanged | Tick | FarSpeech | PromptFinished \
     | DtmfDetected | Fault | FaultCleared
 
 

@@ -40,19 +40,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import Enum
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
-# Events, actions and the call's record live beside this module; the flow's users may name
-# them through it (``callflow.Tick``, ``callflow.CallRecord``).
-from linetap.firmware.callevents import (Action, CloseCall, Discard, DtmfDetected, Event, FarSpeech, Fault,
-                                         FaultCleared, Indicate, Keep, OpenCall, Pause, PlayPrompt,
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, MuteChanged, Ring
+# Events, actions, the policy and the call's record live beside this module; the flow's users may
+# name them through it (``callflow.Tick``, ``callflow.CallPolicy``, ``callflow.CallRecord``).
+from linetap.firmware.callevents import (Action, CallPolicy, CloseCall, Discard, DtmfDetected, Event, FarSpeech,
+                                         Fault, FaultCleared, Indicate, Keep, OpenCall, Pause, PlayPrompt,
                                          PlayWarningTone, PromptFinished, StopPrompt, Tick)
 from linetap.firmware.callrecord import CallEvent, CallRecord, uuid7
 from linetap.firmware.clock import Clock
-from linetap.firmware.config import CallsSection, ConsentSection
 
 logger = logging.getLogger(__name__)
 
@@ -68,32 +67,6 @@ class CallState(Enum):
 
 
 KEEPING = (CallState.ANNOUNCING, CallState.RECORDING, CallState.PAUSED)
-
-
-# ---------------------------------------------------------------- policy --
-
-_CONSENT, _CALLS = ConsentSection(), CallsSection()
-
-@dataclass(frozen=True)
-class CallPolicy:
-    """What a site decided about consent and call timing; the defaults are the config's."""
-
-    announce: bool = _CONSENT.announce
-    announce_when: Literal["connect", "far-speech"] = _CONSENT.announce_when
-    far_speech_wait_s: float = _CONSENT.far_speech_wait_s  # announce anyway if the far end stays silent
-    prompt_sha256: str = ""  # of the prompt as played, recorded as proof
-    language: str = _CONSENT.language
-    warning_tone: bool = _CONSENT.warning_tone
-    warning_interval_s: float = _CONSENT.warning_interval_s
-    opt_out_key: str | None = None  # DTMF key a caller presses to refuse recording
-    opt_out_window_s: float = _CONSENT.opt_out_window_s  # from the announcement's start
-    ring_timeout_s: float = _CALLS.ring_timeout_s  # no RING for this long: the call was missed
-    hangup_grace_s: float = _CALLS.hangup_grace_s  # a shorter on-hook is a flash or a bounce
-    caller_id_max_age_s: float = _CALLS.caller_id_max_age_s  # older caller ID belongs to no call
-    # Consent keys a fleet push set over the site's own file, and that config's version: every call
-    # then opens with a "policy" event naming them (see linetap.sync.pushpolicy).
-    fleet_consent: tuple[str, ...] = ()
-    config_version: int = 0
 
 
 # ---------------------------------------------------------------- machine --
@@ -118,6 +91,8 @@ class CallFlow:
         self.unexpected = 0
         self.fault: str | None = None
         self._private_armed = False
+        self._muted: str | None = None  # the source that muted the agent's microphone, while muted
+        self._mute_open = False  # the call's record has a mute span not yet ended
         self._pending_caller: tuple[float, CallerId] | None = None
         self._on_hook_at = 0.0
         self._deadline: dict[str, float] = {}
@@ -214,6 +189,7 @@ class CallFlow:
             self._do(StopPrompt())
         if self.state == CallState.PAUSED:
             self._note("pause-end", at=at)
+        self._mute_span(False, at=at, source="call-end")
         if self.state in KEEPING:
             self._keep(False)
         self._note("call-end", at=at, ended_by=ended_by)
@@ -275,6 +251,9 @@ class CallFlow:
         if self.policy.fleet_consent:
             self._note("policy", source="fleet", changed=list(self.policy.fleet_consent),
                        config_version=self.policy.config_version)
+        self._mute_open = False
+        if self._muted:  # muted before the call: the span starts with it
+            self._mute_span(True, source=self._muted)
         if self._private_armed:
             self._private_armed = False
             self._go_unrecorded("private", by="agent", when="before-call")
@@ -387,11 +366,25 @@ class CallFlow:
             self._go_unrecorded("fault", reason=event.reason)
         return None
 
+    def _mute(self, event: MuteChanged) -> Outcome:
+        """Mute marks a span like a pause, but keeping goes on: what the far end did not hear is evidence."""
+        if event.muted != bool(self._muted):
+            self._muted = event.source if event.muted else None
+            if self.call is not None and "hangup" not in self._deadline:  # in the hang-up grace: after the call
+                self._mute_span(event.muted, source=event.source)
+        return None
+
+    def _mute_span(self, on: bool, at: float | None = None, **detail: Any) -> None:
+        if on != self._mute_open:
+            self._mute_open = on
+            self._note("mute-start" if on else "mute-end", at=at, **detail)
+
     def _hook_in_call(self, event: HookChanged) -> Outcome:
         if event.off_hook:
             if self._deadline.pop("hangup", None) is None:
                 return UNEXPECTED  # two hook-offs without a hook-on
             self._note("hook-flash")
+            self._mute_span(bool(self._muted), source=self._muted or "hook-flash")  # changed in the flash?
         elif "hangup" not in self._deadline:
             self._on_hook_at = self._now()
             self._deadline["hangup"] = self._on_hook_at + self.policy.hangup_grace_s
@@ -496,3 +489,5 @@ TABLE: dict[tuple[CallState, type], Row] = {
     (_S.UNRECORDED, Fault): Row(_H._fault_in_call, _S.UNRECORDED),
     (_S.UNRECORDED, FaultCleared): Row(_H._clear_fault, _S.UNRECORDED),
 }
+# Mute moves no state anywhere: it marks a span in the call's record (or waits for the next call).
+TABLE.update({(state, MuteChanged): Row(_H._mute, state) for state in CallState})

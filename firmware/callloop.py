@@ -14,7 +14,6 @@ a call runs as fast as the machine allows.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -234,8 +233,9 @@ class CallLoop:
             logger.debug("hook event from %s ignored: the line is already %s hook", item.source,
                          "off" if item.off_hook else "on")
         elif isinstance(item, MuteChanged):
-            if self._hid is not None and self._hid.mute(item, self._clock.monotonic()):
+            if self._hid is not None and self._hid.mute(item):  # the call flow marks the span
                 self._tell(item.source, "microphone muted" if item.muted else "microphone unmuted")
+                self.handle(item)
         elif isinstance(item, _FLOW_EVENTS):
             self._tell(*_describe_input(item))
             self.handle(item)
@@ -282,8 +282,6 @@ class CallLoop:
     def _execute(self, action: cf.Action) -> None:
         match action:
             case cf.OpenCall(call=call):
-                if self._hid is not None:
-                    self._hid.call_opened(call)
                 self.recorder.open(call)
                 self._tell("call", f"call {call.call_id} opened"
                            + (" (caller ID known)" if call.caller else ""))
@@ -386,8 +384,6 @@ class _Notify:
         self._sink.discard()
 
     def close(self, recording: Recording) -> None:
-        if self._loop._hid is not None:
-            recording = dataclasses.replace(recording, call=self._loop._hid.with_mute_spans(recording.call))
         self._sink.close(recording)
         self._loop._recorded(recording)
 

@@ -327,7 +327,7 @@ class Recovery:
         extra = {
             "ended": {"wall_ms": mf.ms(ended_wall), "mono_ms": None, "estimated": True},
             "ended_by": "power-loss", "flagged": bool(opening.get("flagged")),
-            "recorded": bool(segments), "events": [], "pauses": [], "masks": [], "metrics": {},
+            "recorded": bool(segments), "events": [], "pauses": [], "mutes": [], "masks": [], "metrics": {},
             "audio": {"frames": None, "start_ms": None, "stopped_by_full_disk": False},
             "caller": opening.get("caller"),
             "caller_withheld": opening.get("caller_withheld"),

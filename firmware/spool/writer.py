@@ -120,12 +120,13 @@ def is_full(e: OSError | sqlite3.Error) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _pauses(call: CallRecord) -> list[list[int | None]]:
+def _spans(call: CallRecord, kind: str) -> list[list[int | None]]:
+    """[start, end] ms of each ``<kind>-start``/``<kind>-end`` span (pause; mute) in the call's events."""
     spans: list[list[int | None]] = []
     for event in call.events:
-        if event.kind == "pause-start":
+        if event.kind == f"{kind}-start":
             spans.append([mf.ms(event.t), None])
-        elif event.kind == "pause-end" and spans and spans[-1][1] is None:
+        elif event.kind == f"{kind}-end" and spans and spans[-1][1] is None:
             spans[-1][1] = mf.ms(event.t)
     return spans
 
@@ -223,7 +224,8 @@ class SpoolWriter:
             "recorded": call.recorded and not rec.discarded and bool(rec.segments),
             "events": [{"t_ms": mf.ms(e.t), "kind": e.kind, "detail": mf.plain(e.detail)}
                        for e in call.events],
-            "pauses": _pauses(call),
+            "pauses": _spans(call, "pause"),
+            "mutes": _spans(call, "mute"),  # the agent's microphone muted to the far end; audio still kept
             "masks": [[mf.ms(a), mf.ms(b)] for a, b in recording.masks],
             "metrics": mf.plain(recording.metrics),
             "audio": {"frames": recording.frames, "start_ms": mf.ms(recording.audio_start_s),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, MuteChanged, Ring
 from linetap.firmware import callflow as cf
 from linetap.firmware.callflow import TABLE, CallFlow, CallPolicy, CallState
 from linetap.firmware.clock import ManualClock
@@ -24,6 +24,7 @@ EVENTS = {
     "digit": cf.DtmfDetected("5", "far"),
     "fault": cf.Fault("spool full"),
     "fault_cleared": cf.FaultCleared(),
+    "mute": MuteChanged(muted=True, source="hid-host"),
 }
 
 I, RG, C, A, R, P, U = (CallState.IDLE, CallState.RINGING, CallState.CONNECTED, CallState.ANNOUNCING,
@@ -37,46 +38,46 @@ EXPECTED: dict[CallState, dict[str, tuple]] = {
         "ring": (RG, []), "cid": (I, []), "hook_off": (A, ["OpenCall", "Keep", "PlayPrompt"]),
         "hook_on": (I, []), "pause": (I, []), "pause_long": (I, ["Indicate"]), "flag": (I, []),
         "tick": (I, []), "far_speech": (I, []), "prompt_done": (I, []), "optout": (I, []),
-        "digit": (I, []), "fault": (I, ["Indicate"]), "fault_cleared": (I, ["Indicate"]),
+        "digit": (I, []), "fault": (I, ["Indicate"]), "fault_cleared": (I, ["Indicate"]), "mute": (I, []),
     },
     RG: {
         "ring": (RG, []), "cid": (RG, []), "hook_off": (A, ["OpenCall", "Keep", "PlayPrompt"]),
         "hook_on": (RG, []), "pause": (RG, []), "pause_long": (RG, ["Indicate"]), "flag": (RG, []),
         "tick": (RG, []), "far_speech": (RG, []), "prompt_done": (RG, []), "optout": (RG, []),
-        "digit": (RG, []), "fault": (RG, ["Indicate"]), "fault_cleared": (RG, ["Indicate"]),
+        "digit": (RG, []), "fault": (RG, ["Indicate"]), "fault_cleared": (RG, ["Indicate"]), "mute": (RG, []),
     },
     C: {
         "ring": (C, []), "cid": (C, []), "hook_off": (C, UNEXPECTED), "hook_on": (C, []),
         "pause": (C, []), "pause_long": (U, ["Indicate"]), "flag": (C, []), "tick": (C, []),
         "far_speech": (A, ["Keep", "PlayPrompt"]), "prompt_done": (C, []), "optout": (C, []),
-        "digit": (C, []), "fault": (U, ["Indicate"]), "fault_cleared": (C, []),
+        "digit": (C, []), "fault": (U, ["Indicate"]), "fault_cleared": (C, []), "mute": (C, []),
     },
     A: {
         "ring": (A, []), "cid": (A, []), "hook_off": (A, UNEXPECTED), "hook_on": (A, []),
         "pause": (A, []), "pause_long": (U, ["StopPrompt", "Keep", "Discard", "Indicate"]),
         "flag": (A, []), "tick": (A, []), "far_speech": (A, []), "prompt_done": (R, []),
         "optout": (U, ["StopPrompt", "Keep", "Discard", "Indicate"]), "digit": (A, []),
-        "fault": (U, ["StopPrompt", "Keep", "Indicate"]), "fault_cleared": (A, []),
+        "fault": (U, ["StopPrompt", "Keep", "Indicate"]), "fault_cleared": (A, []), "mute": (A, []),
     },
     R: {
         "ring": (R, []), "cid": (R, []), "hook_off": (R, UNEXPECTED), "hook_on": (R, []),
         "pause": (P, ["Pause"]), "pause_long": (U, ["Keep", "Discard", "Indicate"]),
         "flag": (R, []), "tick": (R, []), "far_speech": (R, []), "prompt_done": (R, []),
         "optout": (U, ["Keep", "Discard", "Indicate"]), "digit": (R, []),
-        "fault": (U, ["Keep", "Indicate"]), "fault_cleared": (R, []),
+        "fault": (U, ["Keep", "Indicate"]), "fault_cleared": (R, []), "mute": (R, []),
     },
     P: {
         "ring": (P, []), "cid": (P, []), "hook_off": (P, UNEXPECTED), "hook_on": (P, []),
         "pause": (R, ["Pause"]), "pause_long": (U, ["Keep", "Discard", "Indicate"]),
         "flag": (P, []), "tick": (P, []), "far_speech": (P, []), "prompt_done": (P, []),
         "optout": (U, ["Keep", "Discard", "Indicate"]), "digit": (P, []),
-        "fault": (U, ["Keep", "Indicate"]), "fault_cleared": (P, []),
+        "fault": (U, ["Keep", "Indicate"]), "fault_cleared": (P, []), "mute": (P, []),
     },
     U: {
         "ring": (U, []), "cid": (U, []), "hook_off": (U, UNEXPECTED), "hook_on": (U, []),
         "pause": (U, []), "pause_long": (U, []), "flag": (U, []), "tick": (U, []),
         "far_speech": (U, []), "prompt_done": (U, []), "optout": (U, []), "digit": (U, []),
-        "fault": (U, []), "fault_cleared": (U, []),
+        "fault": (U, []), "fault_cleared": (U, []), "mute": (U, []),
     },
 }
 
