@@ -3,9 +3,9 @@
 :class:`Index` is what the ingest core and the tools use; :class:`SqliteIndex`
 is the default (one file, WAL, a busy timeout so several ingest processes on
 one data dir take turns). Every statement is plain SQL that PostgreSQL runs
-too (``INSERT ... ON CONFLICT DO NOTHING``, ``LOWER(x) LIKE``), so a
-PostgreSQL implementation is the same class with another driver and ``%s``
-placeholders.
+too (``INSERT ... ON CONFLICT DO NOTHING``, ``LOWER(x) LIKE``, ``NULLS FIRST``):
+they live once, in :class:`IndexTables`, and
+:class:`~linetap.sync.central.pgindex.PgIndex` runs them on PostgreSQL.
 
 Idempotence lives here: an object row is *claimed* (inserted if absent) before
 its bytes are written, so of two different versions of one object racing in
@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.db"
 PENDING_MANIFEST = "pending-manifest"  # the ``staged`` name of a manifest waiting for its segments
 # Asked of this module by the fleet and the tests.
-__all__ = ["AmbiguousRecording", "FleetUpdate", "INDEX_FILE", "Index", "PENDING_MANIFEST", "SCHEMA_VERSION",
-           "SqliteIndex", "UnknownRecording"]
+__all__ = ["AmbiguousRecording", "FleetUpdate", "INDEX_FILE", "Index", "IndexTables", "PENDING_MANIFEST",
+           "SCHEMA_VERSION", "SqliteIndex", "UnknownRecording"]
 
 RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
                      "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
@@ -156,56 +156,15 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteIndex(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
-    """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
+class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
+    """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            upgrade(self._db, self.path)
-        except sqlite3.OperationalError as e:
-            self.close()
-            raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
-                                   "the file's permissions") from e
-        except SyncError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def __enter__(self) -> SqliteIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _sql(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                raise StoreUnavailable(f"index {self.path} is closed")
-            try:
-                yield self._db
-            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
-                    sqlite3.InterfaceError):
-                raise  # about this one row or call: the caller decides
-            except sqlite3.DatabaseError as e:
-                # Disk full, locked past the busy timeout, I/O error, a damaged file: the index
-                # cannot work for anyone, so ingest stops (and leaves the message for later)
-                # rather than rejecting every box's upload as if each were at fault.
-                raise StoreUnavailable(f"index {self.path}: {e}") from e
+    The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write
+    transaction that serialises writers; :class:`SqliteIndex` lends a
+    ``sqlite3`` connection, :class:`~linetap.sync.central.pgindex.PgIndex` a
+    psycopg one behind an adapter that speaks the same dialect, so both
+    backends run the same statements and behave alike.
+    """
 
     # -- devices --
 
@@ -383,7 +342,7 @@ class SqliteIndex(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._sql() as db:
-            rows = db.execute(sql + " ORDER BY started_ms, device_id, seq", params).fetchall()
+            rows = db.execute(sql + " ORDER BY started_ms NULLS FIRST, device_id, seq", params).fetchall()
         return [_recording(r) for r in rows]
 
     # -- problems --
@@ -416,6 +375,58 @@ class SqliteIndex(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
                        "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
                        "WHERE device_id = ? AND recording_id = ?",
                        (now_ms, reason, tombstone_key, device_id, recording_id))
+
+
+class SqliteIndex(IndexTables):
+    """:class:`Index` in one SQLite file. Thread-safe; several processes may share the file."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            upgrade(self._db, self.path)
+        except sqlite3.OperationalError as e:
+            self.close()
+            raise StoreUnavailable(f"index {self.path} cannot be opened: {e}; check the disk and "
+                                   "the file's permissions") from e
+        except SyncError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> SqliteIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise StoreUnavailable(f"index {self.path} is closed")
+            try:
+                yield self._db
+            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
+                    sqlite3.InterfaceError):
+                raise  # about this one row or call: the caller decides
+            except sqlite3.DatabaseError as e:
+                # Disk full, locked past the busy timeout, I/O error, a damaged file: the index
+                # cannot work for anyone, so ingest stops (and leaves the message for later)
+                # rather than rejecting every box's upload as if each were at fault.
+                raise StoreUnavailable(f"index {self.path}: {e}") from e
 
 
 def _recording(row: sqlite3.Row) -> dict[str, Any]:
