@@ -32,12 +32,19 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
 
     [evidence]
     max_clock_skew_s = 300          # flag a recording whose box clock ran this far ahead of the store's
+
+    [index]                         # absent: the embedded SQLite file <data dir>/index.db
+    url = "postgresql://linetap@db.example.org:5432/linetap"
+    password_file = "keys/pg.password"  # mode 0600; else PGPASSWORD; never in the URL if avoidable
+    pool_size = 4                   # connections per process
+    connect_timeout_s = 10
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
 
@@ -132,12 +139,71 @@ class EvidenceSection(Schema):
     max_clock_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 300
 
 
+PG_SCHEMES = ("postgresql", "postgres")
+HIDDEN = "***"
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line or an error: any password (in the user part or a ``password``
+    parameter) replaced by ``***``; something that is not a URL at all is not shown."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if not netloc:
+            return "(not a URL with a host)"  # "user:password@host" without a scheme would show it all
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            if ":" in user:
+                user = user.split(":", 1)[0] + ":" + HIDDEN
+            netloc = f"{user}@{host}"
+        query = urlencode([(k, HIDDEN if k.lower() == "password" else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+
+
+class IndexSection(Schema):
+    """Where the index lives: without ``url``, the embedded SQLite file ``<data dir>/index.db``.
+
+    ``url`` names a PostgreSQL database. Its password comes from ``password_file``
+    (mode 0600; a relative path is under the data dir), else libpq's own
+    ``PGPASSWORD`` or ``~/.pgpass``, else the URL itself; every message shows
+    the URL :func:`redacted`.
+    """
+
+    url: str | None = None
+    password_file: str | None = None
+    pool_size: Annotated[int, Field(ge=1, le=64)] = 4
+    connect_timeout_s: Annotated[int, Field(ge=1, le=300)] = 10
+
+    @model_validator(mode="after")
+    def _postgres_url(self) -> IndexSection:
+        if self.url is None:
+            if self.password_file is not None:
+                raise Invalid([Problem(("password_file",), self.password_file,
+                                       "is for a PostgreSQL index; set url too, or remove it")])
+            return self
+        try:
+            parts = urlsplit(self.url)
+            host, database = parts.hostname, parts.path.lstrip("/")
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as e:
+            raise Invalid([Problem(("url",), redacted(self.url), f"is not a URL ({e}); write "
+                                   "postgresql://USER@HOST:PORT/DATABASE")]) from None
+        if parts.scheme not in PG_SCHEMES or not host or not database:
+            raise Invalid([Problem(("url",), redacted(self.url), "must name a PostgreSQL database as "
+                                   "postgresql://USER@HOST:PORT/DATABASE; leave url out for the embedded index")])
+        return self
+
+
 class CentralConfig(Schema):
     broker: BrokerSection = BrokerSection()
     retention: RetentionSection = RetentionSection()
     ingest: IngestSection = IngestSection()
     timestamps: TimestampsSection = TimestampsSection()
     evidence: EvidenceSection = EvidenceSection()
+    index: IndexSection = IndexSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

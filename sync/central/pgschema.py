@@ -1,0 +1,116 @@
+"""The central index's PostgreSQL schema and its versioned migrations.
+
+The tables are :mod:`~linetap.sync.central.indexschema`'s, written once there
+and translated here word by word: ``BLOB`` becomes ``BYTEA``, ``INTEGER``
+becomes ``BIGINT`` (SQLite's integers are 64-bit; PostgreSQL's ``INTEGER`` is
+32), and ``TEXT`` is ``TEXT COLLATE "C"``, so text sorts and compares by its
+bytes, as SQLite's default collation does, whatever locale the database was
+made with (and B-tree indexes serve ``LIKE`` prefixes). JSON columns stay
+TEXT: they hold a box's manifest members as sent, and ``jsonb`` would refuse
+the ``\\u0000`` escape that JSON allows. Version numbers are SQLite's
+(:data:`SCHEMA_VERSION`): the same number means the same tables on both.
+
+PostgreSQL gets some indexes of its own (:data:`PG_INDEXES`), chosen from the
+query plans of ``list``, ``verify`` and the fleet views over a million
+recordings.
+
+``schema_version`` holds a row per migration (the version reached, and when). A fresh
+database is created at :data:`SCHEMA_VERSION` at once; an older one is
+brought up step by step by :data:`MIGRATIONS`. Either way it happens in one
+transaction that first takes a transaction-level advisory lock
+(:data:`MIGRATION_LOCK`), so of several processes migrating at once one does
+the work and the others, once it commits, find the version already there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from linetap.firmware.errors import SyncError
+from linetap.sync.central.indexschema import SCHEMA, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock keys (bigint): one for migrations, one for write transactions (pgindex).
+MIGRATION_LOCK = int.from_bytes(b"linetapM", "big")
+VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, "
+                 "migrated_ms BIGINT NOT NULL)")
+
+PG_INDEXES = (
+    # `list` without filters and with --since/--until: ordered by the time a call started.
+    "CREATE INDEX IF NOT EXISTS recordings_started_order ON recordings (started_ms NULLS FIRST, device_id, seq)",
+    # `list --device`: one box's calls in time order.
+    "CREATE INDEX IF NOT EXISTS recordings_device_started ON recordings (device_id, started_ms NULLS FIRST, seq)",
+)
+
+
+def _translate(schema: str) -> list[str]:
+    text = re.sub(r"\bBLOB\b", "BYTEA", schema)
+    text = re.sub(r"\bINTEGER\b", "BIGINT", text)
+    text = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', text)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+STATEMENTS = _translate(SCHEMA)
+
+# version -> the step that brings a database of that version to the next one (none yet: PostgreSQL
+# databases start at schema 3). A step for SQLite's next version needs its twin here.
+MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {}
+
+
+def create(db: Connection[Any]) -> None:
+    """Every table and index (IF NOT EXISTS): a fresh database's schema, and tables added since."""
+    for statement in (*STATEMENTS, *PG_INDEXES):
+        db.execute(statement)
+
+
+def current_version(db: Connection[Any]) -> int:
+    """The database's schema version (0: none yet)."""
+    if not db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+        return 0
+    return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+
+
+def upgrade(db: Connection[Any], where: str) -> int:
+    """Create the schema, or migrate an older database to :data:`SCHEMA_VERSION`, in one transaction.
+
+    ``db`` is a psycopg connection in autocommit mode whose rows index by
+    position; ``where`` names the database in messages (a redacted URL).
+    Returns the version now there.
+    """
+    db.execute("BEGIN")
+    try:
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        version = before = current_version(db)
+        if version > SCHEMA_VERSION:
+            raise SyncError(f"index {where} has schema version {version}, newer than this program's "
+                            f"{SCHEMA_VERSION}; run the newer linetap-central on it")
+        db.execute(VERSION_TABLE)
+        if version == 0 and not db.execute("SELECT to_regclass('recordings') IS NOT NULL").fetchone()[0]:
+            version = SCHEMA_VERSION  # fresh: today's schema at once
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise SyncError(f"index {where} has schema version {version} and this program has no "
+                                "migration from it; restore a backup taken with its own version of linetap")
+            step(db)
+            version += 1
+            logger.info("index migrated where=%s to_version=%d", where, version)
+        if version != before:
+            # A fresh schema, or tables and indexes added since (IF NOT EXISTS). Not at every open:
+            # CREATE INDEX locks out writers for a moment even when the index is there.
+            create(db)
+            db.execute("INSERT INTO schema_version (version, migrated_ms) VALUES (%s, %s)",
+                       (version, round(time.time() * 1000)))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return version
