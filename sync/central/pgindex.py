@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 WRITE_LOCK = int.from_bytes(b"linetapW", "big")  # pg_advisory_xact_lock key of ``BEGIN IMMEDIATE``
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
+RECONNECT_TIMEOUT_S = 15.0
 
 
 class IndexValueError(SyncError, ValueError):
@@ -157,8 +158,11 @@ class PgIndex(IndexTables):
             kwargs["password"] = password
         self.version = self._prepare(url, kwargs, migrate)
         self._timeout = connect_timeout_s
+        # reconnect_timeout bounds the pool's back-off after an outage (1, 2, 4... s, then it gives up and
+        # the next caller starts again from 1 s), so a server that is back is used again within that.
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, timeout=connect_timeout_s,
-                                    check=ConnectionPool.check_connection, open=False, name="linetap-index")
+                                    check=ConnectionPool.check_connection, open=False, name="linetap-index",
+                                    reconnect_timeout=RECONNECT_TIMEOUT_S)
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout as e:
