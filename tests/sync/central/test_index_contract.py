@@ -438,3 +438,25 @@ def test_a_nul_character_in_text(backend: Backend, index: IndexTables) -> None:
     assert index.recordings() == []  # nothing half-written
     index.add_recording(row("box-a", 1, consent=[{"kind": "x\x00"}]))  # in JSON it is an escape: kept
     assert index.recording(rid(1), "box-a")["consent"] == [{"kind": "x\x00"}]
+
+
+# -- trusted timestamps --
+
+def test_timestamps_and_the_heads_they_commit_to(index: IndexTables) -> None:
+    assert (index.receipt_head(), index.last_timestamp(), index.timestamps(), index.chain_heads()) == \
+        (None, None, [], [])
+    key = Ed25519PrivateKey.generate()
+    for device, n, seq in (("box-b", 1, 1), ("box-a", 2, 1), ("box-a", 3, 2), ("box-a", 4, 2)):
+        recording = row(device, n, seq=seq)
+        index.add_recording(recording, sign=signer(key, recording))
+    assert [(h["device_id"], h["seq"], h["manifest_sha256"]) for h in index.chain_heads()] == \
+        [("box-a", 2, f"{3:064x}"), ("box-a", 2, f"{4:064x}"), ("box-b", 1, f"{1:064x}")]
+    head = index.receipt_head()
+    assert head == {"pos": 3, "sha256": index.receipts()[-1]["sha256"]}
+    assert index.receipt_at(1)["recording_id"] == rid(2) and index.receipt_at(9) is None
+    assert index.add_timestamp(10, b"\x00commit", "c" * 64, "http://tsa", b"\x30token", 9) == 0
+    assert index.add_timestamp(20, b"again", "d" * 64, "http://tsa", b"\x30t2", 19) == 1
+    stamps = index.timestamps()
+    assert [(s["pos"], s["commitment"], s["token"]) for s in stamps] == \
+        [(0, b"\x00commit", b"\x30token"), (1, b"again", b"\x30t2")]
+    assert type(stamps[0]["commitment"]) is bytes and index.last_timestamp() == stamps[1]
