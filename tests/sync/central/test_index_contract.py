@@ -460,3 +460,25 @@ def test_timestamps_and_the_heads_they_commit_to(index: IndexTables) -> None:
     assert [(s["pos"], s["commitment"], s["token"]) for s in stamps] == \
         [(0, b"\x00commit", b"\x30token"), (1, b"again", b"\x30t2")]
     assert type(stamps[0]["commitment"]) is bytes and index.last_timestamp() == stamps[1]
+
+
+# -- the access log --
+
+def test_the_access_log_is_one_chain_under_concurrent_appends(index: IndexTables) -> None:
+    from linetap.sync.central.accesslog import Access, verify_log
+    start = threading.Barrier(6)
+
+    def log(n: int) -> None:
+        start.wait(10)
+        for i in range(5):
+            index.log_access(Access("ops", "export", "cli", "box-a" if n % 2 else "box-b", rid(i), f"n{n}"), i)
+    threads = [threading.Thread(target=log, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    entries = index.access_log()
+    assert len(entries) == 30 and verify_log(entries) is None
+    assert [e["pos"] for e in index.access_log("box-a", rid(2))] == \
+        [e["pos"] for e in entries if e["device_id"] == "box-a" and e["recording_id"] == rid(2)]
+    assert len(index.access_log(recording_id=rid(2))) == 6
