@@ -1,13 +1,16 @@
-"""Fixtures of the central store's tests: one PostgreSQL for the whole run, a fresh database per test."""
+"""Fixtures of the central store's tests: one PostgreSQL for the whole run, a fresh database per test; one
+local TSA for the whole run."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from linetap.sync.central.localpg import LocalPostgres
+from local_tsa import LocalTsa, make_tsa_files
 
 _databases = itertools.count(1)
 
@@ -23,3 +26,18 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres
 def pg_url(postgres: LocalPostgres) -> str:
     """The URL of an empty database of the session's PostgreSQL, this test's alone."""
     return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(scope="session")
+def tsa_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and TSA certificate, made once per run."""
+    return make_tsa_files(tmp_path_factory.mktemp("tsa"))
+
+
+@pytest.fixture(scope="session")
+def local_tsa(tsa_files: Path) -> Iterator[LocalTsa]:
+    """``openssl ts -reply`` on loopback, shared by every test of the run (a test that breaks it on purpose
+    sets ``mode`` back: see the ``tsa`` fixture of test_timestamps)."""
+    tsa = LocalTsa(tsa_files).start()
+    yield tsa
+    tsa.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from central_boxes import Box, enrolled
-from local_tsa import LocalTsa, closed_url, make_tsa_files
+from local_tsa import LocalTsa, closed_url  # the shared TSA fixtures are in conftest.py
 from linetap.firmware.backoff import Backoff
 from linetap.firmware.errors import ConfigError
 from linetap.sync.central import timestamps as ts
@@ -24,19 +24,6 @@ from linetap.sync.central.index import INDEX_FILE, SqliteIndex
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.tsa import (STATUS_FILE, Stamper, StampingThread, TsaClient, TsaError, start_stamping,
                                      trust_files)
-
-
-@pytest.fixture(scope="session")
-def tsa_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA and TSA certificate, made once per run."""
-    return make_tsa_files(tmp_path_factory.mktemp("tsa"))
-
-
-@pytest.fixture(scope="session")
-def local_tsa(tsa_files: Path) -> Iterator[LocalTsa]:
-    tsa = LocalTsa(tsa_files).start()
-    yield tsa
-    tsa.close()
 
 
 @pytest.fixture
