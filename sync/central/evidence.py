@@ -12,9 +12,12 @@ comparison (:mod:`~linetap.sync.central.evidence_clock`), ``VERIFY.md``
 bundle is itself logged in the access log (action ``evidence``) before it is
 packed, so the bundle shows its own making.
 
-The head: the device's newest manifest the store holds. When trusted
-timestamps cover the chain, the head is the nearest stamped one and the token
-goes in ``timestamp/`` (not built yet: every bundle is unstamped and says so).
+The head: when a trusted timestamp covers the recording
+(:func:`~linetap.sync.central.timestamps.covering_stamp`: the first stamp
+whose commitment names a head of the device that links back to it), that
+stamped head, and the token, the commitment it stamps and the TSA's
+certificates go in ``timestamp/``; otherwise the device's newest manifest
+that links back to it, and the bundle says it is not timestamped.
 """
 
 from __future__ import annotations
@@ -37,17 +40,22 @@ from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64, store_key_id
 from linetap.firmware.spool.layout import segment_name
 from linetap.sync.central import evidence_format as ef
+from linetap.firmware.schema import FileRefused, read_bounded
+from linetap.sync.central import timestamps as ts
 from linetap.sync.central.accesslog import Access
+from linetap.sync.central.config import TimestampsSection
 from linetap.sync.central.evidence_clock import clock_report
 from linetap.sync.central.evidence_doc import verify_text
 from linetap.sync.central.export import ExportExists, export, private_output
 from linetap.sync.central.index import UnknownRecording
 from linetap.sync.central.keys import load_store_key, operator_public_key
 from linetap.sync.central.stored import Stored
+from linetap.sync.central.tsa import MAX_CERT_BYTES, trust_files
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,13 @@ def pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def make_bundle(stored: Stored, recording_id: str, out: Path, *, device_id: str | None = None,
-                force: bool = False, max_skew_ms: int, actor: str, origin: str = "cli") -> Made:
-    """Write the evidence bundle of one recording to ``out`` (a ``.zip``); returns what went in."""
+                force: bool = False, max_skew_ms: int, actor: str, origin: str = "cli",
+                timestamps: TimestampsSection | None = None) -> Made:
+    """Write the evidence bundle of one recording to ``out`` (a ``.zip``); returns what went in.
+
+    ``timestamps`` is the store's ``[timestamps]`` config: its certificate files go in the bundle beside
+    the token of the stamp that covers the recording.
+    """
     out = Path(out)
     _check_target(out, force)
     row = stored.recording(recording_id, device_id)
@@ -81,16 +94,19 @@ def make_bundle(stored: Stored, recording_id: str, out: Path, *, device_id: str 
         raise SyncError(f"recording {recording_id} has no delivery receipt in the store's log, so the bundle "
                         "could not prove when it was stored; `linetap-central serve` signs missing receipts at "
                         "its start, `linetap-central verify` reports them")
-    chain, head = _chain(stored, row)
+    tsa = trust_files(stored.data_dir, timestamps) if timestamps is not None else None
+    chain, head, stamp = _chain(stored, row, tsa)
     stored.index.log_access(Access(actor, "evidence", origin, row["device_id"], recording_id,
                                    detail=f"bundle {out.name}"), stored.now_ms())
-    report = _report(stored, row, manifest, logged, head, max_skew_ms, actor)
+    report = _report(stored, row, manifest, logged, head, stamp, max_skew_ms, actor)
     small = _small_members(stored, row, manifest_bytes, logged, chain, report)
+    if stamp is not None and tsa is not None:
+        small |= _stamp_members(stamp, tsa)
     with tempfile.TemporaryDirectory(prefix=".evidence-", dir=out.parent) as work:
         audio = Path(work) / "call.wav"
         export(stored, recording_id, audio, device_id=row["device_id"])
         size, members = _pack(stored, row, manifest, small, audio, out, force, report["made_ms"])
-    made = Made(out, members, size, row["seq"], head["seq"], False,
+    made = Made(out, members, size, row["seq"], head["seq"], stamp is not None,
                 tuple(w["kind"] for w in report["clock"]["warnings"]))
     logger.info("evidence bundle written recording=%s device=%s file=%s bytes=%d", recording_id,
                 row["device_id"], out, size)
@@ -107,24 +123,34 @@ def _check_target(out: Path, force: bool) -> None:
                            "another name")
 
 
-def _chain(stored: Stored, row: dict[str, Any]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
-    """(chain members after this recording up to the head, the head: seq, sha256, whether it is stamped)."""
-    members: list[tuple[str, bytes]] = []
-    head = {"seq": row["seq"], "sha256": row["manifest_sha256"], "timestamped": False}
-    later = [r for r in stored.index.device_recordings(row["device_id"]) if r["seq"] > row["seq"]]
-    for seq_row in later:
-        if seq_row["seq"] != head["seq"] + 1:
-            break  # a missing recording: the chain the store can show ends here
-        if seq_row["erased_ms"] is not None:
-            members.append((ef.chain_name(seq_row["seq"], tombstone=True), stored.store.get(seq_row["tombstone_key"])))
-        else:
-            members.append((ef.chain_name(seq_row["seq"]), stored.store.get(seq_row["manifest_key"])))
-        head = {"seq": seq_row["seq"], "sha256": seq_row["manifest_sha256"], "timestamped": False}
-    return members, head
+def _chain(stored: Stored, row: Row, tsa: dict[str, Path] | None) -> tuple[list[tuple[str, bytes]], Row, Row | None]:
+    """(chain members after this recording up to the head, the head, the stamp that covers it or None).
+
+    The head is the nearest stamped head when a stamp covers the recording and the TSA's certificates are
+    configured (a token is of no use without them), else the newest manifest that links back to it.
+    """
+    covering = ts.covering_stamp(stored.index, row["device_id"], row["seq"]) if tsa is not None else None
+    if covering is not None:
+        rows = covering.chain[1:]
+    else:
+        rows, want = [], row["manifest_sha256"]
+        by_seq: dict[int, list[Row]] = {}
+        for later in stored.index.device_recordings(row["device_id"]):
+            by_seq.setdefault(later["seq"], []).append(later)
+        while (after := next((r for r in by_seq.get(row["seq"] + len(rows) + 1, []) if r["prev"] == want),
+                             None)) is not None:
+            rows.append(after)
+            want = after["manifest_sha256"]
+    members = [(ef.chain_name(r["seq"], tombstone=True), stored.store.get(r["tombstone_key"]))
+               if r["erased_ms"] is not None else (ef.chain_name(r["seq"]), stored.store.get(r["manifest_key"]))
+               for r in rows]
+    last = rows[-1] if rows else row
+    head = {"seq": last["seq"], "sha256": last["manifest_sha256"], "timestamped": covering is not None}
+    return members, head, None if covering is None else covering.stamp
 
 
-def _report(stored: Stored, row: dict[str, Any], manifest: dict[str, Any], logged: dict[str, Any],
-            head: dict[str, Any], max_skew_ms: int, actor: str) -> dict[str, Any]:
+def _report(stored: Stored, row: Row, manifest: Row, logged: Row, head: Row, stamp: Row | None,
+            max_skew_ms: int, actor: str) -> dict[str, Any]:
     now = stored.now_ms()
     newest = max(r["seq"] for r in stored.index.device_recordings(row["device_id"]))
     return {
@@ -135,7 +161,9 @@ def _report(stored: Stored, row: dict[str, Any], manifest: dict[str, Any], logge
                   "head_is": "timestamped" if head["timestamped"] else "newest" if head["seq"] == newest
                   else f"last before a gap (the store holds up to seq {newest})"},
         "receipt": {"stored_ms": logged["stored_ms"], "key_id": logged["key_id"], "log_position": logged["pos"]},
-        "timestamp": None,
+        "timestamp": None if stamp is None else {
+            "pos": stamp["pos"], "tsa": stamp["tsa"], "gen_time_ms": stamp["gen_time_ms"],
+            "digest_sha256": stamp["digest_sha256"]},
         "clock": clock_report(manifest, logged["stored_ms"], max_skew_ms)}
 
 
@@ -152,6 +180,18 @@ def _small_members(stored: Stored, row: dict[str, Any], manifest_bytes: bytes, l
     members[ef.REPORT] = mf.canonical(report) + b"\n"
     members[ef.VERIFY] = verify_text(report, store_key_id(store_public), operator=ef.OPERATOR_KEY in members
                                      ).encode("utf-8")
+    return members
+
+
+def _stamp_members(stamp: Row, tsa: dict[str, Path]) -> dict[str, bytes]:
+    """The stamp's token and commitment as stored, and the TSA's certificates as configured."""
+    members = {ef.TOKEN: bytes(stamp["token"]), ef.COMMITMENT: bytes(stamp["commitment"])}
+    for name, key in ((ef.TSA_CA, "ca_file"), (ef.TSA_CERT, "tsa_cert_file")):
+        try:
+            members[name] = read_bounded(tsa[key], max_bytes=MAX_CERT_BYTES)
+        except (OSError, FileRefused) as e:
+            raise ConfigError(f"[timestamps] {key} {tsa[key]} cannot be read ({e}); the bundle needs the TSA's "
+                              "certificates beside its token") from None
     return members
 
 

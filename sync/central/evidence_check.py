@@ -14,6 +14,10 @@ reader should weigh, such as the box's clock), each named by a kind:
 - ``receipt-unknown-key``, ``receipt-bad-signature``, ``receipt-mismatch``
   (a receipt for another manifest or recording), ``receipt-malformed``;
 - ``access-log-altered``, ``access-log-mismatch``; ``report-mismatch``;
+- ``timestamp-mismatch`` (a token over another hash than the commitment's),
+  ``timestamp-invalid`` (a token that does not verify to the TSA's
+  certificates), ``timestamp-head-mismatch`` (the stamped commitment does
+  not name the chain's head), ``timestamp-missing``;
 - ``key-malformed``; warnings ``no-timestamp`` and the clock's
   (:mod:`~linetap.sync.central.evidence_clock`).
 
@@ -23,6 +27,7 @@ Sans-IO: members come through :class:`Members` (the zip reader,
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +42,7 @@ from linetap.firmware.errors import AuthError
 from linetap.firmware.keys import public_key_b64, store_key_id
 from linetap.sync.central import accesslog
 from linetap.sync.central import evidence_format as ef
+from linetap.sync.central import timestamps as ts
 from linetap.sync.central.config import EvidenceSection
 from linetap.sync.central.evidence_clock import clock_report, describe
 from linetap.sync.central.tombstone import verify_tombstone
@@ -79,6 +85,7 @@ class Trust:
     box: Ed25519PublicKey | None = None
     store: tuple[Ed25519PublicKey, ...] = ()
     operator: Ed25519PublicKey | None = None
+    tsa_ca: bytes | None = None  # the TSA's root certificate(s), PEM; None takes the bundle's
 
 
 @dataclass
@@ -91,13 +98,14 @@ class _State:
     manifest_sha256: str | None = None
     report: dict[str, Any] | None = None
     receipt: rc.Receipt | None = None
+    head: tuple[int, str] | None = None  # where the chain in the bundle ends: seq, manifest sha256
 
 
 def check_bundle(members: Members, trust: Trust, max_skew_ms: int | None = None) -> list[Check]:
     """Every check of the bundle, in VERIFY.md's order."""
     state = _State(members)
     checks = [_files(members), _keys(state, trust), _manifest(state), _segments(state), _chain(state),
-              _receipt(state), _timestamp(state), _access_log(state), _clock(state, max_skew_ms)]
+              _receipt(state), _timestamp(state, trust), _access_log(state), _clock(state, max_skew_ms)]
     return checks
 
 
@@ -257,6 +265,7 @@ def _chain(state: _State) -> Check:
             return check
         seq = number
         prev = doc["manifest_sha256"] if tombstone else hashlib.sha256(state.members.read(name) or b"").hexdigest()
+    state.head = (seq, prev)
     head = (state.report or {}).get("chain", {})
     if (seq, prev) != (head.get("head_seq"), head.get("head_sha256")):
         check.problem("chain-broken", f"the chain ends at seq {seq}, not at the head seq {head.get('head_seq')} "
@@ -313,16 +322,49 @@ def _receipt(state: _State) -> Check:
         if mine != theirs:
             check.problem("receipt-mismatch", f"the receipt is for {name} {str(mine)[:64]}, the bundle's "
                                               f"manifest has {str(theirs)[:64]}")
-    check.ok_text = f"receipt signed by store key {r.key_id}: stored at {r.stored_ms} (ms since 1970, UTC)"
+    check.ok_text = f"receipt signed by store key {r.key_id}: stored at {_iso(r.stored_ms)} by the store's clock"
     return check
 
 
-def _timestamp(state: _State) -> Check:
+def _timestamp(state: _State, trust: Trust) -> Check:
     check = Check("timestamp")
+    stamped = (state.report or {}).get("timestamp")
     if not any(n.startswith(ef.TIMESTAMP) for n in state.members.names()):
-        check.warn("no-timestamp", "no trusted timestamp covers this recording: its times are the box's and the "
-                                   "store's own clocks")
+        if stamped is not None:
+            check.problem("timestamp-missing", f"{ef.REPORT} names a stamp, but the bundle holds no token")
+        else:
+            check.warn("no-timestamp", "no trusted timestamp covers this recording: its times are the box's and "
+                                       "the store's own clocks")
+        return check
+    parts = {name: state.members.read(name) for name in (ef.TOKEN, ef.COMMITMENT, ef.TSA_CA, ef.TSA_CERT)}
+    if trust.tsa_ca is not None:
+        parts[ef.TSA_CA] = trust.tsa_ca
+    for name in [n for n, data in parts.items() if data is None]:
+        check.problem("timestamp-missing", f"{name} is missing: the stamp cannot be checked without it")
+    if check.problems:
+        return check
+    try:
+        certs = ts.load_trust(parts[ef.TSA_CA], parts[ef.TSA_CERT], ca_name=ef.TSA_CA, tsa_name=ef.TSA_CERT)
+        token = ts.check_token(parts[ef.TOKEN], hashlib.sha256(parts[ef.COMMITMENT]).hexdigest(), certs,
+                               what=ef.TOKEN)
+        commitment = ts.decode_commitment(parts[ef.COMMITMENT], what=ef.COMMITMENT)
+    except ts.TimestampError as e:  # TimestampMismatch: a token over another hash
+        check.problem(e.kind, str(e))
+        return check
+    device = (state.manifest or {}).get("device_id")
+    if state.head is None or not any((h.seq, h.manifest_sha256) == state.head for h in commitment.heads_of(device)):
+        check.problem("timestamp-head-mismatch", f"the stamped {ef.COMMITMENT} does not name the head the chain in "
+                                                 "the bundle reaches")
+        return check
+    when = _iso(token.gen_time_ms)
+    subject = certs.tsa.subject.rfc4514_string()
+    check.ok_text = (f"token of TSA {subject} at {when} over the commitment naming the head, seq {state.head[0]}"
+                     + ("" if trust.tsa_ca is not None else f" (TSA root from the bundle's {ef.TSA_CA})"))
     return check
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _access_log(state: _State) -> Check:

@@ -42,7 +42,7 @@ What is here: `audio/call.wav` (the call decoded to stereo: agent left,
 caller right), `original/` (the manifest and the encrypted segments exactly
 as the box wrote them), `chain/` (the box's later manifests up to the head of
 its chain), `receipt.json` (the store's signed delivery receipt),
-`keys/` (public keys), `access-log.jsonl` (who accessed this recording at the
+`timestamp/` (when a trusted timestamp covers the call), `keys/` (public keys), `access-log.jsonl` (who accessed this recording at the
 store), `report.json` (the store's summary, including the clock comparison).
 
 ## 0. Which keys you trust
@@ -179,13 +179,38 @@ box's and the store's own clocks. The receipt proves the store received the
 manifest at the time it states, as far as the store's key is trusted.'''
 
 
+_STAMPED = '''## 5. Trusted time: an RFC 3161 timestamp over the head of the chain
+
+A time-stamping authority (TSA), independent of the box and the store,
+signed a token saying it saw `timestamp/commitment.json` at the time it
+states. The commitment names the head of every box's chain at that moment;
+this box's head is the one step 3 reached, so the recording existed, as it
+is, no later than that time. `timestamp/tsa-ca.pem` is the TSA's root
+certificate and `timestamp/tsa.pem` its signing certificate, as the store
+was configured: compare the root with the one the TSA publishes.
+
+```sh
+openssl ts -verify -data timestamp/commitment.json -in timestamp/token.tsr -CAfile timestamp/tsa-ca.pem -untrusted timestamp/tsa.pem
+openssl ts -reply -in timestamp/token.tsr -text | grep "^Time stamp:"
+python3 - <<'PY'
+import json, pathlib
+stamped = json.loads(pathlib.Path("timestamp/commitment.json").read_bytes())["devices"]
+head = json.loads(pathlib.Path("report.json").read_bytes())["chain"]
+want = {"device_id": "@DEVICE@", "seq": head["head_seq"], "manifest_sha256": head["head_sha256"]}
+assert want in stamped, "the stamped commitment does not name the head of this chain"
+print("OK the stamped commitment names the head of the chain, seq %d" % head["head_seq"])
+PY
+```'''
+
+
 def verify_text(report: dict[str, Any], store_key_id: str, *, operator: bool = False) -> str:
     """VERIFY.md for a bundle with this report (``operator``: the chain holds a tombstone)."""
     made = dt.datetime.fromtimestamp(report["made_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     text = _TEXT
-    for token, value in (("@RID@", report["recording_id"]), ("@DEVICE@", report["device_id"]),
+    for token, value in (("@TIMESTAMP@", _UNSTAMPED if report["timestamp"] is None else _STAMPED),
+                         ("@RID@", report["recording_id"]), ("@DEVICE@", report["device_id"]),
                          ("@SEQ@", str(report["seq"])), ("@BY@", report["made_by"]), ("@MADE@", made),
-                         ("@STORE_KEY_ID@", store_key_id), ("@SIGNED@", _SIGNED), ("@TIMESTAMP@", _UNSTAMPED)):
+                         ("@STORE_KEY_ID@", store_key_id), ("@SIGNED@", _SIGNED)):
         text = text.replace(token, value)
     if operator:
         text = text.replace("## 1. No file", "The chain holds a tombstone: `keys/operator.pem` is the store's operator "

@@ -9,7 +9,10 @@ ciphertext do not shrink, and a reader's ``unzip`` needs nothing special)::
     chain/000013.json ...        later manifests of the device, up to the chain's head;
     chain/000014.tombstone.json  an erased one's tombstone (signed by the operator key)
     receipt.json                 the store's signed delivery receipt (the exact signed bytes)
-    timestamp/                   an RFC 3161 token over the commitment naming the head (when stamped)
+    timestamp/token.tsr          the RFC 3161 token (TimeStampResp, DER) of the stamp covering the head,
+    timestamp/commitment.json    the bytes it stamps (naming the head), and the TSA's root and signing
+    timestamp/tsa-ca.pem         certificates, for openssl ts -verify (only when a stamp covers the call)
+    timestamp/tsa.pem
     keys/box.pem keys/store.pem  public keys (keys/operator.pem with a tombstone in the chain)
     access-log.jsonl             the store's access-log entries for this recording
     report.json                  what the store says: ids, hashes, the chain's ends, the clock
@@ -29,8 +32,9 @@ CHAIN = "chain/"
 RECEIPT = "receipt.json"
 TIMESTAMP = "timestamp/"
 TOKEN = "timestamp/token.tsr"
-COMMITMENT = "timestamp/commitment.bin"
-TSA_CERTS = "timestamp/tsa-chain.pem"
+COMMITMENT = "timestamp/commitment.json"
+TSA_CA = "timestamp/tsa-ca.pem"
+TSA_CERT = "timestamp/tsa.pem"
 BOX_KEY = "keys/box.pem"
 STORE_KEY = "keys/store.pem"
 OPERATOR_KEY = "keys/operator.pem"

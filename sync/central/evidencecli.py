@@ -1,7 +1,8 @@
 """``linetap-central evidence`` and ``audit``: evidence bundles and the access log on the command line.
 
     linetap-central evidence ID [--device DEV] -o call.zip [--force]
-    linetap-central evidence verify call.zip [--box-key B64] [--store-key FILE] [--operator-key FILE] [--json]
+    linetap-central evidence verify call.zip [--box-key B64] [--store-key B64|FILE] [--operator-key B64|FILE]
+                                             [--tsa-ca FILE] [--max-clock-skew S] [--json]
     linetap-central audit list [--device DEV] [--recording ID] [--json]
     linetap-central audit verify
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.options import add_json
+from linetap.firmware.schema import FileRefused, read_bounded
 from linetap.sync.central.accesslog import Access, os_actor, verify_log
 
 ORIGIN = "cli"
@@ -41,12 +43,14 @@ def add_evidence_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     evidence.add_argument("--device", metavar="DEVICE", help="the device, when several have a recording of that id")
     evidence.add_argument("--force", action="store_true", help="replace an existing FILE (atomically)")
     evidence.add_argument("--config", type=Path, metavar="FILE",
-                          help="central config with [evidence] (default: DATA_DIR/central.toml, else the defaults)")
+                          help="central config with [evidence] and [timestamps] (default: DATA_DIR/central.toml, else the defaults)")
     evidence.add_argument("--box-key", metavar="B64", help="verify: trust this box key (as `linetap keys show` "
                                                            "prints it), not the bundle's")
     evidence.add_argument("--store-key", metavar="B64|FILE", help="verify: trust this store key (base64 as `keys "
                                                                   "show` prints it, or a PEM file), not the bundle's")
     evidence.add_argument("--operator-key", metavar="B64|FILE", help="verify: trust this operator key")
+    evidence.add_argument("--tsa-ca", type=Path, metavar="FILE", help="verify: trust this TSA root certificate "
+                                                                     "(PEM), not the bundle's")
     evidence.add_argument("--max-clock-skew", type=int, metavar="S",
                           help="verify: flag a box clock this many seconds ahead (default: the bundle's)")
     add_json(evidence)
@@ -81,10 +85,11 @@ def _evidence(args: argparse.Namespace) -> int:
     from linetap.sync.central.config import load_config
     from linetap.sync.central.evidence import make_bundle
 
-    section = load_config(args.config, data_dir(args)).evidence
+    config = load_config(args.config, data_dir(args))
     with _tools(args) as tools:
         made = make_bundle(tools, args.target, args.output, device_id=args.device, force=args.force,
-                           max_skew_ms=section.max_clock_skew_s * 1000, actor=os_actor(), origin=ORIGIN)
+                           max_skew_ms=config.evidence.max_clock_skew_s * 1000, actor=os_actor(), origin=ORIGIN,
+                           timestamps=config.timestamps)
     print(f"wrote {made.path} ({made.members} files, {made.bytes} bytes): seq {made.chain_from}, chain to seq "
           f"{made.chain_to} ({'timestamped' if made.timestamped else 'not timestamped'})")
     for warning in made.warnings:
@@ -99,7 +104,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     trust = Trust(box=_key(args.box_key, "--box-key"),
                   store=tuple(k for k in (_key(args.store_key, "--store-key"),) if k is not None),
-                  operator=_key(args.operator_key, "--operator-key"))
+                  operator=_key(args.operator_key, "--operator-key"), tsa_ca=_file(args.tsa_ca, "--tsa-ca"))
     skew = None if args.max_clock_skew is None else args.max_clock_skew * 1000
     try:
         with ZipMembers(args.bundle) as members:
@@ -120,6 +125,17 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"warning  {check.name}: {warning['kind']}: {warning['detail']}")
     print("the bundle checks out" if ok else "the bundle does NOT check out")
     return 0 if ok else 1
+
+
+def _file(path: Path | None, option: str) -> bytes | None:
+    from linetap.sync.central.tsa import MAX_CERT_BYTES
+
+    if path is None:
+        return None
+    try:
+        return read_bounded(path, max_bytes=MAX_CERT_BYTES)
+    except (OSError, FileRefused) as e:
+        raise ConfigError(f"{option} {path} cannot be read ({e})") from None
 
 
 def _key(text: str | None, option: str) -> Ed25519PublicKey | None:

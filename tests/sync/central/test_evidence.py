@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central_boxes import Box, enrolled
+from local_tsa import make_tsa_files
 from linetap.firmware import receipt
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import public_key_b64
@@ -303,3 +304,102 @@ def test_store_verify_shows_the_clock_and_its_warnings(made: Evidence, capsys) -
     report = json.loads(capsys.readouterr().out)["devices"][0]
     assert {w["kind"] for w in report["warnings"]} == {"clock-unsynchronised"}
     os.unlink(config)
+
+
+# -- a recording covered by a trusted timestamp --
+
+@dataclass
+class Stamped:
+    central: Path
+    rids: list[str]  # seq 1, 2 stamped (head seq 2); seq 3 stored after the first stamp
+    bundle: Path  # of seq 1
+    later: Path  # of seq 3, covered only by the second stamp
+    tokens: list[bytes]
+    commitments: list[bytes]
+
+
+@pytest.fixture(scope="module")
+def stamped(tmp_path_factory: pytest.TempPathFactory, local_tsa, tsa_files: Path) -> Stamped:
+    root = tmp_path_factory.mktemp("stamped")
+    central = root / "central"
+    keys_init(central)
+    (central / "tsa").mkdir()
+    for name in ("ca.pem", "tsa.pem"):
+        (central / "tsa" / name).write_bytes((tsa_files / name).read_bytes())
+    (central / "central.toml").write_text(f'[timestamps]\ntsa_url = "{local_tsa.url}"\nca_file = "tsa/ca.pem"\n'
+                                          'tsa_cert_file = "tsa/tsa.pem"\n')
+    box = enrolled(root, central, "desk-2")
+    rids = [box.call(1.5), box.call(1.0), box.call(1.0)]
+    box.spool.close()
+    with Ingest(central, clock=ManualClock()) as core:
+        for i, rid in enumerate(rids):
+            for part in box.parts(rid):
+                core.receive(part)
+            if i == 1:
+                assert cli(central, "timestamp") == 0
+    assert cli(central, "timestamp") == 0
+    with StoreTools(central) as tools:
+        stamps = tools.index.timestamps()
+    assert cli(central, "evidence", rids[0], "-o", str(root / "stamped.zip")) == 0
+    assert cli(central, "evidence", rids[2], "-o", str(root / "later.zip")) == 0
+    return Stamped(central, rids, root / "stamped.zip", root / "later.zip", [bytes(s["token"]) for s in stamps],
+                   [bytes(s["commitment"]) for s in stamps])
+
+
+def run_verify_md(bundle: Path, folder: Path) -> tuple[int, str]:
+    """Every shell block of the bundle's VERIFY.md in turn, as written; (exit of the first failing, output)."""
+    folder = unzipped(bundle, folder)
+    out = ""
+    for block in shell_blocks((folder / ef.VERIFY).read_text()):
+        run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=folder, capture_output=True,
+                             text=True, timeout=60, env={"PATH": f"{PYTHON_BIN}:/usr/bin:/bin", "LANG": "C.UTF-8"})
+        out += run.stdout + run.stderr
+        if run.returncode != 0:
+            return run.returncode, out
+    return 0, out
+
+
+def test_a_stamped_bundle_carries_the_token_and_openssl_verifies_it(stamped: Stamped, tmp_path: Path,
+                                                                    capsys) -> None:
+    files = members(stamped.bundle)
+    assert files[ef.TOKEN] == stamped.tokens[0] and files[ef.COMMITMENT] == stamped.commitments[0]
+    assert ef.chain_name(2) in files and ef.chain_name(3) not in files  # to the nearest stamped head
+    report = json.loads(files[ef.REPORT])
+    assert report["chain"]["head_is"] == "timestamped" and report["timestamp"]["pos"] == 0
+    code, out = run_verify_md(stamped.bundle, tmp_path / "b")
+    assert code == 0, out
+    assert "Verification: OK" in out and "OK the stamped commitment names the head of the chain, seq 2" in out
+    code, result = evidence_verify(stamped.bundle, capsys)
+    assert code == 0 and kinds(result, "warnings") == set()
+    assert "over the commitment naming the head, seq 2" in [c for c in result["checks"]
+                                                            if c["check"] == "timestamp"][0]["text"]
+    later = members(stamped.later)
+    assert later[ef.TOKEN] == stamped.tokens[1] and json.loads(later[ef.REPORT])["chain"]["head_seq"] == 3
+
+
+def test_a_token_over_a_different_hash_is_timestamp_mismatch(stamped: Stamped, tmp_path: Path, capsys) -> None:
+    other = stamped.commitments[0].replace(b'"seq":2', b'"seq":7')
+    bundle = rewritten(stamped.bundle, tmp_path / "t.zip", {ef.COMMITMENT: other})
+    code, result = evidence_verify(bundle, capsys)
+    assert code == 1 and kinds(result) == {"timestamp-mismatch"}
+    code, out = run_verify_md(bundle, tmp_path / "b")
+    assert code != 0 and "Verification: FAILED" in out
+    # another stamp's genuine token beside this commitment
+    swapped = rewritten(stamped.bundle, tmp_path / "s.zip", {ef.TOKEN: stamped.tokens[1]})
+    code, result = evidence_verify(swapped, capsys)
+    assert code == 1 and kinds(result) == {"timestamp-mismatch"}
+
+
+def test_a_stamp_that_names_another_head_or_another_tsa_is_named(stamped: Stamped, tmp_path: Path,
+                                                                 capsys) -> None:
+    later = rewritten(stamped.bundle, tmp_path / "t.zip", {ef.TOKEN: stamped.tokens[1],
+                                                          ef.COMMITMENT: stamped.commitments[1]})
+    code, result = evidence_verify(later, capsys)
+    assert code == 1 and kinds(result) == {"timestamp-head-mismatch"}
+    other_tsa = make_tsa_files(tmp_path / "other-tsa", name="Other")
+    code, result = evidence_verify(stamped.bundle, capsys, "--tsa-ca", str(other_tsa / "ca.pem"))
+    assert code == 1 and kinds(result) == {"timestamp-invalid"}
+    gone = rewritten(stamped.bundle, tmp_path / "g.zip", {ef.TOKEN: None, ef.COMMITMENT: None, ef.TSA_CA: None,
+                                                         ef.TSA_CERT: None})
+    code, result = evidence_verify(gone, capsys)
+    assert code == 1 and kinds(result) == {"timestamp-missing"}
