@@ -38,12 +38,23 @@ with their path, like the box's config (:mod:`linetap.firmware.schema`)::
     password_file = "keys/pg.password"  # mode 0600; else PGPASSWORD; never in the URL if avoidable
     pool_size = 4                   # connections per process
     connect_timeout_s = 10
+
+    [store]                         # leave out for the files under <data dir>/objects
+    url = "s3://recordings/site-a"  # bucket, then an optional key prefix
+    endpoint_url = "https://s3.example.org"   # absent: AWS's endpoint for the region
+    region = "eu-west-1"
+    credentials_file = "keys/s3.credentials"  # 0600, AWS credentials format ([default]
+                                    # aws_access_key_id, aws_secret_access_key); absent: AWS_ACCESS_KEY_ID and
+                                    # AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, from the environment
+    object_lock = "compliance"      # "off", "governance" or "compliance": retain each recording's
+                                    # objects until its start + its [retention] category's days
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
@@ -197,6 +208,65 @@ class IndexSection(Schema):
         return self
 
 
+# S3's bucket names (3-63 lower-case letters, digits, dots, hyphens) and a prefix of plain path parts.
+_S3_URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>[A-Za-z0-9._/-]{1,200}))?/?$")
+
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?/?$")
+
+
+class StoreSection(Schema):
+    """Where objects live: absent ``url``, files under the data dir; ``s3://bucket[/prefix]``, an S3 bucket."""
+
+    url: str | None = None
+    endpoint_url: str | None = None
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] = "us-east-1"
+    credentials_file: str | None = None
+    object_lock: Literal["off", "governance", "compliance"] = "off"
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+
+    @model_validator(mode="after")
+    def _s3(self) -> StoreSection:
+        problems = []
+        if self.url is not None:
+            match = _S3_URL.match(self.url)
+            prefix = (match["prefix"] or "").rstrip("/") if match else ""
+            if match is None or (prefix and any(p in ("", ".", "..") for p in prefix.split("/"))):
+                problems.append(Problem(("url",), self.url, 'must be "s3://bucket" or "s3://bucket/prefix" (bucket: '
+                                        "3-63 lower-case letters, digits, dots or hyphens; prefix: plain path "
+                                        "parts); leave url out to keep objects in files under the data dir"))
+            if self.endpoint_url is not None and not _ENDPOINT.match(self.endpoint_url):
+                problems.append(Problem(("endpoint_url",), redacted(self.endpoint_url), 'must be "https://host[:port]" (or '
+                                        '"http://" on loopback), with no path and no user name or password in it; '
+                                        "leave it out for AWS's endpoint of the region"))
+        else:
+            for name in ("endpoint_url", "credentials_file"):
+                if getattr(self, name) is not None:
+                    problems.append(Problem((name,), getattr(self, name), 'is only read with an S3 url; add url = '
+                                            '"s3://bucket" or remove it'))
+            if self.object_lock != "off":
+                problems.append(Problem(("object_lock",), self.object_lock, 'needs an S3 bucket made with object lock '
+                                        '(url = "s3://bucket"): files cannot be locked; set it to "off"'))
+        if problems:
+            raise Invalid(problems)
+        return self
+
+    @property
+    def bucket(self) -> str:
+        match = _S3_URL.match(self.url or "")
+        if match is None:
+            raise ValueError("no S3 url configured")
+        return match["bucket"]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, ending in ``/`` when there is one."""
+        match = _S3_URL.match(self.url or "")
+        prefix = (match["prefix"] or "").strip("/") if match else ""
+        return prefix + "/" if prefix else ""
+
+
 class CentralConfig(Schema):
     broker: BrokerSection = BrokerSection()
     retention: RetentionSection = RetentionSection()
@@ -204,6 +274,7 @@ class CentralConfig(Schema):
     timestamps: TimestampsSection = TimestampsSection()
     evidence: EvidenceSection = EvidenceSection()
     index: IndexSection = IndexSection()
+    store: StoreSection = StoreSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

@@ -67,6 +67,7 @@ from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
 from linetap.sync.central.config import DAY_MS, IngestSection
 from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
+from linetap.sync.central import store as object_store
 from linetap.sync.central.keys import load_identity, load_store_key
 from linetap.sync.central.receiptlog import Signer, as_receipt
 from linetap.sync.central.staging import AgedOut, Staging
@@ -74,7 +75,7 @@ from linetap.sync.central.store import DurableFiles, FileStore, ObjectStore, Sto
 
 logger = logging.getLogger(__name__)
 
-OBJECTS_DIR = "objects"
+OBJECTS_DIR = object_store.OBJECTS_DIR  # owned by the store module; kept here for older importers
 # The most one object may be on the wire: anything a manifest lists beyond it is garbage.
 MAX_OBJECT = wire.MAX_PARTS * wire.PART_BYTES
 # The sealed caller id: age header and a number and name of a few dozen bytes each.

@@ -14,11 +14,25 @@ filed under ``undated``.
 
 :class:`ObjectStore` is the interface the ingest core and the tools use; it
 has nothing a bucket of an S3-compatible store could not do (put is a whole
-object, atomic; no append, no rename visible to callers).
+object, atomic; no append, no rename visible to callers). Putting other bytes
+under a stored key replaces them (the ingest core claims every object in the
+index first, so only a re-signed tombstone ever does).
 :class:`FileStore` is the default, on the local file system: every write goes
 to a unique temporary name, is fsynced, renamed into place and its folder
 fsynced, so an object is complete or absent even when several processes
-write the same key at once.
+write the same key at once. :class:`~linetap.sync.central.s3store.S3Store` is
+the same on an S3 bucket; :func:`open_store` picks one from ``[store]``.
+
+Write-once storage. ``lock(key, Lock)`` retains an object until a date
+(S3 object lock, governance or compliance mode; :func:`retention_lock` makes
+the date from the recording's start and its retention category) and
+``hold(key, on)`` sets or clears a legal hold. A lock comes after ``put``
+because a recording's category (flagged or not) is known only once its
+manifest is in, after its segments. The index stays the record of holds and
+erasures for every store: ``FileStore.hold`` only checks the key (the index
+refuses erasure of held recordings), and ``FileStore.lock`` refuses, because
+a file system cannot keep the promise. ``erase`` refuses with
+:class:`ObjectLocked` while a lock or hold applies, saying until when.
 """
 
 from __future__ import annotations
@@ -28,11 +42,12 @@ import errno
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from linetap.firmware import durable
-from linetap.firmware.errors import SyncError
+from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.spool.layout import MANIFEST_FILE, segment_name
 
 logger = logging.getLogger(__name__)
@@ -40,6 +55,13 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = MANIFEST_FILE  # segment and manifest objects carry the names the box gives them
 TOMBSTONE_NAME = "tombstone.json"
 TMP_PREFIX = ".tmp-"
+OBJECTS_DIR = "objects"  # the file store's folder under the data dir
+MAX_KEY_BYTES = 1024  # S3's bound on a key (UTF-8); far more than the keys below ever need
+MAX_NAME_BYTES = 255  # one path component, as a file system allows
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+
+if TYPE_CHECKING:
+    from linetap.sync.central.config import CentralConfig
 
 
 class StoreUnavailable(SyncError, OSError):
@@ -48,6 +70,79 @@ class StoreUnavailable(SyncError, OSError):
 
 class ObjectMissing(SyncError, LookupError):
     """No object under the key asked for."""
+
+
+class BadKey(SyncError, ValueError):
+    """An object key that is not a plain relative path of bounded length (refused before any I/O)."""
+
+
+class LockUnsupported(ConfigError):
+    """The store cannot lock objects (a file system; a bucket made without object lock)."""
+
+
+class ObjectLocked(SyncError, PermissionError):
+    """The object is retained by an object lock or a legal hold; the message says until when."""
+
+    def __init__(self, message: str, *, until: dt.datetime | None = None, mode: str | None = None,
+                 legal_hold: bool = False) -> None:
+        super().__init__(message)
+        self.until = until
+        self.mode = mode
+        self.legal_hold = legal_hold
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Retain an object's bytes until ``until`` (aware, UTC) in ``mode``.
+
+    GOVERNANCE: an account with the bypass permission may still shorten or
+    remove it; COMPLIANCE: nobody can until the date passes.
+    """
+
+    mode: LockMode
+    until: dt.datetime
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("GOVERNANCE", "COMPLIANCE"):
+            raise ConfigError(f"object lock mode {self.mode!r} is neither GOVERNANCE nor COMPLIANCE")
+        if self.until.tzinfo is None:
+            raise ConfigError(f"object lock date {self.until} has no time zone; give it in UTC")
+
+    def describe(self) -> str:
+        return f"retained until {iso_utc(self.until)} in {self.mode} mode"
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def retention_lock(mode: str, started_ms: int, days: int) -> Lock | None:
+    """The lock of a recording that started at ``started_ms`` and is kept ``days`` ([retention] category).
+
+    None when locking is off (``mode`` "off") or the category keeps recordings
+    for ever (0 days: an object lock needs a date; the index keeps them).
+    """
+    if mode == "off" or days == 0:
+        return None
+    start = dt.datetime.fromtimestamp(started_ms / 1000, dt.timezone.utc)
+    return Lock(mode.upper(), start + dt.timedelta(days=days))  # type: ignore[arg-type]
+
+
+def check_key(key: str) -> list[str]:
+    """The parts of ``key``; :class:`BadKey` unless it is a plain relative path a bucket and a file system share."""
+    if not isinstance(key, str) or not key:
+        raise BadKey(f"object key {key!r} is empty or not text")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise BadKey(f"object key {key[:40]!r}... is {size} bytes; at most {MAX_KEY_BYTES} are allowed")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise BadKey(f"object key {key[:80]!r} holds a control character (NUL, newline...); keys are plain paths")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) or len(p.encode("utf-8", "surrogatepass")) >
+           MAX_NAME_BYTES for p in parts):
+        raise BadKey(f"object key {key[:80]!r} is not a plain relative path (no leading /, empty, . or .. "
+                     f"parts, parts of at most {MAX_NAME_BYTES} bytes)")
+    return parts
 
 
 class ObjectStore(Protocol):
@@ -66,7 +161,22 @@ class ObjectStore(Protocol):
         """True when an object is stored under ``key``."""
 
     def erase(self, key: str) -> None:
-        """Overwrite the object's bytes where the medium allows it, then delete it (absent: no-op)."""
+        """Overwrite the object's bytes where the medium allows it, then delete it (absent: no-op).
+
+        Every stored version goes. Raises :class:`ObjectLocked` (nothing deleted) while a lock or hold applies.
+        """
+
+    def lock(self, key: str, lock: Lock) -> None:
+        """Retain the stored object as ``lock`` says; never shortens or weakens a lock already there.
+
+        :class:`ObjectMissing` without an object, :class:`LockUnsupported` where the store cannot lock.
+        """
+
+    def hold(self, key: str, on: bool) -> None:
+        """Set (``on``) or clear the legal hold on the object where the store enforces one.
+
+        :class:`ObjectMissing` without an object. The index records holds for every store.
+        """
 
 
 def recording_day(recording_id: str) -> str:
@@ -126,10 +236,7 @@ class FileStore:
         self._files = files or DurableFiles()
 
     def path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts):
-            raise SyncError(f"object key {key!r} is not a plain relative path")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key))
 
     def put(self, key: str, data: bytes) -> None:
         path = self.path(key)
@@ -168,3 +275,23 @@ class FileStore:
         path.unlink(missing_ok=True)
         self._files.sync_dir(path.parent)
         logger.info("object erased key=%s bytes=%d", key, size)
+
+    def lock(self, key: str, lock: Lock) -> None:
+        """Refused: a file system cannot keep an object-lock promise (the index's retention still applies)."""
+        check_key(key)
+        raise LockUnsupported(f"the file store {self.root} cannot lock {key} ({lock.describe()}): set [store] "
+                              "url to an S3 bucket made with object lock, or object_lock = \"off\"")
+
+    def hold(self, key: str, on: bool) -> None:
+        """Nothing to set on a file: the index keeps the hold and erasure refuses held recordings."""
+        if not self.exists(key):
+            raise ObjectMissing(f"object {key} is not in the store {self.root}")
+
+
+def open_store(config: CentralConfig, data_dir: Path) -> ObjectStore:
+    """The object store ``[store]`` names: an S3 bucket, or the files under ``<data_dir>/objects``."""
+    if config.store.url is None:
+        return FileStore(Path(data_dir) / OBJECTS_DIR)
+    from linetap.sync.central.s3store import S3Store  # boto3 only when a bucket is configured
+
+    return S3Store.from_config(config.store, Path(data_dir))

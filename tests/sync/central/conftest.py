@@ -1,5 +1,5 @@
-"""Fixtures of the central store's tests: one PostgreSQL for the whole run, a fresh database per test; one
-local TSA for the whole run."""
+"""Fixtures of the central store's tests: one PostgreSQL, one local TSA and one S3 server (``s3.py``) for
+the whole run; a fresh database or bucket per test."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3 import s3_bucket, s3_store, seaweed  # noqa: F401  (fixtures, shared once per session)
 
 from linetap.sync.central.localpg import LocalPostgres
 from local_tsa import LocalTsa, make_tsa_files
