@@ -105,7 +105,7 @@ class LocalSeaweed:
         ports = [f"-{flag}={port}" for flag, port in self.ports.items()]
         return [weed_binary(), "mini", f"-dir={self.folder / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}", *ports,
                 f"-s3.config={self.folder / IDENTITY_FILE}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
                 f"-filer.localSocket={self.folder / 'filer.sock'}", f"-s3.localSocket={self.folder / 's3.sock'}"]
 
     def _write_identity(self) -> None:

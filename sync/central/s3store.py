@@ -275,13 +275,13 @@ class S3Store:
                 return found
             marker = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page.get("NextVersionIdMarker", "")}
 
-    def _retained(self, key: str, head: Mapping[str, Any]) -> ObjectLocked | None:
-        """Why this version may not be deleted now, or None."""
+    def _retained(self, key: str, head: Mapping[str, Any], *, refused: bool = False) -> ObjectLocked | None:
+        """Why this version may not be deleted now, or None. ``refused``: the server said so (its clock rules)."""
         until = head.get("ObjectLockRetainUntilDate")
         mode = head.get("ObjectLockMode")
         held = head.get("ObjectLockLegalHoldStatus") == "ON"
         now = dt.datetime.fromtimestamp(self._clock.wall(), dt.timezone.utc)
-        locked = until is not None and until > now
+        locked = until is not None and (refused or until > now)
         if not (held or locked):
             return None
         why = []
@@ -307,7 +307,7 @@ class S3Store:
                 self._call("erase", key, self._client.delete_object, Key=name, VersionId=version)
             except ClientError as e:
                 head = self._head(key, name, version) if _code(e) in AUTH_CODES else None
-                refusal = self._retained(key, head) if head is not None else None
+                refusal = self._retained(key, head, refused=True) if head is not None else None
                 raise refusal or self._refused("erase", key, e) from None
         if versions:
             logger.info("object erased key=%s versions=%d", key, len(versions))
@@ -323,9 +323,11 @@ class S3Store:
         strongest = "COMPLIANCE" if "COMPLIANCE" in (mode, lock.mode) else "GOVERNANCE"
         latest = max(until, lock.until) if until is not None else lock.until
         retention = {"Mode": strongest, "RetainUntilDate": latest}
+        extra = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        if mode == "GOVERNANCE" and strongest == "COMPLIANCE":
+            extra["BypassGovernanceRetention"] = True  # S3 asks for it to make a governance lock stronger
         try:
-            self._call("lock", key, self._client.put_object_retention, Key=name, VersionId=head["VersionId"],
-                       Retention=retention)
+            self._call("lock", key, self._client.put_object_retention, Key=name, Retention=retention, **extra)
         except ClientError as e:
             raise self._no_lock("lock", key, e) from None
         logger.info("object locked key=%s mode=%s until=%s", key, strongest, iso_utc(latest))

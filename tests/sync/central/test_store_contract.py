@@ -21,7 +21,7 @@ from linetap.sync.central.store import (BadKey, DurableFiles, FileStore, ObjectM
                                         StoreUnavailable, manifest_key, segment_key)
 
 DEVICE = "box-a"
-RECORDING = "01890a5d-ac96-774b-bcce-b302099a8057"  # a UUIDv7 of 2023-07-01
+RECORDING = "01890a5d-ac96-774b-bcce-b302099a8057"  # a UUIDv7 of 2023-06-30
 KEY = segment_key(DEVICE, RECORDING, 0)
 HOSTILE_KEYS = ["", "/etc/passwd", "../escape", "box-a/../../escape", "box-a/./x", "box-a//x", "box-a/x/",
                 "box-a/nul\x00here", "box-a/new\nline", "a/" + "x" * 256, "a/" * 600, "box-a/.tmp-1-2-x"]
