@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linetap.drivers.events import HookChanged, MuteChanged, PhoneButton, PhoneLed
-from linetap.drivers.hid import TelephonyDecoder, gadget, parse_descriptor
+from linetap.drivers.hid import HidDescriptorError, TelephonyDecoder, gadget, parse_descriptor
 
 from hid_descriptors import JABRA_LINK_380C, QUALCOMM_ADK_HEADSET, REAL, REALTEK_RTL8763_TELEPHONY
 
@@ -119,3 +119,20 @@ def test_any_reports_decode_without_error_and_a_repeat_gives_nothing(name: str, 
     for report in reports:
         decoder.decode(report)
         assert decoder.decode(report) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(REAL)), st.integers(0, 400), st.integers(0, 255),
+       st.lists(st.binary(min_size=1, max_size=70), max_size=10))
+def test_a_mangled_descriptor_never_makes_reports_raise(name: str, at: int, value: int, reports: list[bytes]) -> None:
+    data = bytearray(REAL[name])
+    data[at % len(data)] = value
+    try:
+        descriptor = parse_descriptor(bytes(data))
+    except HidDescriptorError:
+        return
+    for kind in ("input", "output"):
+        decoder = TelephonyDecoder(descriptor, source="hid-headset", kind=kind)  # type: ignore[arg-type]
+        for report in reports:
+            decoder.decode(report)
+        decoder.encode_leds(off_hook=True, mute=True, ring=True, hold=True, microphone=True)
