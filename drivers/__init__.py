@@ -1,1 +1,4 @@
-"""Hardware drivers: audio codec, GPIO panel, serial line interface, USB HID telephony. Each has a real and a simulated implementation."""
+"""Hardware drivers: audio codec, GPIO panel, serial line interface, USB HID telephony.
+
+Each has a real and a simulated implementation.
+"""

@@ -78,7 +78,8 @@ class SystemNodes:
         fcntl.ioctl(fd, HIDIOCGRDESCSIZE, size, True)
         length = int.from_bytes(size, "little")
         if not 0 < length <= MAX_DESCRIPTOR_BYTES:
-            raise HidDescriptorError(f"{path} reports a descriptor of {length} bytes, outside 1..{MAX_DESCRIPTOR_BYTES}")
+            raise HidDescriptorError(f"{path} reports a descriptor of {length} bytes, "
+                                     f"outside 1..{MAX_DESCRIPTOR_BYTES}")
         buf = bytearray(4 + MAX_DESCRIPTOR_BYTES)
         buf[:4] = size
         fcntl.ioctl(fd, HIDIOCGRDESC, buf, True)

@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linetap.drivers.hid import HidDescriptorError, gadget, parse_descriptor
-from linetap.drivers.hid.descriptor import MAX_DEPTH, MAX_DESCRIPTOR_BYTES, NULL_STATE, ReportDescriptor
+from linetap.drivers.hid.descriptor import MAX_DEPTH, MAX_DESCRIPTOR_BYTES, NULL_STATE, Kind, ReportDescriptor
 
 from hid_descriptors import JABRA_LINK_380C, QUALCOMM_ADK_HEADSET, REAL, REALTEK_RTL8763_TELEPHONY
 
 
-def _layout(d: ReportDescriptor, kind: str, rid: int) -> list[tuple[int, int, int, tuple[int, ...], int]]:
-    return [(f.bit_offset, f.bit_size, f.count, f.usages[:3], f.flags) for f in d.fields_of(kind, rid)]  # type: ignore[arg-type]
+def _layout(d: ReportDescriptor, kind: Kind, rid: int) -> list[tuple[int, int, int, tuple[int, ...], int]]:
+    return [(f.bit_offset, f.bit_size, f.count, f.usages[:3], f.flags) for f in d.fields_of(kind, rid)]
 
 
 def test_jabra_link_380c_reports_ids_vendor_pages_and_arrays() -> None:
