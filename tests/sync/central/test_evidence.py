@@ -403,3 +403,24 @@ def test_a_stamp_that_names_another_head_or_another_tsa_is_named(stamped: Stampe
                                                          ef.TSA_CERT: None})
     code, result = evidence_verify(gone, capsys)
     assert code == 1 and kinds(result) == {"timestamp-missing"}
+
+
+def test_an_erased_recording_in_the_chain_is_bridged_by_its_tombstone(tmp_path: Path, central: Path,
+                                                                      capsys) -> None:
+    box = enrolled(tmp_path, central, "desk-3")
+    rids = [box.call(1.0), box.call(1.0), box.call(1.0)]
+    box.spool.close()
+    assert cli(central, "import", str(box.data_dir)) == 0
+    assert cli(central, "erase", rids[1], "--reason", "asked by the caller") == 0
+    assert cli(central, "evidence", rids[0], "-o", str(tmp_path / "e.zip")) == 0
+    files = members(tmp_path / "e.zip")
+    assert {ef.chain_name(2, tombstone=True), ef.chain_name(3), ef.OPERATOR_KEY} <= set(files)
+    code, out = run_verify_md(tmp_path / "e.zip", tmp_path / "b")
+    assert code == 0 and "OK chain from seq 1 to the head, seq 3" in out, out
+    assert evidence_verify(tmp_path / "e.zip", capsys)[0] == 0
+    forged = files[ef.chain_name(2, tombstone=True)].replace(b"asked by the caller", b"asked by the police")
+    code, result = evidence_verify(rewritten(tmp_path / "e.zip", tmp_path / "t.zip",
+                                             {ef.chain_name(2, tombstone=True): forged}), capsys)
+    assert code == 1 and kinds(result) == {"chain-altered"}
+    assert cli(central, "evidence", rids[1], "-o", str(tmp_path / "gone.zip")) == 1
+    assert "was erased" in capsys.readouterr().err
