@@ -198,7 +198,6 @@ class UsbBridgeCodec:
         """Pump the bridge until the next recorded block is complete; see the Codec contract."""
         if self._headset.stream is None:
             raise DeviceError("UsbBridgeCodec.read() before start(); call start() first")
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
         while not self._closing.is_set():
             with self._lock:
                 frames = self._core.take_block()
@@ -207,11 +206,9 @@ class UsbBridgeCodec:
                 return Block(seq=seq, t=seq * self.block_frames / self.rate, frames=frames)
             if self._lost is not None:
                 raise DeviceLost(*self._lost.args)
-            left = None if deadline is None else deadline - self._clock.monotonic()
-            if left is not None and left <= 0:
-                raise DeviceTimeout(f"no audio block from the USB bridge within {timeout} s; "
-                                    f"is the headset stream running?")
-            self._wake.wait(left)
+            if not self._wake.wait(timeout):
+                raise DeviceTimeout(f"no audio from the USB bridge's devices within {timeout} s; "
+                                    f"are the headset and gadget streams running?")
             self._wake.clear()
             self._pump()
         return None

@@ -143,16 +143,28 @@ class Direction:
     def produce(self, samples: np.ndarray, now: float) -> None:
         """The producer delivered ``samples`` (pump thread)."""
         out = self.resampler.process(samples)
+        if not self._active(self._pull_t, self._out_period, now):
+            self._starved = True  # nobody is listening (yet): keep nothing, centre once they are
+            self._push_t = now
+            return
         if self._starved:
-            self._starved = False
-            self.fifo.write_silence(self.target_frames - len(out) - self.fifo.level)
-            self.controller.restart_filter()
+            out = self._centre(out, now)
         stored = self.fifo.write(out)
-        if stored < len(out) and self._active(self._pull_t, self._out_period, now):
+        if stored < len(out):
             self.overruns += 1
         self._push_t = now
         self.level_s = (self.fifo.level - self._consumed_since_pull(now)) / self.out_rate
         self.resampler.set_correction(self.controller.update(self.level_s, now))
+
+    def _centre(self, out: np.ndarray, now: float) -> np.ndarray:
+        """Put the level at its target at once (a start, an underrun, a consumer back): silence or a cut."""
+        self._starved = False
+        self.controller.restart_filter()
+        short = self.target_frames - (self.fifo.level + len(out) - round(self._consumed_since_pull(now)))
+        if short >= 0:
+            self.fifo.write_silence(short)
+            return out
+        return out[min(len(out), -short):]
 
     def _consumed_since_pull(self, now: float) -> float:
         """What the consumer has played of its last block by ``now`` (its FIFO read is all at once)."""
@@ -163,11 +175,15 @@ class Direction:
     def pull(self, out: np.ndarray, now: float) -> None:
         """Fill ``out`` for the consumer (its audio callback: copies only)."""
         producing = self._active(self._push_t, self._in_period, now)
+        if not self._active(self._pull_t, self._out_period, now):
+            self._starved = True  # this consumer (re)starts: the producer centres the level
         level = self.fifo.level
         if producing and level > self.high_frames:
-            # A clock jump left far too much queued: drop back to the target at once.
+            # A clock jump left far too much queued: drop back to the target at once. After the
+            # consumer's own pause (a PC waking up) that is no fault of the bridge's.
             self.fifo.discard(level - self.target_frames)
-            self.overruns += 1
+            if self._active(self._pull_t, self._out_period, now):
+                self.overruns += 1
         got = self.fifo.read_into(out)
         if got < len(out) and producing and not self._starved:
             self.underruns += 1
