@@ -128,11 +128,16 @@ def test_bundle_holds_the_originals_byte_for_byte_the_receipt_keys_and_log(made:
     assert set(files) - {ef.SUMS} == set(ef.parse_sums(files[ef.SUMS].decode())[0])
 
 
-def test_an_existing_bundle_is_kept_unless_forced(made: Evidence, capsys) -> None:
+def test_an_existing_bundle_is_kept_unless_forced(made: Evidence, tmp_path: Path, capsys) -> None:
     before = made.bundles[1].read_bytes()
     assert cli(made.central, "evidence", made.rids[0], "-o", str(made.bundles[1])) == 1
     assert "already exists" in capsys.readouterr().err
     assert made.bundles[1].read_bytes() == before
+    target = tmp_path / "old.zip"
+    target.write_bytes(b"an older file")
+    target.chmod(0o644)
+    assert cli(made.central, "evidence", made.rids[3], "-o", str(target), "--force") == 0
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and evidence_verify(target, capsys)[0] == 0
 
 
 # -- following VERIFY.md --
