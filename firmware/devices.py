@@ -25,7 +25,7 @@ from linetap.drivers.line import SimModem, V253Line
 from linetap.firmware.board import USB_BRIDGES, BoardProfile
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
-from linetap.firmware.errors import DeviceError
+from linetap.firmware.errors import ConfigError, DeviceError
 from linetap.firmware.usbgadget import GadgetSpec, gadget_down, gadget_up
 
 logger = logging.getLogger(__name__)
@@ -112,29 +112,94 @@ def sound_device_codec(config: Config) -> SoundDeviceCodec:
 
 
 class SimUsb:
-    """The simulated USB inline board's far ends: a headset (HID controls, mic and speaker) and a PC.
+    """The simulated USB inline board's far ends: a headset (HID controls, mic, speaker) and a PC.
 
-    ``nodes`` stands in for ``/dev`` (the HID driver opens the headset's and the
-    gadget's nodes there), ``headset`` presses the headset's buttons, ``host``
-    sets the softphone's LEDs; ``audio`` is the bridge's simulated headset and
-    PC, fed ``near`` (the agent at the headset mic) and ``far`` (the caller, as
-    the PC plays it), keeping what the PC receives.
+    ``nodes`` stands in for ``/dev`` (the HID driver opens the headset's and
+    the gadget's nodes there), ``headset`` presses the headset's buttons,
+    ``host`` sets the softphone's LEDs. ``bridge`` is the audio bridge between
+    a simulated headset whose mic says ``near`` (the agent) and a simulated PC
+    that plays ``far`` (the caller), their clocks 300 ppm off nominal each way;
+    ``bridge.rig.host.received`` is what the PC got: the agent and the consent audio.
     """
 
     HEADSET_NODE = "/dev/hidraw0"
+    DRIFT_PPM = 300.0
 
     def __init__(self, config: Config, clock: Clock, near: Samples | None, far: Samples | None) -> None:
         from linetap.drivers.hid.sim import SimHeadset, SimHidNodes, SimHost
 
+        self.bridge = sim_bridge(config, clock, near, far)
         self.nodes = SimHidNodes()
         self.headset = SimHeadset(self.nodes, self.HEADSET_NODE)
         self.host = SimHost(self.nodes, config.board_profile().hid.gadget)
-        self.audio: Any = None
-        self._sides = (near, far)
 
     def close(self) -> None:
-        for end in (self.headset, self.host):
+        for end in (self.headset, self.host, self.bridge):
             end.close()
+
+
+def sim_bridge(config: Config, clock: Clock, near: Samples | None, far: Samples | None) -> Any:
+    """The bridge between a simulated headset saying ``near`` and a simulated PC playing ``far``.
+
+    Both ends run at the pipeline rate, their clocks :data:`SimUsb.DRIFT_PPM` off nominal each way;
+    the PC keeps what it receives (``bridge.rig.host.received``).
+    """
+    from linetap.drivers.usbbridge import GADGET_RATES, BridgeSettings, SimEndpoint, SimUsbBridge
+
+    rate, drift = config.audio.rate, SimUsb.DRIFT_PPM
+    if rate not in GADGET_RATES:
+        raise ConfigError(f"audio.rate = {rate}: the simulated USB inline board runs its PC at the "
+                          f"pipeline rate, one of {', '.join(map(str, GADGET_RATES))}; set audio.rate")
+    settings = BridgeSettings(rate=rate, block_frames=config.audio.block_frames, headset_rate=rate,
+                              gadget_rate=rate)
+    ends = _Ends()
+    headset = SimEndpoint("headset", rate=rate, block=settings.headset_block, signal=ends.signal(near),
+                          ppm=drift, keep=False)
+    host = SimEndpoint("host", rate=rate, block=settings.gadget_block, signal=ends.signal(far), ppm=-drift)
+    return _EndingBridge(SimUsbBridge(clock=clock, rate=rate, block_frames=config.audio.block_frames,
+                                      settings=settings, headset=headset, host=host), ends)
+
+
+class _Ends:
+    """Where the simulated line's audio ends: when every side given has run out (silence after)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, bool] = {}
+
+    def signal(self, samples: Samples | None) -> Any:
+        """What a simulated USB end sends: silence, an array, or a streamed source, read in order."""
+        if samples is None:
+            return None
+        side = len(self._open)
+        self._open[side] = True
+        array = samples if isinstance(samples, np.ndarray) else None
+
+        def read(first: int, count: int) -> np.ndarray:
+            piece = array[first:first + count] if array is not None else samples.read(count)  # type: ignore[union-attr]
+            if len(piece) < count:
+                self._open[side] = False
+                piece = np.concatenate([piece, np.zeros(count - len(piece), np.int16)])
+            return piece
+
+        return read
+
+    @property
+    def ended(self) -> bool:
+        return bool(self._open) and not any(self._open.values())
+
+
+class _EndingBridge:
+    """The simulated bridge as the simulated codec: ``read()`` gives None once the line's audio ended."""
+
+    def __init__(self, bridge: Any, ends: _Ends) -> None:
+        self.bridge, self._ends = bridge, ends
+        self.rig, self.rate, self.block_frames = bridge.rig, bridge.rate, bridge.block_frames
+
+    def read(self, timeout: float | None = None) -> Any:
+        return None if self._ends.ended else self.bridge.read(timeout)
+
+    def __getattr__(self, name: str) -> Any:  # start, play, play_pending, stop_playing, stats, close
+        return getattr(self.bridge, name)
 
 
 def make_hid(config: Config, clock: Clock, on_event: Callable[[object], None], usb: SimUsb | None) -> Any:
@@ -149,8 +214,16 @@ def make_hid(config: Config, clock: Clock, on_event: Callable[[object], None], u
 
 
 def bridge_codec(config: Config, clock: Clock, usb: SimUsb | None) -> Codec:
-    """The USB bridge between the headset and the PC, as the box's codec."""
-    raise DeviceError("the USB bridge driver is not available yet")
+    """The USB bridge between the headset and the PC (``usb``'s on the simulated board), as the codec."""
+    if usb is not None:
+        return usb.bridge
+    from linetap.drivers.usbbridge import UsbBridgeCodec
+
+    audio, gadget = config.board_profile().audio, config.board_profile().gadget
+    assert audio.headset and audio.gadget and gadget is not None  # the profile schema requires them
+    return UsbBridgeCodec(audio.headset, audio.gadget, clock=clock, rate=config.audio.rate,
+                          block_frames=config.audio.block_frames, gadget_rate=gadget.rates[0],
+                          queue_blocks=config.audio.queue_blocks)
 
 
 def board_pin_factory(config: Config) -> Any:

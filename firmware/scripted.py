@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from linetap.drivers.audio import SampleSource
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, Ring
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, MuteChanged, Ring
 from linetap.firmware.callloop import CallLoop, Happening
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
@@ -30,6 +30,12 @@ from linetap.firmware.devices import Board, build_board
 from linetap.firmware.errors import ConfigError, DeviceTimeout
 from linetap.firmware.recorder import Recording, Sink
 
+# Steps on the simulated USB inline board: the event source each waits for, and what it is.
+USB_STEPS = {"headset-hook-off": ("hid-headset", "the headset's hook switch off hook"),
+             "headset-hook-on": ("hid-headset", "the headset's hook switch on hook"),
+             "pc-off-hook": ("hid-host", "the softphone's off-hook LED"),
+             "pc-on-hook": ("hid-host", "the softphone's off-hook LED going out"),
+             "headset-mute": ("hid-headset", "the headset's mute button")}
 EVENT_TIMEOUT = 5.0  # a simulated driver answers in milliseconds; this only bounds a failure
 
 
@@ -62,7 +68,8 @@ class _Inbox:
 @dataclass(frozen=True)
 class Step:
     t: float
-    kind: str  # hook-off, hook-on, modem-hook-off, modem-hook-on, pause, pause-long, flag, ring, caller-id
+    kind: str  # hook-off, hook-on, modem-hook-off, modem-hook-on, pause, pause-long, flag, ring, caller-id,
+    # or on the simulated USB inline board one of USB_STEPS
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,9 +82,10 @@ class SimulatedCalls:
                  on_recording: Callable[[Recording], None] | None = None,
                  keep_played: bool = True) -> None:
         profile = config.board_profile()
-        if profile.audio.driver != "sim" or profile.gpio.pin_factory != "mock":
-            raise ConfigError(f"scripted calls need the simulated board; device.board is "
-                              f"{config.device.board!r}. Use the default config or board = \"sim\"")
+        if profile.audio.driver not in ("sim", "sim-usb-bridge") or profile.gpio.pin_factory != "mock":
+            raise ConfigError(f"scripted calls need a simulated board; device.board is "
+                              f"{config.device.board!r}. Use the default config, board = \"sim\" or "
+                              f"\"sim-usb-inline\"")
         self._inbox = _Inbox()
         self.board: Board = build_board(config, clock, self._inbox.post, near=near, far=far,
                                         keep_played=keep_played)
@@ -153,8 +161,25 @@ class SimulatedCalls:
             assert self.board.modem is not None
             self.board.modem.caller_id(**step.args)
             self._inbox.wait_for(mark, lambda e: isinstance(e, CallerId), "caller ID")
+        elif step.kind in USB_STEPS:
+            self._do_usb(step.kind, mark)
         else:
             raise ValueError(f"unknown script step {step.kind!r}")
+
+    def _do_usb(self, kind: str, mark: int) -> None:
+        """A step on the simulated USB inline board: the headset's buttons, the softphone's LEDs."""
+        usb = self.board.usb
+        if usb is None:
+            raise ConfigError(f"script step {kind!r} needs the simulated USB inline board (sim-usb-inline)")
+        source, what = USB_STEPS[kind]
+        if kind.startswith("headset-hook"):
+            usb.headset.set(hook=kind == "headset-hook-off")
+        elif kind.startswith("pc-"):
+            usb.host.set_leds(off_hook=kind == "pc-off-hook")
+        else:
+            usb.headset.press("mute")
+        self._inbox.wait_for(mark, lambda e: getattr(e, "source", None) == source
+                             and isinstance(e, HookChanged if "hook" in kind else MuteChanged), what)
 
 
 def bundled_speech(rate: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from linetap.drivers.audio import Codec, tone
+from linetap.firmware.board import USB_BRIDGES
 from linetap.firmware.config import Config
 from linetap.firmware.doctor.context import READ_TIMEOUT_S, STOP_SERVICE, Context, no_config, profile_ref
 from linetap.firmware.doctor.report import CheckResult, failed, passed, skipped, warned
@@ -44,13 +45,15 @@ def check_audio(ctx: Context) -> CheckResult:
     if config is None:
         return no_config("audio")
     audio = config.board_profile().audio
-    details: dict[str, Any] = {"driver": audio.driver, "device": audio.device, "rate": config.audio.rate,
+    device = audio.headset if audio.driver in USB_BRIDGES else audio.device
+    details: dict[str, Any] = {"driver": audio.driver, "device": device, "rate": config.audio.rate,
                                "channels": audio.channels, "out_channels": audio.out_channels}
     try:
         codec = ctx.parts.codec(config)
     except DeviceMissing as exc:
-        return failed("audio", f"audio device {audio.device!r} not found",
-                      f"set audio.device in {profile_ref(config)} to part of one of these names: "
+        return failed("audio", f"audio device {device!r} not found",
+                      f"set {'audio.headset / audio.gadget' if audio.driver in USB_BRIDGES else 'audio.device'} "
+                      f"in {profile_ref(config)} to part of one of these names: "
                       f"{_audio_device_names()}; is the codec plugged in (`aplay -l`)?",
                       error=str(exc), **details)
     except (DeviceError, ConfigError) as exc:
@@ -168,6 +171,9 @@ def check_channels(ctx: Context) -> CheckResult:
     if config is None:
         return no_config("channels")
     audio = config.board_profile().audio
+    if audio.driver in USB_BRIDGES:
+        return skipped("channels", "the USB bridge mixes the announcement into what the PC receives "
+                                   "digitally: there is no wiring to check (the usb-audio check sees both ways)")
     test_tone = tone(TEST_TONE_HZ, TEST_TONE_S, config.audio.rate, config.consent.warning_level_dbfs)
     try:
         with _started(ctx, config) as codec:

@@ -21,7 +21,7 @@ from linetap.firmware.board import USB_BRIDGES
 from linetap.firmware.clock import Clock, ManualClock, SystemClock
 from linetap.firmware.config import Config, load_config
 from linetap.firmware.devices import (SimUsb, board_pin_factory, bridge_codec, make_hid, make_line, make_panel,
-                                      sim_codec, sound_device_codec)
+                                      sim_bridge, sim_codec, sound_device_codec)
 from linetap.firmware.doctor.report import CheckResult, skipped
 from linetap.firmware.errors import ConfigError, DeviceError
 from linetap.firmware.scripted import bundled_speech
@@ -122,9 +122,10 @@ class BoardParts:
 
     def codec(self, config: Config) -> Codec:
         driver = config.board_profile().audio.driver
+        if driver == "sim-usb-bridge":  # a fresh one each time: a bridge starts once
+            return sim_bridge(config, ManualClock(), *_test_call(config.audio.rate))
         if driver in USB_BRIDGES:
-            usb = self.sim_usb(config) if driver == "sim-usb-bridge" else None
-            return bridge_codec(config, ManualClock() if usb is not None else self._clock, usb)
+            return bridge_codec(config, self._clock, None)
         if driver == "sim":
             near, far = self._sim_near, self._sim_far
             if near is None or far is None:

@@ -19,6 +19,7 @@ as the service would, through ``ctx.parts``, and watch them for
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,9 @@ from linetap.firmware.errors import ConfigError, DeviceError, DeviceMissing
 GADGET_UNIT = "linetap-usb-gadget"
 RESTART_GADGET = (f"`sudo systemctl restart {GADGET_UNIT}`, then `journalctl -b -u {GADGET_UNIT}` says "
                   f"what it could not do")
-# The bridge corrects the two USB clocks by resampling; crystals are within ±100 ppm of their rate, so
-# two of them differ by at most about 200 ppm. More points at a bad clock or a rate the device lied about.
-DRIFT_WARN_PPM = 300.0
+# The bridge steers up to ±1000 ppm (BridgeSettings.max_ppm); USB audio clocks are within ±300 ppm of
+# nominal, so two differ by 600 at most. Beyond that a device runs far off, or lies about its rate.
+DRIFT_WARN_PPM = 700.0
 DRIFT_FAIL_PPM = 1000.0
 
 
@@ -144,7 +145,7 @@ class _Window:
     """What the bridge did while doctor listened: frames in from each end, its counters at the end."""
 
     seconds: float
-    moved: dict[str, int]
+    moved: dict[str, int | None]
     stats: dict[str, Any]
 
 
@@ -166,8 +167,9 @@ def _listen_to_bridge(ctx: Context, config: Config) -> _Window:
                 break
             frames += len(block.frames)
         after = _flow(codec)
-        window = _Window(round(frames / codec.rate, 3), {side: after[side] - before[side] for side in after},
-                         _bridge_stats(codec))
+        moved = {side: None if after[side] is None or before[side] is None else after[side] - before[side]
+                 for side in after}
+        window = _Window(round(frames / codec.rate, 3), moved, _bridge_stats(codec))
     finally:
         codec.close()
     ctx.memo["usb-bridge"] = window
@@ -184,7 +186,9 @@ def check_usb_audio(ctx: Context) -> CheckResult:
         return failed("usb-audio", f"the bridge does not run: {exc}",
                       f"{STOP_SERVICE}; see the headset and pc checks, and `dmesg`", error=str(exc))
     details = {"seconds": window.seconds, "frames": window.moved, "stats": window.stats}
-    still = [side for side, count in window.moved.items() if count <= 0]
+    if None in window.moved.values():
+        return skipped("usb-audio", "this bridge does not count the frames each end sends", **details)
+    still = [side for side, count in window.moved.items() if not count]
     if not still:
         return passed("usb-audio", "audio flows both ways: " + ", ".join(f"{count} frames {side}"
                                                                          for side, count in window.moved.items()),
@@ -197,14 +201,15 @@ def check_usb_audio(ctx: Context) -> CheckResult:
 
 
 def _bridge_stats(codec: Any) -> dict[str, Any]:
-    stats = codec.stats()
-    return dict(stats) if isinstance(stats, dict) else dict(vars(stats))
+    """The bridge's own figures (both directions' counters, levels, ppm), as plain data."""
+    stats = codec.bridge_stats() if hasattr(codec, "bridge_stats") else codec.rig.core.stats()
+    return dataclasses.asdict(stats)
 
 
-def _flow(codec: Any) -> dict[str, int]:
-    """Frames received so far from each USB end, from the bridge's counters."""
+def _flow(codec: Any) -> dict[str, int | None]:
+    """Frames received so far from each USB end (None where the bridge does not count them)."""
     stats = _bridge_stats(codec)
-    return {"from headset": int(stats.get("headset_frames_in", 0)), "from PC": int(stats.get("host_frames_in", 0))}
+    return {"from headset": stats["uplink"].get("frames_in"), "from PC": stats["downlink"].get("frames_in")}
 
 
 def check_hid(ctx: Context) -> CheckResult:
@@ -238,9 +243,7 @@ def check_drift(ctx: Context) -> CheckResult:
         stats = _listen_to_bridge(ctx, config).stats
     except (DeviceError, ConfigError) as exc:
         return skipped("drift", f"the bridge does not run (see the usb-audio check): {exc}")
-    ppm = stats.get("drift_ppm")
-    if ppm is None:
-        return skipped("drift", "the bridge reports no drift estimate yet", stats=stats)
+    ppm = stats["uplink"]["ppm"]  # the headset's clock over the PC's, as the bridge learnt it
     details = {"drift_ppm": round(float(ppm), 1), "warn_ppm": DRIFT_WARN_PPM, "fail_ppm": DRIFT_FAIL_PPM}
     finding = f"the PC's and the headset's USB clocks differ by {ppm:+.0f} ppm"
     if abs(ppm) >= DRIFT_FAIL_PPM:

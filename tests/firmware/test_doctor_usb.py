@@ -185,3 +185,43 @@ def test_the_simulated_board_skips_what_only_hardware_has(tmp_path, root, parts)
     ctx = context(tmp_path, root, parts, board="sim-usb-inline")
     assert [check(ctx).status for check in (doctor.check_gadget, doctor.check_pc, doctor.check_headset)] == \
         ["skip"] * 3
+
+
+# ------------------------------------------------------- audio and drift --
+
+def test_usb_audio_and_drift_on_the_simulated_bridge(tmp_path, root, parts) -> None:
+    ctx = context(tmp_path, root, parts, board="sim-usb-inline", listen_s=2.0)
+    audio, drift = doctor.check_usb_audio(ctx), doctor.check_drift(ctx)
+    assert audio.details["seconds"] >= 2.0
+    if None in audio.details["frames"].values():  # a bridge that does not count what each end sent
+        assert audio.status == "skip"
+    else:
+        assert audio.status == "pass" and all(audio.details["frames"].values())
+    # The simulated clocks are 600 ppm apart (300 each way): inside what the bridge corrects.
+    assert drift.status == "pass", drift
+    assert abs(drift.details["drift_ppm"]) < doctor.usb.DRIFT_WARN_PPM
+
+
+def test_drift_beyond_the_bridges_range_fails(tmp_path, root, parts) -> None:
+    ctx = context(tmp_path, root, parts, board="sim-usb-inline")
+    stats = {"uplink": {"ppm": 1500.0}, "downlink": {"ppm": -1500.0}}
+    ctx.memo["usb-bridge"] = doctor.usb._Window(3.0, {"from headset": 1, "from PC": 1}, stats)
+    result = doctor.check_drift(ctx)
+    assert result.status == "fail" and "+1500 ppm" in result.finding
+
+
+def test_no_audio_from_the_pc_says_to_pick_the_box_in_the_softphone(tmp_path, root, parts) -> None:
+    ctx = context(tmp_path, root, parts, board="sim-usb-inline")
+    ctx.memo["usb-bridge"] = doctor.usb._Window(3.0, {"from headset": 48000, "from PC": 0}, {})
+    result = doctor.check_usb_audio(ctx)
+    assert result.status == "fail" and result.finding == "no audio from PC in 3 s"
+    assert "linetap inline headset as the softphone's speaker" in result.fix
+
+
+def test_every_check_runs_on_the_simulated_usb_board(tmp_path, root, parts) -> None:
+    results = doctor.run_checks(context(tmp_path, root, parts, board="sim-usb-inline", listen_s=1.0,
+                                        hook_test_s=5.0))
+    by = {r.name: r for r in results}
+    assert by["audio"].status == "pass" and by["channels"].status == "skip"
+    assert by["hook"].status == "skip" and "hook switch" in by["hook"].finding and by["modem"].status == "skip"
+    assert by["drift"].status == "pass"
