@@ -10,6 +10,7 @@ depend on thread timing, while the audio runs as fast as the machine allows
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -30,12 +31,17 @@ from linetap.firmware.devices import Board, build_board
 from linetap.firmware.errors import ConfigError, DeviceTimeout
 from linetap.firmware.recorder import Recording, Sink
 
+logger = logging.getLogger(__name__)
+
 # Steps on the simulated USB inline board: the event source each waits for, and what it is.
 USB_STEPS = {"headset-hook-off": ("hid-headset", "the headset's hook switch off hook"),
              "headset-hook-on": ("hid-headset", "the headset's hook switch on hook"),
              "pc-off-hook": ("hid-host", "the softphone's off-hook LED"),
              "pc-on-hook": ("hid-host", "the softphone's off-hook LED going out"),
              "headset-mute": ("hid-headset", "the headset's mute button")}
+# A script for the handset-cord boards, on the USB inline board: the hook is the headset's; the softphone
+# rings and gets the caller ID, not the box.
+ON_USB = {"hook-off": "headset-hook-off", "hook-on": "headset-hook-on", "ring": None, "caller-id": None}
 EVENT_TIMEOUT = 5.0  # a simulated driver answers in milliseconds; this only bounds a failure
 
 
@@ -130,6 +136,11 @@ class SimulatedCalls:
         return self.board.pin_factory.pin(number)
 
     def _do(self, step: Step) -> None:
+        if self.board.usb is not None and step.kind in ON_USB:  # a script written for the handset cord
+            if ON_USB[step.kind] is None:
+                logger.info("script step %s skipped: a USB headset line carries no ring or caller ID", step.kind)
+                return
+            step = Step(step.t, ON_USB[step.kind] or "", step.args)
         mark = self._inbox.mark()
         if step.kind in ("hook-off", "hook-on"):
             off = step.kind == "hook-off"

@@ -116,3 +116,16 @@ def test_the_call_reaches_the_encrypted_spool(tmp_path) -> None:
     calls.run([Step(0.5, "pc-off-hook"), Step(4.0, "headset-mute"), Step(8.0, "pc-on-hook")])
     rows = list_recordings(data)
     assert len(rows) == 1 and rows[0]["recorded"] and rows[0]["segments"] >= 1
+
+
+def test_a_script_for_the_handset_cord_runs_on_the_usb_board(tmp_path) -> None:
+    """The demo's and replay's scripts: the hook is the headset's; ring and caller ID are the softphone's."""
+    sink = MemorySink()
+    far = bundled_speech(RATE)[1][: 8 * RATE]
+    calls = SimulatedCalls(usb_config(tmp_path), np.zeros(8 * RATE, np.int16), far, sink=sink,
+                           clock=ManualClock())
+    calls.run([Step(0.5, "ring"), Step(0.6, "caller-id", {"number": "5550100"}), Step(1.0, "hook-off"),
+               Step(7.0, "hook-on")])
+    (recording, _), = sink.recordings
+    assert recording.call.caller is None and recording.call.events[0].detail["source"] == "hid-headset"
+    assert recording.call.ended_by == "hang-up"
