@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def end_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to a child server unless it has ended, wait ``timeout``, then SIGKILL it and wait again."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class LocalBroker:
     """``mosquitto -c <workdir>/mosquitto.conf`` listening on 127.0.0.1.
 
@@ -131,13 +142,7 @@ class LocalBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        end_process(proc, sig, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         logger.info("broker stopped port=%d returncode=%s", self.port, proc.returncode)

@@ -32,7 +32,7 @@ from typing import Any
 
 from linetap.firmware.durable import write_new_private
 from linetap.firmware.errors import DeviceMissing, SyncError
-from linetap.sync.broker import HOST, free_port
+from linetap.sync.broker import HOST, end_process, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +180,7 @@ class LocalSeaweed:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        end_process(proc, sig, timeout)
         logger.info("seaweedfs stopped endpoint=%s returncode=%s", self.endpoint, proc.returncode)
 
     def __enter__(self) -> LocalSeaweed:
