@@ -171,6 +171,29 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r})"
 
+    def check(self, *, object_lock: bool) -> None:
+        """Reach the bucket with these credentials; with ``object_lock``, make sure the bucket can lock.
+
+        For start-up and ``config check``: raises :class:`StoreUnavailable` (unreachable, refused, no
+        bucket) or :class:`LockUnsupported`, each saying what to fix.
+        """
+        try:
+            self._call("check", "the bucket", self._client.head_bucket)
+        except ClientError as e:
+            if _code(e) in MISSING_CODES:
+                raise StoreUnavailable(f"bucket {self.bucket} does not exist at the S3 endpoint; create it"
+                                       f"{' with object lock' if object_lock else ''}") from None
+            raise self._refused("check", "the bucket", e) from None
+        if not object_lock:
+            return
+        try:
+            answer = self._call("check", "the bucket", self._client.get_object_lock_configuration)
+        except ClientError as e:
+            raise self._no_lock("check object lock of", "the bucket", e) from None
+        if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise LockUnsupported(f"bucket {self.bucket} has object lock disabled; make a new bucket with object "
+                                  'lock, or set [store] object_lock = "off"')
+
     @property
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

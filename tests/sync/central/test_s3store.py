@@ -118,6 +118,16 @@ def test_a_bucket_without_object_lock_says_how_to_get_one(seaweed) -> None:
     assert not store.exists(KEY)
 
 
+def test_check_names_a_missing_bucket_or_one_that_cannot_lock(seaweed, s3_bucket) -> None:
+    S3Store(seaweed.client(), s3_bucket).check(object_lock=True)
+    plain = S3Store(seaweed.client(), seaweed.create_bucket("plain-bucket-check", object_lock=False))
+    plain.check(object_lock=False)
+    with pytest.raises(LockUnsupported, match="make a new bucket with object lock"):
+        plain.check(object_lock=True)
+    with pytest.raises(StoreUnavailable, match="bucket no-such-bucket does not exist.*create it with object lock"):
+        S3Store(seaweed.client(), "no-such-bucket").check(object_lock=True)
+
+
 def test_file_store_refuses_locks_and_checks_holds(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     store.put(KEY, b"x")
