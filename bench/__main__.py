@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 # A new benchmark is a module of this package with run() -> dict, added here.
-BENCHMARKS = ("capture", "dsp", "latency", "storage", "drain", "ingest", "memory", "hid", "evidence", "s3store")
+BENCHMARKS = ("capture", "dsp", "latency", "storage", "drain", "ingest", "memory", "hid", "evidence", "s3store",
+              "bridge")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

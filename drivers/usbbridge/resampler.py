@@ -41,6 +41,7 @@ ZERO_CROSSINGS = 16  # kernel half width in zero crossings of the sinc (quality 
 PHASES = 4096  # kernel phases per input sample for a steered ratio (nearest one is used)
 ROLLOFF = 0.92  # cut-off as a share of the lower Nyquist frequency
 KAISER_BETA = 8.6  # about 90 dB stop band with 16 zero crossings
+GROUPED_PHASES = 8  # a fixed ratio with at most this many phases takes the strided path
 
 
 def kernels(cutoff: float, fractions: np.ndarray, zero_crossings: int = ZERO_CROSSINGS) -> np.ndarray:
@@ -120,13 +121,33 @@ class FractionalResampler:
         integer, rows = self._positions()
         if not len(integer):
             return np.zeros(0, dtype=np.int16)
-        buffer = self._buffer
-        # Every window of taps samples as a view (as sliding_window_view makes, without its checks).
-        view = as_strided(buffer, (len(buffer) - self.taps + 1, self.taps), buffer.strides * 2, writeable=False)
-        windows = view[integer - self._lead]
-        out = np.einsum("ij,ij->i", windows, self._table[rows])
+        if not self.adaptive and self._den <= GROUPED_PHASES:
+            out = self._grouped(integer, rows)
+        else:
+            buffer = self._buffer
+            # Every window of taps samples as a view (as sliding_window_view makes, without its checks).
+            view = as_strided(buffer, (len(buffer) - self.taps + 1, self.taps), buffer.strides * 2,
+                              writeable=False)
+            out = np.einsum("ij,ij->i", view[integer - self._lead], self._table[rows])
         self._drop_consumed(len(integer))
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+    def _grouped(self, integer: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """A fixed ratio with few phases: each phase's outputs read windows ``num`` apart, one kernel.
+
+        The windows are a strided view of the buffer, so nothing is gathered (48 to 16 kHz: one
+        phase, every third window); the same sums as the general path, several times faster.
+        """
+        out = np.empty(len(integer), dtype=np.float32)
+        item = self._buffer.strides[0]
+        for first in range(min(self._den, len(integer))):
+            starts = integer[first::self._den] - self._lead
+            windows = as_strided(self._buffer[starts[0]:], (len(starts), self.taps), (self._num * item, item),
+                                 writeable=False)
+            # einsum, not BLAS: its sums do not depend on how many rows there are, so the output
+            # does not depend on how the input was cut into blocks.
+            out[first::self._den] = np.einsum("ij,j->i", windows, self._table[rows[first]])
+        return out
 
     def _positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Buffer index and kernel row of every output the buffer now completes."""
