@@ -24,13 +24,16 @@ the headset is unplugged) and :meth:`SimEndpoint.unplug`.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable
 
 import numpy as np
 
 from linetap.drivers.audio.codec import Block, CodecStats, check_layout, check_mono
+from linetap.drivers.audio.sources import SampleSource, as_source
 from linetap.drivers.usbbridge.core import BridgeCore, BridgeSettings
+from linetap.drivers.usbbridge.resampler import FractionalResampler
 from linetap.firmware.clock import Clock
 from linetap.firmware.errors import ConfigError, DeviceError, DeviceLost, DeviceTimeout
 
@@ -57,6 +60,7 @@ class SimEndpoint:
         self.set_ppm(ppm)
         self.next_t = self._period_start + self._period_s  # when the next period's callback runs
         self.sent = 0  # samples delivered so far
+        self.exhausted = False  # a finite signal has been sent whole
         self._kept: list[np.ndarray] | None = [] if keep else None
         self._on_receive = on_receive
         self.ticks: list[float] = []  # callback times, when timing is logged
@@ -104,10 +108,13 @@ class SimEndpoint:
         if self._signal is None:
             return np.zeros(count, dtype=np.int16)
         if callable(self._signal):
-            return np.asarray(self._signal(first, count), dtype=np.int16)
+            out = np.asarray(self._signal(first, count), dtype=np.int16)
+            self.exhausted = bool(getattr(self._signal, "ended", False))
+            return out
         out = np.zeros(count, dtype=np.int16)
         piece = self._signal[first:first + count]
         out[:len(piece)] = piece
+        self.exhausted = first + count >= len(self._signal)
         return out
 
     def receive(self, samples: np.ndarray, t: float) -> None:
@@ -122,6 +129,42 @@ class SimEndpoint:
         if self._kept is None:
             raise DeviceError(f"simulated {self.name} does not keep what it receives (keep=False)")
         return np.concatenate(self._kept) if self._kept else np.zeros(0, dtype=np.int16)
+
+
+class SourceSignal:
+    """A :class:`~linetap.drivers.audio.SampleSource` at the recording rate, sent at a device's rate.
+
+    Converted on the fly by the fixed resampler, read as the device asks, so a
+    long replay costs no more memory than a short one; :attr:`ended` once the
+    source and the resampler's tail are used up.
+    """
+
+    def __init__(self, source: SampleSource, rate: int, device_rate: int) -> None:
+        self._source = source
+        self._resampler = None if rate == device_rate else FractionalResampler(rate, device_rate)
+        self._held = np.zeros(0, dtype=np.int16)
+        self._source_done = False
+        self.ended = False
+
+    def __call__(self, first: int, count: int) -> np.ndarray:
+        while len(self._held) < count and not self._source_done:
+            piece = np.asarray(self._source.read(max(count, 1024)), dtype=np.int16)
+            if not len(piece):
+                self._source_done = True
+                if self._resampler is None:
+                    break
+                piece = np.zeros(self._resampler.delay_in + 1, dtype=np.int16)  # let the filter ring out
+            converted = piece if self._resampler is None else self._resampler.process(piece)
+            self._held = np.concatenate([self._held, converted])
+        out = np.zeros(count, dtype=np.int16)
+        take = min(count, len(self._held))
+        out[:take] = self._held[:take]
+        self._held = self._held[take:]
+        self.ended = self._source_done and not len(self._held)
+        return out
+
+    def close(self) -> None:
+        self._source.close()
 
 
 class SimRig:
@@ -180,14 +223,25 @@ class SimRig:
 class SimUsbBridge:
     """The bridge as a :class:`~linetap.drivers.audio.Codec` on simulated devices, paced by ``clock``.
 
+    ``near`` (what the headset's mic hears) and ``far`` (what the PC plays)
+    are what :class:`~linetap.drivers.audio.SimCodec` takes: arrays, WAV paths
+    or sample sources at the recording ``rate``, converted to the devices'
+    rates as they are sent; a side not given is silence. Once every side
+    given has ended, ``read()`` returns None (a replay's end); with neither,
+    the line never ends. The headset runs ``headset_ppm`` and the PC
+    ``host_ppm`` off nominal (300 apart each way by default), callbacks late
+    by up to ``jitter_s``. Or pass ready ``headset``/``host`` endpoints.
+
     Block ``k`` is handed out once the simulated devices have produced it,
     sleeping on the clock until the device period that completes it: with
     ``ManualClock`` a call runs as fast as the machine allows, with
-    ``SystemClock`` in real time. ``headset``/``host`` default to silent
-    devices 300 ppm apart each way; :attr:`rig` reaches them and the core.
+    ``SystemClock`` in real time. :attr:`rig` reaches the devices and the core.
     """
 
-    def __init__(self, *, clock: Clock, rate: int = 16000, block_frames: int = 320,
+    def __init__(self, near: np.ndarray | str | os.PathLike | SampleSource | None = None,
+                 far: np.ndarray | str | os.PathLike | SampleSource | None = None, *, clock: Clock,
+                 rate: int = 16000, block_frames: int = 320, headset_ppm: float = 300.0,
+                 host_ppm: float = -300.0, jitter_s: float = 0.0005, keep_received: bool = False,
                  headset: SimEndpoint | None = None, host: SimEndpoint | None = None,
                  settings: BridgeSettings | None = None) -> None:
         check_layout(rate, block_frames, 2)
@@ -197,15 +251,28 @@ class SimUsbBridge:
                               f"codec's {rate}/{block_frames}; give one or the other")
         self.rate, self.block_frames = rate, block_frames
         self._clock = clock
+        self._signals = [None if side is None else SourceSignal(as_source(side, name, rate), rate, device_rate)
+                         for side, name, device_rate in ((near, "near", base.headset_rate),
+                                                         (far, "far", base.gadget_rate))]
+        self._finite = [signal is not None for signal in self._signals]
         headset = headset or SimEndpoint("headset", rate=base.headset_rate, block=base.headset_block,
-                                         ppm=300, keep=False)
-        host = host or SimEndpoint("host", rate=base.gadget_rate, block=base.gadget_block, ppm=-300,
-                                   keep=False)
+                                         ppm=headset_ppm, jitter_s=jitter_s, seed=1, keep=keep_received,
+                                         signal=self._signals[0])
+        host = host or SimEndpoint("host", rate=base.gadget_rate, block=base.gadget_block, ppm=host_ppm,
+                                   jitter_s=jitter_s, seed=2, start_s=0.0037, keep=keep_received,
+                                   signal=self._signals[1])
         self.rig = SimRig(BridgeCore(base), headset, host)
         self._start: float | None = None
         self._seq = 0
         self._lost: DeviceLost | None = None
+        self._end_at: float | None = None
         self._closed = False
+
+    def _ended(self) -> bool:
+        """Every side given a source has sent it whole (never, when none was given)."""
+        ends = [device.exhausted for device, finite in zip((self.rig.headset, self.rig.host), self._finite)
+                if finite]
+        return bool(ends) and all(ends)
 
     def start(self) -> None:
         if self._start is not None:
@@ -223,6 +290,11 @@ class SimUsbBridge:
                 return Block(seq=seq, t=seq * self.block_frames / self.rate, frames=frames)
             if self._lost is not None:
                 raise DeviceLost(*self._lost.args)
+            if self._ended():
+                # What the PC sent last is still on its way through the downlink's FIFO.
+                self._end_at = self.rig.now + 0.1 if self._end_at is None else self._end_at
+                if self.rig.now >= self._end_at:
+                    return None
             due = self._start + self.rig.next_time() - self._clock.monotonic()
             if timeout is not None and due > timeout:
                 self._clock.sleep(timeout)
@@ -252,6 +324,10 @@ class SimUsbBridge:
 
     def close(self) -> None:
         self._closed = True
+        for signal in self._signals:
+            if signal is not None:
+                signal.close()
+        self._signals = [None, None]
 
     def __enter__(self) -> SimUsbBridge:
         return self
