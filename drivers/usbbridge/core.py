@@ -33,11 +33,11 @@ writer and one reader. Every other method belongs to one thread, the pump.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from linetap.drivers.audio.codec import PlaybackQueue
 from linetap.drivers.usbbridge.control import RateController
 from linetap.drivers.usbbridge.fifo import SampleRing
 from linetap.drivers.usbbridge.resampler import FractionalResampler
@@ -222,9 +222,7 @@ class BridgeCore:
         self._agent = SampleRing(8 * s.headset_block)  # consent audio on its way to the headset speaker
         self._agent_scratch = np.zeros(s.headset_block * 8, dtype=np.int16)
         self._mix_scratch = np.zeros(s.headset_block * 8, dtype=np.int32)
-        self._prompt: deque[np.ndarray] = deque()  # consent audio at the headset rate, not yet mixed
-        self._prompt_offset = 0
-        self._prompt_pending = 0
+        self._prompt = PlaybackQueue()  # consent audio at the headset rate, not yet mixed
         self.blocks = 0
         self.tap_dropped = 0
 
@@ -290,34 +288,21 @@ class BridgeCore:
             tail = np.zeros(converter.delay_in + 1, dtype=np.int16)
             samples = np.concatenate([converter.process(samples), converter.process(tail)])[:wanted]
         if len(samples):
-            self._prompt.append(np.array(samples, dtype=np.int16))
-            self._prompt_pending += len(samples)
+            self._prompt.push(np.array(samples, dtype=np.int16))
 
     def play_pending(self) -> int:
         """Consent frames (at the recording rate) queued but not yet mixed."""
         s = self.settings
-        return math.ceil(self._prompt_pending * s.rate / s.headset_rate)
+        return math.ceil(self._prompt.pending() * s.rate / s.headset_rate)
 
     def stop_playing(self) -> None:
         self._prompt.clear()
-        self._prompt_offset = 0
-        self._prompt_pending = 0
 
     def _take_prompt(self, count: int) -> np.ndarray | None:
-        if not self._prompt_pending:
+        if not self._prompt.pending():
             return None
-        out = np.zeros(count, dtype=np.int16)
-        filled = 0
-        while filled < count and self._prompt:
-            chunk = self._prompt[0]
-            take = min(len(chunk) - self._prompt_offset, count - filled)
-            out[filled:filled + take] = chunk[self._prompt_offset:self._prompt_offset + take]
-            filled += take
-            self._prompt_offset += take
-            if self._prompt_offset == len(chunk):
-                self._prompt.popleft()
-                self._prompt_offset = 0
-        self._prompt_pending -= filled
+        out = np.empty(count, dtype=np.int16)
+        self._prompt.read_into(out)
         return out
 
     def stats(self) -> BridgeStats:
