@@ -79,6 +79,10 @@ class _Side:
         self.mono_out = np.zeros(block, dtype=np.int16)
         self.stream: Any = None
         self.failed = False
+        self.xruns = 0  # overflow/underflow flags PortAudio reported for this device
+
+    def count(self, status: Any) -> None:
+        self.xruns += int(bool(status.input_overflow)) + int(bool(status.output_underflow))
 
     def mix_down(self, indata: np.ndarray) -> None:
         """The input's channels averaged into ``pair[:, 0]`` (no allocation)."""
@@ -169,6 +173,8 @@ class UsbBridgeCodec:
                           status: object) -> None:
         side = self._headset
         now = self._clock.monotonic()
+        if status:
+            side.count(status)
         self._core.pull_speaker(side.mono_out[:frames], side.pair[:frames, 1], now)
         side.fan_out(outdata)
         side.mix_down(indata)
@@ -178,6 +184,8 @@ class UsbBridgeCodec:
     def _gadget_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: object,
                          status: object) -> None:
         side = self._gadget
+        if status:
+            side.count(status)
         self._core.pull_uplink(side.mono_out[:frames], self._clock.monotonic())
         side.fan_out(outdata)
         side.mix_down(indata)
@@ -280,7 +288,8 @@ class UsbBridgeCodec:
 
     def stats(self) -> CodecStats:
         s = self.bridge_stats()
-        return CodecStats(blocks=s.blocks, overruns=s.uplink.overruns + s.downlink.overruns,
+        xruns = self._headset.xruns + self._gadget.xruns
+        return CodecStats(blocks=s.blocks, overruns=s.uplink.overruns + s.downlink.overruns + xruns,
                           underruns=s.uplink.underruns + s.downlink.underruns,
                           dropped_blocks=self._headset.ring.dropped + s.tap_dropped // self.block_frames)
 

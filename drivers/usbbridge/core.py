@@ -103,6 +103,8 @@ class DirectionStats:
     latency_ms: float  # added one-way latency now: level plus the resampler's delay
     ppm: float  # the clock mismatch learnt (producer over consumer)
     correction_ppm: float  # the step correction in use
+    produced: int  # frames the producer delivered (a doctor sees the direction flowing)
+    consumed: int  # frames the consumer took from the FIFO
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class Direction:
         self._starved = True  # refill to the target before the next push
         self.underruns = 0
         self.overruns = 0
+        self.produced = 0
+        self.consumed = 0
         self.level_s = 0.0
 
     def _active(self, last: float | None, period: float, now: float) -> bool:
@@ -143,6 +147,7 @@ class Direction:
     def produce(self, samples: np.ndarray, now: float) -> None:
         """The producer delivered ``samples`` (pump thread)."""
         out = self.resampler.process(samples)
+        self.produced += len(samples)
         if not self._active(self._pull_t, self._out_period, now):
             self._starved = True  # nobody is listening (yet): keep nothing, centre once they are
             self._push_t = now
@@ -185,6 +190,7 @@ class Direction:
             if self._active(self._pull_t, self._out_period, now):
                 self.overruns += 1
         got = self.fifo.read_into(out)
+        self.consumed += got
         if got < len(out) and producing and not self._starved:
             self.underruns += 1
             self._starved = True
@@ -196,7 +202,8 @@ class Direction:
     def stats(self) -> DirectionStats:
         return DirectionStats(underruns=self.underruns, overruns=self.overruns,
                               level_ms=self.level_s * 1000, latency_ms=self.latency_s() * 1000,
-                              ppm=self.controller.ppm, correction_ppm=self.controller.correction * 1e6)
+                              ppm=self.controller.ppm, correction_ppm=self.controller.correction * 1e6,
+                              produced=self.produced, consumed=self.consumed)
 
 
 def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -45,10 +45,10 @@ class FakeStream:
     def close(self, ignore_errors: bool = False) -> None:
         self.closed = True
 
-    def period(self, indata: np.ndarray) -> np.ndarray:
+    def period(self, indata: np.ndarray, status: object = None) -> np.ndarray:
         """One period of PortAudio's audio thread: input in, what the callback played out."""
         outdata = np.full((self.block, self.channels[1]), 12345, dtype=np.int16)
-        self.callback(indata.reshape(self.block, self.channels[0]), outdata, self.block, None, None)
+        self.callback(indata.reshape(self.block, self.channels[0]), outdata, self.block, None, status)
         return outdata
 
 
@@ -158,7 +158,16 @@ def test_it_opens_both_devices_at_their_rates_and_bridges_both_ways(bench: Bench
         assert abs(np.argmax(spectrum) / 8 - frequency) < 2
     stats, bridge = codec.stats(), codec.bridge_stats()
     assert (stats.underruns, stats.overruns, stats.dropped_blocks) == (0, 0, 0)
+    assert bridge.uplink.produced == bench.sent["headset"] and bridge.downlink.produced == bench.sent["gadget"]
+    assert bridge.uplink.consumed > 9 * 48000 and bridge.downlink.consumed > 9 * 48000
     assert bridge.uplink.ppm == pytest.approx(400, abs=150)  # still converging after 10 s
+
+
+def test_the_devices_own_overflows_are_counted(bench: Bench) -> None:
+    status = type("CallbackFlags", (), {"input_overflow": True, "output_underflow": True,
+                                        "__bool__": lambda self: True})()
+    bench.headset.period(np.zeros(480, np.int16), status)
+    assert bench.codec.stats().overruns == 2
 
 
 def test_consent_reaches_the_pc_and_the_recording(bench: Bench) -> None:
