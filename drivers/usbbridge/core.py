@@ -103,8 +103,8 @@ class DirectionStats:
     latency_ms: float  # added one-way latency now: level plus the resampler's delay
     ppm: float  # the clock mismatch learnt (producer over consumer)
     correction_ppm: float  # the step correction in use
-    produced: int  # frames the producer delivered (a doctor sees the direction flowing)
-    consumed: int  # frames the consumer took from the FIFO
+    frames_in: int  # frames the producer delivered (the doctor sees the direction flowing)
+    frames_out: int  # frames the consumer took from the FIFO
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class Direction:
         return DirectionStats(underruns=self.underruns, overruns=self.overruns,
                               level_ms=self.level_s * 1000, latency_ms=self.latency_s() * 1000,
                               ppm=self.controller.ppm, correction_ppm=self.controller.correction * 1e6,
-                              produced=self.produced, consumed=self.consumed)
+                              frames_in=self.produced, frames_out=self.consumed)
 
 
 def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
