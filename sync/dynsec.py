@@ -289,13 +289,15 @@ def add_broker_commands(subparsers: Any, common: argparse.ArgumentParser) -> Non
 def _broker_init(args: argparse.Namespace) -> int:
     from linetap.sync.central.cli import data_dir
     from linetap.sync.central.config import load_config
-    from linetap.sync.central.index import INDEX_FILE, SqliteIndex
+    from linetap.sync.central.index import INDEX_FILE
+    from linetap.sync.central.indexes import open_index
 
     folder = data_dir(args)
-    section = load_config(args.config, folder).broker
+    config = load_config(args.config, folder)
+    section = config.broker
     boxes: list[str] = []
-    if (folder / INDEX_FILE).exists():
-        with SqliteIndex(folder / INDEX_FILE) as index:
+    if config.index.url is not None or (folder / INDEX_FILE).exists():
+        with open_index(config.index, folder) as index:
             boxes = [d["device_id"] for d in index.devices()]
     centre = centre_identities(section.client_id, section.workers)
     write_initial_config(args.file, centre, boxes=boxes, replace=args.replace)

@@ -180,12 +180,19 @@ def data_dir(args: argparse.Namespace) -> Path:
     return OPTIONS.data_dir(args.data_dir)
 
 
+def index_section(args: argparse.Namespace) -> Any:
+    """The config's ``[index]`` for a command (its ``--config`` when it has one, else DATA_DIR/central.toml)."""
+    from linetap.sync.central.config import load_config
+
+    return load_config(getattr(args, "config", None), data_dir(args)).index
+
+
 def _tools(args: argparse.Namespace):
     from linetap.sync.central.tools import StoreTools
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return StoreTools(folder)
+    return StoreTools(folder, index_config=index_section(args))
 
 
 def _when(text: str) -> int:

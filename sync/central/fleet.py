@@ -33,7 +33,9 @@ from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import fleetwire, pushpolicy, wire
 from linetap.sync.central.fleetclient import FleetClient
-from linetap.sync.central.index import INDEX_FILE, SqliteIndex
+from linetap.sync.central.config import IndexSection
+from linetap.sync.central.index import IndexTables, SqliteIndex
+from linetap.sync.central.indexes import open_index
 from linetap.sync.central.keys import load_operator_key
 from linetap.sync.central.observation import (LIVE_FILTERS, DeviceView, FleetMessageError, key_lookup,
                                               parse_observation, short_topic)
@@ -50,12 +52,12 @@ COMMAND_TTL_MS = 5 * 60 * 1000
 MAX_RESPONSE_BYTES = wire.MAX_MESSAGE  # a command response (logs) fits one message
 
 
-def fleet_views(index: SqliteIndex) -> list[DeviceView]:
+def fleet_views(index: IndexTables) -> list[DeviceView]:
     """Every device the index's fleet tables know, and every enrolled one, by device id."""
     return [DeviceView.from_row(row) for row in index.fleet_devices()]
 
 
-def collect_live(settings: BrokerSettings, index: SqliteIndex, *, timeout: float = 10.0,
+def collect_live(settings: BrokerSettings, index: IndexTables, *, timeout: float = 10.0,
                  clock: Clock | None = None) -> list[DeviceView]:
     """The fleet as the broker's retained messages tell it now (``fleet list --live``).
 
@@ -139,7 +141,8 @@ def check_config_text(text: str, *, source: str) -> Config:
 
 
 def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str] | None, text: str, *,
-                source: str, timeout: float, clock: Clock | None = None) -> PushResult:
+                source: str, timeout: float, clock: Clock | None = None,
+                index_config: IndexSection | None = None) -> PushResult:
     """Seal ``text`` for each device (every enrolled one when ``devices`` is None), publish it retained
     to ``config/desired``, and wait for each verified report of that version.
 
@@ -149,7 +152,7 @@ def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str]
     clock = clock or SystemClock()
     check_config_text(text, source=source)
     body = fleetwire.config_body(text)
-    with SqliteIndex(Path(data_dir) / INDEX_FILE) as index:
+    with open_index(index_config, Path(data_dir)) as index:
         operator = load_operator_key(data_dir)
         targets = [d["device_id"] for d in index.devices()] if devices is None else list(dict.fromkeys(devices))
         if not targets:
@@ -184,7 +187,7 @@ def push_config(settings: BrokerSettings, data_dir: Path, devices: Sequence[str]
     return PushResult([outcomes[d] for d in targets], elapsed)
 
 
-def _known_config_version(index: SqliteIndex, device_id: str) -> int:
+def _known_config_version(index: IndexTables, device_id: str) -> int:
     """The highest config version the device has told the tracker of (0 when none)."""
     row = index.fleet_device(device_id)
     if row is None:
@@ -258,14 +261,15 @@ class CommandResult:
 
 
 def send_command(settings: BrokerSettings, data_dir: Path, device_id: str, name: str, args: Mapping[str, Any], *,
-                 timeout: float, ttl_ms: int = COMMAND_TTL_MS, clock: Clock | None = None) -> CommandResult:
+                 timeout: float, ttl_ms: int = COMMAND_TTL_MS, clock: Clock | None = None,
+                 index_config: IndexSection | None = None) -> CommandResult:
     """Seal and send one command; wait for the box's response and verify it with its enrolled key.
 
     Raises :class:`SyncError` when no verified answer comes within ``timeout``.
     """
     clock = clock or SystemClock()
     wire.check_device_id(device_id)
-    with SqliteIndex(Path(data_dir) / INDEX_FILE) as index:
+    with open_index(index_config, Path(data_dir)) as index:
         key_text = index.device_key(device_id)
         if key_text is None:
             raise ConfigError(f"device {device_id} is not enrolled; enrol it with `linetap-central enroll` "

@@ -13,7 +13,7 @@ from typing import Any
 
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.options import add_json
-from linetap.sync.central.cli import data_dir, iso
+from linetap.sync.central.cli import data_dir, index_section, iso
 
 
 def add_fleet_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -84,11 +84,11 @@ def _fleet_broker(args: argparse.Namespace):
 def _fleet_views(args: argparse.Namespace):
     """The fleet from the tracked index, or live from the broker when asked or nothing is tracked."""
     from linetap.sync.central.fleet import collect_live, fleet_views
-    from linetap.sync.central.index import INDEX_FILE, SqliteIndex
+    from linetap.sync.central.indexes import open_index
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with SqliteIndex(folder / INDEX_FILE) as index:
+    with open_index(index_section(args), folder) as index:
         views = fleet_views(index)
         tracked = any(view.state != "unknown" for view in views)
         if args.live or not tracked:
@@ -162,7 +162,7 @@ def _fleet_push(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read as UTF-8 text ({e})") from None
     result = push_config(_fleet_broker(args), data_dir(args), None if args.all else devices, text,
-                         source=str(path), timeout=args.timeout)
+                         source=str(path), timeout=args.timeout, index_config=index_section(args))
     counts = {name: sum(o.outcome == name for o in result.outcomes)
               for name in ("applied", "rejected", "timeout", "not-sent")}
     if args.json:
@@ -182,7 +182,8 @@ def _fleet_cmd(args: argparse.Namespace) -> int:
     from linetap.sync.central.fleet import parse_command_args, send_command
 
     result = send_command(_fleet_broker(args), data_dir(args), args.device, args.name,
-                          parse_command_args(args.args), timeout=args.timeout)
+                          parse_command_args(args.args), timeout=args.timeout,
+                          index_config=index_section(args))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

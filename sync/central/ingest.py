@@ -65,8 +65,9 @@ from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
-from linetap.sync.central.config import DAY_MS, IngestSection
-from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex
+from linetap.sync.central.config import DAY_MS, IndexSection, IngestSection
+from linetap.sync.central.index import Index
+from linetap.sync.central.indexes import open_index
 from linetap.sync.central import store as object_store
 from linetap.sync.central.keys import load_identity, load_store_key
 from linetap.sync.central.receiptlog import Signer, as_receipt
@@ -89,7 +90,8 @@ class Ingest:
     """Turns upload parts into stored objects and indexed recordings; thread- and process-safe.
 
     ``store`` and ``index`` default to the file store under ``<data_dir>/objects``
-    and the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
+    and the index ``index_config`` (the config's ``[index]``) names, by default
+    the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
     writer of both the staging and the default store (tests pass one that
     fails like a full disk). ``limits`` is the config's ``[ingest]`` section.
     ``store_key`` signs the delivery receipts; without it the data dir's
@@ -100,7 +102,8 @@ class Ingest:
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
                  index: Index | None = None, files: DurableFiles | None = None,
-                 limits: IngestSection | None = None, store_key: Ed25519PrivateKey | None = None) -> None:
+                 limits: IngestSection | None = None, store_key: Ed25519PrivateKey | None = None,
+                 index_config: IndexSection | None = None) -> None:
         self.data_dir = Path(data_dir)
         self._store_key = store_key if store_key is not None else load_store_key(self.data_dir)
         self.limits = limits or IngestSection()
@@ -108,7 +111,7 @@ class Ingest:
         self._files = files or DurableFiles()
         self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR, files=self._files)
         self._owns_index = index is None
-        self.index: Index = index or SqliteIndex(self.data_dir / INDEX_FILE)
+        self.index: Index = index or open_index(index_config, self.data_dir)
         self._staging = Staging(self.data_dir, self.index, self._files)
         self._identity: pyrage.x25519.Identity | None = None
 
@@ -354,7 +357,7 @@ class Ingest:
             "duration_ms": ended - started if started is not None and ended is not None else None,
             "flagged": manifest.get("flagged") is True, "recorded": manifest.get("recorded") is True,
             "discarded": manifest.get("discarded") is True,
-            "ended_by": manifest.get("ended_by") if isinstance(manifest.get("ended_by"), str) else None,
+            "ended_by": _text(manifest.get("ended_by")),
             "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in mf.CONSENT_KINDS],
             "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None,
             "caller_number": number, "caller_name": name, "caller_withheld": _withheld(manifest),
@@ -386,7 +389,7 @@ class Ingest:
         if not isinstance(caller, dict):
             return None, None
         number, name = caller.get("number"), caller.get("name")
-        return (number if isinstance(number, str) else None, name if isinstance(name, str) else None)
+        return _text(number), _text(name)
 
     def _central_identity(self) -> pyrage.x25519.Identity | None:
         if self._identity is None:
@@ -472,6 +475,12 @@ def _int_at(manifest: dict[str, Any], member: str, name: str) -> int | None:
     section = manifest.get(member)
     value = section.get(name) if isinstance(section, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    """A box's text for the index, or None: not a string, or holding a NUL character, which JSON allows,
+    SQLite would keep and PostgreSQL cannot hold (so every backend indexes the same)."""
+    return value if isinstance(value, str) and "\x00" not in value else None
 
 
 def _withheld(manifest: dict[str, Any]) -> str | None:

@@ -33,7 +33,7 @@ from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import fleetwire, wire
-from linetap.sync.central.index import FleetUpdate, SqliteIndex
+from linetap.sync.central.index import FleetUpdate, IndexTables
 from linetap.sync.signed import EnvelopeRefused, key_table, open_envelope
 
 MAX_REPORT_BYTES = 8 * 1024  # a config report: a signed envelope with a reason of at most 1000 characters
@@ -291,7 +291,7 @@ class DeviceView:
         return asdict(self) | {"alarms": list(self.alarms)}
 
 
-def key_lookup(index: SqliteIndex) -> Callable[[str], Ed25519PublicKey | None]:
+def key_lookup(index: IndexTables) -> Callable[[str], Ed25519PublicKey | None]:
     def device_key(device_id: str) -> Ed25519PublicKey | None:
         text = index.device_key(device_id)
         return None if text is None else public_key_from_b64(text)

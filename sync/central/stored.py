@@ -19,7 +19,9 @@ from linetap.firmware import manifest as mf
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import AuthError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync.central.index import INDEX_FILE, Index, SqliteIndex, UnknownRecording
+from linetap.sync.central.config import IndexSection
+from linetap.sync.central.index import Index, UnknownRecording
+from linetap.sync.central.indexes import open_index
 from linetap.sync.central.ingest import OBJECTS_DIR
 from linetap.sync.central.store import FileStore, ObjectStore, segment_key
 
@@ -29,15 +31,16 @@ class IntegrityError(AuthError):
 
 
 class Stored:
-    """The object store and index under ``data_dir``. ``close()`` releases the index."""
+    """The object store under ``data_dir`` and the index ``index_config`` names (default: the
+    SQLite file in ``data_dir``). ``close()`` releases the index."""
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
-                 index: Index | None = None) -> None:
+                 index: Index | None = None, index_config: IndexSection | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock or SystemClock()
         self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR)
         self._owns_index = index is None
-        self.index: Index = index or SqliteIndex(self.data_dir / INDEX_FILE)
+        self.index: Index = index or open_index(index_config, self.data_dir)
 
     def close(self) -> None:
         if self._owns_index:

@@ -35,8 +35,9 @@ def _timestamp(args: argparse.Namespace) -> int:
     from linetap.sync.central.tsa import Stamper
 
     folder = data_dir(args)
-    section = load_config(args.config, folder).timestamps
-    with Stored(folder) as stored:
+    config = load_config(args.config, folder)
+    section = config.timestamps
+    with Stored(folder, index_config=config.index) as stored:
         row = Stamper(folder, section, stored.index, clock=stored.clock).stamp()
     commitment = ts.decode_commitment(row["commitment"])
     shown = {"pos": row["pos"], "tsa": row["tsa"], "gen_time_ms": row["gen_time_ms"], "made_ms": row["made_ms"],

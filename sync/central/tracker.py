@@ -34,7 +34,9 @@ from pathlib import Path
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.fleetclient import FleetClient
-from linetap.sync.central.index import INDEX_FILE, FleetUpdate, SqliteIndex
+from linetap.sync.central.config import IndexSection
+from linetap.sync.central.index import FleetUpdate, IndexTables
+from linetap.sync.central.indexes import open_index
 from linetap.sync.central.observation import (TRACKED_FILTERS, FleetMessageError, key_lookup, parse_observation,
                                               short_topic)
 from linetap.sync.mqtt import HANDOFF_WAIT_S, BrokerSettings, Inbound, hand_over
@@ -54,7 +56,7 @@ class FleetTracker:
     closes the index when ``owns_index``.
     """
 
-    def __init__(self, index: SqliteIndex, settings: BrokerSettings, *, client_id: str | None = None,
+    def __init__(self, index: IndexTables, settings: BrokerSettings, *, client_id: str | None = None,
                  clock: Clock | None = None, owns_index: bool = False) -> None:
         self.index = index
         self._clock = clock or SystemClock()
@@ -197,9 +199,11 @@ class FleetTracker:
                            ",".join(str(reported[d][1]) for d in overdue))
 
 
-def start_tracker(settings: BrokerSettings, data_dir: Path, *, client_id: str | None = None) -> FleetTracker:
-    """A started tracker writing to ``data_dir``'s index; close it to stop (for ``serve``)."""
-    index = SqliteIndex(Path(data_dir) / INDEX_FILE)
+def start_tracker(settings: BrokerSettings, data_dir: Path, *, client_id: str | None = None,
+                  index_config: IndexSection | None = None) -> FleetTracker:
+    """A started tracker writing to the index ``index_config`` names (default: ``data_dir``'s SQLite file);
+    close it to stop (for ``serve``)."""
+    index = open_index(index_config, Path(data_dir))
     try:
         return FleetTracker(index, settings, client_id=client_id, owns_index=True).start()
     except BaseException:

@@ -31,7 +31,7 @@ from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError, LinetapError, SyncError
 from linetap.firmware.schema import FileRefused, read_bounded
 from linetap.sync.central import timestamps as ts
-from linetap.sync.central.config import TimestampsSection
+from linetap.sync.central.config import IndexSection, TimestampsSection
 from linetap.sync.central.index import Index
 
 logger = logging.getLogger(__name__)
@@ -230,15 +230,17 @@ class StampingThread:
 
 @contextmanager
 def start_stamping(data_dir: Path, section: TimestampsSection, *, clock: Clock | None = None,
-                   client: TsaClient | None = None) -> Iterator[StampingThread | None]:
-    """For ``serve``: a stamping thread on its own index connection; None (and a warning) without a TSA."""
-    from linetap.sync.central.index import INDEX_FILE, SqliteIndex
+                   client: TsaClient | None = None,
+                   index_config: IndexSection | None = None) -> Iterator[StampingThread | None]:
+    """For ``serve``: a stamping thread on its own connection to the index ``index_config`` names;
+    None (and a warning) without a TSA."""
+    from linetap.sync.central.indexes import open_index
 
     if section.tsa_url is None:
         logger.warning("no time-stamping authority configured ([timestamps] tsa_url): no trusted timestamps")
         yield None
         return
     load_trust(data_dir, section)  # a missing certificate stops the start, naming the file
-    with SqliteIndex(Path(data_dir) / INDEX_FILE) as index:
+    with open_index(index_config, Path(data_dir)) as index:
         with StampingThread(Stamper(data_dir, section, index, clock=clock, client=client)) as thread:
             yield thread

@@ -212,7 +212,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     settings = broker_settings(section, folder)
     # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
     tracker_id = f"{section.client_id}-fleet"
-    make_ingest = functools.partial(Ingest, folder, limits=config.ingest)
+    make_ingest = functools.partial(Ingest, folder, limits=config.ingest, index_config=config.index)
     # Staging a box never completed is aged out at every start (and by `retention run`),
     # so a restart loop cannot let it pile up.
     with make_ingest() as ingest:
@@ -221,8 +221,9 @@ def _serve_command(args: argparse.Namespace) -> int:
                            aged.device_id, aged.recording_id, aged.object, aged.bytes)
         ingest.issue_missing_receipts()  # recordings stored before this store kept a receipt log
     # Trusted timestamps over the chain heads on their schedule, in a thread that never stops ingest.
-    with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id), \
-            start_stamping(folder, config.timestamps):
+    with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id,
+                       index_config=config.index), \
+            start_stamping(folder, config.timestamps, index_config=config.index):
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, make_ingest, workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)
