@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 WRITE_LOCK = int.from_bytes(b"linetapW", "big")  # pg_advisory_xact_lock key of ``BEGIN IMMEDIATE``
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 RECONNECT_TIMEOUT_S = 15.0
+NUMERIC_OID = 1700
 
 
 class IndexValueError(SyncError, ValueError):
@@ -81,10 +82,14 @@ class Row(dict[str, Any]):
 
 
 def _rows(cursor: psycopg.Cursor[Any]) -> Any:
-    names = [c.name for c in cursor.description or ()]
+    columns = cursor.description or ()
+    names = [c.name for c in columns]
+    # SUM() of a bigint is numeric in PostgreSQL, an integer in SQLite; no column here is numeric.
+    numeric = [i for i, c in enumerate(columns) if c.type_code == NUMERIC_OID]
+    if not numeric:
+        return lambda values: Row(zip(names, values))
 
     def make(values: Sequence[Any]) -> Row:
-        # SUM() of a bigint is numeric in PostgreSQL, an integer in SQLite; no column here is numeric.
         return Row(zip(names, (int(v) if isinstance(v, Decimal) else v for v in values)))
     return make
 
@@ -152,8 +157,9 @@ class PgIndex(IndexTables):
                  connect_timeout_s: float = 10.0, migrate: bool = True) -> None:
         self.where = redacted(url)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        # No JIT: it adds a few hundred ms of compiling to a big query (a whole list) and helps none here.
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": _rows,
-                                  "connect_timeout": max(1, round(connect_timeout_s))}
+                                  "connect_timeout": max(1, round(connect_timeout_s)), "options": "-c jit=off"}
         if password is not None:
             kwargs["password"] = password
         self.version = self._prepare(url, kwargs, migrate)
