@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from linetap.drivers.audio import SampleSource
-from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, MuteChanged, Ring
+from linetap.drivers.events import ButtonPressed, CallerId, HookChanged, LineState, MuteChanged, Ring
 from linetap.firmware.callloop import CallLoop, Happening
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
@@ -38,7 +38,9 @@ USB_STEPS = {"headset-hook-off": ("hid-headset", "the headset's hook switch off 
              "headset-hook-on": ("hid-headset", "the headset's hook switch on hook"),
              "pc-off-hook": ("hid-host", "the softphone's off-hook LED"),
              "pc-on-hook": ("hid-host", "the softphone's off-hook LED going out"),
-             "headset-mute": ("hid-headset", "the headset's mute button")}
+             "headset-mute": ("hid-headset", "the headset's mute button"),
+             "headset-unplug": ("lost", "the headset's HID node going away"),
+             "headset-plug": ("ready", "the headset's HID node back")}
 # A script for the handset-cord boards, on the USB inline board: the hook is the headset's; the softphone
 # rings and gets the caller ID, not the box.
 ON_USB = {"hook-off": "headset-hook-off", "hook-on": "headset-hook-on", "ring": None, "caller-id": None}
@@ -187,6 +189,10 @@ class SimulatedCalls:
             usb.headset.set(hook=kind == "headset-hook-off")
         elif kind.startswith("pc-"):
             usb.host.set_leds(off_hook=kind == "pc-off-hook")
+        elif kind.endswith("plug"):
+            (usb.headset.unplug if kind == "headset-unplug" else usb.headset.plug)()
+            self._inbox.wait_for(mark, lambda e: isinstance(e, LineState) and e.state == source, what)
+            return
         else:
             usb.headset.press("mute")
         self._inbox.wait_for(mark, lambda e: getattr(e, "source", None) == source

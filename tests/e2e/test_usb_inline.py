@@ -129,3 +129,19 @@ def test_a_script_for_the_handset_cord_runs_on_the_usb_board(tmp_path) -> None:
     (recording, _), = sink.recordings
     assert recording.call.caller is None and recording.call.events[0].detail["source"] == "hid-headset"
     assert recording.call.ended_by == "hang-up"
+
+
+def test_a_headset_unplugged_mid_call_closes_it_with_what_was_kept_and_the_next_call_records(tmp_path) -> None:
+    sink = MemorySink()
+    far = bundled_speech(RATE)[1][: 20 * RATE]
+    calls = SimulatedCalls(usb_config(tmp_path), np.zeros(20 * RATE, np.int16), far, sink=sink,
+                           clock=ManualClock())
+    alarms = []
+    calls.loop.on_alarm = lambda name, active, detail: alarms.append((name, active))
+    calls.run([Step(0.5, "headset-hook-off"), Step(6.0, "headset-unplug"), Step(9.0, "headset-plug"),
+               Step(11.0, "headset-hook-off"), Step(18.0, "headset-hook-on")])
+    (lost, lost_audio), (after, _) = sink.recordings
+    assert lost.call.ended_by == "hang-up" and lost.call.recorded and len(lost_audio) > 4 * RATE
+    assert [e.kind for e in lost.call.events].count("fault") == 1  # the headset's loss, in the record
+    assert ("headset-lost", True) in alarms and ("headset-lost", False) in alarms
+    assert after.call.recorded and "fault" not in [e.kind for e in after.call.events]
