@@ -317,14 +317,23 @@ class S3Store:
         return ObjectLocked(f"object {key} in {self.where} is {' and '.join(why)}{fix}",
                             until=until if locked else None, mode=mode if locked else None, legal_hold=held)
 
-    def erase(self, key: str) -> None:
-        name = self._name(key)
-        versions = self._versions(key, name)
+    def retained(self, key: str) -> ObjectLocked | None:
+        return self._first_refusal(key, self._name(key), self._versions(key, self._name(key)))
+
+    def _first_refusal(self, key: str, name: str, versions: list[tuple[str, bool]]) -> ObjectLocked | None:
         for version, is_marker in versions:
             head = None if is_marker else self._head(key, name, version)
             refusal = self._retained(key, head) if head is not None else None
             if refusal is not None:
-                raise refusal
+                return refusal
+        return None
+
+    def erase(self, key: str) -> None:
+        name = self._name(key)
+        versions = self._versions(key, name)
+        refusal = self._first_refusal(key, name, versions)
+        if refusal is not None:
+            raise refusal
         for version, _ in versions:
             try:
                 self._call("erase", key, self._client.delete_object, Key=name, VersionId=version)

@@ -166,6 +166,12 @@ class ObjectStore(Protocol):
         Every stored version goes. Raises :class:`ObjectLocked` (nothing deleted) while a lock or hold applies.
         """
 
+    def retained(self, key: str) -> ObjectLocked | None:
+        """Why ``erase(key)`` would be refused now (a lock or legal hold), or None; asks, deletes nothing.
+
+        For a caller that must know before it acts (retention writes the tombstone before erasing).
+        """
+
     def lock(self, key: str, lock: Lock) -> None:
         """Retain the stored object as ``lock`` says; never shortens or weakens a lock already there.
 
@@ -281,6 +287,11 @@ class FileStore:
         check_key(key)
         raise LockUnsupported(f"the file store {self.root} cannot lock {key} ({lock.describe()}): set [store] "
                               "url to an S3 bucket made with object lock, or object_lock = \"off\"")
+
+    def retained(self, key: str) -> ObjectLocked | None:
+        """Never: a file is not locked (the index's legal hold is checked by retention)."""
+        check_key(key)
+        return None
 
     def hold(self, key: str, on: bool) -> None:
         """Nothing to set on a file: the index keeps the hold and erasure refuses held recordings."""

@@ -50,7 +50,9 @@ def test_a_repeated_put_writes_no_second_version(seaweed, s3_bucket, s3_store) -
 
 def test_a_compliance_locked_version_refuses_deletion_on_the_server(seaweed, s3_bucket, s3_store) -> None:
     s3_store.put(KEY, b"evidence")
+    assert s3_store.retained(KEY) is None
     s3_store.lock(KEY, Lock("COMPLIANCE", LATER))
+    assert s3_store.retained(KEY).until == LATER  # asked before acting, nothing deleted
     with pytest.raises(ObjectLocked, match=r"retained until 2031-05-01T00:00:00Z in COMPLIANCE mode") as refused:
         s3_store.erase(KEY)
     assert refused.value.until == LATER and refused.value.mode == "COMPLIANCE"
@@ -95,6 +97,7 @@ def test_legal_hold_refuses_erasure_until_cleared_then_every_version_goes(seawee
     with pytest.raises(ClientError, match="AccessDenied"):
         seaweed.client().delete_object(Bucket=s3_bucket, Key="site-a/" + KEY, VersionId=held[0])
     s3_store.hold(KEY, False)
+    assert s3_store.retained(KEY) is None
     s3_store.erase(KEY)
     assert versions(seaweed, s3_bucket) == ([], [])  # gone, not hidden behind a delete marker
 
@@ -134,8 +137,18 @@ def test_file_store_refuses_locks_and_checks_holds(tmp_path: Path) -> None:
     with pytest.raises(LockUnsupported, match='object_lock = "off"'):
         store.lock(KEY, Lock("COMPLIANCE", LATER))
     store.hold(KEY, True)
+    assert store.retained(KEY) is None
     store.erase(KEY)
     assert not store.exists(KEY)
+
+
+def test_a_store_made_from_config_carries_on_after_a_server_restart(seaweed, s3_bucket, tmp_path: Path) -> None:
+    store = S3Store.from_config(StoreSection(url=f"s3://{s3_bucket}", endpoint_url=seaweed.endpoint), tmp_path,
+                                environ=seaweed.environ())
+    store.put(KEY, b"before")
+    seaweed.restart()  # pooled connections to the old process are dead; botocore's bounded retries reconnect
+    store.put(KEY + ".2", b"after")
+    assert (store.get(KEY), store.get(KEY + ".2")) == (b"before", b"after")
 
 
 def test_a_damaged_upload_is_refused_by_the_server(seaweed, s3_bucket) -> None:

@@ -127,6 +127,7 @@ def test_missing_keys(store: ObjectStore) -> None:
 def test_erase_removes_the_object(store: ObjectStore) -> None:
     store.put(KEY, b"to be erased")
     store.put(KEY, b"to be erased, replaced")
+    assert store.retained(KEY) is None  # nothing locks it
     store.erase(KEY)
     assert not store.exists(KEY)
     with pytest.raises(ObjectMissing):
@@ -139,7 +140,7 @@ def test_erase_removes_the_object(store: ObjectStore) -> None:
 def test_hostile_keys_are_refused_before_any_request(store: ObjectStore, key: str, tmp_path: Path) -> None:
     calls = store._client.calls if isinstance(store, S3Store) else []
     for action in (lambda: store.put(key, b"x"), lambda: store.get(key), lambda: store.exists(key),
-                   lambda: store.erase(key), lambda: store.hold(key, True)):
+                   lambda: store.erase(key), lambda: store.hold(key, True), lambda: store.retained(key)):
         with pytest.raises(BadKey, match="object key"):
             action()
     assert calls == []
