@@ -15,8 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from linetap.firmware.clock import ManualClock
-from linetap.firmware.errors import ConfigError
+from linetap.firmware.errors import ConfigError, SyncError
 from linetap.sync.central.config import CentralConfig, StoreSection, load_config
+from linetap.sync.central import s3store
 from linetap.sync.central.locals3 import IDENTITY_FILE, LocalSeaweed
 from linetap.sync.central.s3store import S3Store, credentials, read_credentials
 from linetap.sync.central.store import (FileStore, Lock, LockUnsupported, ObjectLocked, StoreUnavailable,
@@ -149,6 +150,14 @@ def test_a_store_made_from_config_carries_on_after_a_server_restart(seaweed, s3_
     seaweed.restart()  # pooled connections to the old process are dead; botocore's bounded retries reconnect
     store.put(KEY + ".2", b"after")
     assert (store.get(KEY), store.get(KEY + ".2")) == (b"before", b"after")
+
+
+def test_an_object_larger_than_any_stored_one_is_refused_unread(seaweed, s3_bucket, s3_store,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3store, "MAX_OBJECT", 1000)
+    seaweed.client().put_object(Bucket=s3_bucket, Key="site-a/" + KEY, Body=b"x" * 1001)  # not by us
+    with pytest.raises(SyncError, match="1001 bytes, over the 1000 any stored object may be"):
+        s3_store.get(KEY)
 
 
 def test_a_damaged_upload_is_refused_by_the_server(seaweed, s3_bucket) -> None:
