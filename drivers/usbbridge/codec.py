@@ -107,7 +107,8 @@ class UsbBridgeCodec:
 
     def __init__(self, headset_device: str, gadget_device: str, *, clock: Clock, rate: int = 16000,
                  block_frames: int = 320, gadget_rate: int = 48000, headset_rate: int | None = None,
-                 device_block_ms: float = 10.0, margin_ms: float = 3.0, queue_blocks: int = 100,
+                 device_block_ms: float = 10.0, margin_ms: float = BridgeSettings.margin_ms,
+                 queue_blocks: int = 100,
                  sd: ModuleType | None = None) -> None:
         check_layout(rate, block_frames, queue_blocks)
         self._sd = sd or _import_sounddevice()

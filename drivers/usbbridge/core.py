@@ -66,7 +66,9 @@ class BridgeSettings:
     headset_rate: int = 48000
     gadget_rate: int = 48000
     device_block_ms: float = 10.0  # period of both devices' streams
-    margin_ms: float = 3.0  # FIFO level kept beyond one producer block (absorbs callback jitter)
+    # FIFO level kept beyond one producer block: absorbs callback jitter and the pump's own delay (a
+    # Python thread that waits for the GIL behind the call loop: up to the 5 ms switch interval).
+    margin_ms: float = 5.0
     max_ppm: float = 1000.0  # steering range; USB clocks are within ±300 ppm, cheap ones ±500
     prompt_to_agent: bool = True  # the agent hears the consent audio too, as a handset's sidetone gives it
 
@@ -79,7 +81,7 @@ class BridgeSettings:
         _number("block_frames", self.block_frames, 1, self.rate, f"e.g. {self.rate // 50} for 20 ms",
                 integer=True)
         _number("device_block_ms", self.device_block_ms, 1, 100, "USB audio runs well at 5-20 ms, e.g. 10")
-        _number("margin_ms", self.margin_ms, 0.5, 100, "e.g. 3 (raise it if underruns are counted)")
+        _number("margin_ms", self.margin_ms, 0.5, 100, "e.g. 5 (raise it if underruns are counted)")
         _number("max_ppm", self.max_ppm, 50, 5000, "e.g. 1000 (USB clocks are within ±500 ppm)")
         if not isinstance(self.prompt_to_agent, bool):
             raise ConfigError(f"usb bridge prompt_to_agent = {self.prompt_to_agent!r} must be true or false")

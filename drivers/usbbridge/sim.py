@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -168,29 +169,46 @@ class SourceSignal:
 
 
 class SimRig:
-    """The bridge core between a simulated headset and a simulated PC, run in time order."""
+    """The bridge core between a simulated headset and a simulated PC, run in time order.
 
-    def __init__(self, core: BridgeCore, headset: SimEndpoint, host: SimEndpoint) -> None:
+    Each device period runs its callback (the pull) at the period's time; the
+    pump takes the period's input after a delay of up to ``pump_delay_s``
+    (uniform, in the order the inputs came, one pump thread), as the real
+    codec's reader thread does when it waits for the interpreter.
+    """
+
+    def __init__(self, core: BridgeCore, headset: SimEndpoint, host: SimEndpoint, *,
+                 pump_delay_s: float = 0.0, seed: int = 3) -> None:
         s = core.settings
         if (headset.rate, headset.block, host.rate, host.block) != (s.headset_rate, s.headset_block,
                                                                     s.gadget_rate, s.gadget_block):
             raise ConfigError(f"simulated devices ({headset.rate} Hz/{headset.block}, {host.rate} Hz/"
                               f"{host.block}) do not match the bridge settings ({s.headset_rate} Hz/"
                               f"{s.headset_block}, {s.gadget_rate} Hz/{s.gadget_block})")
+        if not (isinstance(pump_delay_s, (int, float)) and 0 <= pump_delay_s <= 0.1):
+            raise ConfigError(f"simulated pump_delay_s = {pump_delay_s!r}: give 0 to 0.1 s")
         self.core, self.headset, self.host = core, headset, host
         self._speaker = np.zeros(headset.block, dtype=np.int16)
         self._far = np.zeros(headset.block, dtype=np.int16)
         self._uplink = np.zeros(host.block, dtype=np.int16)
+        self._pump_delay_s = pump_delay_s
+        self._rng = random.Random(seed)
+        self._pump: deque[tuple[float, Callable[[float], None]]] = deque()  # (when, the work)
         self.now = 0.0
 
     def next_time(self) -> float:
-        return min(self.headset.next_t, self.host.next_t)
+        return min(self.headset.next_t, self.host.next_t, self._pump[0][0] if self._pump else math.inf)
 
     def step(self) -> None:
-        """Run the next device period due: its callback, then the pump for its input.
+        """Run the next thing due: a device period's callback, or the pump's work for an earlier one.
 
         Raises DeviceLost when that period is the headset's and it is unplugged.
         """
+        if self._pump and self._pump[0][0] <= min(self.headset.next_t, self.host.next_t):
+            t, work = self._pump.popleft()
+            self.now = t
+            work(t)
+            return
         device = self.headset if self.headset.next_t <= self.host.next_t else self.host
         t = device.next_t
         self.now = t
@@ -204,14 +222,23 @@ class SimRig:
         if device is self.headset:
             self.core.pull_speaker(self._speaker, self._far, t)
             self.headset.receive(self._speaker, t)
-            self.core.headset_in(self.headset.send(), self._far, t)
+            mic, far = self.headset.send(), self._far.copy()
+            self._later(t, lambda now: self.core.headset_in(mic, far, now))
         else:
             self.core.pull_uplink(self._uplink, t)
             self.host.receive(self._uplink, t)
-            self.core.gadget_in(self.host.send(), t)
+            pc = self.host.send()
+            self._later(t, lambda now: self.core.gadget_in(pc, now))
+
+    def _later(self, t: float, work: Callable[[float], None]) -> None:
+        if not self._pump_delay_s:
+            work(t)
+            return
+        due = t + self._rng.uniform(0, self._pump_delay_s)
+        self._pump.append((max(due, self._pump[-1][0]) if self._pump else due, work))
 
     def run(self, seconds: float, on_step: Callable[[SimRig], None] | None = None) -> None:
-        """Run every period due in the next ``seconds`` of simulated time."""
+        """Run everything due in the next ``seconds`` of simulated time."""
         end = self.now + seconds
         while self.next_time() <= end:
             self.step()
