@@ -44,6 +44,7 @@ from linetap.firmware.errors import ConfigError, DeviceError, DeviceLost, Device
 logger = logging.getLogger(__name__)
 
 GADGET_REOPEN = Backoff(initial=1.0, maximum=10.0, jitter=0.2)
+PUMP_TURN = 4  # device periods of one side the pump takes before the other side's turn
 
 
 def find_device(sd: ModuleType, wanted: str, role: str) -> dict[str, Any]:
@@ -223,20 +224,27 @@ class UsbBridgeCodec:
         return None
 
     def _pump(self) -> None:
-        """Everything both callbacks captured, through the core; notes the headset's loss."""
+        """What both callbacks captured, through the core, a few periods of each side at a time.
+
+        Taking turns keeps one side's backlog from holding up the other's (the recorded blocks come
+        with the headset's); a pass that leaves work behind wakes the next one at once.
+        """
         for side, feed in ((self._gadget, self._feed_gadget), (self._headset, self._feed_headset)):
-            while True:
+            for _ in range(PUMP_TURN):
                 try:
                     item = side.ring.pop(timeout=0)
                 except DeviceTimeout:
                     break
                 except DeviceLost as lost:
-                    logger.warning("usb bridge headset lost name=%r", side.device["name"])
+                    if self._lost is None:
+                        logger.warning("usb bridge headset lost name=%r", side.device["name"])
                     self._lost = lost
                     break
                 if item is None:
                     return
                 feed(item[1])
+            else:
+                self._wake.set()
         if self._gadget.failed:
             self._reopen_gadget()
 

@@ -1,19 +1,30 @@
-"""The thin codec of the USB bridge, through its seam: a fake ``sounddevice`` module.
+"""The thin codec of the USB bridge, mostly through its seam: a fake ``sounddevice`` module.
 
 Why not the ALSA ``file`` plugin device the analog codec's contract test
-uses: its ``null`` slave is not paced, so each of the two duplex streams
-runs as fast as the CPU lets it. The bridge exists to match two device
-clocks; two free-running streams have no clock to match, and the FIFOs
-would only measure thread scheduling. So the test plays both devices'
-audio threads itself: it calls each stream's callback, period by period, in
-time order, as PortAudio would, on a ManualClock, and ``read()`` pumps as on
-the service's reader thread. The clocks, the hour and the quality are the
-core's tests (test_usbbridge.py).
+uses for everything: its ``null`` slave is not paced, so each of the two
+duplex streams runs as fast as the CPU lets it. The bridge exists to match
+two device clocks; two free-running streams have no clock to match, and the
+FIFOs would only measure thread scheduling. So the tests play both devices'
+audio threads themselves: they call each stream's callback, period by
+period, in time order, as PortAudio would, on a ManualClock, and ``read()``
+pumps as on the service's reader thread. The clocks, the hour and the
+quality are the core's tests (test_usbbridge.py).
+
+What the file plugin can check, it does (last test, in a subprocess whose
+HOME holds the ``.asoundrc``, as in test_audio_contract.py): the real
+PortAudio streams open on two named devices, the headset's captured file
+comes out as the recording's near side sample for sample, and a headset
+whose playback fails (``/dev/full``) ends its stream: DeviceLost.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +32,7 @@ import pytest
 
 from linetap.drivers.usbbridge import UsbBridgeCodec
 from linetap.firmware.clock import ManualClock
-from linetap.firmware.errors import ConfigError, DeviceLost, DeviceMissing, DeviceTimeout
+from linetap.firmware.errors import ConfigError, DeviceLost, DeviceMissing, DeviceTimeout, LinetapError
 
 
 class FakeStream:
@@ -231,3 +242,64 @@ def test_missing_or_doubled_devices_are_named_with_what_exists() -> None:
     with pytest.raises(ConfigError, match="gadget_rate"):
         UsbBridgeCodec("jabra", "uac2", clock=ManualClock(), gadget_rate=44100, headset_rate=48000,
                        sd=fake_sd())
+
+
+# ------------------------------------------------------------------ real PortAudio --
+
+def _asoundrc(home: Path, headset_played: str) -> str:
+    def device(name: str, infile: Path, played: str) -> str:
+        return f"""
+pcm.{name} {{
+  type asym
+  playback.pcm {{ type file slave.pcm "null" file "{played}" format "raw" }}
+  capture.pcm {{ type file slave.pcm "null" file "/dev/null" infile "{infile}" format "raw" }}
+}}"""
+    return (device("linetap_headset", home / "mic.raw", headset_played)
+            + device("linetap_gadget", home / "pc.raw", str(home / "to_pc.raw")))
+
+
+@pytest.mark.parametrize("lose", [False, True], ids=["runs", "headset-lost"])
+def test_real_portaudio_streams_on_two_file_plugin_devices(tmp_path: Path, lose: bool) -> None:
+    mic = tone(440, 48000, 0, 48000)
+    np.repeat(mic[:, None], 2, axis=1).astype("<i2").tofile(tmp_path / "mic.raw")  # the plugin's 2 channels
+    np.zeros((48000, 2), "<i2").tofile(tmp_path / "pc.raw")
+    (tmp_path / ".asoundrc").write_text(_asoundrc(tmp_path, "/dev/full" if lose else str(tmp_path / "ear.raw")))
+    done = subprocess.run([sys.executable, __file__, str(tmp_path)], env={**os.environ, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["error"] is None, result["error"]
+    near = np.load(tmp_path / "near.npy")
+    if lose:
+        assert result["lost"] and "headset" in result["lost"]
+        return
+    assert result["lost"] is None and result["headset_rate"] == 48000
+    assert len(near) == 40 * 480 and np.array_equal(near, mic[:len(near)])  # the first blocks, unpaced
+
+
+def _child_main(home: Path) -> None:
+    """The subprocess: the real codec on the two file-plugin devices of this HOME's .asoundrc."""
+    from linetap.firmware.clock import SystemClock
+
+    result: dict[str, Any] = {"error": None, "lost": None, "headset_rate": None}
+    near: list[np.ndarray] = []
+    try:
+        # Unpaced, the headset's stream outruns the pump: a ring large enough that the first blocks,
+        # the ones compared, are all kept.
+        with UsbBridgeCodec("LINETAP_HEADSET", "linetap_gadget", clock=SystemClock(), rate=48000,
+                            block_frames=480, queue_blocks=5000) as codec:
+            result["headset_rate"] = codec.settings.headset_rate
+            codec.start()
+            try:
+                while len(near) < 40:
+                    near.append(codec.read(timeout=5.0).frames[:, 0])
+            except DeviceLost as lost:
+                result["lost"] = str(lost)
+    except LinetapError as error:
+        result["error"] = [type(error).__name__, str(error)]
+    np.save(home / "near.npy", np.concatenate(near) if near else np.zeros(0, np.int16))
+    (home / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _child_main(Path(sys.argv[1]))
