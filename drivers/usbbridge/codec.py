@@ -16,6 +16,13 @@ allocation of arrays, no I/O, no logging, never raises. The pump is
 :meth:`UsbBridgeCodec.read`, on the service's audio reader thread, which
 calls it without pause: it resamples, mixes, taps and hands out blocks.
 
+Rates: the gadget's stream opens at ``gadget_rate`` only. A gadget that
+offers the PC several rates (configfs ``c_srate``/``p_srate`` lists) lets the
+PC pick one per direction, which the kernel reports in the gadget card's
+"Capture Rate"/"Playback Rate" controls; this codec does not follow them, so
+the image must offer one rate (48 kHz: every softphone opens it and the OS
+mixes to it) or audio would play at the wrong speed.
+
 Faults: the headset's stream ending (unplugged) is the analog codec's
 device loss: the blocks captured before it are delivered, then ``read()``
 raises DeviceLost; the call closes with what was recorded and the service
