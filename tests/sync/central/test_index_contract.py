@@ -281,7 +281,8 @@ def test_two_processes_appending_at_once_keep_one_receipt_chain(backend: Backend
     assert len(log) == 80
     assert_one_chain(log)
     if backend.kind == "postgres":  # lock waiters queue there; SQLite's busy handler may let one run ahead
-        assert {r["device_id"] for r in log[:40]} == {"box-a", "box-b"}, "the two processes did not overlap"
+        devices = [r["device_id"] for r in log]
+        assert sum(a != b for a, b in zip(devices, devices[1:])) > 1, "the two processes did not overlap"
 
 
 # -- fleet tables --
