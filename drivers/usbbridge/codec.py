@@ -16,12 +16,15 @@ allocation of arrays, no I/O, no logging, never raises. The pump is
 :meth:`UsbBridgeCodec.read`, on the service's audio reader thread, which
 calls it without pause: it resamples, mixes, taps and hands out blocks.
 
-Rates: the gadget's stream opens at ``gadget_rate`` only. A gadget that
-offers the PC several rates (configfs ``c_srate``/``p_srate`` lists) lets the
-PC pick one per direction, which the kernel reports in the gadget card's
-"Capture Rate"/"Playback Rate" controls; this codec does not follow them, so
-the image must offer one rate (48 kHz: every softphone opens it and the OS
-mixes to it) or audio would play at the wrong speed.
+Rates: the gadget's stream opens at ``gadget_rate`` if the gadget's card
+takes it, else at the other rate it offers. With several rates in configfs
+(``c_srate``/``p_srate`` lists) the kernel lets the box's side open only the
+rate the PC chose, so that is the PC's choice. When the gadget's stream ends
+(the PC unplugged, suspended, or switched rates) it is reopened at the rate
+the card takes then, and the bridge's two directions start again at it; the
+taps carry on. A PC that picks different rates for its two directions, or
+switches without the stream ending, is not followed: the image should offer
+48 kHz alone, which every softphone opens (the OS mixes to it).
 
 Faults: the headset's stream ending (unplugged) is the analog codec's
 device loss: the blocks captured before it are delivered, then ``read()``
@@ -43,7 +46,7 @@ import numpy as np
 
 from linetap.drivers.audio.codec import Block, CaptureRing, CodecStats, check_layout, check_mono
 from linetap.drivers.audio.device import _describe_devices, _import_sounddevice
-from linetap.drivers.usbbridge.core import HEADSET_RATES, BridgeCore, BridgeSettings, BridgeStats
+from linetap.drivers.usbbridge.core import GADGET_RATES, HEADSET_RATES, BridgeCore, BridgeSettings, BridgeStats
 from linetap.firmware.backoff import Backoff
 from linetap.firmware.clock import Clock
 from linetap.firmware.errors import ConfigError, DeviceError, DeviceLost, DeviceMissing, DeviceTimeout
@@ -64,6 +67,19 @@ def find_device(sd: ModuleType, wanted: str, role: str) -> dict[str, Any]:
     raise DeviceMissing(f"{role} audio device {wanted!r} not found (or it does not both capture and play); "
                         f"devices here: {_describe_devices(devices)}. Check the cable and `aplay -l`, "
                         f"then the board profile's device name")
+
+
+def choose_gadget_rate(accepts: Any, preferred: int) -> int:
+    """The gadget's rate: ``preferred`` if its card takes it now, else another it offers.
+
+    With several rates in configfs the kernel lets the gadget's side open only the rate the PC
+    chose, so what the card accepts is the PC's choice.
+    """
+    for rate in (preferred, *GADGET_RATES):
+        if accepts(rate):
+            return rate
+    raise DeviceError(f"the USB gadget's sound card takes none of the rates {GADGET_RATES} Hz; check the "
+                      f"image's configfs (c_srate, p_srate) and `linetap doctor`'s gadget check")
 
 
 def choose_headset_rate(accepts: Any, preferred: int) -> int:
@@ -127,6 +143,8 @@ class UsbBridgeCodec:
         if headset["index"] == gadget["index"]:
             raise ConfigError(f"headset and gadget name the same audio device {headset['name']!r}; "
                               f"give each its own name in the board profile")
+        if gadget_rate in GADGET_RATES:
+            gadget_rate = choose_gadget_rate(lambda r: self._accepts(gadget, r), gadget_rate)
         if headset_rate is None:
             headset_rate = choose_headset_rate(lambda r: self._accepts(headset, r), gadget_rate)
         self.settings = BridgeSettings(rate=rate, block_frames=block_frames, headset_rate=headset_rate,
@@ -135,6 +153,7 @@ class UsbBridgeCodec:
         self._core = BridgeCore(self.settings)
         self._headset = _Side("headset", headset, headset_rate, self.settings.headset_block, queue_blocks)
         self._gadget = _Side("gadget", gadget, gadget_rate, self.settings.gadget_block, queue_blocks)
+        self._queue_blocks = queue_blocks
         self._lock = threading.Lock()  # the pump's state: core (but its pull_* methods), play queue
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -276,11 +295,24 @@ class UsbBridgeCodec:
         try:
             if self._gadget.stream is not None:
                 self._gadget.stream.close(ignore_errors=True)
+            self._follow_gadget_rate()
             self._open(self._gadget, self._gadget_callback)
             self._reopen = None
         except DeviceError as error:
             logger.info("usb bridge gadget still away: %s", error)
             self._reopen_at = now + next(self._reopen)
+
+    def _follow_gadget_rate(self) -> None:
+        """Before reopening: the PC may have chosen another of the gadget's rates meanwhile."""
+        side = self._gadget
+        rate = choose_gadget_rate(lambda r: self._accepts(side.device, r), side.rate)
+        if rate == side.rate:
+            return
+        with self._lock:
+            self._core.set_gadget_rate(rate)
+        self.settings = self._core.settings
+        self._gadget = _Side("gadget", side.device, rate, self.settings.gadget_block, self._queue_blocks)
+        logger.warning("usb bridge gadget rate changed by the PC rate=%d was=%d", rate, side.rate)
 
     def play(self, samples: np.ndarray) -> None:
         samples = check_mono(samples)

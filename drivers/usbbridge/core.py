@@ -32,6 +32,7 @@ writer and one reader. Every other method belongs to one thread, the pump.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -217,11 +218,7 @@ class BridgeCore:
 
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = s = settings
-        margin_s = s.margin_ms / 1000
-        self.uplink = Direction("uplink", s.headset_rate, s.gadget_rate, in_block=s.headset_block,
-                                out_block=s.gadget_block, margin_s=margin_s, max_ppm=s.max_ppm)
-        self.downlink = Direction("downlink", s.gadget_rate, s.headset_rate, in_block=s.gadget_block,
-                                  out_block=s.headset_block, margin_s=margin_s, max_ppm=s.max_ppm)
+        self.uplink, self.downlink = self._directions()
         same = s.headset_rate == s.rate
         self._near_tap = None if same else FractionalResampler(s.headset_rate, s.rate)
         self._far_tap = None if same else FractionalResampler(s.headset_rate, s.rate)
@@ -234,6 +231,23 @@ class BridgeCore:
         self._prompt = PlaybackQueue()  # consent audio at the headset rate, not yet mixed
         self.blocks = 0
         self.tap_dropped = 0
+
+    def _directions(self) -> tuple[Direction, Direction]:
+        s = self.settings
+        margin_s = s.margin_ms / 1000
+        return (Direction("uplink", s.headset_rate, s.gadget_rate, in_block=s.headset_block,
+                          out_block=s.gadget_block, margin_s=margin_s, max_ppm=s.max_ppm),
+                Direction("downlink", s.gadget_rate, s.headset_rate, in_block=s.gadget_block,
+                          out_block=s.headset_block, margin_s=margin_s, max_ppm=s.max_ppm))
+
+    def set_gadget_rate(self, rate: int) -> None:
+        """The PC switched the gadget to ``rate``: both directions start again at it (pump thread).
+
+        The taps and the consent queue are on the headset's side and carry on; the directions'
+        counters start again. A callback still holding the old direction finishes its copy there.
+        """
+        self.settings = dataclasses.replace(self.settings, gadget_rate=rate)
+        self.uplink, self.downlink = self._directions()
 
     # -- the headset's clock --
 

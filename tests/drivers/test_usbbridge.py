@@ -356,6 +356,16 @@ def test_hostile_simulated_devices_are_refused_by_name(kwargs: dict, name: str) 
         SimEndpoint("headset", rate=48000, block=480, **kwargs)
 
 
+def test_a_gadget_rate_switch_restarts_the_directions_and_refuses_rates_the_gadget_lacks() -> None:
+    core = BridgeCore(BridgeSettings())
+    core.play(np.ones(320, np.int16))
+    core.set_gadget_rate(16000)
+    assert (core.settings.gadget_rate, core.uplink.out_rate, core.downlink.resampler.in_rate) == (16000,) * 3
+    assert core.play_pending() == 320  # the headset's side carries on
+    with pytest.raises(ConfigError, match="gadget_rate"):
+        core.set_gadget_rate(44100)
+
+
 def test_devices_that_do_not_match_the_settings_are_refused() -> None:
     s = BridgeSettings()
     with pytest.raises(ConfigError, match="pump_delay_s"):

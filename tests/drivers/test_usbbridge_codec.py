@@ -32,7 +32,14 @@ import pytest
 
 from linetap.drivers.usbbridge import UsbBridgeCodec
 from linetap.firmware.clock import ManualClock
-from linetap.firmware.errors import ConfigError, DeviceLost, DeviceMissing, DeviceTimeout, LinetapError
+from linetap.firmware.errors import (
+    ConfigError,
+    DeviceError,
+    DeviceLost,
+    DeviceMissing,
+    DeviceTimeout,
+    LinetapError,
+)
 
 
 class FakeStream:
@@ -111,12 +118,17 @@ class Bench:
 
     def __init__(self, codec: UsbBridgeCodec, sd: FakeSoundDevice, clock: ManualClock) -> None:
         self.codec, self.sd, self.clock = codec, sd, clock
-        self.headset, self.gadget = sd.streams
+        self.headset = sd.streams[0]
         self.next = {"headset": clock.monotonic() + 0.01, "gadget": clock.monotonic() + 0.0137}
         self.period = {"headset": 0.01 / (1 + 200e-6), "gadget": 0.01 / (1 - 200e-6)}
         self.sent = {"headset": 0, "gadget": 0}
         self.out: dict[str, list[np.ndarray]] = {"headset": [], "gadget": []}
         self.gadget_gone = False
+
+    @property
+    def gadget(self) -> FakeStream:
+        """The gadget's stream: the latest one opened (it is reopened after the PC went away)."""
+        return [stream for stream in self.sd.streams if stream.device == 2][-1]
 
     def run(self, seconds: float) -> list[np.ndarray]:
         blocks: list[np.ndarray] = []
@@ -222,6 +234,27 @@ def test_the_pc_going_away_keeps_the_recording_and_reopens_its_stream(bench: Ben
     assert len(bench.sd.streams) == 3 and bench.sd.streams[-1].active
 
 
+def test_the_gadget_opens_at_the_rate_the_pc_chose_and_follows_a_new_choice() -> None:
+    sd, clock = fake_sd(), ManualClock()
+    sd.rates[2] = {16000}  # the PC chose 16 kHz of the gadget's 48 and 16 kHz
+    codec = UsbBridgeCodec("jabra", "uac2", clock=clock, rate=16000, block_frames=320, sd=sd)
+    assert codec.settings.gadget_rate == 16000 and codec.settings.headset_rate == 16000
+    codec.start()
+    bench = Bench(codec, sd, clock)
+    assert (bench.gadget.rate, bench.gadget.block) == (16000, 160)
+    first = np.concatenate(bench.run(5.0))
+    assert len(first) == pytest.approx(5 * 16000, abs=2 * 320)
+    sd.rates[2] = {48000}  # the PC switches to 48 kHz: the gadget's stream ends
+    bench.gadget.finished_callback()
+    then = np.concatenate(bench.run(15.0))
+    assert (bench.gadget.rate, bench.gadget.block, bench.gadget.active) == (48000, 480, True)
+    assert codec.settings.gadget_rate == 48000 and codec.bridge_stats().downlink.frames_in > 5 * 48000
+    assert len(then) == pytest.approx(15 * 16000, abs=3 * 320)  # the recording never stopped
+    spectrum = np.abs(np.fft.rfft(then[-16000 * 4:, 1].astype(float)))  # 0.25 Hz bins
+    assert np.argmax(spectrum) == pytest.approx(4000, abs=8)  # the PC's 1 kHz, at the right speed
+    codec.close()
+
+
 def test_a_headset_without_the_gadget_rate_runs_at_one_it_takes() -> None:
     sd = fake_sd(headset_rates={44100, 8000})
     codec = UsbBridgeCodec("jabra", "uac2", clock=ManualClock(), rate=16000, block_frames=320, sd=sd)
@@ -239,6 +272,10 @@ def test_missing_or_doubled_devices_are_named_with_what_exists() -> None:
         UsbBridgeCodec("jabra", "headphones", clock=ManualClock(), sd=fake_sd())
     with pytest.raises(ConfigError, match="same audio device"):
         UsbBridgeCodec("USB Audio", "USB Audio", clock=ManualClock(), sd=fake_sd())
+    no_rate = fake_sd()
+    no_rate.rates[2] = set()
+    with pytest.raises(DeviceError, match="c_srate"):
+        UsbBridgeCodec("jabra", "uac2", clock=ManualClock(), sd=no_rate)
     with pytest.raises(ConfigError, match="gadget_rate"):
         UsbBridgeCodec("jabra", "uac2", clock=ManualClock(), gadget_rate=44100, headset_rate=48000,
                        sd=fake_sd())
