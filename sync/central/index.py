@@ -55,13 +55,13 @@ from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
+from linetap.sync.central.stagedparts import PENDING_MANIFEST, StagedPartTables
 from linetap.sync.central.store import StoreUnavailable
 from linetap.sync.central.timestamplog import TimestampTables
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.db"
-PENDING_MANIFEST = "pending-manifest"  # the ``staged`` name of a manifest waiting for its segments
 # Asked of this module by the fleet and the tests.
 __all__ = ["AmbiguousRecording", "FleetUpdate", "INDEX_FILE", "Index", "IndexTables", "PENDING_MANIFEST",
            "SCHEMA_VERSION", "SqliteIndex", "UnknownRecording"]
@@ -105,6 +105,14 @@ class Index(Protocol):
         """Note a staged part (or, with name ``pending-manifest``, a waiting manifest)."""
 
     def unstage(self, device_id: str, recording_id: str, name: str, sha256: str | None = None) -> None: ...
+    # staged bytes in the index, for a store shared by several hosts (:mod:`~linetap.sync.central.stagedparts`)
+    shared: bool  # True when other hosts reach this index: staging then keeps its bytes in it
+    def stage_part(self, device_id: str, recording_id: str, name: str, sha256: str, part: int, data: bytes,
+                   now_ms: int) -> None: ...
+    def staged_count(self, device_id: str, recording_id: str, name: str, sha256: str) -> int: ...
+    def staged_parts(self, device_id: str, recording_id: str, name: str, sha256: str) -> list[tuple[int, bytes]]: ...
+    def staged_pending(self, device_id: str, recording_id: str) -> bytes | None: ...
+
     def held_bytes(self, device_id: str) -> int:
         """Bytes the device holds here that no indexed manifest vouches for: staged plus unvouched objects."""
 
@@ -156,7 +164,7 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
+class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write
@@ -165,6 +173,8 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables):
     psycopg one behind an adapter that speaks the same dialect, so both
     backends run the same statements and behave alike.
     """
+
+    shared = False  # one host's index (SQLite); PgIndex is shared
 
     # -- devices --
 

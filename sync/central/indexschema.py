@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS staged (
     part INTEGER NOT NULL,
     bytes BIGINT NOT NULL,
     staged_ms BIGINT NOT NULL,
+    data BLOB,  -- the part's bytes when staged in the index (a shared store: sync/central/stagedparts.py)
     PRIMARY KEY (device_id, recording_id, name, sha256, part)
 );
 CREATE TABLE IF NOT EXISTS recordings (
@@ -142,7 +143,7 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 );
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -175,8 +176,14 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """Staged parts may hold their bytes in the index (``staged.data``, NULL for file-staged parts)."""
+    if "data" not in [r["name"] for r in db.execute("PRAGMA table_info(staged)")]:
+        db.execute("ALTER TABLE staged ADD COLUMN data BLOB")
+
+
 # user_version -> the step that brings a file of that version to the next one.
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def create(db: sqlite3.Connection) -> None:

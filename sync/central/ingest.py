@@ -8,10 +8,11 @@ the parts of one object may reach different callers. Every step is
 idempotent and every shared decision is taken in the index:
 
 1. the device in the topic must be enrolled (else ``not-enrolled``);
-2. a part of a multi-part object is staged durably under
-   ``staging/<device>/<recording>/<object>/<sha256>/<part>`` and acknowledged
-   per part; whoever stages the last missing part (any worker: each lists
-   the folder after its own rename) joins and checks the whole object;
+2. a part of a multi-part object is staged durably (:mod:`~linetap.sync.central.staging`:
+   in the index when it is shared by several hosts, else under
+   ``staging/<device>/<recording>/<object>/<sha256>/<part>``) and acknowledged
+   per part; whoever stages the last missing part (any worker on any host:
+   each counts the parts after its own is durable) joins and checks the whole object;
 3. an object is *claimed* in the index (first sha256 wins; a different one
    later is ``conflict``), written to the object store, marked stored, and
    acknowledged object-level;

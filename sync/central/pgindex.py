@@ -153,6 +153,8 @@ class PgIndex(IndexTables):
     schema is refused with the ``migrate`` command to run.
     """
 
+    shared = True  # every ingest host reaches it: staged parts keep their bytes here (stagedparts.py)
+
     def __init__(self, url: str, *, password: str | None = None, pool_size: int = 4,
                  connect_timeout_s: float = 10.0, migrate: bool = True) -> None:
         self.where = redacted(url)

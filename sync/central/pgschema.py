@@ -68,9 +68,15 @@ def _translate(schema: str) -> list[str]:
 
 STATEMENTS = _translate(SCHEMA)
 
-# version -> the step that brings a database of that version to the next one (none yet: PostgreSQL
-# databases start at schema 3). A step for SQLite's next version needs its twin here.
-MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {}
+
+def _migrate_3_to_4(db: Connection[Any]) -> None:
+    """Staged parts hold their bytes in the index (``staged.data``): the shared staging of several hosts."""
+    db.execute("ALTER TABLE staged ADD COLUMN IF NOT EXISTS data BYTEA")
+
+
+# version -> the step that brings a database of that version to the next one (PostgreSQL databases
+# start at schema 3). A step for SQLite's next version needs its twin here.
+MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {3: _migrate_3_to_4}
 
 
 def create(db: Connection[Any]) -> None:

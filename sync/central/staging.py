@@ -1,6 +1,16 @@
 """Staging: parts of multi-part objects, and manifests waiting for their segments, until they complete.
 
-Layout under ``<data_dir>/staging/``::
+Where the bytes wait depends on the index. A shared index (PostgreSQL, which
+several ingest hosts reach: ``index.shared``) keeps them in the staging rows
+themselves (:mod:`~linetap.sync.central.stagedparts`): the parts of one
+object may reach different hosts, each with its own ``data_dir``, and
+whichever host stages the last one reads them all back from the index and
+joins them. The object store never sees a staged part, so staging is never
+under object lock and is removed as soon as its object is stored (ARCHITECTURE.md
+§11 says why the index and not the bucket). The embedded index (SQLite, one
+host) keeps them in files as it always did.
+
+Layout of file staging under ``<data_dir>/staging/``::
 
     <device>/<recording>/<object>/<sha256>/<part>   a staged part (object ``seg/3`` is folder ``seg-3``)
     <device>/<recording>/pending-manifest           a manifest waiting for segments
@@ -47,48 +57,75 @@ class AgedOut:
 
 
 class Staging:
-    """The staging folder under ``data_dir``, its files written by ``files`` and its rows in ``index``."""
+    """Staged bytes in ``index`` when it is shared, else in the staging folder under ``data_dir`` (files
+    written by ``files``); their rows in ``index`` either way. ``in_index`` overrides the choice."""
 
-    def __init__(self, data_dir: Path, index: Index, files: DurableFiles) -> None:
+    def __init__(self, data_dir: Path, index: Index, files: DurableFiles, *, in_index: bool | None = None) -> None:
         self.root = Path(data_dir) / STAGING_DIR
         self._index = index
         self._files = files
+        self.in_index = bool(getattr(index, "shared", False)) if in_index is None else in_index
 
     # -- parts --
 
     def put_part(self, part: wire.Part, now_ms: int) -> None:
-        """Stage one part durably; the row first, so a crash between the two leaves a row (aged out)."""
-        self._index.stage(part.device_id, part.recording_id, str(part.object), part.sha256, part.part,
-                          len(part.payload), now_ms)
+        """Stage one part durably. In files, the row first, so a crash between the two leaves a row (aged out);
+        in the index, row and bytes are one statement."""
+        device, rid, name = part.device_id, part.recording_id, str(part.object)
+        if self.in_index:
+            self._index.stage_part(device, rid, name, part.sha256, part.part, part.payload, now_ms)
+            return
+        self._index.stage(device, rid, name, part.sha256, part.part, len(part.payload), now_ms)
         self._files.write(self._object_staging(part) / f"{part.part:04d}", part.payload)
 
     def assemble(self, part: wire.Part) -> bytes | wire.WireError | None:
         """The joined object once every part is staged; None while parts are missing."""
-        folder = self._object_staging(part)
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(TMP_PREFIX))
-        if len(names) < part.parts:
-            return None
-        try:
-            pieces = [(folder / f"{k:04d}").read_bytes() for k in range(part.parts)]
-        except FileNotFoundError:  # another worker joined and removed the staging meanwhile
+        pieces = self._index_pieces(part) if self.in_index else self._file_pieces(part)
+        if pieces is None:
             return None
         try:
             return wire.join(pieces, part.sha256, part.size)
         except wire.WireError as e:
             return e
 
+    def _index_pieces(self, part: wire.Part) -> list[bytes] | None:
+        key = (part.device_id, part.recording_id, str(part.object), part.sha256)
+        if self._index.staged_count(*key) < part.parts:
+            return None  # counted first: the bytes are read once, by whoever staged the last part
+        staged = self._index.staged_parts(*key)
+        if [k for k, _ in staged] != list(range(part.parts)):
+            return None  # joined and removed by another worker meanwhile
+        return [data for _, data in staged]
+
+    def _file_pieces(self, part: wire.Part) -> list[bytes] | None:
+        folder = self._object_staging(part)
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(TMP_PREFIX))
+        if len(names) < part.parts:
+            return None
+        try:
+            return [(folder / f"{k:04d}").read_bytes() for k in range(part.parts)]
+        except FileNotFoundError:  # another worker joined and removed the staging meanwhile
+            return None
+
     def drop(self, part: wire.Part) -> None:
-        self._remove_tree(self._object_staging(part))
+        if not self.in_index:
+            self._remove_tree(self._object_staging(part))
         self._index.unstage(part.device_id, part.recording_id, str(part.object), part.sha256)
 
     # -- waiting manifests --
 
     def put_pending(self, device_id: str, recording_id: str, data: bytes, now_ms: int) -> None:
-        self._index.stage(device_id, recording_id, PENDING_MANIFEST, mf.manifest_hash(data), 0, len(data), now_ms)
+        digest = mf.manifest_hash(data)
+        if self.in_index:
+            self._index.stage_part(device_id, recording_id, PENDING_MANIFEST, digest, 0, data, now_ms)
+            return
+        self._index.stage(device_id, recording_id, PENDING_MANIFEST, digest, 0, len(data), now_ms)
         self._files.write(self._pending(device_id, recording_id), data)
 
     def pending(self, device_id: str, recording_id: str) -> bytes | None:
         """The manifest waiting for this recording's segments, if any."""
+        if self.in_index:
+            return self._index.staged_pending(device_id, recording_id)
         path = self._pending(device_id, recording_id)
         if not path.exists():
             return None
@@ -98,7 +135,8 @@ class Staging:
             return None
 
     def drop_pending(self, device_id: str, recording_id: str) -> None:
-        self._remove_file(self._pending(device_id, recording_id))
+        if not self.in_index:
+            self._remove_file(self._pending(device_id, recording_id))
         self._index.unstage(device_id, recording_id, PENDING_MANIFEST)
 
     # -- ageing out --
