@@ -108,6 +108,7 @@ SANS_IO_CORES = {
     "signed envelopes": ("sync/signed.py", "sync/signed/**/*.py"),
     "delivery receipts": ("firmware/receipt.py",),
     "trusted timestamps": ("sync/central/timestamps.py",),
+    "console playback and peaks": ("sync/central/media.py", "sync/central/peaks.py"),
     "wire format": ("sync/wire.py", "sync/wire/**/*.py"),
     "USB audio bridge": tuple(f"drivers/usbbridge/{name}.py" for name in ("core", "resampler", "control", "fifo")),
     "call flow": ("firmware/callflow.py", "firmware/callflow/**/*.py", "firmware/callevents.py",

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.migrate import add_migrate_command
+    from linetap.sync.central.peaksjob import add_peaks_command
     from linetap.sync.central.worker import add_serve_command
     from linetap.sync.central.timestampcli import add_timestamp_command
     from linetap.sync.dynsec import add_broker_commands
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_timestamp_command(sub, common)
     add_evidence_commands(sub, common)
     add_migrate_command(sub, common)
+    add_peaks_command(sub, common)
     return parser
 
 

@@ -54,6 +54,7 @@ from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
+from linetap.sync.central.peakslog import PeaksTables
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.stagedparts import PENDING_MANIFEST, StagedPartTables
 from linetap.sync.central.store import StoreUnavailable
@@ -143,6 +144,13 @@ class Index(Protocol):
     def timestamps(self) -> list[dict[str, Any]]: ...
     def last_timestamp(self) -> dict[str, Any] | None: ...
 
+    # waveform peaks (:mod:`~linetap.sync.central.peakslog`)
+    def add_peaks(self, device_id: str, recording_id: str, data: bytes | None, now_ms: int, *,
+                  problem: str | None = None) -> bool: ...
+    def peaks(self, device_id: str, recording_id: str) -> dict[str, Any] | None: ...
+    def without_peaks(self, limit: int, since_ms: int = 0) -> list[dict[str, Any]]: ...
+    def drop_peaks(self, device_id: str, recording_id: str) -> None: ...
+
     def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The recording; without ``device_id`` the one of that id, :class:`AmbiguousRecording` if
         several devices have one."""
@@ -164,7 +172,8 @@ class Index(Protocol):
     def close(self) -> None: ...
 
 
-class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables):
+class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables,
+                  PeaksTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write
@@ -385,6 +394,7 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
                        "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
                        "WHERE device_id = ? AND recording_id = ?",
                        (now_ms, reason, tombstone_key, device_id, recording_id))
+            db.execute("DELETE FROM peaks WHERE device_id = ? AND recording_id = ?", (device_id, recording_id))
 
 
 class SqliteIndex(IndexTables):

@@ -121,6 +121,15 @@ CREATE TABLE IF NOT EXISTS access_log (
     sha256 TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS access_log_recording ON access_log (device_id, recording_id);
+CREATE TABLE IF NOT EXISTS peaks (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    made_ms BIGINT NOT NULL,
+    data BLOB,  -- sync/central/peaks.py Peaks.to_bytes(), NULL when the audio did not decode
+    problem TEXT,
+    PRIMARY KEY (device_id, recording_id)
+);
+CREATE INDEX IF NOT EXISTS recordings_stored ON recordings (stored_ms);
 CREATE TABLE IF NOT EXISTS fleet_devices (
     device_id TEXT PRIMARY KEY,
     boot BIGINT,
@@ -143,7 +152,7 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
 );
 """
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -182,8 +191,15 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE staged ADD COLUMN data BLOB")
 
 
+def _migrate_4_to_5(db: sqlite3.Connection) -> None:
+    """Waveform peaks (``peaks``), empty: ``serve``'s peaks step fills it for every recording stored, old
+    ones included; the index on ``recordings.stored_ms`` lets it find new ones without a scan."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
+              4: _migrate_4_to_5}
 
 
 def create(db: sqlite3.Connection) -> None:

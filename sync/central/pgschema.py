@@ -74,9 +74,14 @@ def _migrate_3_to_4(db: Connection[Any]) -> None:
     db.execute("ALTER TABLE staged ADD COLUMN IF NOT EXISTS data BYTEA")
 
 
+def _migrate_4_to_5(db: Connection[Any]) -> None:
+    """Waveform peaks (``peaks``) and the index on ``recordings.stored_ms``: created by create(), which
+    upgrade() runs after any migration (indexschema's step of the same number)."""
+
+
 # version -> the step that brings a database of that version to the next one (PostgreSQL databases
 # start at schema 3). A step for SQLite's next version needs its twin here.
-MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {3: _migrate_3_to_4}
+MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 def create(db: Connection[Any]) -> None:
