@@ -25,6 +25,7 @@ import bisect
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
@@ -86,12 +87,19 @@ class Piece:
 
 
 class SegmentMap:
-    """Where each segment's plaintext lies in the one Ogg file their concatenation is."""
+    """Where each segment's plaintext lies in the one Ogg file their concatenation is.
 
-    def __init__(self, sizes: list[int]) -> None:
+    ``entries`` are the manifest's segment entries in the same order (what
+    the caller needs to fetch and check each one).
+    """
+
+    def __init__(self, sizes: list[int], entries: list[dict[str, Any]] | tuple[()] = ()) -> None:
         if any(not isinstance(s, int) or s < 0 for s in sizes):
             raise ValueError(f"segment sizes must be non-negative integers, got {sizes[:8]}...")
+        if entries and len(entries) != len(sizes):
+            raise ValueError(f"{len(sizes)} segment sizes for {len(entries)} manifest entries")
         self.sizes = list(sizes)
+        self.entries = list(entries)
         self.offsets = [0]
         for size in self.sizes:
             self.offsets.append(self.offsets[-1] + size)
