@@ -147,13 +147,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(f"range bytes=-{suffix} asks for no bytes of a {size}-byte file", size)
         return max(0, size - suffix), size - 1
     first = untrusted.ascii_int(first_text)
-    last = size - 1 if last_text == "" else untrusted.ascii_int(last_text)
-    if first is None or last is None or last < first:
+    last = None if last_text == "" else untrusted.ascii_int(last_text)
+    if first is None or (last_text != "" and (last is None or last < first)):
         return None
     if first >= size:
         raise RangeNotSatisfiable(f"range starts at byte {first}; the file has {size} bytes "
                                   f"(0 to {size - 1})", size)
-    return first, min(last, size - 1)
+    return first, size - 1 if last is None else min(last, size - 1)
 
 
 def content_range(first: int, last: int, size: int) -> str:
