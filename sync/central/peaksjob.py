@@ -26,8 +26,9 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import pyrage
@@ -37,6 +38,9 @@ from linetap.firmware.options import add_json
 from linetap.sync.central.keys import load_identity
 from linetap.sync.central.peaks import Peaks, PeaksBuilder, bucket_ms_for
 from linetap.sync.central.stored import Stored
+
+if TYPE_CHECKING:
+    from linetap.sync.central.config import CentralConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +150,7 @@ class PeaksThread:
         self.stored = stored
         self.interval_s = interval_s
         self.made = 0
+        self._made_changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="central-peaks", daemon=True)
 
@@ -161,9 +166,16 @@ class PeaksThread:
             except (LinetapError, OSError) as e:  # the index or store away for a while: try again later
                 logger.warning("peaks step waiting: %s", e)
                 done = 0
-            self.made += done
+            with self._made_changed:
+                self.made += done
+                self._made_changed.notify_all()
             if done < BATCH:
                 self._stop.wait(self.interval_s)
+
+    def wait_made(self, count: int, timeout: float) -> bool:
+        """True once peaks were made for at least ``count`` recordings since start (for tests, status)."""
+        with self._made_changed:
+            return self._made_changed.wait_for(lambda: self.made >= count, timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -174,6 +186,16 @@ class PeaksThread:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def start_peaks(data_dir: Path, config: CentralConfig, *, interval_s: float = 5.0) -> Iterator[PeaksThread]:
+    """For ``serve``: the peaks step on its own store and index connection, stopped on exit."""
+    from linetap.sync.central.store import open_store
+
+    with Stored(data_dir, store=open_store(config, data_dir), index_config=config.index) as stored, \
+            PeaksThread(stored, interval_s=interval_s) as thread:
+        yield thread
 
 
 def add_peaks_command(sub: Any, common: argparse.ArgumentParser) -> None:

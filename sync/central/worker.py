@@ -200,6 +200,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     from linetap.sync.central.tracker import start_tracker
     from linetap.sync.central.ingest import Ingest
     from linetap.sync.central.keys import load_store_key
+    from linetap.sync.central.peaksjob import start_peaks
     from linetap.sync.central.tsa import start_stamping
 
     folder = data_dir(args)
@@ -223,7 +224,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     # Trusted timestamps over the chain heads on their schedule, in a thread that never stops ingest.
     with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id,
                        index_config=config.index), \
-            start_stamping(folder, config.timestamps, index_config=config.index):
+            start_stamping(folder, config.timestamps, index_config=config.index), \
+            start_peaks(folder, config):  # the console's waveforms, made after ingest, never by it
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, make_ingest, workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)

@@ -187,3 +187,20 @@ def test_every_recording_gets_peaks_once_and_a_damaged_one_a_reason(store: tuple
         assert Peaks.from_bytes(stored.index.peaks(device, rid)["data"]).bucket_ms == 50
         damaged = stored.index.peaks(device, second[0]["recording_id"])
         assert damaged["data"] is None and "IntegrityError" in damaged["problem"]
+
+
+def test_serves_peaks_step_makes_peaks_for_calls_stored_while_it_runs(tmp_path: Path) -> None:
+    from linetap.sync.central.config import load_config
+    from linetap.sync.central.peaksjob import start_peaks
+
+    central = tmp_path / "central"
+    keys_init(central)
+    box = enrolled(tmp_path, central, "desk-2")
+    with start_peaks(central, load_config(None, central), interval_s=0.05) as thread:
+        rid = box.call(1.5)
+        with Ingest(central) as ingest:
+            for part in box.parts(rid):
+                ingest.receive(part)
+        assert thread.wait_made(1, timeout=30)
+    with Stored(central) as stored:
+        assert Peaks.from_bytes(stored.index.peaks("desk-2", rid)["data"]).sizes
