@@ -109,6 +109,7 @@ SANS_IO_CORES = {
     "delivery receipts": ("firmware/receipt.py",),
     "trusted timestamps": ("sync/central/timestamps.py",),
     "console playback and peaks": ("sync/central/media.py", "sync/central/peaks.py"),
+    "quality assessment": ("sync/central/qa/**/*.py",),
     "wire format": ("sync/wire.py", "sync/wire/**/*.py"),
     "USB audio bridge": tuple(f"drivers/usbbridge/{name}.py" for name in ("core", "resampler", "control", "fifo")),
     "call flow": ("firmware/callflow.py", "firmware/callflow/**/*.py", "firmware/callevents.py",

@@ -42,6 +42,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
+    from linetap.sync.central.formscli import add_forms_commands
     from linetap.sync.central.migrate import add_migrate_command
     from linetap.sync.central.peaksjob import add_peaks_command
     from linetap.sync.central.worker import add_serve_command
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evidence_commands(sub, common)
     add_migrate_command(sub, common)
     add_peaks_command(sub, common)
+    add_forms_commands(sub, common)
     return parser
 
 

@@ -55,6 +55,7 @@ from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
+from linetap.sync.central.qaindex import QaTables
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.stagedparts import PENDING_MANIFEST, StagedPartTables
 from linetap.sync.central.store import StoreUnavailable
@@ -151,6 +152,22 @@ class Index(Protocol):
     def without_peaks(self, limit: int, since_ms: int = 0) -> list[dict[str, Any]]: ...
     def drop_peaks(self, device_id: str, recording_id: str) -> None: ...
 
+    # quality assessment (:mod:`~linetap.sync.central.qaindex`)
+    def add_form(self, form_id: str, version: int, title: str, source: str, added_by: str, now_ms: int) -> bool: ...
+    def forms(self) -> list[dict[str, Any]]: ...
+    def form(self, form_id: str, version: int | None = None) -> dict[str, Any] | None: ...
+    def submit_evaluation(self, row: dict[str, Any], actor: str, now_ms: int) -> None: ...
+    def amend_evaluation(self, row: dict[str, Any], from_state: str, to_state: str, actor: str,
+                         note: str | None, now_ms: int) -> int: ...
+    def evaluation_event(self, evaluation_id: str, from_state: str, action: str, to_state: str, actor: str,
+                         note: str | None, now_ms: int) -> None: ...
+    def evaluation(self, evaluation_id: str) -> dict[str, Any] | None: ...
+    def evaluations(self, *, device_id: str | None = None, recording_id: str | None = None,
+                    agent: str | None = None, since_ms: int | None = None,
+                    until_ms: int | None = None) -> list[dict[str, Any]]: ...
+    def add_comment(self, comment: dict[str, Any]) -> None: ...
+    def comments(self, device_id: str, recording_id: str) -> list[dict[str, Any]]: ...
+
     def recording(self, recording_id: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The recording; without ``device_id`` the one of that id, :class:`AmbiguousRecording` if
         several devices have one."""
@@ -173,7 +190,7 @@ class Index(Protocol):
 
 
 class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables,
-                  PeaksTables):
+                  PeaksTables, QaTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write

@@ -150,9 +150,58 @@ CREATE TABLE IF NOT EXISTS fleet_seq (
     last_seq BIGINT NOT NULL,
     PRIMARY KEY (device_id, kind)
 );
+CREATE TABLE IF NOT EXISTS qa_forms (
+    form_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    title TEXT NOT NULL,
+    source TEXT NOT NULL,  -- the form's TOML as added (sync/central/qa/forms.py)
+    added_ms BIGINT NOT NULL,
+    added_by TEXT NOT NULL,
+    PRIMARY KEY (form_id, version)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluation_id TEXT NOT NULL,
+    version BIGINT NOT NULL,  -- 1, then one more per amendment (rows are never updated)
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    form_id TEXT NOT NULL,
+    form_version BIGINT NOT NULL,
+    reviewer TEXT NOT NULL,
+    agent TEXT,
+    answers TEXT NOT NULL,  -- JSON: question id -> "yes", "no", "na" or a number
+    score BIGINT,  -- hundredths of a percent, NULL when every question was not applicable
+    raw_score BIGINT,
+    critical_failed TEXT NOT NULL,  -- ids of critical questions answered no, comma-separated
+    passed INTEGER NOT NULL,
+    note TEXT,
+    submitted_ms BIGINT NOT NULL,
+    PRIMARY KEY (evaluation_id, version)
+);
+CREATE INDEX IF NOT EXISTS evaluations_recording ON evaluations (device_id, recording_id);
+CREATE INDEX IF NOT EXISTS evaluations_agent ON evaluations (agent, submitted_ms);
+CREATE TABLE IF NOT EXISTS evaluation_events (
+    evaluation_id TEXT NOT NULL,
+    pos BIGINT NOT NULL,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,  -- the state it led to (sync/central/qa/lifecycle.py)
+    actor TEXT NOT NULL,
+    note TEXT,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (evaluation_id, pos)
+);
+CREATE TABLE IF NOT EXISTS comments (
+    comment_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    author TEXT NOT NULL,
+    position_ms BIGINT NOT NULL,  -- where in the call's audio
+    body TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS comments_recording ON comments (device_id, recording_id);
 """
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -197,9 +246,15 @@ def _migrate_4_to_5(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_5_to_6(db: sqlite3.Connection) -> None:
+    """Quality assessment: forms, evaluations with their versions and life, comments (``qa_forms``,
+    ``evaluations``, ``evaluation_events``, ``comments``), all empty."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
-              4: _migrate_4_to_5}
+              4: _migrate_4_to_5, 5: _migrate_5_to_6}
 
 
 def create(db: sqlite3.Connection) -> None:

@@ -79,9 +79,17 @@ def _migrate_4_to_5(db: Connection[Any]) -> None:
     upgrade() runs after any migration (indexschema's step of the same number)."""
 
 
+def _tables_added(db: Connection[Any]) -> None:
+    """A step whose tables are all new: upgrade() runs create() (IF NOT EXISTS) after the steps."""
+
+
 # version -> the step that brings a database of that version to the next one (PostgreSQL databases
 # start at schema 3). A step for SQLite's next version needs its twin here.
-MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {3: _migrate_3_to_4, 4: _migrate_4_to_5}
+MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
+    3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
+    5: _tables_added,  # quality assessment: qa_forms, evaluations, evaluation_events, comments
+}
 
 
 def create(db: Connection[Any]) -> None:

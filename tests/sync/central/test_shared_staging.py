@@ -79,17 +79,20 @@ def test_an_index_of_schema_3_gains_staged_bytes_and_keeps_its_staging(location:
 
 
 def downgrade_to_3(location: str) -> None:
-    """Make the index look like schema 3: ``staged`` without ``data``."""
+    """Make the index look like schema 3: ``staged`` without ``data``, no QA tables (schema 6)."""
     if location.startswith("postgresql://"):
         with psycopg.connect(location, autocommit=True) as db:
             db.execute("ALTER TABLE staged DROP COLUMN data")
+            db.execute("DROP TABLE qa_forms, evaluations, evaluation_events, comments")
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (3, 0)")
         return
     with sqlite3.connect(location) as db:
         db.execute("ALTER TABLE staged DROP COLUMN data")
+        for table in ("qa_forms", "evaluations", "evaluation_events", "comments"):
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 3")
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 6
 
 
 def test_staging_keeps_bytes_in_the_index_only_when_it_is_shared(tmp_path: Path, pg_url: str) -> None:

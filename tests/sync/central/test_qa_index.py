@@ -1,0 +1,119 @@
+"""The index's QA tables on both backends (SQLite, PostgreSQL): forms, evaluations, their life, comments."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linetap.sync.central.index import IndexTables, SqliteIndex
+from linetap.sync.central.pgindex import PgIndex
+from linetap.sync.central.qaindex import FormVersionTaken, StaleEvaluation
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexTables]:
+    opened = SqliteIndex(tmp_path / "index.db") if request.param == "sqlite" else \
+        PgIndex(request.getfixturevalue("pg_url"))
+    with opened:
+        yield opened
+
+
+def evaluation(eid: str = "e1", **changes: Any) -> dict[str, Any]:
+    row = {"evaluation_id": eid, "device_id": "box-a", "recording_id": "r1", "form_id": "inbound",
+           "form_version": 1, "reviewer": "rita", "agent": "alice", "answers": {"greeting": "yes", "empathy": 3},
+           "score": 8750, "raw_score": 8750, "critical_failed": (), "passed": True, "note": None,
+           "submitted_ms": 1000}
+    return row | changes
+
+
+def test_form_versions_are_kept_and_never_change(index: IndexTables) -> None:
+    assert index.add_form("inbound", 1, "Inbound", "id = 1", "root", 10)
+    assert not index.add_form("inbound", 1, "Inbound", "id = 1", "root", 11)  # the same file again
+    with pytest.raises(FormVersionTaken, match="next version number"):
+        index.add_form("inbound", 1, "Inbound", "id = 2", "root", 12)
+    index.add_form("inbound", 2, "Inbound v2", "id = 2", "root", 13)
+    index.add_form("alpha", 1, "Alpha", "a", "ops", 14)
+    assert [(f["form_id"], f["version"]) for f in index.forms()] == [("alpha", 1), ("inbound", 1), ("inbound", 2)]
+    assert index.form("inbound")["source"] == "id = 2"
+    assert index.form("inbound", 1) | {} == {"form_id": "inbound", "version": 1, "title": "Inbound",
+                                             "source": "id = 1", "added_ms": 10, "added_by": "root"}
+    assert index.form("nope") is None and index.form("inbound", 9) is None
+
+
+def test_an_evaluation_is_amended_as_new_versions(index: IndexTables) -> None:
+    index.submit_evaluation(evaluation(), "rita", 1000)
+    got = index.evaluation("e1")
+    assert (got["version"], got["state"], got["answers"], got["passed"]) == (1, "submitted",
+                                                                           {"greeting": "yes", "empathy": 3}, True)
+    assert got["critical_failed"] == ()
+    amended = evaluation(answers={"greeting": "no", "empathy": 3}, score=0, raw_score=8000,
+                         critical_failed=("greeting",), passed=False, submitted_ms=2000, note="missed it")
+    assert index.amend_evaluation(amended, "submitted", "submitted", "rita", "missed it", 2000) == 2
+    got = index.evaluation("e1")
+    assert (got["version"], got["score"], got["critical_failed"], got["passed"]) == (2, 0, ("greeting",), False)
+    assert [v["score"] for v in got["versions"]] == [8750, 0]  # the first version is kept as it was
+    assert [(e["action"], e["state"], e["actor"]) for e in got["events"]] == [
+        ("submit", "submitted", "rita"), ("amend", "submitted", "rita")]
+    assert index.evaluation("nope") is None
+
+
+def test_steps_are_stored_only_from_the_state_they_were_decided_in(index: IndexTables) -> None:
+    index.submit_evaluation(evaluation(), "rita", 1000)
+    index.evaluation_event("e1", "submitted", "dispute", "disputed", "alice", "I did greet", 1100)
+    with pytest.raises(StaleEvaluation, match="is disputed now, not submitted"):
+        index.evaluation_event("e1", "submitted", "acknowledge", "acknowledged", "alice", None, 1200)
+    with pytest.raises(StaleEvaluation, match="is disputed now"):
+        index.amend_evaluation(evaluation(), "submitted", "submitted", "rita", None, 1200)
+    index.evaluation_event("e1", "disputed", "resolve", "resolved", "sam", "upheld", 1300)
+    got = index.evaluation("e1")
+    assert got["state"] == "resolved" and got["state_ms"] == 1300 and got["version"] == 1
+    assert [e["note"] for e in got["events"]] == [None, "I did greet", "upheld"]
+    with pytest.raises(StaleEvaluation, match="does not exist"):
+        index.evaluation_event("nope", "submitted", "dispute", "disputed", "alice", None, 1)
+
+
+def test_two_people_acting_at_once_one_wins(index: IndexTables) -> None:
+    index.submit_evaluation(evaluation(), "rita", 1000)
+    start, results = threading.Barrier(6), []
+
+    def act(n: int) -> None:
+        start.wait(10)
+        try:
+            index.evaluation_event("e1", "submitted", "acknowledge", "acknowledged", f"a{n}", None, 2000 + n)
+            results.append("won")
+        except StaleEvaluation:
+            results.append("stale")
+
+    threads = [threading.Thread(target=act, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == ["stale"] * 5 + ["won"]
+    assert len(index.evaluation("e1")["events"]) == 2
+
+
+def test_evaluations_filtered_newest_version_each(index: IndexTables) -> None:
+    index.submit_evaluation(evaluation("e1"), "rita", 1000)
+    index.submit_evaluation(evaluation("e2", agent="bob", recording_id="r2", submitted_ms=3000), "rita", 3000)
+    index.submit_evaluation(evaluation("e3", device_id="box-b", submitted_ms=2000), "rita", 2000)
+    index.amend_evaluation(evaluation("e1", score=5000, submitted_ms=4000), "submitted", "submitted", "rita", None,
+                           4000)
+    assert [(e["evaluation_id"], e["version"]) for e in index.evaluations()] == [("e3", 1), ("e2", 1), ("e1", 2)]
+    assert [e["evaluation_id"] for e in index.evaluations(agent="alice")] == ["e3", "e1"]
+    assert [e["evaluation_id"] for e in index.evaluations(device_id="box-a", recording_id="r1")] == ["e1"]
+    assert [e["evaluation_id"] for e in index.evaluations(since_ms=2000, until_ms=4000)] == ["e3", "e2"]
+
+
+def test_comments_by_position(index: IndexTables) -> None:
+    for cid, pos, at in (("c1", 5000, 1), ("c2", 1000, 3), ("c3", 1000, 2)):
+        index.add_comment({"comment_id": cid, "device_id": "box-a", "recording_id": "r1", "author": "rita",
+                           "position_ms": pos, "body": f"at {pos}", "created_ms": at})
+    index.add_comment({"comment_id": "c4", "device_id": "box-b", "recording_id": "r1", "author": "rita",
+                       "position_ms": 0, "body": "other box", "created_ms": 1})
+    assert [c["comment_id"] for c in index.comments("box-a", "r1")] == ["c3", "c2", "c1"]
+    assert index.comments("box-a", "r9") == []
