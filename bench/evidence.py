@@ -40,7 +40,7 @@ CALL_S = 300
 RUNS = 3
 
 
-def _record(box: Path, central: Path) -> str:
+def _record(box: Path, central: Path, seconds: int = CALL_S) -> str:
     info = box_keys_init(box, str(load_identity(central).to_public()))
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["--data-dir", str(central), "enroll", "bench-1", "--signing-key", info.public_key_b64]) == 0
@@ -51,12 +51,12 @@ def _record(box: Path, central: Path) -> str:
         sink.open(call)
         t = np.arange(RATE) / RATE
         second = (np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], axis=1) * 6000).astype(np.int16)
-        for _ in range(CALL_S):
+        for _ in range(seconds):
             sink.write(second)
             clock.advance(1.0)
         ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
                               "ended_mono": clock.monotonic(), "events": (CallEvent(0.0, "call-start", {}),)})
-        sink.close(Recording(ended, RATE * CALL_S, 0.0, (), {}))
+        sink.close(Recording(ended, RATE * seconds, 0.0, (), {}))
     return call.call_id
 
 

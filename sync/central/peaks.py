@@ -91,26 +91,38 @@ class PeaksBuilder:
         self.per_bucket = rate * bucket_ms // 1000
         self._low: list[np.ndarray] = []
         self._high: list[np.ndarray] = []
-        self._rest = np.zeros((0, 2), dtype=np.float32)
+        self._pending: list[np.ndarray] = []
+        self._count = 0
+        self._batch = max(self.per_bucket, rate * 10)  # reduce ~10 s at a time, not a decoder frame
 
     def add(self, frames: np.ndarray) -> None:
         """(n, 2) samples: float in [-1, 1] or int16."""
         if frames.ndim != 2 or frames.shape[1] != 2:
             raise ValueError(f"peaks take stereo (n, 2) frames, got shape {frames.shape}")
         block = frames.astype(np.float32) / 32768.0 if frames.dtype == np.int16 else frames.astype(np.float32)
-        data = np.concatenate([self._rest, block]) if len(self._rest) else block
-        whole = len(data) // self.per_bucket * self.per_bucket
-        if whole:
-            shaped = data[:whole].reshape(-1, self.per_bucket, 2)
-            self._low.append(shaped.min(axis=1))
-            self._high.append(shaped.max(axis=1))
-        self._rest = data[whole:].copy()
+        self._pending.append(block)
+        self._count += len(block)
+        if self._count >= self._batch:
+            self._reduce(final=False)
+
+    def _reduce(self, *, final: bool) -> None:
+        data = np.concatenate(self._pending) if self._pending else np.zeros((0, 2), dtype=np.float32)
+        whole = len(data) if final else len(data) // self.per_bucket * self.per_bucket
+        lanes = np.ascontiguousarray(data[:whole].T)  # (2, n): each lane's samples side by side
+        full = whole // self.per_bucket * self.per_bucket
+        if full:
+            shaped = lanes[:, :full].reshape(2, -1, self.per_bucket)
+            self._low.append(shaped.min(axis=2).T)
+            self._high.append(shaped.max(axis=2).T)
+        if whole > full:  # the call's last, shorter bucket
+            self._low.append(lanes[:, full:].min(axis=1, keepdims=True).T)
+            self._high.append(lanes[:, full:].max(axis=1, keepdims=True).T)
+        rest = data[whole:]
+        self._pending = [rest] if len(rest) else []
+        self._count = len(rest)
 
     def finish(self, sizes: tuple[int, ...] = ()) -> Peaks:
-        if len(self._rest):
-            self._low.append(self._rest.min(axis=0, keepdims=True))
-            self._high.append(self._rest.max(axis=0, keepdims=True))
-            self._rest = np.zeros((0, 2), dtype=np.float32)
+        self._reduce(final=True)
         low = np.concatenate(self._low) if self._low else np.zeros((0, 2), dtype=np.float32)
         high = np.concatenate(self._high) if self._high else np.zeros((0, 2), dtype=np.float32)
         return Peaks(self.bucket_ms, self.rate, _scale(low), _scale(high), tuple(sizes))
