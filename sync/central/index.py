@@ -52,6 +52,7 @@ from linetap.firmware import manifest as mf
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
+from linetap.sync.central.copytables import CopyTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
@@ -186,11 +187,18 @@ class Index(Protocol):
     def set_hold(self, recording_id: str, hold: bool, reason: str | None, *, device_id: str) -> None: ...
     def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
                     device_id: str) -> None: ...
+    # whole tables, for migrate-store (:mod:`~linetap.sync.central.copytables`)
+    def count_rows(self, name: str) -> int: ...
+    def stored_totals(self) -> tuple[int, int]: ...
+    def table_page(self, name: str, after: Sequence[Any] | None, limit: int, *,
+                   offset: int = 0) -> list[dict[str, Any]]: ...
+    def insert_rows(self, name: str, rows: Sequence[dict[str, Any]]) -> int: ...
+
     def close(self) -> None: ...
 
 
 class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables,
-                  PeaksTables, QaTables):
+                  PeaksTables, QaTables, CopyTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write
