@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.formscli import add_forms_commands
     from linetap.sync.central.migrate import add_migrate_command
     from linetap.sync.central.peaksjob import add_peaks_command
+    from linetap.sync.central.migratestore import add_migrate_store_command
     from linetap.sync.central.worker import add_serve_command
     from linetap.sync.central.timestampcli import add_timestamp_command
     from linetap.sync.dynsec import add_broker_commands
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_migrate_command(sub, common)
     add_peaks_command(sub, common)
     add_forms_commands(sub, common)
+    add_migrate_store_command(sub, common)
     return parser
 
 
