@@ -41,6 +41,17 @@ class TimestampTables:
             row = db.execute("SELECT pos, sha256 FROM receipts ORDER BY pos DESC LIMIT 1").fetchone()
         return None if row is None else dict(row)
 
+    def access_head(self) -> dict[str, Any] | None:
+        """The access log's last position and hash; None while it is empty."""
+        with self._sql() as db:
+            row = db.execute("SELECT pos, sha256 FROM access_log ORDER BY pos DESC LIMIT 1").fetchone()
+        return None if row is None else dict(row)
+
+    def access_at(self, pos: int) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT pos, sha256 FROM access_log WHERE pos = ?", (pos,)).fetchone()
+        return None if row is None else dict(row)
+
     def receipt_at(self, pos: int) -> dict[str, Any] | None:
         with self._sql() as db:
             row = db.execute("SELECT pos, device_id, recording_id, sha256 FROM receipts WHERE pos = ?",

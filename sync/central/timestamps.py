@@ -2,12 +2,15 @@
 
 The **commitment** is what a time-stamping authority (TSA) stamps. It names,
 for every device, the head of its manifest chain (the newest stored recording:
-``device_id``, ``seq``, ``manifest_sha256``) and the head of the receipt log
-(``pos``, ``sha256``; null while the log is empty), as sorted-key compact
-UTF-8 JSON with no spaces::
+``device_id``, ``seq``, ``manifest_sha256``), the head of the receipt log
+and the head of the access log (each ``pos``, ``sha256``; null while that log
+is empty), as sorted-key compact UTF-8 JSON with no spaces::
 
-    {"devices":[{"device_id":"desk-1","manifest_sha256":"9f..","seq":12}],
-     "format":"linetap-timestamp-commitment/1","receipts":{"pos":40,"sha256":"c2.."}}
+    {"access_log":{"pos":7,"sha256":"41.."},"devices":[{"device_id":"desk-1","manifest_sha256":"9f..",
+     "seq":12}],"format":"linetap-timestamp-commitment/1","receipts":{"pos":40,"sha256":"c2.."}}
+
+The access log's head is in it because its hash chain alone cannot show its
+newest entries cut off: once stamped, they can no longer go unseen.
 
 Devices are sorted by ``device_id`` (then hash, when a device holds two
 recordings at its highest ``seq``). The TSA stamps the SHA-256 of those exact
@@ -83,21 +86,25 @@ class Commitment:
 
     devices: tuple[DeviceHead, ...]
     receipts: LogHead | None
+    access_log: LogHead | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.devices and self.receipts is None
+        return not self.devices and self.receipts is None and self.access_log is None
 
     def encode(self) -> bytes:
         heads = sorted(self.devices, key=lambda h: (h.device_id, h.manifest_sha256))
         doc = {"devices": [{"device_id": h.device_id, "manifest_sha256": h.manifest_sha256, "seq": h.seq}
-                           for h in heads], "format": FORMAT,
-               "receipts": None if self.receipts is None else {"pos": self.receipts.pos,
-                                                                "sha256": self.receipts.sha256}}
+                           for h in heads], "format": FORMAT, "receipts": _log_doc(self.receipts),
+               "access_log": _log_doc(self.access_log)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def heads_of(self, device_id: str) -> list[DeviceHead]:
         return [h for h in self.devices if h.device_id == device_id]
+
+
+def _log_doc(head: LogHead | None) -> dict[str, Any] | None:
+    return None if head is None else {"pos": head.pos, "sha256": head.sha256}
 
 
 class HeadSource(Protocol):
@@ -105,13 +112,17 @@ class HeadSource(Protocol):
 
     def chain_heads(self) -> list[Row]: ...
     def receipt_head(self) -> Row | None: ...
+    def access_head(self) -> Row | None: ...
 
 
 def commitment_of(index: HeadSource) -> Commitment:
     """The store's chain heads now."""
     heads = tuple(DeviceHead(r["device_id"], int(r["seq"]), r["manifest_sha256"]) for r in index.chain_heads())
-    log = index.receipt_head()
-    return Commitment(heads, None if log is None else LogHead(int(log["pos"]), log["sha256"]))
+    return Commitment(heads, _log_head(index.receipt_head()), _log_head(index.access_head()))
+
+
+def _log_head(row: Row | None) -> LogHead | None:
+    return None if row is None else LogHead(int(row["pos"]), row["sha256"])
 
 
 def decode_commitment(data: bytes, *, what: str = "commitment") -> Commitment:
@@ -120,20 +131,24 @@ def decode_commitment(data: bytes, *, what: str = "commitment") -> Commitment:
         doc = untrusted.loads(data, what=what, max_bytes=MAX_COMMITMENT_BYTES, max_depth=4)
     except untrusted.Untrusted as e:
         raise TimestampError(str(e)) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or set(doc) != {"devices", "format", "receipts"}:
-        raise TimestampError(f"{what} is not a {FORMAT} document (keys devices, format, receipts)")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or \
+            set(doc) != {"access_log", "devices", "format", "receipts"}:
+        raise TimestampError(f"{what} is not a {FORMAT} document (keys access_log, devices, format, receipts)")
     if not isinstance(doc["devices"], list):
         raise TimestampError(f"{what}: devices must be a list")
     heads = tuple(DeviceHead(_text(d, "device_id", what), _count(d, "seq", what), _digest(d, "manifest_sha256", what))
                   for d in (_fields(d, {"device_id", "seq", "manifest_sha256"}, what) for d in doc["devices"]))
-    log = doc["receipts"]
-    if log is not None:
-        log = _fields(log, {"pos", "sha256"}, what)
-        log = LogHead(_count(log, "pos", what), _digest(log, "sha256", what))
-    commitment = Commitment(heads, log)
+    commitment = Commitment(heads, _checked_log(doc["receipts"], what), _checked_log(doc["access_log"], what))
     if commitment.encode() != bytes(data):
         raise TimestampError(f"{what} is not in canonical form (sorted keys, no spaces, devices in order)")
     return commitment
+
+
+def _checked_log(item: Any, what: str) -> LogHead | None:
+    if item is None:
+        return None
+    log = _fields(item, {"pos", "sha256"}, what)
+    return LogHead(_count(log, "pos", what), _digest(log, "sha256", what))
 
 
 def _fields(item: Any, keys: set[str], what: str) -> dict[str, Any]:
@@ -351,12 +366,14 @@ def chain_to_head(index: StampIndex, head: DeviceHead, seq: int) -> list[Row] | 
 
 class CheckIndex(StampIndex, Protocol):
     def receipt_at(self, pos: int) -> Row | None: ...
+    def access_at(self, pos: int) -> Row | None: ...
 
 
 def check_stamps(index: CheckIndex, stamps: Iterable[Row], trust: Trust | None) -> list[dict[str, Any]]:
     """Every stored stamp: token (against ``trust`` when given), imprint, digest, and each head against the
     index. Returns problems ``{"kind", "pos", "device_id", "detail"}``; kinds: ``timestamp-invalid``,
-    ``timestamp-mismatch``, ``timestamp-head-mismatch``, ``timestamp-receipt-mismatch``."""
+    ``timestamp-mismatch``, ``timestamp-head-mismatch``, ``timestamp-receipt-mismatch``,
+    ``timestamp-access-log-mismatch``."""
     found: list[dict[str, Any]] = []
     for stamp in stamps:
         pos, data = stamp["pos"], bytes(stamp["commitment"])
@@ -386,6 +403,12 @@ def check_stamps(index: CheckIndex, stamps: Iterable[Row], trust: Trust | None) 
             if row is None or row["sha256"] != log.sha256:
                 problem("timestamp-receipt-mismatch", f"receipt log position {log.pos} is "
                         f"{'gone' if row is None else 'another receipt'}, not the stamped {log.sha256[:16]}...")
+        log = commitment.access_log
+        if log is not None:
+            row = index.access_at(log.pos)
+            if row is None or row["sha256"] != log.sha256:
+                problem("timestamp-access-log-mismatch", f"access log position {log.pos} is "
+                        f"{'gone' if row is None else 'another entry'}, not the stamped {log.sha256[:16]}...")
     return found
 
 

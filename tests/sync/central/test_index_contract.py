@@ -444,8 +444,8 @@ def test_a_nul_character_in_text(backend: Backend, index: IndexTables) -> None:
 # -- trusted timestamps --
 
 def test_timestamps_and_the_heads_they_commit_to(index: IndexTables) -> None:
-    assert (index.receipt_head(), index.last_timestamp(), index.timestamps(), index.chain_heads()) == \
-        (None, None, [], [])
+    assert (index.receipt_head(), index.access_head(), index.last_timestamp(), index.timestamps(),
+            index.chain_heads()) == (None, None, None, [], [])
     key = Ed25519PrivateKey.generate()
     for device, n, seq in (("box-b", 1, 1), ("box-a", 2, 1), ("box-a", 3, 2), ("box-a", 4, 2)):
         recording = row(device, n, seq=seq)
@@ -483,3 +483,5 @@ def test_the_access_log_is_one_chain_under_concurrent_appends(index: IndexTables
     assert [e["pos"] for e in index.access_log("box-a", rid(2))] == \
         [e["pos"] for e in entries if e["device_id"] == "box-a" and e["recording_id"] == rid(2)]
     assert len(index.access_log(recording_id=rid(2))) == 6
+    assert index.access_head() == {"pos": 29, "sha256": entries[-1]["sha256"]}  # what a stamp commits to
+    assert index.access_at(3) == {"pos": 3, "sha256": entries[3]["sha256"]} and index.access_at(30) is None

@@ -82,9 +82,10 @@ def kinds(report: dict) -> set[str]:
 
 def test_the_commitment_is_canonical_and_read_back_checked() -> None:
     heads = (ts.DeviceHead("desk-2", 4, "b" * 64), ts.DeviceHead("desk-1", 9, "a" * 64))
-    commitment = ts.Commitment(heads, ts.LogHead(12, "c" * 64))
+    commitment = ts.Commitment(heads, ts.LogHead(12, "c" * 64), ts.LogHead(3, "d" * 64))
     data = commitment.encode()
-    assert data.startswith(b'{"devices":[{"device_id":"desk-1","manifest_sha256":"' + b"a" * 64 + b'","seq":9}')
+    assert data.startswith(b'{"access_log":{"pos":3,"sha256":"' + b"d" * 64 + b'"},"devices":[{"device_id":'
+                           b'"desk-1","manifest_sha256":"' + b"a" * 64 + b'","seq":9}')
     assert b" " not in data and ts.decode_commitment(data).encode() == data
     assert ts.decode_commitment(ts.Commitment((), None).encode()).empty
     bad = {b"[]": "not a linetap-timestamp-commitment/1", data.replace(b":9", b":-9"): "whole number",
@@ -297,3 +298,20 @@ def test_covering_stamp_finds_the_first_stamp_whose_head_reaches_a_recording(
     assert code == 0 and json.loads(out)["timestamps"]["recording"]["stamp"] is None
     files = trust_files(central, section)
     assert files["ca_file"].read_bytes() == (tsa_files / "ca.pem").read_bytes()
+
+
+def test_the_newest_access_log_entries_cut_off_after_a_stamp_are_caught(box: Box, central: Path, clock, tsa,
+                                                                          tsa_files: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    section = configure(central, tsa_files, tsa.url)
+    rid = store_calls(central, box, clock, 1)[0]
+    for n in range(2):  # two exports: two access-log entries, the stamp names the second
+        assert cli(central, capsys, "export", rid, "-o", str(tmp_path / f"call-{n}.wav"))[0] == 0
+    with SqliteIndex(central / INDEX_FILE) as index:
+        Stamper(central, section, index, clock=clock).stamp()
+        assert ts.decode_commitment(index.last_timestamp()["commitment"]).access_log.pos == 1
+    with sqlite3.connect(central / INDEX_FILE) as db:  # the newest entry removed: its own chain still holds
+        db.execute("DELETE FROM access_log WHERE pos = 1")
+    assert cli(central, capsys, "audit", "verify")[0] == 0
+    code, report = verify_json(central, capsys)
+    assert code == 1 and kinds(report) == {"timestamp-access-log-mismatch"}
