@@ -40,6 +40,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from linetap.sync.central.analytics.cli import add_analytics_commands
     from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.formscli import add_forms_commands
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_peaks_command(sub, common)
     add_forms_commands(sub, common)
     add_migrate_store_command(sub, common)
+    add_analytics_commands(sub, common)
     return parser
 
 
@@ -279,8 +281,11 @@ def _list(args: argparse.Namespace) -> int:
             flagged=True if args.flagged else None,
             min_duration_ms=None if args.min_duration is None else round(args.min_duration * 1000))
         receipted = {(r["device_id"], r["recording_id"]): r["stored_ms"] for r in tools.index.receipts()}
+        analysed = tools.index.analysis_summary()
     for row in rows:  # when the store signed the recording's delivery receipt; None: it has none
         row["receipt_stored_ms"] = receipted.get((row["device_id"], row["recording_id"]))
+        # speech analytics: transcript state, adherence passed/failed, spoken card data; None: not queued yet
+        row["analysis"] = analysed.get((row["device_id"], row["recording_id"]))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

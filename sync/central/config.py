@@ -60,6 +60,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, model_validator
 
 from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
+from linetap.sync.central.analytics.config import AnalyticsSection
 
 CONFIG_FILE = "central.toml"
 DAY_MS = 86_400_000  # the days of [retention] and [ingest], in the store's milliseconds
@@ -275,6 +276,7 @@ class CentralConfig(Schema):
     evidence: EvidenceSection = EvidenceSection()
     index: IndexSection = IndexSection()
     store: StoreSection = StoreSection()
+    analytics: AnalyticsSection = AnalyticsSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

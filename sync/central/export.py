@@ -61,7 +61,7 @@ def export(stored: Stored, recording_id: str, out: Path, *, force: bool = False,
         raise UnknownRecording(f"recording {recording_id} was erased ({row['erase_reason']}); "
                                "nothing is left to export")
     manifest = stored.checked_manifest(row)
-    plaintexts = _decrypted(stored, row, manifest)
+    plaintexts = decrypted(stored, row, manifest)
     rate = manifest.get("codec", {}).get("rate")
     frames = None
     if out.suffix.lower() == ".ogg":
@@ -83,7 +83,7 @@ def _check_target(out: Path, force: bool) -> None:
         raise _exists(out)
 
 
-def _decrypted(stored: Stored, row: dict[str, Any], manifest: dict[str, Any]) -> list[bytes]:
+def decrypted(stored: Stored, row: dict[str, Any], manifest: dict[str, Any]) -> list[bytes]:
     """Each listed segment, checked against the manifest, decrypted with the central identity."""
     identity = load_identity(stored.data_dir)
     plaintexts = []

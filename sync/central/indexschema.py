@@ -199,9 +199,68 @@ CREATE TABLE IF NOT EXISTS comments (
     created_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS comments_recording ON comments (device_id, recording_id);
+CREATE TABLE IF NOT EXISTS analysis_jobs (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    state TEXT NOT NULL,  -- queued, running, done, failed, skipped (sync/central/analytics/tables.py)
+    priority INTEGER NOT NULL,  -- 1: flagged on the box, analysed first
+    stored_ms BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,  -- the worker holding the lease
+    lease_until_ms BIGINT,
+    reason TEXT,  -- why it failed or was skipped
+    engine TEXT,
+    card_data INTEGER NOT NULL DEFAULT 0,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, recording_id)
+);
+CREATE INDEX IF NOT EXISTS analysis_jobs_next ON analysis_jobs (state, priority, stored_ms);
+CREATE TABLE IF NOT EXISTS transcript_lines (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    channel TEXT NOT NULL,  -- near (agent) or far (caller)
+    line INTEGER NOT NULL,
+    start_ms BIGINT NOT NULL,  -- from the start of the call's audio
+    end_ms BIGINT NOT NULL,
+    text TEXT NOT NULL,  -- redacted: spoken card data is never stored
+    words TEXT NOT NULL,  -- JSON [[start_ms, end_ms, probability percent, word], ...]
+    PRIMARY KEY (device_id, recording_id, channel, line)
+);
+CREATE TABLE IF NOT EXISTS adherence (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    script TEXT NOT NULL,
+    item TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- required or forbidden
+    passed INTEGER NOT NULL,
+    score INTEGER NOT NULL,  -- best fuzzy match, percent
+    at_ms BIGINT,
+    heard TEXT,
+    PRIMARY KEY (device_id, recording_id, script, item)
+);
+CREATE TABLE IF NOT EXISTS analysis_events (
+    device_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- spoken-card-data
+    channel TEXT NOT NULL,
+    start_ms BIGINT NOT NULL,
+    end_ms BIGINT NOT NULL,
+    detail TEXT NOT NULL,  -- card-number or security-code (never the digits)
+    found_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS analysis_events_recording ON analysis_events (device_id, recording_id);
 """
 
-SCHEMA_VERSION = 6
+# Engine-specific full-text search over transcript_lines: FTS5 here, a GIN index in pgschema.PG_INDEXES.
+SQLITE_ONLY = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5(text, device_id UNINDEXED, "
+    "recording_id UNINDEXED, channel UNINDEXED, line UNINDEXED, tokenize = 'porter unicode61')",
+)
+
+# PostgreSQL's searched expression (pgschema's GIN index; analytics/tables.py's queries match it).
+TSVECTOR = "to_tsvector('english', text)"
+
+SCHEMA_VERSION = 7
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -252,9 +311,15 @@ def _migrate_5_to_6(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_6_to_7(db: sqlite3.Connection) -> None:
+    """Speech analytics (``analysis_jobs``, ``transcript_lines`` with ``transcript_fts``, ``adherence``,
+    ``analysis_events``), all empty: ``linetap-central analyze`` queues every stored call when it first runs."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
-              4: _migrate_4_to_5, 5: _migrate_5_to_6}
+              4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7}
 
 
 def create(db: sqlite3.Connection) -> None:
@@ -262,6 +327,8 @@ def create(db: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    for statement in SQLITE_ONLY:
+        db.execute(statement)
 
 
 def upgrade(db: sqlite3.Connection, path: Path) -> None:

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import Connection
 
 from linetap.firmware.errors import SyncError
-from linetap.sync.central.indexschema import SCHEMA, SCHEMA_VERSION
+from linetap.sync.central.indexschema import SCHEMA, SCHEMA_VERSION, TSVECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ PG_INDEXES = (
     "(LOWER(caller_number) gin_trgm_ops)",
     "CREATE INDEX IF NOT EXISTS recordings_caller_name_trgm ON recordings USING gin "
     "(LOWER(caller_name) gin_trgm_ops)",
+    # `search PHRASE`: full-text search of transcripts (SQLite: the FTS5 table of indexschema.SQLITE_ONLY).
+    f"CREATE INDEX IF NOT EXISTS transcript_lines_fts ON transcript_lines USING gin ({TSVECTOR})",
 )
 
 
@@ -89,6 +91,8 @@ MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
     5: _tables_added,  # quality assessment: qa_forms, evaluations, evaluation_events, comments
+    6: _tables_added,  # speech analytics: analysis_jobs, transcript_lines (+ full-text index), adherence,
+                       # analysis_events
 }
 
 
