@@ -195,12 +195,19 @@ def index_section(args: argparse.Namespace) -> Any:
     return load_config(getattr(args, "config", None), data_dir(args)).index
 
 
+def central_config(args: argparse.Namespace) -> Any:
+    """The command's central config: its ``--config`` when it has one, else DATA_DIR/central.toml, else defaults."""
+    from linetap.sync.central.config import load_config
+
+    return load_config(getattr(args, "config", None), data_dir(args))
+
+
 def _tools(args: argparse.Namespace):
     from linetap.sync.central.tools import StoreTools
 
     folder = data_dir(args)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return StoreTools(folder, index_config=index_section(args))
+    return StoreTools(folder, config=central_config(args))
 
 
 def _when(text: str) -> int:

@@ -159,10 +159,10 @@ def _key(text: str | None, option: str) -> Ed25519PublicKey | None:
 
 
 def _tools(args: argparse.Namespace) -> Any:
-    from linetap.sync.central.cli import data_dir, index_section
+    from linetap.sync.central.cli import central_config, data_dir
     from linetap.sync.central.tools import StoreTools
 
-    return StoreTools(data_dir(args), index_config=index_section(args))
+    return StoreTools(data_dir(args), config=central_config(args))
 
 
 def _audit_list(args: argparse.Namespace) -> int:

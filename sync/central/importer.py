@@ -52,7 +52,8 @@ def import_dir(stored: Stored, box_data_dir: Path, *, ingest: Ingest | None = No
     except card.CardRefused as e:
         raise ConfigError(str(e)) from None
     owned = ingest is None
-    ingest = ingest or Ingest(stored.data_dir, clock=stored.clock, store=stored.store, index=stored.index)
+    ingest = ingest or Ingest(stored.data_dir, clock=stored.clock, store=stored.store, index=stored.index,
+                               config=stored.config)
     try:
         results, found = _manifests(spool_fd, spool)
         for device, _, folder, data in sorted(found, key=lambda item: (item[0], item[1])):

@@ -22,11 +22,20 @@ idempotent and every shared decision is taken in the index:
    waits in staging and is finished by the worker that stores the last
    segment. A broken chain link is stored and recorded as a problem
    (refusing it would lose evidence), and ``verify`` reports it;
-5. a stored and verified manifest's recording is indexed and its delivery
-   receipt (:mod:`linetap.firmware.receipt`) signed with the store key and
-   appended to the receipt log in the same transaction; the manifest's
-   ``stored`` ack carries it. A manifest sent again gets the receipt already
-   in the log, never a new one; nothing is acknowledged before it is durable.
+5. a stored and verified manifest's recording has every object locked
+   (``[store] object_lock``: retained until its start plus its ``[retention]``
+   category's days, :mod:`~linetap.sync.central.writeonce`), then is indexed
+   and its delivery receipt (:mod:`linetap.firmware.receipt`) signed with the
+   store key and appended to the receipt log in the same transaction; the
+   manifest's ``stored`` ack carries it. A manifest sent again gets the
+   receipt already in the log, never a new one.
+
+Order, so nothing is acknowledged before it is durable: an object is written
+(the store's put returns once it is durable) before its index row is marked
+stored and before its ack; a recording's objects are all stored and locked
+before its index row and receipt are committed, and that commit comes before
+the manifest's ack. A crash in between leaves work the resend finishes (a
+lock is never shortened, so locking again is harmless).
 
 Everything is keyed by (device, recording): recording ids are unique per
 device only, and a box may reuse another's id without touching it.
@@ -66,18 +75,19 @@ from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
-from linetap.sync.central.config import DAY_MS, IndexSection, IngestSection
+from linetap.sync.central.config import DAY_MS, CentralConfig, IndexSection, IngestSection, load_config
 from linetap.sync.central.index import Index
 from linetap.sync.central.indexes import open_index
-from linetap.sync.central import store as object_store
 from linetap.sync.central.keys import load_identity, load_store_key
 from linetap.sync.central.receiptlog import Signer, as_receipt
+from linetap.sync.central.rowfields import int_at, text, withheld
 from linetap.sync.central.staging import AgedOut, Staging
-from linetap.sync.central.store import DurableFiles, FileStore, ObjectStore, StoreUnavailable, manifest_key, segment_key
+from linetap.sync.central.store import (DurableFiles, ObjectStore, StoreUnavailable, manifest_key, open_store,
+                                        segment_key)
+from linetap.sync.central.writeonce import lock_recording
 
 logger = logging.getLogger(__name__)
 
-OBJECTS_DIR = object_store.OBJECTS_DIR  # owned by the store module; kept here for older importers
 # The most one object may be on the wire: anything a manifest lists beyond it is garbage.
 MAX_OBJECT = wire.MAX_PARTS * wire.PART_BYTES
 # The sealed caller id: age header and a number and name of a few dozen bytes each.
@@ -90,29 +100,30 @@ RECORDED_CODES = ("wrong-device", "hash-mismatch", "bad-signature", "conflict")
 class Ingest:
     """Turns upload parts into stored objects and indexed recordings; thread- and process-safe.
 
-    ``store`` and ``index`` default to the file store under ``<data_dir>/objects``
-    and the index ``index_config`` (the config's ``[index]``) names, by default
-    the SQLite index ``<data_dir>/index.db``; ``files`` is the durable
-    writer of both the staging and the default store (tests pass one that
-    fails like a full disk). ``limits`` is the config's ``[ingest]`` section.
-    ``store_key`` signs the delivery receipts; without it the data dir's
-    ``keys/store.key`` is loaded here, once (a worker process loads its own:
-    a key does not cross a process boundary), and a store without one is
-    refused with the ``keys init`` hint.
+    ``config`` (default: ``<data_dir>/central.toml`` when there is one) names the
+    store (``[store]``, opened here, in the caller's process), the index
+    (``[index]``; ``index_config`` overrides it), the limits (``[ingest]``;
+    ``limits`` overrides) and the object lock (``[store]``, ``[retention]``).
+    ``store`` and ``index`` replace what the config names; ``files`` is the
+    durable writer of the staging and a file store (tests pass one that fails
+    like a full disk). ``store_key`` signs the delivery receipts; without it
+    ``keys/store.key`` is loaded here, once per process, and a store without
+    one is refused with the ``keys init`` hint.
     """
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
                  index: Index | None = None, files: DurableFiles | None = None,
                  limits: IngestSection | None = None, store_key: Ed25519PrivateKey | None = None,
-                 index_config: IndexSection | None = None) -> None:
+                 index_config: IndexSection | None = None, config: CentralConfig | None = None) -> None:
         self.data_dir = Path(data_dir)
         self._store_key = store_key if store_key is not None else load_store_key(self.data_dir)
-        self.limits = limits or IngestSection()
+        self.config = config or load_config(None, self.data_dir)
+        self.limits = limits or self.config.ingest
         self._clock = clock or SystemClock()
         self._files = files or DurableFiles()
-        self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR, files=self._files)
+        self.store: ObjectStore = store or open_store(self.config, self.data_dir, files=self._files)
         self._owns_index = index is None
-        self.index: Index = index or open_index(index_config, self.data_dir)
+        self.index: Index = index or open_index(index_config or self.config.index, self.data_dir)
         self._staging = Staging(self.data_dir, self.index, self._files)
         self._identity: pyrage.x25519.Identity | None = None
 
@@ -284,6 +295,10 @@ class Ingest:
             return [refusal]
         row = self._recording_row(manifest, data)
         vouched = [str(wire.ObjectRef.manifest())] + [str(wire.ObjectRef.segment(i)) for i, _, _ in listed]
+        if self.index.recording(rid, device) is None:  # locked before the row: see the module's "Order"
+            lock_recording(self.store, self.config.store, self.config.retention,
+                           [segment_key(device, rid, i) for i, _, _ in listed] + [row["manifest_key"]],
+                           started_ms=row["started_ms"] or row["stored_ms"], flagged=row["flagged"])
         if self.index.add_recording(row, vouched, self._signer(manifest, row["manifest_sha256"])):
             self._check_links(manifest, row["manifest_sha256"])
             logger.info("recording stored device=%s recording=%s seq=%d segments=%d",
@@ -347,8 +362,8 @@ class Ingest:
         self.index.add_problem(device, rid, seq, "chain-break", detail, self._now_ms())
 
     def _recording_row(self, manifest: dict[str, Any], data: bytes) -> dict[str, Any]:
-        started = _int_at(manifest, "started", "wall_ms")
-        ended = _int_at(manifest, "ended", "wall_ms")
+        started = int_at(manifest, "started", "wall_ms")
+        ended = int_at(manifest, "ended", "wall_ms")
         events = manifest.get("events") if isinstance(manifest.get("events"), list) else []
         number, name = self._open_caller(manifest)
         segments = _segment_entries(manifest) or []
@@ -358,10 +373,10 @@ class Ingest:
             "duration_ms": ended - started if started is not None and ended is not None else None,
             "flagged": manifest.get("flagged") is True, "recorded": manifest.get("recorded") is True,
             "discarded": manifest.get("discarded") is True,
-            "ended_by": _text(manifest.get("ended_by")),
+            "ended_by": text(manifest.get("ended_by")),
             "consent": [e for e in events if isinstance(e, dict) and e.get("kind") in mf.CONSENT_KINDS],
             "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else None,
-            "caller_number": number, "caller_name": name, "caller_withheld": _withheld(manifest),
+            "caller_number": number, "caller_name": name, "caller_withheld": withheld(manifest),
             "manifest_sha256": mf.manifest_hash(data), "prev": manifest["prev"],
             "segments": len(segments), "bytes": sum(size for _, _, size in segments),
             "manifest_key": manifest_key(manifest["device_id"], manifest["recording_id"]),
@@ -390,7 +405,7 @@ class Ingest:
         if not isinstance(caller, dict):
             return None, None
         number, name = caller.get("number"), caller.get("name")
-        return _text(number), _text(name)
+        return text(number), text(name)
 
     def _central_identity(self) -> pyrage.x25519.Identity | None:
         if self._identity is None:
@@ -470,26 +485,3 @@ def _segment_entries(manifest: dict[str, Any]) -> list[tuple[int, str, int]] | N
             return None
         entries.append((index, sha256, size))
     return entries
-
-
-def _int_at(manifest: dict[str, Any], member: str, name: str) -> int | None:
-    section = manifest.get(member)
-    value = section.get(name) if isinstance(section, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: Any) -> str | None:
-    """A box's text for the index, or None: not a string, or holding a NUL character, which JSON allows,
-    SQLite would keep and PostgreSQL cannot hold (so every backend indexes the same)."""
-    return value if isinstance(value, str) and "\x00" not in value else None
-
-
-def _withheld(manifest: dict[str, Any]) -> str | None:
-    """The box's plain reason no number came (``private``, ``out-of-area``...); anything else is dropped.
-
-    Only a short lower-case word is taken, so no caller's number or name can reach the index unsealed.
-    """
-    value = manifest.get("caller_withheld")
-    if not isinstance(value, str) or not 0 < len(value) <= 32 or not value.isascii():
-        return None
-    return value if value.replace("-", "").isalpha() and value.islower() else None

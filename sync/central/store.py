@@ -61,7 +61,7 @@ MAX_NAME_BYTES = 255  # one path component, as a file system allows
 LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 
 if TYPE_CHECKING:
-    from linetap.sync.central.config import CentralConfig
+    from linetap.sync.central.config import CentralConfig, StoreSection
 
 
 class StoreUnavailable(SyncError, OSError):
@@ -299,10 +299,17 @@ class FileStore:
             raise ObjectMissing(f"object {key} is not in the store {self.root}")
 
 
-def open_store(config: CentralConfig, data_dir: Path) -> ObjectStore:
-    """The object store ``[store]`` names: an S3 bucket, or the files under ``<data_dir>/objects``."""
-    if config.store.url is None:
-        return FileStore(Path(data_dir) / OBJECTS_DIR)
+def open_store(config: CentralConfig | StoreSection | None, data_dir: Path, *,
+               files: DurableFiles | None = None) -> ObjectStore:
+    """The object store ``[store]`` names (a whole config or its section; None: the defaults): an S3
+    bucket, or the files under ``<data_dir>/objects`` written through ``files``.
+
+    Opening makes no request: a process may open its store before the server is up (a worker
+    process opens its own, a client does not cross a process boundary).
+    """
+    section = getattr(config, "store", config)
+    if section is None or section.url is None:
+        return FileStore(Path(data_dir) / OBJECTS_DIR, files=files)
     from linetap.sync.central.s3store import S3Store  # boto3 only when a bucket is configured
 
-    return S3Store.from_config(config.store, Path(data_dir))
+    return S3Store.from_config(section, Path(data_dir))

@@ -19,11 +19,10 @@ from linetap.firmware import manifest as mf
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import AuthError
 from linetap.firmware.keys import public_key_from_b64
-from linetap.sync.central.config import IndexSection
+from linetap.sync.central.config import CentralConfig, IndexSection, load_config
 from linetap.sync.central.index import Index, UnknownRecording
 from linetap.sync.central.indexes import open_index
-from linetap.sync.central.ingest import OBJECTS_DIR
-from linetap.sync.central.store import FileStore, ObjectStore, segment_key
+from linetap.sync.central.store import ObjectStore, open_store, segment_key
 
 
 class IntegrityError(AuthError):
@@ -31,16 +30,19 @@ class IntegrityError(AuthError):
 
 
 class Stored:
-    """The object store under ``data_dir`` and the index ``index_config`` names (default: the
-    SQLite file in ``data_dir``). ``close()`` releases the index."""
+    """The object store and index ``config`` names (default: ``<data_dir>/central.toml`` when there is
+    one, else the files and SQLite index in ``data_dir``); ``store``, ``index`` and ``index_config``
+    replace the config's. ``close()`` releases the index."""
 
     def __init__(self, data_dir: Path, *, clock: Clock | None = None, store: ObjectStore | None = None,
-                 index: Index | None = None, index_config: IndexSection | None = None) -> None:
+                 index: Index | None = None, index_config: IndexSection | None = None,
+                 config: CentralConfig | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock or SystemClock()
-        self.store: ObjectStore = store or FileStore(self.data_dir / OBJECTS_DIR)
+        self.config = config or load_config(None, self.data_dir)
+        self.store: ObjectStore = store or open_store(self.config, self.data_dir)
         self._owns_index = index is None
-        self.index: Index = index or open_index(index_config, self.data_dir)
+        self.index: Index = index or open_index(index_config or self.config.index, self.data_dir)
 
     def close(self) -> None:
         if self._owns_index:

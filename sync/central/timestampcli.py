@@ -37,7 +37,7 @@ def _timestamp(args: argparse.Namespace) -> int:
     folder = data_dir(args)
     config = load_config(args.config, folder)
     section = config.timestamps
-    with Stored(folder, index_config=config.index) as stored:
+    with Stored(folder, config=config) as stored:
         row = Stamper(folder, section, stored.index, clock=stored.clock).stamp()
     commitment = ts.decode_commitment(row["commitment"])
     shown = {"pos": row["pos"], "tsa": row["tsa"], "gen_time_ms": row["gen_time_ms"], "made_ms": row["made_ms"],

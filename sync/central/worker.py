@@ -213,10 +213,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     settings = broker_settings(section, folder)
     # The fleet's status, birth, telemetry and alarms go to the index while the store runs.
     tracker_id = f"{section.client_id}-fleet"
-    make_ingest = functools.partial(Ingest, folder, limits=config.ingest, index_config=config.index)
+    # Picklable: each worker process opens its own index and store ([index], [store]) from the config.
+    make_ingest = functools.partial(Ingest, folder, config=config)
     # Staging a box never completed is aged out at every start (and by `retention run`),
     # so a restart loop cannot let it pile up.
     with make_ingest() as ingest:
+        check = getattr(ingest.store, "check", None)  # a bucket: reachable, and able to lock when asked to
+        if check is not None:
+            check(object_lock=config.store.object_lock != "off")
         for aged in ingest.age_out():
             logger.warning("aged out incomplete upload device=%s recording=%s object=%s bytes=%d",
                            aged.device_id, aged.recording_id, aged.object, aged.bytes)
