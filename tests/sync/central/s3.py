@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from linetap.firmware.durable import write_new_private
+from linetap.sync.central.config import StoreSection
 from linetap.sync.central.locals3 import LocalSeaweed
 from linetap.sync.central.s3store import S3Store
 
@@ -35,3 +38,29 @@ def s3_bucket(seaweed: LocalSeaweed) -> str:
 def s3_store(seaweed: LocalSeaweed, s3_bucket: str) -> S3Store:
     """An :class:`S3Store` on this test's bucket under a prefix, failing fast (one attempt per call)."""
     return S3Store(seaweed.client(), s3_bucket, "site-a")
+
+
+CREDENTIALS_FILE = "keys/s3.credentials"
+
+
+def store_section(seaweed: LocalSeaweed, bucket: str, data_dir: Path, **options: object) -> StoreSection:
+    """``[store]`` for ``bucket`` under the prefix ``site-a``, its credentials in a 0600 file under ``data_dir``."""
+    write_credentials(seaweed, data_dir)
+    return StoreSection(url=f"s3://{bucket}/site-a", endpoint_url=seaweed.endpoint,
+                        credentials_file=CREDENTIALS_FILE, **options)
+
+
+def store_toml(seaweed: LocalSeaweed, bucket: str, data_dir: Path, object_lock: str = "off") -> str:
+    """The same as a ``[store]`` section of ``central.toml``."""
+    write_credentials(seaweed, data_dir)
+    return (f'[store]\nurl = "s3://{bucket}/site-a"\nendpoint_url = "{seaweed.endpoint}"\n'
+            f'credentials_file = "{CREDENTIALS_FILE}"\nobject_lock = "{object_lock}"\n')
+
+
+def write_credentials(seaweed: LocalSeaweed, data_dir: Path) -> Path:
+    path = Path(data_dir) / CREDENTIALS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_new_private(path, f"[default]\naws_access_key_id = {seaweed.access_key}\n"
+                                f"aws_secret_access_key = {seaweed.secret_key}\n".encode())
+    return path
