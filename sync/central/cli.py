@@ -357,8 +357,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from linetap.sync.central.progress import on_stderr
+
     with _tools(args) as tools:
-        results = tools.import_dir(args.box_dir)
+        results = tools.import_dir(args.box_dir, progress=on_stderr("import", as_json=args.json))
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:

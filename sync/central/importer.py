@@ -25,6 +25,7 @@ from linetap.firmware.keys import public_key_from_b64
 from linetap.sync import wire
 from linetap.sync.central import card
 from linetap.sync.central.ingest import MAX_OBJECT, Ingest
+from linetap.sync.central.progress import Progress
 from linetap.sync.central.stored import Stored
 
 # At most this many missing segments are named in a refusal.
@@ -41,8 +42,12 @@ class ImportResult:
     reason: str | None = None
 
 
-def import_dir(stored: Stored, box_data_dir: Path, *, ingest: Ingest | None = None) -> list[ImportResult]:
-    """Feed a box's data dir (``<dir>/spool/<recording>/``) through the ingest checks, oldest first."""
+def import_dir(stored: Stored, box_data_dir: Path, *, ingest: Ingest | None = None,
+               progress: Progress | None = None) -> list[ImportResult]:
+    """Feed a box's data dir (``<dir>/spool/<recording>/``) through the ingest checks, oldest first.
+
+    ``progress`` counts recordings and the bytes their manifests list (a large card takes a while).
+    """
     spool = Path(box_data_dir) / card.SPOOL_DIR
     try:
         spool_fd = card.open_folder(spool)
@@ -56,8 +61,14 @@ def import_dir(stored: Stored, box_data_dir: Path, *, ingest: Ingest | None = No
                                config=stored.config)
     try:
         results, found = _manifests(spool_fd, spool)
-        for device, _, folder, data in sorted(found, key=lambda item: (item[0], item[1])):
+        if progress is not None:
+            progress.total(len(found), sum(size for *_, size in found))
+        for device, _, folder, data, size in sorted(found, key=lambda item: (item[0], item[1])):
             results.append(_import_recording(stored, ingest, spool_fd, folder, device, data))
+            if progress is not None:
+                progress.advance(1, size)
+        if progress is not None:
+            progress.finish()
         return results
     finally:
         os.close(spool_fd)
@@ -65,10 +76,10 @@ def import_dir(stored: Stored, box_data_dir: Path, *, ingest: Ingest | None = No
             ingest.close()
 
 
-def _manifests(spool_fd: int, spool: Path) -> tuple[list[ImportResult], list[tuple[str, int, Path, bytes]]]:
-    """(folders skipped or refused, (device, seq, folder, manifest bytes) of the others)."""
+def _manifests(spool_fd: int, spool: Path) -> tuple[list[ImportResult], list[tuple[str, int, Path, bytes, int]]]:
+    """(folders skipped or refused, (device, seq, folder, manifest bytes, bytes listed) of the others)."""
     results: list[ImportResult] = []
-    found: list[tuple[str, int, Path, bytes]] = []
+    found: list[tuple[str, int, Path, bytes, int]] = []
     with os.scandir(spool_fd) as entries:
         names = sorted(entry.name for entry in entries
                        if entry.is_symlink() or entry.is_dir(follow_symlinks=False))
@@ -82,7 +93,7 @@ def _manifests(spool_fd: int, spool: Path) -> tuple[list[ImportResult], list[tup
         try:
             data = _read_from(spool_fd, folder, lambda fd: card.read_file(
                 fd, folder / card.MANIFEST_FILE, mf.MAX_BYTES))
-            device, seq = _manifest_summary(data, folder / card.MANIFEST_FILE)
+            device, seq, size = _manifest_summary(data, folder / card.MANIFEST_FILE)
         except FileNotFoundError:
             results.append(ImportResult(name, "skipped", None, f"no {card.MANIFEST_FILE}: the call "
                                         "was still open or was lost on the box"))
@@ -90,7 +101,7 @@ def _manifests(spool_fd: int, spool: Path) -> tuple[list[ImportResult], list[tup
         except card.CardRefused as e:
             results.append(ImportResult(name, "rejected", e.code, str(e)))
             continue
-        found.append((device, seq, folder, data))
+        found.append((device, seq, folder, data, size))
     return results, found
 
 
@@ -166,8 +177,9 @@ def _feed(ingest: Ingest, parts: list[wire.Part]) -> wire.Ack | None:
     return last
 
 
-def _manifest_summary(data: bytes, shown: Path) -> tuple[str, int]:
-    """(device, seq) of a manifest read from a card, to order the import; CardRefused if it has none."""
+def _manifest_summary(data: bytes, shown: Path) -> tuple[str, int, int]:
+    """(device, seq, bytes) of a manifest read from a card, to order the import and show its progress
+    (bytes: the manifest's and the segments' it lists, unchecked yet); CardRefused without device or seq."""
     try:
         value = untrusted.loads(data, what=str(shown), max_bytes=mf.MAX_BYTES)
     except untrusted.Untrusted as e:
@@ -183,7 +195,9 @@ def _manifest_summary(data: bytes, shown: Path) -> tuple[str, int]:
         raise card.CardRefused(f"{shown}: {e}") from None
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise card.CardRefused(f"{shown}: seq {_short(seq)} is not a positive integer")
-    return device, seq
+    segments = value.get("segments")
+    sizes = [e.get("bytes") for e in segments if isinstance(e, dict)] if isinstance(segments, list) else []
+    return device, seq, len(data) + sum(s for s in sizes if isinstance(s, int) and 0 < s <= MAX_OBJECT)
 
 
 def _listed_segments(manifest: dict[str, Any], rid: str, shown: Path) -> list[tuple[int, str, int]]:

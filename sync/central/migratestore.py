@@ -53,7 +53,7 @@ from linetap.firmware.receipt import key_id
 from linetap.sync import wire
 from linetap.sync.central.copytables import TABLES, Table
 from linetap.sync.central.index import IndexTables
-from linetap.sync.central.progress import Progress
+from linetap.sync.central.progress import Progress, on_stderr
 from linetap.sync.central.store import ObjectMissing, ObjectStore
 from linetap.sync.central.tombstone import CHAIN_MEMBERS, verify_tombstone
 
@@ -315,8 +315,6 @@ def add_migrate_store_command(sub: Any, common: Any) -> None:
 
 
 def _migrate_store(args: Any) -> int:
-    import sys
-
     from linetap.sync.central.cli import data_dir
     from linetap.sync.central.config import load_config
     from linetap.sync.central.index import INDEX_FILE, SqliteIndex
@@ -331,8 +329,7 @@ def _migrate_store(args: Any) -> int:
     if config.index.url is None:
         raise ConfigError(f"{args.to} names no [index] url; migrate-store copies into PostgreSQL: add "
                           "[index] url = \"postgresql://USER@HOST/DATABASE\" (and [store] url for S3)")
-    progress = Progress("migrate-store", lambda line: print(line, file=sys.stderr, flush=True), as_json=args.json,
-                        interval_s=max(0.0, args.progress_every))
+    progress = on_stderr("migrate-store", as_json=args.json, interval_s=max(0.0, args.progress_every))
     with SqliteIndex(folder / INDEX_FILE) as source, open_index(config.index, folder) as target:
         store = open_store(config, folder)
         result = StoreMigration(folder, (source, FileStore(folder / OBJECTS_DIR)), (target, store),

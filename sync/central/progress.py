@@ -15,6 +15,7 @@ estimated from what this run actually moves.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,12 @@ class Progress:
         state = " done in " + _duration(f["elapsed_s"]) if f.get("done") else ""
         return (f"{self.what}: {objects} objects, {size} MB, {f['bytes_per_s'] / 1e6:.1f} MB/s "
                 f"({f['objects_per_s']:g} objects/s){left}{state}")
+
+
+def on_stderr(what: str, *, as_json: bool = False, interval_s: float = DEFAULT_INTERVAL_S) -> Progress:
+    """A command's progress: lines on stderr, flushed, so stdout holds only the command's result."""
+    return Progress(what, lambda line: print(line, file=sys.stderr, flush=True), as_json=as_json,
+                    interval_s=interval_s)
 
 
 def _mb(nbytes: int) -> str:

@@ -28,6 +28,7 @@ from linetap.sync.central import retention as _retention
 from linetap.sync.central import verify as _verify
 from linetap.sync.central.config import EvidenceSection, IngestSection, RetentionSection
 from linetap.sync.central.ingest import Ingest
+from linetap.sync.central.progress import Progress
 from linetap.sync.central.staging import AgedOut
 from linetap.sync.central.stored import Stored
 
@@ -65,8 +66,9 @@ class StoreTools(Stored):
                clock: EvidenceSection | None = None) -> list[_verify.DeviceReport]:
         return _verify.verify(self, recording_id, device_id=device_id, limits=limits, clock=clock)
 
-    def import_dir(self, box_data_dir: Path, *, ingest: Ingest | None = None) -> list[_importer.ImportResult]:
-        return _importer.import_dir(self, box_data_dir, ingest=ingest)
+    def import_dir(self, box_data_dir: Path, *, ingest: Ingest | None = None,
+                   progress: Progress | None = None) -> list[_importer.ImportResult]:
+        return _importer.import_dir(self, box_data_dir, ingest=ingest, progress=progress)
 
     def set_hold(self, recording_id: str, hold: bool, reason: str | None = None, *,
                  device_id: str | None = None) -> None:

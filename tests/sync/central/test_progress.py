@@ -49,3 +49,22 @@ def test_without_totals_no_time_left_is_guessed() -> None:
     clock.advance(1.0)
     progress.advance(3, 300)
     assert json.loads(lines[-1])["left_s"] is None and json.loads(lines[-1])["total_objects"] is None
+
+
+def test_import_of_a_card_shows_recordings_and_bytes_on_stderr(tmp_path, capsys) -> None:
+    from central_boxes import enrolled
+    from linetap.sync.central.cli import main
+    from linetap.sync.central.keys import keys_init
+
+    central = tmp_path / "central"
+    keys_init(central)
+    box = enrolled(tmp_path, central, "desk-9")
+    rids = [box.call(1.5) for _ in range(3)]
+    box.spool.close()
+    listed = sum(len(box.manifest(r)) + sum(len(d) for _, d in box.segments(r)) for r in rids)
+    assert main(["--data-dir", str(central), "import", str(box.data_dir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["status"] for r in json.loads(out)] == ["stored"] * 3  # stdout: the result alone
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines[0]["progress"] == "import" and lines[0]["total_objects"] == 3
+    assert lines[-1]["done"] and lines[-1]["objects"] == 3 and lines[-1]["bytes"] == lines[-1]["total_bytes"] == listed
