@@ -184,14 +184,14 @@ def _small_members(stored: Stored, row: dict[str, Any], manifest_bytes: bytes, l
 
 
 def _stamp_members(stamp: Row, tsa: dict[str, Path]) -> dict[str, bytes]:
-    """The stamp's token and commitment as stored, and the TSA's certificates as configured."""
-    members = {ef.TOKEN: bytes(stamp["token"]), ef.COMMITMENT: bytes(stamp["commitment"])}
-    for name, key in ((ef.TSA_CA, "ca_file"), (ef.TSA_CERT, "tsa_cert_file")):
-        try:
-            members[name] = read_bounded(tsa[key], max_bytes=MAX_CERT_BYTES)
-        except (OSError, FileRefused) as e:
-            raise ConfigError(f"[timestamps] {key} {tsa[key]} cannot be read ({e}); the bundle needs the TSA's "
-                              "certificates beside its token") from None
+    """The stamp's token, commitment and TSA certificate as stored, and the TSA's CA as configured."""
+    members = {ef.TOKEN: bytes(stamp["token"]), ef.COMMITMENT: bytes(stamp["commitment"]),
+               ef.TSA_CERT: bytes(stamp["tsa_cert"])}
+    try:
+        members[ef.TSA_CA] = read_bounded(tsa["ca_file"], max_bytes=MAX_CERT_BYTES)
+    except (OSError, FileRefused) as e:
+        raise ConfigError(f"[timestamps] ca_file {tsa['ca_file']} cannot be read ({e}); the bundle needs the "
+                          "TSA's CA certificate beside its token") from None
     return members
 
 

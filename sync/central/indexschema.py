@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS timestamps (
     digest_sha256 TEXT NOT NULL,
     tsa TEXT NOT NULL,  -- the URL asked
     token BLOB NOT NULL,  -- the TSA's whole DER TimeStampResp
-    gen_time_ms BIGINT NOT NULL
+    gen_time_ms BIGINT NOT NULL,
+    tsa_cert BLOB NOT NULL  -- PEM: the TSA certificate the token was checked against when it came
 );
 CREATE TABLE IF NOT EXISTS access_log (
     pos BIGINT PRIMARY KEY,

@@ -4,7 +4,11 @@ One row per stamp (table ``timestamps``): ``pos`` (0, 1, ...), ``made_ms`` (the
 store's clock when it was stored), ``commitment`` (the exact bytes stamped,
 :mod:`~linetap.sync.central.timestamps`), ``digest_sha256`` (their SHA-256, hex),
 ``tsa`` (the URL asked), ``token`` (the TSA's whole DER ``TimeStampResp``) and
-``gen_time_ms`` (the TSA's time in the token). Rows are only appended. A stamp
+``gen_time_ms`` (the TSA's time in the token) and ``tsa_cert`` (the PEM
+certificate the token was checked against when it came: a TSA renews its
+certificate every year or two, recordings are kept for many, so each token
+keeps the certificate it needs; the CA roots stay configured, the trust
+anchor). Rows are only appended. A stamp
 holds no personal data, so erasure keeps it. Here too: the chain heads a
 commitment is made of, read in one statement each. :class:`TimestampTables`
 is part of :class:`~linetap.sync.central.index.SqliteIndex`.
@@ -16,7 +20,7 @@ import sqlite3
 from contextlib import AbstractContextManager
 from typing import Any
 
-COLUMNS = ("pos", "made_ms", "commitment", "digest_sha256", "tsa", "token", "gen_time_ms")
+COLUMNS = ("pos", "made_ms", "commitment", "digest_sha256", "tsa", "token", "gen_time_ms", "tsa_cert")
 
 
 class TimestampTables:
@@ -59,7 +63,7 @@ class TimestampTables:
         return None if row is None else dict(row)
 
     def add_timestamp(self, made_ms: int, commitment: bytes, digest_sha256: str, tsa: str, token: bytes,
-                      gen_time_ms: int) -> int:
+                      gen_time_ms: int, tsa_cert: bytes) -> int:
         """Append a stamp (own transaction); returns its position."""
         with self._sql() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -68,7 +72,7 @@ class TimestampTables:
                 pos = 0 if last is None else last + 1
                 db.execute(f"INSERT INTO timestamps ({', '.join(COLUMNS)}) VALUES "
                            f"({', '.join('?' * len(COLUMNS))})",
-                           (pos, made_ms, commitment, digest_sha256, tsa, token, gen_time_ms))
+                           (pos, made_ms, commitment, digest_sha256, tsa, token, gen_time_ms, tsa_cert))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -88,5 +92,6 @@ class TimestampTables:
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
-    out["commitment"], out["token"] = bytes(out["commitment"]), bytes(out["token"])
+    for blob in ("commitment", "token", "tsa_cert"):
+        out[blob] = bytes(out[blob])
     return out

@@ -141,7 +141,7 @@ class Stamper:
             raise
         made = round(self.clock.wall() * 1000)
         pos = self.index.add_timestamp(made, data, token.digest_sha256, self.client.url, token.der,
-                                       token.gen_time_ms)
+                                       token.gen_time_ms, ts.certificate_pem(trust.tsa))
         self.failures = 0
         (self.data_dir / STATUS_FILE).unlink(missing_ok=True)
         logger.info("timestamp stored pos=%d tsa=%s devices=%d digest=%s", pos, self.client.url,

@@ -455,11 +455,11 @@ def test_timestamps_and_the_heads_they_commit_to(index: IndexTables) -> None:
     head = index.receipt_head()
     assert head == {"pos": 3, "sha256": index.receipts()[-1]["sha256"]}
     assert index.receipt_at(1)["recording_id"] == rid(2) and index.receipt_at(9) is None
-    assert index.add_timestamp(10, b"\x00commit", "c" * 64, "http://tsa", b"\x30token", 9) == 0
-    assert index.add_timestamp(20, b"again", "d" * 64, "http://tsa", b"\x30t2", 19) == 1
+    assert index.add_timestamp(10, b"\x00commit", "c" * 64, "http://tsa", b"\x30token", 9, b"pem 1") == 0
+    assert index.add_timestamp(20, b"again", "d" * 64, "http://tsa", b"\x30t2", 19, b"pem 2") == 1
     stamps = index.timestamps()
-    assert [(s["pos"], s["commitment"], s["token"]) for s in stamps] == \
-        [(0, b"\x00commit", b"\x30token"), (1, b"again", b"\x30t2")]
+    assert [(s["pos"], s["commitment"], s["token"], s["tsa_cert"]) for s in stamps] == \
+        [(0, b"\x00commit", b"\x30token", b"pem 1"), (1, b"again", b"\x30t2", b"pem 2")]
     assert type(stamps[0]["commitment"]) is bytes and index.last_timestamp() == stamps[1]
 
 

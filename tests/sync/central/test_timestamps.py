@@ -8,6 +8,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -315,3 +316,38 @@ def test_the_newest_access_log_entries_cut_off_after_a_stamp_are_caught(box: Box
     assert cli(central, capsys, "audit", "verify")[0] == 0
     code, report = verify_json(central, capsys)
     assert code == 1 and kinds(report) == {"timestamp-access-log-mismatch"}
+
+
+def renewed_tsa_certificate(tsa_files: Path, folder: Path) -> bytes:
+    """A new TSA key and certificate from the same CA, as a TSA's yearly renewal gives."""
+    folder.mkdir()
+    run = lambda *args: subprocess.run(["openssl", *map(str, args)], cwd=folder, check=True,  # noqa: E731
+                                       capture_output=True, timeout=60)
+    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "tsa.key")
+    run("req", "-new", "-key", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=linetap Test TSA 2")
+    run("x509", "-req", "-in", "tsa.csr", "-CA", tsa_files / "ca.pem", "-CAkey", tsa_files / "ca.key",
+        "-CAcreateserial", "-CAserial", folder / "ca.srl", "-out", "tsa.pem", "-days", "3650",
+        "-extfile", tsa_files / "tsa.ext")
+    return (folder / "tsa.pem").read_bytes()
+
+
+def test_stamps_keep_verifying_after_the_tsa_renews_its_certificate(box: Box, central: Path, clock, tsa,
+                                                                    tsa_files: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    section = configure(central, tsa_files, tsa.url)
+    rid = store_calls(central, box, clock, 1)[0]
+    with SqliteIndex(central / INDEX_FILE) as index:
+        Stamper(central, section, index, clock=clock).stamp()
+    old = (central / "tsa" / "tsa.pem").read_bytes()
+    (central / "tsa" / "tsa.pem").write_bytes(renewed_tsa_certificate(tsa_files, tmp_path / "renewed"))
+    code, report = verify_json(central, capsys)  # the token is checked against the certificate kept with it
+    assert code == 0 and report["ok"] and kinds(report) == set(), report["timestamps"]
+    bundle = tmp_path / "call.zip"
+    assert cli(central, capsys, "evidence", rid, "-o", str(bundle))[0] == 0
+    with zipfile.ZipFile(bundle) as z:
+        assert z.read("timestamp/tsa.pem") == old
+    assert cli(central, capsys, "evidence", "verify", str(bundle))[0] == 0
+    with sqlite3.connect(central / INDEX_FILE) as db:  # a kept certificate from elsewhere does not verify it
+        db.execute("UPDATE timestamps SET tsa_cert = ?", ((central / "tsa" / "tsa.pem").read_bytes(),))
+    code, report = verify_json(central, capsys)
+    assert code == 1 and kinds(report) == {"timestamp-invalid"}
