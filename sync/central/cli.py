@@ -41,6 +41,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 
 def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.analytics.cli import add_analytics_commands
+    from linetap.sync.central.consolecli import add_console_commands
     from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.formscli import add_forms_commands
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_forms_commands(sub, common)
     add_migrate_store_command(sub, common)
     add_analytics_commands(sub, common)
+    add_console_commands(sub, common)
     return parser
 
 

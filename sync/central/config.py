@@ -61,6 +61,7 @@ from pydantic import Field, model_validator
 
 from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
 from linetap.sync.central.analytics.config import AnalyticsSection
+from linetap.sync.central.web.settings import WebSection
 
 CONFIG_FILE = "central.toml"
 DAY_MS = 86_400_000  # the days of [retention] and [ingest], in the store's milliseconds
@@ -277,6 +278,7 @@ class CentralConfig(Schema):
     index: IndexSection = IndexSection()
     store: StoreSection = StoreSection()
     analytics: AnalyticsSection = AnalyticsSection()
+    web: WebSection = WebSection()
 
 
 def load_config(path: Path | None, data_dir: Path) -> CentralConfig:

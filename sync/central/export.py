@@ -56,6 +56,16 @@ def export(stored: Stored, recording_id: str, out: Path, *, force: bool = False,
     """
     out = Path(out)
     _check_target(out, force)
+    audio, plaintexts, frames, rate = audio_of(stored, recording_id, out.suffix, device_id=device_id)
+    write_private_file(out, audio, replace=force)
+    logger.info("recording exported recording=%s segments=%d file=%s", recording_id, plaintexts, out)
+    return Exported(out, plaintexts, frames, rate)
+
+
+def audio_of(stored: Stored, recording_id: str, suffix: str, *,
+             device_id: str | None = None) -> tuple[bytes, int, int | None, int]:
+    """(the recording as ``.ogg`` or ``.wav`` bytes, its segments, WAV frames, rate), checked and decrypted
+    in memory (the console's downloads; :func:`export` writes it to a file)."""
     row = stored.recording(recording_id, device_id)
     if row["erased_ms"] is not None:
         raise UnknownRecording(f"recording {recording_id} was erased ({row['erase_reason']}); "
@@ -63,14 +73,10 @@ def export(stored: Stored, recording_id: str, out: Path, *, force: bool = False,
     manifest = stored.checked_manifest(row)
     plaintexts = decrypted(stored, row, manifest)
     rate = manifest.get("codec", {}).get("rate")
-    frames = None
-    if out.suffix.lower() == ".ogg":
-        audio = b"".join(plaintexts)
-    else:
-        audio, frames = _wav(plaintexts, rate)
-    write_private_file(out, audio, replace=force)
-    logger.info("recording exported recording=%s segments=%d file=%s", recording_id, len(plaintexts), out)
-    return Exported(out, len(plaintexts), frames, rate)
+    if suffix.lower() == ".ogg":
+        return b"".join(plaintexts), len(plaintexts), None, rate
+    audio, frames = _wav(plaintexts, rate)
+    return audio, len(plaintexts), frames, rate
 
 
 def _check_target(out: Path, force: bool) -> None:

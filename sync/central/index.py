@@ -54,6 +54,7 @@ from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables
 from linetap.sync.central.copytables import CopyTables
+from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
@@ -70,10 +71,9 @@ INDEX_FILE = "index.db"
 __all__ = ["AmbiguousRecording", "FleetUpdate", "INDEX_FILE", "Index", "IndexTables", "PENDING_MANIFEST",
            "SCHEMA_VERSION", "SqliteIndex", "UnknownRecording"]
 
-RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms",
-                     "flagged", "recorded", "discarded", "ended_by", "consent", "metrics",
-                     "caller_number", "caller_name", "manifest_sha256", "prev", "segments", "bytes",
-                     "manifest_key", "stored_ms", "caller_withheld")
+RECORDING_COLUMNS = ("recording_id", "device_id", "seq", "started_ms", "ended_ms", "duration_ms", "flagged",
+                     "recorded", "discarded", "ended_by", "consent", "metrics", "caller_number", "caller_name",
+                     "manifest_sha256", "prev", "segments", "bytes", "manifest_key", "stored_ms", "caller_withheld")
 _JSON_COLUMNS = ("consent", "metrics")
 _FLAG_COLUMNS = ("flagged", "recorded", "discarded", "hold")
 
@@ -86,8 +86,8 @@ class AmbiguousRecording(SyncError, LookupError):
     """A recording id held for more than one device: the device must be named."""
 
 
-class Index(AnalyticsIndex, Protocol):
-    """What the central store knows about devices and recordings."""
+class Index(AnalyticsIndex, ConsoleIndex, Protocol):
+    """What the central store knows about devices and recordings (with the analytics' and console's parts)."""
 
     def enroll(self, device_id: str, public_key_b64: str, now_ms: int) -> None: ...
     def device_key(self, device_id: str) -> str | None: ...
@@ -187,6 +187,7 @@ class Index(AnalyticsIndex, Protocol):
     def problems(self, device_id: str) -> list[dict[str, Any]]: ...
 
     def set_hold(self, recording_id: str, hold: bool, reason: str | None, *, device_id: str) -> None: ...
+
     def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
                     device_id: str) -> None: ...
     # whole tables, for migrate-store (:mod:`~linetap.sync.central.copytables`)
@@ -200,7 +201,7 @@ class Index(AnalyticsIndex, Protocol):
 
 
 class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables,
-                  PeaksTables, QaTables, CopyTables, AnalyticsTables):
+                  PeaksTables, QaTables, CopyTables, AnalyticsTables, ConsoleTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write
@@ -414,8 +415,7 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
             raise UnknownRecording(f"recording {recording_id} of device {device_id} is not in the index; "
                                    "`linetap-central list` shows the ids")
 
-    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
-                    device_id: str) -> None:
+    def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *, device_id: str) -> None:
         with self._sql() as db:
             db.execute("UPDATE recordings SET caller_number = NULL, caller_name = NULL, metrics = NULL, "
                        "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
@@ -433,8 +433,7 @@ class SqliteIndex(IndexTables):
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -466,8 +465,7 @@ class SqliteIndex(IndexTables):
                 raise StoreUnavailable(f"index {self.path} is closed")
             try:
                 yield self._db
-            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
-                    sqlite3.InterfaceError):
+            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
                 raise  # about this one row or call: the caller decides
             except sqlite3.DatabaseError as e:
                 # Disk full, locked past the busy timeout, I/O error, a damaged file: the index

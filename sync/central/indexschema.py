@@ -250,6 +250,42 @@ CREATE TABLE IF NOT EXISTS analysis_events (
     found_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS analysis_events_recording ON analysis_events (device_id, recording_id);
+CREATE TABLE IF NOT EXISTS console_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    team TEXT,
+    password_hash TEXT NOT NULL,  -- argon2id (sync/central/web/passwords.py)
+    disabled INTEGER NOT NULL DEFAULT 0,
+    audio_granted INTEGER NOT NULL DEFAULT 0,  -- an auditor may hear audio
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_sha256 TEXT PRIMARY KEY,  -- the hash of the cookie's id, never the id itself
+    name TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_name ON console_sessions (name);
+CREATE TABLE IF NOT EXISTS console_failures (
+    kind TEXT NOT NULL,  -- user or address
+    who TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_failures_who ON console_failures (kind, who, at_ms);
+CREATE TABLE IF NOT EXISTS desk_assignments (
+    device_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    from_ms BIGINT NOT NULL,  -- until the device's next assignment
+    PRIMARY KEY (device_id, from_ms)
+);
+CREATE INDEX IF NOT EXISTS desk_assignments_agent ON desk_assignments (agent);
+CREATE TABLE IF NOT EXISTS saved_filters (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    PRIMARY KEY (owner, name)
+);
 """
 
 # Engine-specific full-text search over transcript_lines: FTS5 here, a GIN index in pgschema.PG_INDEXES.
@@ -261,7 +297,7 @@ SQLITE_ONLY = (
 # PostgreSQL's searched expression (pgschema's GIN index; analytics/tables.py's queries match it).
 TSVECTOR = "to_tsvector('english', text)"
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -318,9 +354,15 @@ def _migrate_6_to_7(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_7_to_8(db: sqlite3.Connection) -> None:
+    """The console's users, sessions, failed logins, desk assignments and saved filters, all empty."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
-              4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7}
+              4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7,
+              7: _migrate_7_to_8}
 
 
 def create(db: sqlite3.Connection) -> None:

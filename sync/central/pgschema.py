@@ -93,6 +93,7 @@ MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
     5: _tables_added,  # quality assessment: qa_forms, evaluations, evaluation_events, comments
     6: _tables_added,  # speech analytics: analysis_jobs, transcript_lines (+ full-text index), adherence,
                        # analysis_events
+    7: _tables_added,  # the console: users, sessions, failed logins, desk assignments, saved filters
 }
 
 

@@ -1,0 +1,291 @@
+"""The QA console's tables in the index: users, sessions, failed logins, desk assignments, saved filters.
+
+Part of :class:`~linetap.sync.central.index.IndexTables`, so the embedded
+SQLite index and PostgreSQL run the same statements. The console
+(:mod:`linetap.sync.central.web`) and the ``users``/``desks`` commands are
+their only writers.
+
+- ``console_users``: one row per console user (role, team, argon2id hash,
+  disabled, whether an auditor may hear audio);
+- ``console_sessions``: server-side sessions keyed by the SHA-256 of the
+  cookie's random id (a copy of the table gives nobody a live cookie), with
+  the CSRF token and when the session was last seen (idle timeout);
+- ``console_failures``: failed logins by user name and by client address
+  (throttling counts them in a window; a good login clears the user's);
+- ``desk_assignments``: which agent a device (a desk) belonged to from when,
+  until the device's next assignment (hot-desking); a call belongs to the
+  agent whose assignment covers its start;
+- ``saved_filters``: a user's named call searches (the query string).
+
+:meth:`ConsoleTables.search_recordings` is the calls page's one search:
+the caller's scope (the desk spans a user may see) and filters become one
+``WHERE``, sorted by a whitelisted column, paged with ``LIMIT``/``OFFSET``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+USER_COLUMNS = ("name", "role", "team", "password_hash", "disabled", "audio_granted", "created_ms")
+SORTS = {"started": "started_ms", "duration": "duration_ms", "device": "device_id", "caller": "caller_number",
+         "stored": "stored_ms"}
+# Consent states the calls page filters on -> the consent event kind a recording must hold.
+CONSENT_STATES = {"announced": "announcement-end", "paused": "pause-start", "opted-out": "opt-out",
+                  "private": "private"}
+MAX_SPANS = 2000  # desk spans in one search's WHERE (an agent's or a team's assignments)
+MAX_PAGE = 500
+
+
+class DuplicateUser(ValueError):
+    """A console user of that name exists already."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A desk (device) from ``from_ms`` until ``until_ms`` (None: still)."""
+
+    device_id: str
+    from_ms: int
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    """One calls search. ``spans`` None: every recording; else only calls started in one of them."""
+
+    spans: tuple[Span, ...] | None = None
+    within: tuple[Span, ...] | None = None  # a filter (an agent's or a team's desks), inside ``spans``
+    since_ms: int | None = None
+    until_ms: int | None = None
+    device_id: str | None = None
+    caller: str | None = None
+    min_duration_ms: int | None = None
+    max_duration_ms: int | None = None
+    flagged: bool | None = None
+    consent: str | None = None  # a key of CONSENT_STATES
+    erased: bool | None = False
+    sort: str = "started"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+    extra: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())  # (SQL condition, params) from hooks
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` lower-cased with LIKE's wildcards escaped (``ESCAPE '\\'``)."""
+    return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def spans_condition(spans: tuple[Span, ...]) -> tuple[str, ...]:
+    """(SQL condition, its parameters...): a call started on one of the desks within its span."""
+    if not spans:
+        return ("1 = 0",)
+    parts, values = [], []
+    for span in spans[:MAX_SPANS]:
+        bounded = span.until_ms is not None
+        parts.append("(device_id = ? AND started_ms >= ?" + (" AND started_ms < ?)" if bounded else ")"))
+        values += [span.device_id, span.from_ms] + ([span.until_ms] if bounded else [])
+    return ("(" + " OR ".join(parts) + ")", *values)
+
+
+def search_where(search: Search) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (with its leading keyword, or empty) and its parameters."""
+    where: list[str] = []
+    params: list[Any] = []
+
+    def add(condition: str, *values: Any) -> None:
+        where.append(condition)
+        params.extend(values)
+
+    for spans in (search.spans, search.within):
+        if spans is not None:
+            add(*spans_condition(spans))
+    for condition, value in (("started_ms >= ?", search.since_ms), ("started_ms < ?", search.until_ms),
+                             ("device_id = ?", search.device_id), ("duration_ms >= ?", search.min_duration_ms),
+                             ("duration_ms <= ?", search.max_duration_ms)):
+        if value is not None:
+            add(condition, value)
+    if search.caller:
+        pattern = like_pattern(search.caller)
+        add("(LOWER(caller_number) LIKE ? ESCAPE '\\' OR LOWER(caller_name) LIKE ? ESCAPE '\\')", pattern, pattern)
+    if search.flagged is not None:
+        add("flagged = ?", int(search.flagged))
+    if search.consent is not None:
+        add("consent LIKE ?", f'%"kind": "{CONSENT_STATES[search.consent]}"%')
+    if search.erased is not None:
+        add("erased_ms IS NOT NULL" if search.erased else "erased_ms IS NULL")
+    for condition, values in search.extra:
+        add(condition, *values)
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+class ConsoleIndex(Protocol):
+    """The console's part of :class:`~linetap.sync.central.index.Index`."""
+
+    def add_user(self, name: str, role: str, team: str | None, password_hash: str, now_ms: int) -> None: ...
+    def user(self, name: str) -> dict[str, Any] | None: ...
+    def users(self) -> list[dict[str, Any]]: ...
+    def update_user(self, name: str, **changes: Any) -> bool: ...
+    def add_session(self, id_sha256: str, name: str, csrf: str, now_ms: int) -> None: ...
+    def session(self, id_sha256: str) -> dict[str, Any] | None: ...
+    def touch_session(self, id_sha256: str, now_ms: int) -> None: ...
+    def drop_session(self, id_sha256: str) -> None: ...
+    def drop_sessions(self, *, name: str | None = None, seen_before_ms: int | None = None) -> int: ...
+    def add_failure(self, kind: str, who: str, now_ms: int) -> None: ...
+    def failures(self, kind: str, who: str, since_ms: int) -> list[int]: ...
+    def clear_failures(self, kind: str, who: str | None = None, *, before_ms: int | None = None) -> None: ...
+    def assign_desk(self, device_id: str, agent: str, from_ms: int) -> None: ...
+    def desk_assignments(self) -> list[dict[str, Any]]: ...
+    def save_filter(self, owner: str, name: str, query: str) -> None: ...
+    def saved_filters(self, owner: str) -> list[dict[str, Any]]: ...
+    def drop_filter(self, owner: str, name: str) -> None: ...
+    def search_recordings(self, search: Search) -> tuple[list[dict[str, Any]], int]: ...
+
+
+class ConsoleTables:
+    """The console's statements, on the index's one connection (``_sql``)."""
+
+    def _sql(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    # -- users --
+
+    def add_user(self, name: str, role: str, team: str | None, password_hash: str, now_ms: int) -> None:
+        with self._sql() as db:
+            cursor = db.execute("INSERT INTO console_users (name, role, team, password_hash, created_ms) "
+                                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                (name, role, team, password_hash, now_ms))
+        if cursor.rowcount != 1:
+            raise DuplicateUser(f"console user {name!r} exists already; `linetap-central users list` shows them")
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT * FROM console_users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _user(row)
+
+    def users(self) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [_user(r) for r in db.execute("SELECT * FROM console_users ORDER BY name")]
+
+    def update_user(self, name: str, **changes: Any) -> bool:
+        """Set some of role, team, password_hash, disabled, audio_granted; False when there is no such user."""
+        allowed = {"role", "team", "password_hash", "disabled", "audio_granted"}
+        if not changes or set(changes) - allowed:
+            raise ValueError(f"update_user changes {sorted(changes)}: only {sorted(allowed)} may change")
+        values = [int(v) if k in ("disabled", "audio_granted") else v for k, v in changes.items()]
+        with self._sql() as db:
+            cursor = db.execute(f"UPDATE console_users SET {', '.join(f'{k} = ?' for k in changes)} "
+                                "WHERE name = ?", (*values, name))
+        return cursor.rowcount == 1
+
+    # -- sessions --
+
+    def add_session(self, id_sha256: str, name: str, csrf: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO console_sessions (id_sha256, name, csrf, created_ms, seen_ms) "
+                       "VALUES (?, ?, ?, ?, ?)", (id_sha256, name, csrf, now_ms, now_ms))
+
+    def session(self, id_sha256: str) -> dict[str, Any] | None:
+        with self._sql() as db:
+            row = db.execute("SELECT * FROM console_sessions WHERE id_sha256 = ?", (id_sha256,)).fetchone()
+        return None if row is None else dict(row)
+
+    def touch_session(self, id_sha256: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE console_sessions SET seen_ms = ? WHERE id_sha256 = ?", (now_ms, id_sha256))
+
+    def drop_session(self, id_sha256: str) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM console_sessions WHERE id_sha256 = ?", (id_sha256,))
+
+    def drop_sessions(self, *, name: str | None = None, seen_before_ms: int | None = None) -> int:
+        """End a user's sessions (password changed, disabled), or every session idle since before a time."""
+        if (name is None) == (seen_before_ms is None):
+            raise ValueError("drop_sessions takes name or seen_before_ms")
+        with self._sql() as db:
+            if name is not None:
+                cursor = db.execute("DELETE FROM console_sessions WHERE name = ?", (name,))
+            else:
+                cursor = db.execute("DELETE FROM console_sessions WHERE seen_ms < ?", (seen_before_ms,))
+        return cursor.rowcount
+
+    # -- failed logins --
+
+    def add_failure(self, kind: str, who: str, now_ms: int) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO console_failures (kind, who, at_ms) VALUES (?, ?, ?)", (kind, who, now_ms))
+
+    def failures(self, kind: str, who: str, since_ms: int) -> list[int]:
+        """When ``who`` failed since ``since_ms``, oldest first."""
+        with self._sql() as db:
+            return [int(r[0]) for r in db.execute(
+                "SELECT at_ms FROM console_failures WHERE kind = ? AND who = ? AND at_ms >= ? ORDER BY at_ms",
+                (kind, who, since_ms))]
+
+    def clear_failures(self, kind: str, who: str | None = None, *, before_ms: int | None = None) -> None:
+        with self._sql() as db:
+            if who is not None:
+                db.execute("DELETE FROM console_failures WHERE kind = ? AND who = ?", (kind, who))
+            else:
+                db.execute("DELETE FROM console_failures WHERE kind = ? AND at_ms < ?", (kind, before_ms or 0))
+
+    # -- desks --
+
+    def assign_desk(self, device_id: str, agent: str, from_ms: int) -> None:
+        """From ``from_ms`` the device is the agent's (replacing an assignment from that same moment)."""
+        with self._sql() as db:
+            db.execute("INSERT INTO desk_assignments (device_id, agent, from_ms) VALUES (?, ?, ?) "
+                       "ON CONFLICT (device_id, from_ms) DO UPDATE SET agent = excluded.agent",
+                       (device_id, agent, from_ms))
+
+    def desk_assignments(self) -> list[dict[str, Any]]:
+        """Every assignment, by device then time, each with ``until_ms`` (the device's next one, or None)."""
+        with self._sql() as db:
+            rows = [dict(r) for r in db.execute(
+                "SELECT device_id, agent, from_ms FROM desk_assignments ORDER BY device_id, from_ms")]
+        for row, after in zip(rows, rows[1:] + [None]):
+            same = after is not None and after["device_id"] == row["device_id"]
+            row["until_ms"] = after["from_ms"] if same else None
+        return rows
+
+    # -- saved filters --
+
+    def save_filter(self, owner: str, name: str, query: str) -> None:
+        with self._sql() as db:
+            db.execute("INSERT INTO saved_filters (owner, name, query) VALUES (?, ?, ?) "
+                       "ON CONFLICT (owner, name) DO UPDATE SET query = excluded.query", (owner, name, query))
+
+    def saved_filters(self, owner: str) -> list[dict[str, Any]]:
+        with self._sql() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT name, query FROM saved_filters WHERE owner = ? ORDER BY name", (owner,))]
+
+    def drop_filter(self, owner: str, name: str) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM saved_filters WHERE owner = ? AND name = ?", (owner, name))
+
+    # -- the calls search --
+
+    def search_recordings(self, search: Search) -> tuple[list[dict[str, Any]], int]:
+        """(one page of recordings, how many match in all)."""
+        from linetap.sync.central.index import _recording
+
+        where, params = search_where(search)
+        column = SORTS[search.sort]
+        order = f"{column} {'DESC NULLS LAST' if search.descending else 'ASC NULLS FIRST'}, device_id, seq"
+        limit, offset = max(1, min(search.limit, MAX_PAGE)), max(0, search.offset)
+        with self._sql() as db:
+            total = int(db.execute("SELECT COUNT(*) FROM recordings" + where, params).fetchone()[0])
+            rows = db.execute(f"SELECT * FROM recordings{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                              [*params, limit, offset]).fetchall()
+        return [_recording(r) for r in rows], total
+
+
+def _user(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["disabled"] = bool(out["disabled"])
+    out["audio_granted"] = bool(out["audio_granted"])
+    return out

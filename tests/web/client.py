@@ -1,0 +1,83 @@
+"""A small HTTP client for the console tests: one session's cookies, no redirects followed, CSRF read from forms."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+
+CSRF = re.compile(r'name="csrf" value="([^"]*)"')
+TITLE = re.compile(r"<h1>([^<]*)")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    cookies: list[str] = field(default_factory=list)  # the Set-Cookie headers
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    @property
+    def title(self) -> str:
+        found = TITLE.search(self.text)
+        return found.group(1).strip() if found else ""
+
+    @property
+    def location(self) -> str | None:
+        return self.headers.get("location")
+
+
+class Client:
+    """Requests to one console as one browser would make them (cookies kept, redirects not followed)."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, form: dict[str, str] | list[tuple[str, str]] | None = None,
+                headers: dict[str, str] | None = None) -> Answer:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        sent = dict(headers or {})
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form).encode()
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body=body, headers=sent)
+            response = conn.getresponse()
+            data = response.read()
+            set_cookies = response.headers.get_all("set-cookie") or []
+            answer = Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data, set_cookies)
+        finally:
+            conn.close()
+        for header in set_cookies:
+            for name, morsel in SimpleCookie(header).items():
+                if morsel["max-age"] == "0" or not morsel.value:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        return answer
+
+    def get(self, path: str, **kw) -> Answer:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, form: dict[str, str] | list[tuple[str, str]], **kw) -> Answer:
+        return self.request("POST", path, form, **kw)
+
+    def csrf(self, path: str = "/calls") -> str:
+        found = CSRF.search(self.get(path).text)
+        assert found, f"no csrf token on {path}"
+        return found.group(1)
+
+    def login(self, name: str, password: str, next_path: str = "/calls") -> Answer:
+        token = self.csrf("/login")
+        return self.post("/login", {"csrf": token, "name": name, "password": password, "next": next_path})
