@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sync" / "central"))
 
 from central_boxes import Box, make_box  # noqa: E402
+from consoleclient import ROLE_USER, USERS, password_of  # noqa: E402
 
 from linetap.firmware.clock import ManualClock  # noqa: E402
 from linetap.sync import wire  # noqa: E402
@@ -37,17 +38,6 @@ from linetap.sync.central.tools import StoreTools  # noqa: E402
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 START_TIMEOUT_S = 30.0
-# name -> (role, team); every role once, two agents in two teams, an auditor with and one without audio.
-USERS = {"root": ("admin", None), "sue": ("supervisor", "red"), "rita": ("reviewer", "red"),
-         "ann": ("agent", "red"), "bob": ("agent", "blue"), "audrey": ("auditor", None),
-         "aldo": ("auditor", None)}
-ROLE_USER = {"admin": "root", "supervisor": "sue", "reviewer": "rita", "agent": "ann", "auditor": "audrey"}
-
-
-def password_of(name: str) -> str:
-    return f"pw-{name}-0123456789"
-
-
 @dataclass
 class ConsoleStore:
     data_dir: Path

@@ -42,6 +42,8 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "admin_user_update": _ADMIN,
     "admin_desks": _ADMIN,
     "admin_desks_assign": _ADMIN,
+    "media_audio": _ALL,  # an auditor only with audio granted (checked per user)
+    "media_peaks": _ALL,
 }
 
 # The navigation bar: (route name, label), shown to the roles the table lets in.

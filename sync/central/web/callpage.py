@@ -2,7 +2,8 @@
 
 The template (``call.html``) has named blocks ``player``, ``waveform``,
 ``evaluations`` and ``comments``, each including an optional template
-(``call_player.html``, ``call_waveform.html``, ``call_evaluations.html``,
+(``media_player.html``, shown when the user may hear the call and it passed
+its checks; ``call_waveform.html``, ``call_evaluations.html``,
 ``call_comments.html``) that the media and QA modules ship. A feature module
 with ``call_context(request, row, scope) -> dict`` adds to the page's context
 (it runs in a worker thread, after the recording passed the scope check).
@@ -40,7 +41,7 @@ def call(request: Request) -> Response:
     audit(request, "view", device_id=row["device_id"], recording_id=row["recording_id"])
     lines, manifest = evidence(stored, row)
     context: dict[str, Any] = {
-        "row": row, "scope": scope, "evidence": lines, "manifest": manifest,
+        "row": row, "device_id": row["device_id"], "recording_id": row["recording_id"], "scope": scope, "evidence": lines, "manifest": manifest,
         "agent": agent_at(stored.index.desk_assignments(), row["device_id"], row["started_ms"]),
         "markers": markers(row, manifest), "playable": scope.audio and manifest is not None}
     from linetap.sync.central.web.app import feature_modules

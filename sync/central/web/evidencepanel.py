@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from linetap.firmware.errors import LinetapError
+from linetap.firmware.manifest import GENESIS
 from linetap.firmware.receipt import ReceiptError, key_id
 from linetap.firmware.receipt import verify as verify_receipt
 from linetap.sync.central.keys import load_store_key
@@ -49,8 +50,8 @@ def evidence(stored: Any, row: dict[str, Any]) -> tuple[list[Line], dict[str, An
 
 
 def _chain(stored: Any, row: dict[str, Any]) -> Line:
-    if row["seq"] == 0:
-        return Line("chain", True, "the box's first recording (seq 0)")
+    if row["prev"] == GENESIS:
+        return Line("chain", True, f"the box's first recording (seq {row['seq']}, prev is the genesis hash)")
     before = stored.index.recordings_at(row["device_id"], row["seq"] - 1)
     if not before:
         return Line("chain", None, f"seq {row['seq'] - 1}, the recording before it, is not in the store (yet)")

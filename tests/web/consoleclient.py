@@ -8,6 +8,17 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
+# name -> (role, team); every role once, two agents in two teams, an auditor with and one without audio.
+USERS = {"root": ("admin", None), "sue": ("supervisor", "red"), "rita": ("reviewer", "red"),
+         "ann": ("agent", "red"), "bob": ("agent", "blue"), "audrey": ("auditor", None),
+         "aldo": ("auditor", None)}
+ROLE_USER = {"admin": "root", "supervisor": "sue", "reviewer": "rita", "agent": "ann", "auditor": "audrey"}
+
+
+def password_of(name: str) -> str:
+    return f"pw-{name}-0123456789"
+
+
 CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 TITLE = re.compile(r"<h1>([^<]*)")
 
