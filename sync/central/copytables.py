@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from linetap.sync.central.indexschema import SCHEMA
 
@@ -54,6 +54,16 @@ _NAMES = {t.name: t for t in TABLES}
 def table(name: str) -> Table:
     """The table of that name; ``KeyError`` for a name the schema does not create (never put in SQL)."""
     return _NAMES[name]
+
+
+class CopyIndex(Protocol):
+    """The whole-table part of :class:`~linetap.sync.central.index.Index` (migrate-store's)."""
+
+    def count_rows(self, name: str) -> int: ...
+    def stored_totals(self) -> tuple[int, int]: ...
+    def table_page(self, name: str, after: Sequence[Any] | None, limit: int, *,
+                   offset: int = 0) -> list[dict[str, Any]]: ...
+    def insert_rows(self, name: str, rows: Sequence[dict[str, Any]]) -> int: ...
 
 
 class CopyTables:

@@ -53,7 +53,7 @@ from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables
-from linetap.sync.central.copytables import CopyTables
+from linetap.sync.central.copytables import CopyIndex, CopyTables
 from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
@@ -86,8 +86,9 @@ class AmbiguousRecording(SyncError, LookupError):
     """A recording id held for more than one device: the device must be named."""
 
 
-class Index(AnalyticsIndex, ConsoleIndex, Protocol):
-    """What the central store knows about devices and recordings (with the analytics' and console's parts)."""
+class Index(AnalyticsIndex, ConsoleIndex, CopyIndex, Protocol):
+    """What the central store knows about devices and recordings (with the analytics', console's and
+    whole-table copy's parts)."""
 
     def enroll(self, device_id: str, public_key_b64: str, now_ms: int) -> None: ...
     def device_key(self, device_id: str) -> str | None: ...
@@ -190,13 +191,6 @@ class Index(AnalyticsIndex, ConsoleIndex, Protocol):
 
     def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *,
                     device_id: str) -> None: ...
-    # whole tables, for migrate-store (:mod:`~linetap.sync.central.copytables`)
-    def count_rows(self, name: str) -> int: ...
-    def stored_totals(self) -> tuple[int, int]: ...
-    def table_page(self, name: str, after: Sequence[Any] | None, limit: int, *,
-                   offset: int = 0) -> list[dict[str, Any]]: ...
-    def insert_rows(self, name: str, rows: Sequence[dict[str, Any]]) -> int: ...
-
     def close(self) -> None: ...
 
 
