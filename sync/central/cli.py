@@ -42,6 +42,7 @@ DEVICE_HELP = "the device, when several have a recording of that id"
 def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.analytics.cli import add_analytics_commands
     from linetap.sync.central.consolecli import add_console_commands
+    from linetap.sync.central.configcheck import add_config_command
     from linetap.sync.central.evidencecli import add_evidence_commands
     from linetap.sync.central.fleetcli import add_fleet_commands
     from linetap.sync.central.formscli import add_forms_commands
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_migrate_store_command(sub, common)
     add_analytics_commands(sub, common)
     add_console_commands(sub, common)
+    add_config_command(sub, common)
     return parser
 
 
