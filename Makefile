@@ -3,13 +3,18 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench lock clean prompts
+.PHONY: install demo demo-scale test bench lock clean prompts
 
 install:
 	@./.ci/bootstrap
 
 demo: install
 	$(BIN)/linetap demo
+
+# The central store past one machine: PostgreSQL, SeaweedFS (S3) and two `serve` hosts on loopback, the
+# demo's calls, `verify --all`; everything it starts and makes is removed afterwards.
+demo-scale: install
+	$(BIN)/python -m linetap.sync.central.demo_scale
 
 test: install
 	$(BIN)/python -m pytest

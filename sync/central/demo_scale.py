@@ -23,9 +23,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from linetap.firmware.durable import write_new_private
+from linetap.sync import wire
 from linetap.sync.broker import LocalBroker, end_process
 from linetap.sync.central.config import load_config
 from linetap.sync.central.indexes import open_index
@@ -34,6 +39,8 @@ from linetap.sync.central.keys import keys_init as central_keys_init
 
 CREDENTIALS_FILE = "s3.credentials"  # in each host's keys/, mode 0600
 STOP_S = 20.0
+PROBE_DEVICE = "readiness-probe"  # never enrolled: its upload is refused, and the refusal says a worker listens
+PROBE_EVERY_S = 0.25
 
 
 class ScaleSite:
@@ -46,10 +53,11 @@ class ScaleSite:
     """
 
     def __init__(self, folder: Path, *, pg_url: str, s3_endpoint: str, s3_keys: tuple[str, str], bucket: str,
-                 broker_port: int, hosts: int = 2, name: str = "scale") -> None:
+                 broker_port: int, hosts: int = 2, name: str = "scale", object_lock: str = "off") -> None:
         self.folder = Path(folder)
         self.hosts = [self.folder / f"host-{n}" for n in range(1, hosts + 1)]
         self._serves: dict[Path, subprocess.Popen[bytes]] = {}
+        self.broker_port = broker_port
         self.keys = central_keys_init(self.hosts[0])
         for n, host in enumerate(self.hosts, 1):
             if host != self.hosts[0]:
@@ -64,7 +72,8 @@ class ScaleSite:
                 f'group = "{name}"\n'
                 f'reconnect_max_s = 1\n\n[index]\nurl = "{pg_url}"\nconnect_timeout_s = 5\n\n'
                 f'[store]\nurl = "s3://{bucket}/site"\nendpoint_url = "{s3_endpoint}"\n'
-                f'credentials_file = "{KEYS_DIR}/{CREDENTIALS_FILE}"\nmax_attempts = 1\n')
+                f'credentials_file = "{KEYS_DIR}/{CREDENTIALS_FILE}"\nmax_attempts = 1\n'
+                f'object_lock = "{object_lock}"\n')
 
     def config(self, host: Path) -> Path:
         return host / "central.toml"
@@ -86,6 +95,28 @@ class ScaleSite:
         self._serves[host] = proc
         return proc
 
+    def wait_serving(self, timeout: float = 30.0) -> bool:
+        """Until an ingest worker of the group answers: a probe upload (no valid part) is refused with an
+        ack. Uploads sent before any worker subscribed reach nobody and wait for the box's ack timeout."""
+        import paho.mqtt.client as paho
+
+        answered = threading.Event()
+        probe = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        probe.on_message = lambda *_args: answered.set()
+        probe.connect("127.0.0.1", self.broker_port)
+        probe.subscribe(wire.ack_filter(PROBE_DEVICE), qos=1)
+        probe.loop_start()
+        deadline = time.monotonic() + timeout
+        try:
+            while not answered.is_set() and time.monotonic() < deadline:
+                topic = f"{wire.ROOT}/{PROBE_DEVICE}/up/{uuid.uuid4()}/manifest/0"
+                probe.publish(topic, b"probe", qos=1)
+                answered.wait(PROBE_EVERY_S)
+        finally:
+            probe.loop_stop()
+            probe.disconnect()
+        return answered.is_set()
+
     def kill(self, host: Path) -> None:
         """SIGKILL ``host``'s serve (and its worker process): a host lost mid-ingest."""
         proc = self._serves.pop(host)
@@ -93,6 +124,13 @@ class ScaleSite:
             os.kill(child, signal.SIGKILL)
         proc.kill()
         proc.wait(STOP_S)
+
+    def wipe(self, host: Path) -> None:
+        """Everything of ``host``'s folder but its keys, config and log: a host rebuilt on a new disk."""
+        keep = {KEYS_DIR, "central.toml", "serve.log"}
+        for path in host.iterdir():
+            if path.name not in keep:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
     def stop(self) -> dict[Path, int]:
         """SIGTERM every serve; their exit statuses."""
@@ -132,10 +170,12 @@ def run(folder: Path) -> int:
             LocalBroker(folder / "broker", persistence=False) as broker:
         bucket = s3.create_bucket("linetap-demo")
         print(f"linetap demo-scale, in {folder}:\n  PostgreSQL  {pg.url} (throwaway cluster)\n"
-              f"  S3          {s3.endpoint} bucket {bucket!r}, object lock on (SeaweedFS)\n"
+              f"  S3          {s3.endpoint} bucket {bucket!r} (SeaweedFS); each recording's objects are "
+              "locked (governance mode) as it completes\n"
               f"  broker      Mosquitto on 127.0.0.1:{broker.port}")
         site = ScaleSite(folder / "central", pg_url=pg.url, s3_endpoint=s3.endpoint,
-                         s3_keys=(s3.access_key, s3.secret_key), bucket=bucket, broker_port=broker.port)
+                         s3_keys=(s3.access_key, s3.secret_key), bucket=bucket, broker_port=broker.port,
+                         object_lock="governance")
         config, near, far, script = _three_calls(Config())
         box = folder / "box"
         info = keys_init(box, site.keys.recipient, operator_key=site.keys.operator_public_key_b64,
@@ -144,24 +184,34 @@ def run(folder: Path) -> int:
         for host in site.hosts:
             site.start(host)
             print(f"  serve       {host} (its own folder; index, bucket and $share group shared)")
+        if not site.wait_serving():
+            print("no ingest worker answered within 30 s; see serve.log in each host's folder")
         config = config.model_copy(update={"sync": config.sync.model_copy(
             update={"broker": "127.0.0.1", "port": broker.port, "tls": False})})
         try:
             recordings, synced, upload = _run_calls(config, box, near, far, script, realtime=False)
         finally:
             codes = site.stop()
-        print(f"\n{len(recordings)} calls recorded; {'all' if synced else 'NOT all'} acknowledged by the "
-              f"central store{'' if synced else f': {upload}'}")
-        for host, code in codes.items():
-            print(f"  serve on {host.name} stopped (exit {code}); staging left in its folder: "
-                  f"{sum(1 for _ in (host / 'staging').rglob('*')) if (host / 'staging').exists() else 0} files")
-        done = site.verify(site.hosts[-1])
-        print(f"\nlinetap-central --data-dir {site.hosts[-1]} verify --all:\n{done.stdout.rstrip()}"
-              f"{done.stderr.rstrip()}")
-        keys = [o["Key"] for page in s3.client().get_paginator("list_object_versions").paginate(Bucket=bucket)
-                for o in page.get("Versions", [])]
-        print(f"\nbucket {bucket!r}: {len(keys)} object versions, {len(set(keys))} keys (each object once)")
-        return 0 if synced and done.returncode == 0 and codes and not any(codes.values()) else 1
+        return _report(site, s3, bucket, codes, synced and len(recordings) == 3, upload)
+
+
+def _report(site: ScaleSite, s3: Any, bucket: str, codes: dict[Path, int], synced: bool, upload: Any) -> int:
+    """What the hosts left, ``verify --all`` and the bucket; 0 when all is well."""
+    print(f"\nthe demo's calls {'all' if synced else 'NOT all'} acknowledged by the central store"
+          f"{'' if synced else f': {upload}'}")
+    for host, code in codes.items():
+        staged = sum(1 for _ in (host / "staging").rglob("*")) if (host / "staging").exists() else 0
+        print(f"  serve on {host.name} stopped (exit {code}); staging files left in its folder: {staged}")
+    done = site.verify(site.hosts[-1])
+    print(f"\nlinetap-central --data-dir {site.hosts[-1]} verify --all:\n{done.stdout.rstrip()}{done.stderr.rstrip()}")
+    client = s3.client()
+    keys = [o["Key"] for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket)
+            for o in page.get("Versions", [])]
+    print(f"\nbucket {bucket!r}: {len(keys)} object versions, {len(set(keys))} keys (each object once)")
+    if keys:
+        lock = client.get_object_retention(Bucket=bucket, Key=keys[0]).get("Retention", {})
+        print(f"  {keys[0]}: locked {lock.get('Mode', 'not at all')} until {lock.get('RetainUntilDate', '-')}")
+    return 0 if synced and done.returncode == 0 and codes and not any(codes.values()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

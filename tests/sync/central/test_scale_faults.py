@@ -152,6 +152,7 @@ def test_postgresql_restarted_mid_ingest(site: ScaleSite, box: Box, broker: Loca
                                          seaweed: LocalSeaweed, s3_bucket: str, pg_url: str) -> None:
     for host in site.hosts:
         site.start(host)
+    assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)
         postgres.restart()
@@ -164,6 +165,7 @@ def test_the_s3_server_restarted_mid_ingest(site: ScaleSite, box: Box, broker: L
                                             seaweed: LocalSeaweed, s3_bucket: str, pg_url: str) -> None:
     for host in site.hosts:
         site.start(host)
+    assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)
         seaweed.restart()
@@ -172,18 +174,20 @@ def test_the_s3_server_restarted_mid_ingest(site: ScaleSite, box: Box, broker: L
     assert_stored_exactly_once(site, box, seaweed, s3_bucket, pg_url)
 
 
-def test_one_serve_killed_mid_object_the_other_host_finishes_it(site: ScaleSite, box: Box, broker: LocalBroker,
+def test_one_serve_killed_mid_object_and_its_disk_lost_the_object_completes(site: ScaleSite, box: Box, broker: LocalBroker,
                                                                  seaweed: LocalSeaweed, s3_bucket: str,
                                                                  pg_url: str) -> None:
     first, second = site.hosts
     site.start(first)
+    assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)  # the first host staged a part of an object, not all of it
         site.kill(first)
         with PgIndex(pg_url) as index:
             left = index.staged()
         assert left and all(s["parts"] >= 1 for s in left)  # durable in the shared index, not on its disk
+        site.wipe(first)  # its disk is lost with it: what it staged survives only in the shared index
         site.start(second)
-        site.start(first)  # back, with its own folder; its broker session holds what it had not acknowledged
+        site.start(first)  # rebuilt under its name: its broker session holds what it had not acknowledged
         assert wait_for(lambda: up.synced() == CALLS), up.sync.status()
     assert_stored_exactly_once(site, box, seaweed, s3_bucket, pg_url)
