@@ -28,7 +28,6 @@ from linetap.sync import wire
 from linetap.sync.boxsync import BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.demo_scale import ScaleSite
-from linetap.sync.central.localpg import LocalPostgres
 from linetap.sync.central.locals3 import LocalSeaweed
 from linetap.sync.central.pgindex import PgIndex
 from linetap.sync.central.store import manifest_key, segment_key
@@ -148,27 +147,17 @@ def assert_stored_exactly_once(site: ScaleSite, box: Box, seaweed: LocalSeaweed,
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_postgresql_restarted_mid_ingest(site: ScaleSite, box: Box, broker: LocalBroker, postgres: LocalPostgres,
-                                         seaweed: LocalSeaweed, s3_bucket: str, pg_url: str) -> None:
+@pytest.mark.parametrize("server", ["postgresql", "s3"])
+def test_a_server_restarted_mid_ingest(server: str, site: ScaleSite, box: Box, broker: LocalBroker,
+                                       request: pytest.FixtureRequest, seaweed: LocalSeaweed, s3_bucket: str,
+                                       pg_url: str) -> None:
+    restart = request.getfixturevalue("postgres").restart if server == "postgresql" else seaweed.restart
     for host in site.hosts:
         site.start(host)
     assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)
-        postgres.restart()
-        assert up.synced() < CALLS
-        assert wait_for(lambda: up.synced() == CALLS), up.sync.status()
-    assert_stored_exactly_once(site, box, seaweed, s3_bucket, pg_url)
-
-
-def test_the_s3_server_restarted_mid_ingest(site: ScaleSite, box: Box, broker: LocalBroker,
-                                            seaweed: LocalSeaweed, s3_bucket: str, pg_url: str) -> None:
-    for host in site.hosts:
-        site.start(host)
-    assert site.wait_serving()
-    with Uploading(box, broker.port) as up:
-        assert wait_for(lambda: up.part_acks >= 1)
-        seaweed.restart()
+        restart()
         assert up.synced() < CALLS
         assert wait_for(lambda: up.synced() == CALLS), up.sync.status()
     assert_stored_exactly_once(site, box, seaweed, s3_bucket, pg_url)
