@@ -213,6 +213,11 @@ def tombstone_key(device_id: str, recording_id: str) -> str:
     return f"{recording_prefix(device_id, recording_id)}/{TOMBSTONE_NAME}"
 
 
+def redaction_key(device_id: str, recording_id: str, name: str) -> str:
+    """A redacted copy's objects (analytics/redact.py): beside the original, in no index row, so erasing it keeps them."""
+    return f"{recording_prefix(device_id, recording_id)}/redacted/{name}"
+
+
 def is_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 

@@ -37,18 +37,25 @@ def sign_tombstone(row: dict[str, Any], reason: str, erased_wall_ms: int, operat
 
 def verify_tombstone(data: bytes, operator_key: Ed25519PublicKey) -> dict[str, Any]:
     """Parse a tombstone and check its operator signature; AuthError says what is wrong."""
+    return verify_signed(data, operator_key, form=TOMBSTONE_FORMAT, what="tombstone", signer="operator key",
+                         max_bytes=MAX_TOMBSTONE)
+
+
+def verify_signed(data: bytes, key: Ed25519PublicKey, *, form: str, what: str, signer: str,
+                  max_bytes: int) -> dict[str, Any]:
+    """A signed canonical document of format ``form`` (a tombstone, a redaction record), checked against
+    ``key`` (the store's ``signer``); returns it without its signature, AuthError naming what is wrong."""
     try:
-        value = untrusted.loads(data, what="tombstone", max_bytes=MAX_TOMBSTONE)
+        value = untrusted.loads(data, what=what, max_bytes=max_bytes)
     except untrusted.Untrusted as e:
-        raise AuthError(f"tombstone is not JSON: {e}") from None
-    if not isinstance(value, dict) or value.get("format") != TOMBSTONE_FORMAT \
-            or not isinstance(value.get("signature"), dict):
-        raise AuthError(f"tombstone is not a {TOMBSTONE_FORMAT} document")
+        raise AuthError(f"{what} is not JSON: {e}") from None
+    if not isinstance(value, dict) or value.get("format") != form or not isinstance(value.get("signature"), dict):
+        raise AuthError(f"{what} is not a {form} document")
     signature = value.pop("signature")
-    if signature.get("public_key") != public_key_b64(operator_key):
-        raise AuthError("tombstone is signed by another key than this store's operator key")
+    if signature.get("public_key") != public_key_b64(key):
+        raise AuthError(f"{what} is signed by another key than this store's {signer}")
     try:
-        operator_key.verify(base64.b64decode(signature.get("value", ""), validate=True), mf.canonical(value))
+        key.verify(base64.b64decode(signature.get("value", ""), validate=True), mf.canonical(value))
     except (InvalidSignature, ValueError) as e:
-        raise AuthError("tombstone signature does not verify (the tombstone was altered)") from e
+        raise AuthError(f"{what} signature does not verify (the {what} was altered)") from e
     return value

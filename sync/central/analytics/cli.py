@@ -1,4 +1,4 @@
-"""``linetap-central analyze``, ``search`` and ``transcript``: speech analytics from the command line.
+"""``linetap-central analyze``, ``search``, ``transcript`` and ``redact``: speech analytics from the command line.
 
 ``analyze`` is its own long-running process (run as many as the machine has
 cores for; they share the work through the index's job leases); ``--once``
@@ -40,6 +40,13 @@ def add_analytics_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     transcript.add_argument("--config", type=Path, metavar="FILE", help="central config with [index]")
     add_json(transcript)
     transcript.set_defaults(run=_transcript)
+    redact = sub.add_parser("redact", parents=[common],
+                            help="store a copy of a call with its spoken card data silenced, signed by the store")
+    redact.add_argument("recording_id", metavar="ID")
+    redact.add_argument("--device", metavar="DEVICE", help="the device, when several have that id")
+    redact.add_argument("--config", type=Path, metavar="FILE", help="central config with [index] and [store]")
+    add_json(redact)
+    redact.set_defaults(run=_redact)
 
 
 def make_worker(folder: Path, config: Any, stored: Any) -> Any:
@@ -62,7 +69,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     folder = data_dir(args)
     config = load_config(args.config, folder)
-    with Stored(folder, index_config=config.index) as stored:
+    with Stored(folder, config=config) as stored:
         worker = make_worker(folder, config, stored)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stopping.set())
@@ -74,10 +81,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _stored(args: argparse.Namespace) -> Any:
-    from linetap.sync.central.cli import data_dir, index_section
+    from linetap.sync.central.cli import central_config, data_dir
     from linetap.sync.central.stored import Stored
 
-    return Stored(data_dir(args), index_config=index_section(args))
+    return Stored(data_dir(args), config=central_config(args))
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -127,4 +134,19 @@ def _transcript(args: argparse.Namespace) -> int:
               f"score {item['score']}%")
     for event in events:
         print(f"{event['kind']}: {event['detail']} on {event['channel']} at {event['start_ms'] / 1000:.1f}s")
+    return 0
+
+
+def _redact(args: argparse.Namespace) -> int:
+    from linetap.sync.central.analytics.redact import redact
+    from linetap.sync.central.evidencecli import audited
+
+    with _stored(args) as stored:
+        made = redact(stored, args.recording_id, args.device)
+        audited(stored, "redact", args.recording_id, args.device, f"silenced {len(made.spans_ms)} spans")
+    if args.json:
+        print(json.dumps(made.__dict__, indent=2))
+        return 0
+    print(f"redacted copy {made.audio_key} ({len(made.spans_ms)} spans silenced), signed record {made.record_key}; "
+          f"the original may now be erased: linetap-central erase {args.recording_id} --reason ...")
     return 0

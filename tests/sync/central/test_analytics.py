@@ -195,3 +195,73 @@ def test_a_bad_model_folder_is_explained_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a Whisper one"):
         check_model_dir(str(tmp_path))
     assert check_model_dir(None).name == "model"  # the packaged model matches its pinned hashes
+
+
+def test_redacted_copy_silences_the_card_and_outlives_the_original(analysed, capsys) -> None:
+    import pyrage
+
+    from linetap.firmware.encoder import segments_to_pcm
+    from linetap.sync.central.analytics.redact import verify_record
+    from linetap.sync.central.keys import load_store_key
+
+    central, ids = analysed
+    rid = ids["scripted"]
+    capsys.readouterr()
+    assert cli(central, "redact", rid, "--json") == 0
+    made = json.loads(capsys.readouterr().out)
+    with Stored(central) as stored:
+        record = verify_record(stored.store.get(made["record_key"]), load_store_key(central).public_key())
+        row = stored.recording(rid)
+        audio = stored.store.get(made["audio_key"])
+        pcm = segments_to_pcm([pyrage.decrypt(audio, [load_identity(central)])], 16000)
+        assert [e["action"] for e in stored.index.access_log(recording_id=rid)][-1] == "redact"
+    assert record["original_manifest_sha256"] == row["manifest_sha256"] and record["original_receipt_sha256"]
+    for a, b in record["silenced_ms"]:
+        assert abs(pcm[a * 16 + 400:b * 16 - 400]).max() < 30  # the card and the code: silence (codec edges aside)
+    assert abs(pcm[int(5.6 * 16000):int(8 * 16000), 1]).max() > 1000  # the caller's other words are there
+    assert cli(central, "erase", rid, "--reason", "spoken card data; redacted copy kept") == 0
+    with Stored(central) as stored:
+        assert stored.store.exists(made["audio_key"]) and stored.store.exists(made["record_key"])
+    assert cli(central, "verify", "--all") == 0
+    assert cli(central, "redact", ids["telephone"]) == 1  # nothing found: nothing to redact
+
+
+def test_a_worker_process_killed_mid_job_leaves_it_to_the_next(analysed, engine, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    central, ids = analysed
+    rid = ids["telephone"]
+    with Stored(central) as stored:
+        _requeue(stored, rid)
+    config = tmp_path / "central.toml"
+    config.write_text("[analytics]\nlease_s = 30\n")
+    worker = subprocess.Popen([sys.executable, "-m", "linetap.sync.central.cli", "--data-dir", str(central),
+                               "analyze", "--config", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        with Stored(central) as stored:
+            deadline, pause = time.monotonic() + 60, threading.Event()
+            while _job(stored, rid)["state"] != "running":  # claimed: the lease is taken before any work
+                assert time.monotonic() < deadline and worker.poll() is None
+                pause.wait(0.05)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            assert _job(stored, rid)["owner"].endswith(f":{worker.pid}")
+            clock = ManualClock()
+            clock.advance(time.time() - clock.wall() + 31)  # past the dead worker's lease
+            other = Worker(stored, engine, [SCRIPT], clock=clock, name="next")
+            assert other.run_one() and other.done == [("desk-1", rid, "done")]
+            assert _job(stored, rid)["attempts"] == 2 and text_of(stored, rid, "far")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+
+
+def _job(stored: Stored, rid: str) -> dict:
+    return next(j for j in stored.index.analysis_jobs() if j["recording_id"] == rid)
