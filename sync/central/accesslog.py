@@ -32,7 +32,8 @@ from linetap.firmware.manifest import canonical
 GENESIS = "0" * 64  # ``prev`` of the first entry
 ACTIONS = ("export", "evidence", "hold", "unhold", "erase", "listen", "view",
            "login", "login-failed", "logout", "search", "download", "user", "desk",  # the console's
-           "redact")  # analytics' redacted copy
+           "redact",  # analytics' redacted copy
+           "evaluate", "comment")  # the console's QA (web/evaluations.py)
 COLUMNS = ("pos", "at_ms", "actor", "action", "device_id", "recording_id", "origin", "detail", "prev", "sha256")
 HASHED = COLUMNS[:-1]
 MAX_TEXT = 1000  # actor, origin and detail are cut to this many characters

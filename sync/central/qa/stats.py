@@ -158,6 +158,30 @@ def calls_per_day(calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(sum(present) / len(present), 3) if present else None
+
+
+GROUP_COLUMNS = ("evaluations", "average", "passed", "critical_failures", "disputed", "calls", "talk_ratio",
+                 "silence_share", "overtalk_share", "hold_s")
+
+
+def group_rows(evaluations: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]], *,
+               key: str) -> list[dict[str, Any]]:
+    """One row per agent (``key="agent"``) or team (``"team"``): the evaluation summary and the calls'
+    mean talk ratio, silence and over-talk, and their total hold; rows and calls without one are left out."""
+    names = sorted(({e.get(key) for e in evaluations} | {c.get(key) for c in calls}) - {None})
+    rows = []
+    for name in names:
+        figures = [call_figures(c) for c in calls if c.get(key) == name]
+        holds = [f["hold_s"] for f in figures if f["hold_s"] is not None]
+        rows.append({key: name, **summary([e for e in evaluations if e.get(key) == name]), "calls": len(figures),
+                     **{m: _mean(f[m] for f in figures) for m in ("talk_ratio", "silence_share", "overtalk_share")},
+                     "hold_s": round(sum(holds), 1) if holds else None})
+    return rows
+
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

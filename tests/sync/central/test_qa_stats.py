@@ -140,3 +140,18 @@ def test_labels_are_escaped(label: str) -> None:
 def test_empty_charts_say_no_data() -> None:
     for chart in (svg.bar_chart("x", [], []), svg.line_chart("x", ["a"], [None], y_max=1)):
         assert parse(chart).find(f"{SVG}text[@class='no-data']") is not None
+
+
+def test_rows_per_agent_and_per_team() -> None:
+    evals = [EVALS[0] | {"agent": "ann", "team": "red"}, EVALS[1] | {"agent": "bob", "team": "blue"},
+             EVALS[2] | {"agent": "ann", "team": "red"}, EVALS[3] | {"agent": None, "team": None}]
+    calls = [CALLS[0] | {"agent": "ann", "team": "red"}, CALLS[1] | {"agent": "ann", "team": "red"},
+             CALLS[2] | {"agent": "cy", "team": "red"}]
+    rows = stats.group_rows(evals, calls, key="agent")
+    assert [r["agent"] for r in rows] == ["ann", "bob", "cy"]
+    assert rows[0] | {} == {"agent": "ann", "evaluations": 2, "average": 5000, "passed": 1, "critical_failures": 1,
+                            "disputed": 1, "calls": 2, "talk_ratio": 0.75, "silence_share": 0.525,
+                            "overtalk_share": 0.06, "hold_s": 75.0}
+    assert rows[2]["evaluations"] == 0 and rows[2]["talk_ratio"] is None and rows[2]["hold_s"] is None
+    teams = stats.group_rows(evals, calls, key="team")
+    assert [(t["team"], t["evaluations"], t["calls"]) for t in teams] == [("blue", 1, 0), ("red", 2, 3)]
