@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from client import Client
-from conftest import ConsoleStore, cli, password_of
+from consoleclient import Client, password_of
 
 from linetap.sync.central.accesslog import verify_log
+from linetap.sync.central.cli import main as central_main
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
 
 FORM = """
@@ -51,15 +51,15 @@ EVALUATION_LINK = re.compile(r'href="/evaluations/([0-9a-f]{32})"')
 
 
 @pytest.fixture(scope="session")
-def qa_form(console_store: ConsoleStore, tmp_path_factory: pytest.TempPathFactory) -> str:
+def qa_form(console_store: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The form reviewers score on, stored as an admin would with ``linetap-central forms add``."""
     path = tmp_path_factory.mktemp("forms") / "service.toml"
     path.write_text(FORM)
-    cli(console_store.data_dir, "forms", "add", str(path))
+    assert central_main(["--data-dir", str(console_store.data_dir), "forms", "add", str(path)]) == 0
     return "service"
 
 
-def read(store: ConsoleStore, method: str, *args: object) -> Any:
+def read(store: Any, method: str, *args: object) -> Any:
     """What the store's index answers now (opened and closed around the one call)."""
     with SqliteIndex(store.data_dir / INDEX_FILE) as index:
         return getattr(index, method)(*args)
@@ -75,7 +75,7 @@ def call_path(device: str, rid: str) -> str:
     return f"/calls/{quote(device)}/{quote(rid)}"
 
 
-def ann_call(store: ConsoleStore, n: int = 0) -> tuple[str, str]:
+def ann_call(store: Any, n: int = 0) -> tuple[str, str]:
     return "desk-1", store.calls["desk-1"][n]  # desk-1's first two calls are ann's (team red)
 
 
@@ -96,14 +96,14 @@ def step(client: Client, evaluation_id: str, action: str, note: str = "") -> int
     return client.post(f"/evaluations/{evaluation_id}/{action}", {"csrf": token, "note": note}).status
 
 
-def test_a_reviewer_scores_the_agent_disputes_the_supervisor_resolves(console: str, console_store: ConsoleStore,
+def test_a_reviewer_scores_the_agent_disputes_the_supervisor_resolves(console: str, console_store: Any,
                                                                       qa_form: str) -> None:
     path = call_path(*ann_call(console_store))
     rita = client_as(console, "rita")
     status, eid = submit(rita, path, greeting="yes", verified="no", empathy="3")
     assert status == 303 and eid is not None
     shown = rita.get(f"/evaluations/{eid}").text
-    assert "50.0 %" in shown and "submitted" in shown  # (1 + 0 + 1.5 of 2) / 5 -> 2.5 / 5
+    assert "43.8 %" in shown and "submitted" in shown  # (1 + 0 + 3/4) of (1 + 2 + 1)
 
     ann = client_as(console, "ann")
     assert step(ann, eid, "dispute") == 400  # a dispute needs a reason
@@ -116,11 +116,11 @@ def test_a_reviewer_scores_the_agent_disputes_the_supervisor_resolves(console: s
     assert "resolved" in page and "I did check: see 0:40" in page and "the score stands" in page
 
     details = [e["detail"] for e in read(console_store, "access_log") if e["action"] == "evaluate"]
-    assert any(d.startswith(f"submit {eid} form service v1 score 50.0 %") for d in details)
+    assert any(d.startswith(f"submit {eid} form service v1 score 43.8 %") for d in details)
     assert f"dispute {eid}" in details and f"resolve {eid}" in details
 
 
-def test_an_amendment_is_a_new_version_and_the_old_one_stays(console: str, console_store: ConsoleStore,
+def test_an_amendment_is_a_new_version_and_the_old_one_stays(console: str, console_store: Any,
                                                               qa_form: str) -> None:
     rita = client_as(console, "rita")
     status, eid = submit(rita, call_path(*ann_call(console_store)), greeting="yes", verified="yes", empathy="4")
@@ -133,7 +133,7 @@ def test_an_amendment_is_a_new_version_and_the_old_one_stays(console: str, conso
     page = rita.get(f"/evaluations/{eid}").text
     assert "Version 2" in page and "Version 1" in page and "critical failed: greeting" in page
     found = read(console_store, "evaluation", eid)
-    assert [v["score"] for v in found["versions"]] == [10000, 0] and found["versions"][1]["raw_score"] == 10000
+    assert [v["score"] for v in found["versions"]] == [10000, 0] and found["versions"][1]["raw_score"] == 7500
     ann = client_as(console, "ann")
     assert step(ann, eid, "acknowledge") == 303
     assert ann.get(f"/evaluations/{eid}").text.count("acknowledged") >= 1
@@ -144,7 +144,7 @@ def test_an_amendment_is_a_new_version_and_the_old_one_stays(console: str, conso
     ({"greeting": "na", "verified": "yes", "empathy": "1"}, "question &#39;greeting&#39; cannot be not applicable"),
     ({"greeting": "yes", "verified": "yes", "empathy": "9"}, "from 0 to 4"),
 ])
-def test_bad_answers_are_refused_by_name_and_nothing_is_stored(console: str, console_store: ConsoleStore,
+def test_bad_answers_are_refused_by_name_and_nothing_is_stored(console: str, console_store: Any,
                                                                 qa_form: str, answers: dict, named: str) -> None:
     rita = client_as(console, "rita")
     path = call_path(*ann_call(console_store))
@@ -156,7 +156,7 @@ def test_bad_answers_are_refused_by_name_and_nothing_is_stored(console: str, con
     assert len(read(console_store, "evaluations")) == before
 
 
-def test_who_may_see_and_act_on_an_evaluation(console: str, console_store: ConsoleStore, qa_form: str) -> None:
+def test_who_may_see_and_act_on_an_evaluation(console: str, console_store: Any, qa_form: str) -> None:
     rita = client_as(console, "rita")
     status, eid = submit(rita, call_path(*ann_call(console_store)), greeting="yes", verified="na", empathy="2")
     assert status == 303
@@ -174,7 +174,7 @@ def test_who_may_see_and_act_on_an_evaluation(console: str, console_store: Conso
     assert "Waiting for you" in ann.get("/evaluations").text
 
 
-def test_comments_at_a_position(console: str, console_store: ConsoleStore) -> None:
+def test_comments_at_a_position(console: str, console_store: Any) -> None:
     path = call_path(*ann_call(console_store, 1))
     rita = client_as(console, "rita")
     answer = rita.post(f"{path}/comments", {"csrf": rita.csrf(path), "position_ms": "1500",
@@ -187,7 +187,7 @@ def test_comments_at_a_position(console: str, console_store: ConsoleStore) -> No
     assert audrey.post(f"{path}/comments", {"csrf": audrey.csrf(path), "body": "x"}).status == 403
 
 
-def test_dashboards_follow_the_scope_and_export_csv(console: str, console_store: ConsoleStore,
+def test_dashboards_follow_the_scope_and_export_csv(console: str, console_store: Any,
                                                    qa_form: str) -> None:
     rita = client_as(console, "rita")
     submit(rita, call_path(*ann_call(console_store)), greeting="yes", verified="yes", empathy="2")
@@ -207,7 +207,7 @@ def test_dashboards_follow_the_scope_and_export_csv(console: str, console_store:
     assert client_as(console, "audrey").get("/dashboards").status == 403
 
 
-def test_the_access_log_page_filters_exports_and_verifies(console: str, console_store: ConsoleStore,
+def test_the_access_log_page_filters_exports_and_verifies(console: str, console_store: Any,
                                                          tmp_path: Path) -> None:
     audrey = client_as(console, "audrey")
     page = audrey.get("/auditlog?action=login")
@@ -222,3 +222,83 @@ def test_the_access_log_page_filters_exports_and_verifies(console: str, console_
     last = read(console_store, "access_log")[-1]
     assert (last["actor"], last["action"]) == ("audrey", "export") and "access log csv" in last["detail"]
     assert client_as(console, "rita").get("/auditlog").status == 403
+
+
+# -- in the browser --
+
+# The page's CSP forbids eval, which wait_for_function needs: wait on the player's own timeupdate events.
+PLAYED_PAST = """past => new Promise((resolve, reject) => {
+  const player = document.getElementById('player');
+  const check = () => { if (player.currentTime > past) { player.removeEventListener('timeupdate', check);
+                                                          resolve(player.currentTime); } };
+  player.addEventListener('timeupdate', check);
+  setTimeout(() => reject(new Error('the player did not pass ' + past + ' s in 15 s')), 15000);
+  check();
+})"""
+
+
+def played_past(page: Any, seconds: float) -> float:
+    """Wait until the page's player has played past ``seconds``; its time then."""
+    return float(page.evaluate(PLAYED_PAST, seconds))
+
+
+def test_in_the_browser_score_while_playing_dispute_resolve_and_see_it_in_the_log(
+        login_page: Any, console_store: Any, qa_form: str) -> None:
+    from conftest import SCREENSHOTS
+
+    path = call_path(*ann_call(console_store, 1))
+    rita = login_page("reviewer")
+    rita.goto(path)
+    rita.evaluate("document.getElementById('player').play()")
+    started = played_past(rita, 0.2)
+    rita.check("input[name=q_greeting][value=yes]")
+    rita.check("input[name=q_verified][value=na]")
+    rita.check("input[name=q_empathy][value='3']")
+    rita.fill("textarea[name=note]", "friendly, did not need to check the caller")
+    assert played_past(rita, started) > started  # it played on while the reviewer scored
+    rita.screenshot(path=str(SCREENSHOTS / "qa-score-while-playing.png"), full_page=True)
+    rita.click("#scoring-submit")
+    rita.wait_for_url("**#evaluations")
+    assert "Evaluation submitted: 87.5 %" in rita.inner_text(".flash")  # (1 + 3/4) of 2, verified n/a
+    eid = rita.get_attribute("tr.qa-evaluation >> nth=-1 >> a", "href").rsplit("/", 1)[1]
+
+    ann = login_page("agent")
+    ann.goto("/evaluations")
+    ann.click(f"a[href='/evaluations/{eid}'] >> nth=0")
+    ann.fill("form.qa-step input[name=note]", "the caller was verified by the IVR")
+    ann.click("button.qa-dispute")
+    ann.wait_for_url("**#evaluations")
+    ann.screenshot(path=str(SCREENSHOTS / "qa-disputed-by-agent.png"), full_page=True)
+
+    sue = login_page("supervisor")
+    sue.goto("/evaluations?state=disputed")
+    sue.click(f"#waiting a[href='/evaluations/{eid}']")
+    sue.fill("form.qa-step input[name=note]", "IVR verification counts; the score stands")
+    sue.click("button.qa-resolve")
+    sue.wait_for_url("**#evaluations")
+    sue.goto(f"/evaluations/{eid}")
+    assert "resolved" in sue.inner_text("#evaluation-now")
+    sue.screenshot(path=str(SCREENSHOTS / "qa-evaluation-resolved.png"), full_page=True)
+
+    audrey = login_page("auditor")
+    audrey.goto("/auditlog?action=evaluate")
+    text = audrey.inner_text("table.auditlog")
+    assert f"dispute {eid}" in text and f"resolve {eid}" in text and f"submit {eid}" in text
+    assert "the chain holds" in audrey.inner_text("#verify")
+    audrey.screenshot(path=str(SCREENSHOTS / "qa-access-log.png"), full_page=True)
+    with audrey.expect_download() as download:
+        audrey.click("#export-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert {r["actor"] for r in rows if r["detail"] and eid in r["detail"]} == {"rita", "ann", "sue"}
+
+
+def test_in_the_browser_dashboards_and_a_csv_download(login_page: Any, qa_form: str) -> None:
+    from conftest import SCREENSHOTS
+
+    sue = login_page("supervisor")
+    sue.goto("/dashboards?since=2000-01-01")
+    assert sue.locator("#charts svg").count() == 7
+    sue.screenshot(path=str(SCREENSHOTS / "qa-dashboards.png"), full_page=True)
+    with sue.expect_download() as download:
+        sue.click("#table-weekly a.csv")
+    assert Path(download.value.path()).read_text().startswith("week,evaluations,average")

@@ -51,7 +51,7 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], *, uni
     labels, values = list(labels)[-MAX_POINTS:], list(values)[-MAX_POINTS:]
     if not values:
         return _frame(title, [_no_data()], 1, unit)
-    y_max = max(max(values), 1e-9)
+    y_max = max(values) if max(values) > 0 else 1  # all zero: an empty plot on a 0..1 scale
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
     slot = plot_w / len(values)
