@@ -21,7 +21,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
@@ -47,6 +47,25 @@ class StaleEvaluation(SyncError, ValueError):
 
 class FormVersionTaken(SyncError, ValueError):
     """A form version already stored with other content."""
+
+
+class QaIndex(Protocol):
+    """The quality-assessment part of the :class:`~linetap.sync.central.index.Index` protocol."""
+
+    def add_form(self, form_id: str, version: int, title: str, source: str, added_by: str, now_ms: int) -> bool: ...
+    def forms(self) -> list[dict[str, Any]]: ...
+    def form(self, form_id: str, version: int | None = None) -> dict[str, Any] | None: ...
+    def submit_evaluation(self, row: dict[str, Any], actor: str, now_ms: int) -> None: ...
+    def amend_evaluation(self, row: dict[str, Any], from_state: str, to_state: str, actor: str,
+                         note: str | None, now_ms: int) -> int: ...
+    def evaluation_event(self, evaluation_id: str, from_state: str, action: str, to_state: str, actor: str,
+                         note: str | None, now_ms: int) -> None: ...
+    def evaluation(self, evaluation_id: str) -> dict[str, Any] | None: ...
+    def evaluations(self, *, device_id: str | None = None, recording_id: str | None = None,
+                    agent: str | None = None, since_ms: int | None = None,
+                    until_ms: int | None = None) -> list[dict[str, Any]]: ...
+    def add_comment(self, comment: dict[str, Any]) -> None: ...
+    def comments(self, device_id: str, recording_id: str) -> list[dict[str, Any]]: ...
 
 
 class QaTables:
