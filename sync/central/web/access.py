@@ -44,11 +44,23 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "admin_desks_assign": _ADMIN,
     "media_audio": _ALL,  # an auditor only with audio granted (checked per user)
     "media_peaks": _ALL,
+    # console-qa (web/evaluations.py, dashboards.py, auditlog.py); the evaluation life cycle
+    # (qa/lifecycle.py) then says who may take which step of which evaluation
+    "evaluation_submit": _STAFF,
+    "evaluation_amend": _STAFF,
+    "evaluation_step": _STAFF | {"agent"},
+    "evaluation": _ALL,
+    "evaluations": _ALL,
+    "comment_add": _STAFF | {"agent"},
+    "dashboards": _STAFF | {"agent"},
+    "dashboards_csv": _STAFF | {"agent"},
+    "auditlog": frozenset({"auditor", "admin"}),
+    "auditlog_export": frozenset({"auditor", "admin"}),
 }
 
 # The navigation bar: (route name, label), shown to the roles the table lets in.
-NAV = (("calls", "Calls"), ("dashboards", "Dashboards"), ("auditlog", "Access log"), ("fleet", "Fleet"),
-       ("retention", "Retention"), ("admin_users", "Users"), ("admin_desks", "Desks"))
+NAV = (("calls", "Calls"), ("evaluations", "Evaluations"), ("dashboards", "Dashboards"), ("auditlog", "Access log"),
+       ("fleet", "Fleet"), ("retention", "Retention"), ("admin_users", "Users"), ("admin_desks", "Desks"))
 
 
 def allowed(route: str, role: str | None) -> bool:
