@@ -47,6 +47,7 @@ text = "Showed empathy"
 kind = "scale"
 scale_max = 4
 """
+SCREENSHOTS = Path(__file__).parent / "screenshots"  # the browser fixture makes it (conftest.py)
 EVALUATION_LINK = re.compile(r'href="/evaluations/([0-9a-f]{32})"')
 
 
@@ -244,8 +245,6 @@ def played_past(page: Any, seconds: float) -> float:
 
 def test_in_the_browser_score_while_playing_dispute_resolve_and_see_it_in_the_log(
         login_page: Any, console_store: Any, qa_form: str) -> None:
-    from conftest import SCREENSHOTS
-
     path = call_path(*ann_call(console_store, 1))
     rita = login_page("reviewer")
     rita.goto(path)
@@ -293,8 +292,6 @@ def test_in_the_browser_score_while_playing_dispute_resolve_and_see_it_in_the_lo
 
 
 def test_in_the_browser_dashboards_and_a_csv_download(login_page: Any, qa_form: str) -> None:
-    from conftest import SCREENSHOTS
-
     sue = login_page("supervisor")
     sue.goto("/dashboards?since=2000-01-01")
     assert sue.locator("#charts svg").count() == 7
