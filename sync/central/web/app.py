@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 PACKAGE = "linetap.sync.central.web"
 # Feature modules, each with routes(); one not installed yet is left out.
 FEATURES = ("login", "calls", "callpage", "admin", "evaluations", "dashboards", "auditlog", "media", "fleet",
-            "retention")
+            "retention", "transcripts")
 MAX_BODY = 4 * 1024 * 1024  # a form post (the bulk download's selection is the largest)
 MAX_FIELDS = 2000
 Endpoint = Callable[[Request], Any]
