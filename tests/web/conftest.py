@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sync" / "central"))
 
 from central_boxes import Box, make_box  # noqa: E402
-from consoleclient import ROLE_USER, USERS, password_of  # noqa: E402
+from consoleclient import CLOCKED_WEB, ROLE_USER, USERS, password_of  # noqa: E402
 
 from linetap.firmware.clock import ManualClock  # noqa: E402
 from linetap.sync import wire  # noqa: E402
@@ -58,12 +59,23 @@ def cli(data_dir: Path, *argv: str) -> None:
     assert central_main(["--data-dir", str(data_dir), *argv]) == 0, argv
 
 
+# Test users' hashes are made with argon2id at a low cost: a hash carries its own parameters, so the
+# console checks them as fast as they were made (the console itself hashes at argon2-cffi's defaults).
+CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
 def add_users(data_dir: Path, tmp: Path, users: dict[str, tuple[str, str | None]]) -> None:
-    for name, (role, team) in users.items():
-        secret = tmp / f"{name}.password"
-        secret.write_text(password_of(name) + "\n")
-        cli(data_dir, "users", "add", name, "--role", role, *(["--team", team] if team else []),
-            "--password-file", str(secret))
+    """The first user through ``linetap-central users add --password-file``, the others straight into the
+    index with cheap hashes."""
+    first, *others = users.items()
+    name, (role, team) = first
+    secret = tmp / f"{name}.password"
+    secret.write_text(password_of(name) + "\n")
+    cli(data_dir, "users", "add", name, "--role", role, *(["--team", team] if team else []),
+        "--password-file", str(secret))
+    with StoreTools(data_dir) as tools:
+        for name, (role, team) in others:
+            tools.index.add_user(name, role, team, CHEAP.hash(password_of(name)), tools.now_ms())
 
 
 def ingest(central: Path, box: Box, rids: list[str]) -> None:
@@ -155,6 +167,11 @@ def _listening_url(process: subprocess.Popen) -> str:
     raise AssertionError("the console did not start:\n" + "".join(seen))
 
 
+# Users of the auth tests only (each test its own, so throttling one never locks out another).
+CLOCKED_USERS = {name: ("agent", "red") for name in ("fixa", "csrfa", "csrfb", "tess", "addr", "idle", "redir",
+                                                   "dis", "hdr")}
+
+
 @dataclass
 class Clocked:
     url: str
@@ -175,9 +192,10 @@ def clocked_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clocke
     root = tmp_path_factory.mktemp("clocked")
     central = root / "central"
     cli(central, "keys", "init")
-    add_users(central, root, USERS)
+    add_users(central, root, {**USERS, **CLOCKED_USERS})
     clock = ManualClock(wall_offset=1_800_000_000.0)
-    app = make_app(Settings(central, load_config(None, central), clock=clock))
+    config = load_config(None, central).model_copy(update={"web": CLOCKED_WEB})
+    app = make_app(Settings(central, config, clock=clock))
     sock = _listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="clocked-console", daemon=True)

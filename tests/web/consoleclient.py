@@ -8,6 +8,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
+from linetap.sync.central.web.settings import WebSection
+
 # name -> (role, team); every role once, two agents in two teams, an auditor with and one without audio.
 USERS = {"root": ("admin", None), "sue": ("supervisor", "red"), "rita": ("reviewer", "red"),
          "ann": ("agent", "red"), "bob": ("agent", "blue"), "audrey": ("auditor", None),
@@ -18,6 +20,9 @@ ROLE_USER = {"admin": "root", "supervisor": "sue", "reviewer": "rita", "agent": 
 def password_of(name: str) -> str:
     return f"pw-{name}-0123456789"
 
+
+# The clocked console's [web]: small throttling bounds, so the tests reach them in a few tries.
+CLOCKED_WEB = WebSection(login_max_failures=3, login_address_max_failures=6, idle_timeout_s=600)
 
 CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 TITLE = re.compile(r"<h1>([^<]*)")
@@ -51,6 +56,7 @@ class Client:
         parts = urllib.parse.urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
         self.cookies: dict[str, str] = {}
+        self._token: str | None = None  # the session's CSRF token, read once per session
 
     def request(self, method: str, path: str, form: dict[str, str] | list[tuple[str, str]] | None = None,
                 headers: dict[str, str] | None = None) -> Answer:
@@ -85,10 +91,15 @@ class Client:
         return self.request("POST", path, form, **kw)
 
     def csrf(self, path: str = "/calls") -> str:
-        found = CSRF.search(self.get(path).text)
-        assert found, f"no csrf token on {path}"
-        return found.group(1)
+        if self._token is None:
+            found = CSRF.search(self.get(path).text)
+            assert found, f"no csrf token on {path}"
+            self._token = found.group(1)
+        return self._token
 
     def login(self, name: str, password: str, next_path: str = "/calls") -> Answer:
-        token = self.csrf("/login")
-        return self.post("/login", {"csrf": token, "name": name, "password": password, "next": next_path})
+        found = CSRF.search(self.get("/login").text)
+        token = found.group(1) if found else ""
+        answer = self.post("/login", {"csrf": token, "name": name, "password": password, "next": next_path})
+        self._token = None
+        return answer

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
-from multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import MultipartParseError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -44,6 +44,7 @@ FEATURES = ("login", "calls", "callpage", "admin", "evaluations", "dashboards", 
             "retention", "transcripts")
 MAX_BODY = 4 * 1024 * 1024  # a form post (the bulk download's selection is the largest)
 MAX_FIELDS = 2000
+DENIED = "Not allowed for your role"  # the title of the route table's refusal (a page's own 403s say more)
 Endpoint = Callable[[Request], Any]
 
 
@@ -124,7 +125,7 @@ def _refused(request: Request, session: Session | None) -> Response:
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         return error_page(request, 401, "Log in first", "your session has ended or you never logged in; "
                                                         "log in and try again")
-    return error_page(request, 403, "Not allowed", f"your role ({session.user['role']}) may not use this page; "
+    return error_page(request, 403, DENIED, f"your role ({session.user['role']}) may not use this page; "
                                                    "ask an admin if you need it")
 
 
