@@ -13,12 +13,14 @@ import io
 import json
 import zipfile
 
+from pathlib import Path
+
 import pytest
-from conftest import SCREENSHOTS
 
 from linetap.sync.central.accesslog import verify_log
 from linetap.sync.central.tools import StoreTools
 
+SCREENSHOTS = Path(__file__).parent / "screenshots"  # made by the browser fixture
 # Calls each user sees (erased ones are not listed): desk-1's first two are ann's, the rest bob's.
 VISIBLE = {"admin": 5, "supervisor": 2, "reviewer": 2, "agent": 2, "auditor": 5, "bob": 3}
 
