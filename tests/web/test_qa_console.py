@@ -299,3 +299,14 @@ def test_in_the_browser_dashboards_and_a_csv_download(login_page: Any, qa_form: 
     with sue.expect_download() as download:
         sue.click("#table-weekly a.csv")
     assert Path(download.value.path()).read_text().startswith("week,evaluations,average")
+
+
+def test_the_calls_page_shows_and_filters_by_score(console: str, console_store: Any, qa_form: str) -> None:
+    rita = client_as(console, "rita")
+    status, eid = submit(rita, call_path(*ann_call(console_store)), greeting="yes", verified="yes", empathy="0")
+    assert status == 303  # (1 + 2 + 0) of 4: 75 %, the newest evaluation of that call
+    scored = rita.get("/calls?min_score=75&max_score=75")
+    assert console_store.calls["desk-1"][0] in scored.text and "75.0 % (submitted)" in scored.text
+    assert console_store.calls["desk-1"][1] not in rita.get("/calls?min_score=75&max_score=75").text
+    assert console_store.calls["desk-1"][0] not in rita.get("/calls?min_score=76").text
+    assert "min_score &#39;ninety&#39;: not a whole percent from 0 to 100" in rita.get("/calls?min_score=ninety").text

@@ -22,6 +22,7 @@ MAX_TEXT = 100
 MAX_QUERY = 2000  # a saved filter's query string
 MAX_SECONDS = 7 * 86400
 FIELDS = ("since", "until", "desk", "agent", "team", "caller", "min_s", "max_s", "flagged", "consent", "sort",
+          "min_score", "max_score",  # console-qa: web/evaluations.py search_conditions
           "dir", "page", "n")
 
 
@@ -78,6 +79,8 @@ def _one(q: CallQuery, name: str, raw: str) -> str | None:
         q.filters["device_id" if name == "desk" else "caller"] = raw
     elif name in ("agent", "team"):
         setattr(q, name, raw)
+    elif name in ("min_score", "max_score") and ascii_int(raw, hi=100) is None:
+        return "not a whole percent from 0 to 100"  # the condition itself: web/evaluations.py
     elif name == "flagged":
         if raw not in ("yes", "no"):
             return "must be yes or no"

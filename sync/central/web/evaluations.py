@@ -239,6 +239,35 @@ def comment(request: Request) -> Response:
     return _back(row, "Comment added", "comments")
 
 
+# The calls page's hooks (web/calls.py): a score column and a filter on the score a call was given last
+# (its newest evaluation or amendment; ``min_score``, ``max_score``: whole percent).
+_NEWEST_SCORE = ("EXISTS (SELECT 1 FROM evaluations e WHERE e.device_id = recordings.device_id AND "
+                 "e.recording_id = recordings.recording_id AND e.submitted_ms = (SELECT MAX(v.submitted_ms) FROM "
+                 "evaluations v WHERE v.device_id = e.device_id AND v.recording_id = e.recording_id) AND e.score {} ?)")
+
+
+def search_conditions(values: dict[str, str]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Calls with an evaluation whose newest version scored at least ``min_score`` / at most ``max_score``."""
+    out = []
+    for name, relation in (("min_score", ">="), ("max_score", "<=")):
+        percent_value = ascii_int(values.get(name), lo=0, hi=100)
+        if percent_value is not None:
+            out.append((_NEWEST_SCORE.format(relation), (percent_value * 100,)))
+    return out
+
+
+def row_extras(index: Any, rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest evaluation's score (and state) of each call on the page."""
+    out = {}
+    for row in rows:
+        found = index.evaluations(device_id=row["device_id"], recording_id=row["recording_id"])
+        if found:
+            newest = max(found, key=lambda e: e["submitted_ms"])
+            out[(row["device_id"], row["recording_id"])] = {"score": f"{percent(newest['score'])} "
+                                                                     f"({newest['state']})"}
+    return out
+
+
 def evaluation_page(request: Request) -> Response:
     """``GET /evaluations/ID``: every version with its answers, the history, and what the user may do."""
     found, row = _visible_evaluation(request)

@@ -117,3 +117,32 @@ def test_comments_by_position(index: IndexTables) -> None:
                        "position_ms": 0, "body": "other box", "created_ms": 1})
     assert [c["comment_id"] for c in index.comments("box-a", "r1")] == ["c3", "c2", "c1"]
     assert index.comments("box-a", "r9") == []
+
+
+def test_the_calls_search_by_the_score_a_call_was_given_last(index: IndexTables) -> None:
+    from linetap.sync.central.consoleindex import Search
+    from linetap.sync.central.web.evaluations import search_conditions
+
+    for n in (1, 2, 3):
+        started = 1_000_000 + n * 60_000
+        index.add_recording({
+            "recording_id": f"r{n}", "device_id": "box-a", "seq": n, "started_ms": started, "ended_ms": started + 1,
+            "duration_ms": 1, "flagged": False, "recorded": True, "discarded": False, "ended_by": "hangup",
+            "consent": None, "metrics": None, "caller_number": None, "caller_name": None, "caller_withheld": None,
+            "manifest_sha256": f"{n:064x}", "prev": f"{n - 1:064x}", "segments": 1, "bytes": 1,
+            "manifest_key": f"m{n}", "stored_ms": 1})
+    index.submit_evaluation(evaluation("e1", recording_id="r1", score=9000, submitted_ms=10), "rita", 10)
+    index.submit_evaluation(evaluation("e2", recording_id="r1", score=4000, submitted_ms=20), "rita", 20)
+    index.submit_evaluation(evaluation("e3", recording_id="r2", score=8000, submitted_ms=30), "rita", 30)
+    index.amend_evaluation(evaluation("e3", recording_id="r2", score=9500, submitted_ms=40), "submitted",
+                           "submitted", "rita", None, 40)
+
+    def found(**values: str) -> list[str]:
+        rows, _ = index.search_recordings(Search(extra=tuple(search_conditions(values)), sort="started",
+                                                 descending=False))
+        return [r["recording_id"] for r in rows]
+
+    assert found(min_score="80") == ["r2"]  # r1 was given 40 % last; r2's amendment 95 %
+    assert found(max_score="50") == ["r1"]
+    assert found(min_score="0") == ["r1", "r2"]  # r3 has no evaluation
+    assert found(min_score="x", max_score="101") == ["r1", "r2", "r3"]  # refused values filter nothing
