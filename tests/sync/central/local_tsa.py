@@ -126,3 +126,35 @@ def closed_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/tsr"
+
+
+def timestamps_config(url: str) -> str:
+    """The ``[timestamps]`` section of a store whose TSA certificates :func:`stamping_store` copied in."""
+    return f'[timestamps]\ntsa_url = "{url}"\nca_file = "tsa/ca.pem"\ntsa_cert_file = "tsa/tsa.pem"\n'
+
+
+def stamping_store(central: Path, tsa_files: Path, url: str) -> Path:
+    """A new central store (keys made) that trusts the test TSA and stamps with the one at ``url``."""
+    from linetap.sync.central.keys import keys_init
+
+    keys_init(central)
+    (central / "tsa").mkdir()
+    for name in ("ca.pem", "tsa.pem"):
+        (central / "tsa" / name).write_bytes((tsa_files / name).read_bytes())
+    (central / "central.toml").write_text(timestamps_config(url))
+    return central
+
+
+def ingest_stamped(central: Path, box: object, rids: list[str], stamp_after: int) -> None:
+    """Ingest the box's recordings ``rids`` in order, with ``linetap-central timestamp`` after the one at
+    index ``stamp_after`` (so a stamp covers those and later ones are not yet stamped)."""
+    from linetap.firmware.clock import ManualClock
+    from linetap.sync.central.cli import main
+    from linetap.sync.central.ingest import Ingest
+
+    with Ingest(central, clock=ManualClock()) as core:
+        for i, rid in enumerate(rids):
+            for part in box.parts(rid):  # type: ignore[attr-defined]
+                core.receive(part)
+            if i == stamp_after:
+                assert main(["--data-dir", str(central), "timestamp"]) == 0

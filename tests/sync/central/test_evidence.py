@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central_boxes import Box, enrolled
-from local_tsa import make_tsa_files
+from local_tsa import ingest_stamped, make_tsa_files, stamping_store
 from linetap.firmware import receipt
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import public_key_b64
@@ -326,22 +326,11 @@ class Stamped:
 @pytest.fixture(scope="module")
 def stamped(tmp_path_factory: pytest.TempPathFactory, local_tsa, tsa_files: Path) -> Stamped:
     root = tmp_path_factory.mktemp("stamped")
-    central = root / "central"
-    keys_init(central)
-    (central / "tsa").mkdir()
-    for name in ("ca.pem", "tsa.pem"):
-        (central / "tsa" / name).write_bytes((tsa_files / name).read_bytes())
-    (central / "central.toml").write_text(f'[timestamps]\ntsa_url = "{local_tsa.url}"\nca_file = "tsa/ca.pem"\n'
-                                          'tsa_cert_file = "tsa/tsa.pem"\n')
+    central = stamping_store(root / "central", tsa_files, local_tsa.url)
     box = enrolled(root, central, "desk-2")
     rids = [box.call(1.5), box.call(1.0), box.call(1.0)]
     box.spool.close()
-    with Ingest(central, clock=ManualClock()) as core:
-        for i, rid in enumerate(rids):
-            for part in box.parts(rid):
-                core.receive(part)
-            if i == 1:
-                assert cli(central, "timestamp") == 0
+    ingest_stamped(central, box, rids, stamp_after=1)
     assert cli(central, "timestamp") == 0
     with StoreTools(central) as tools:
         stamps = tools.index.timestamps()

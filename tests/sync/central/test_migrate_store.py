@@ -19,13 +19,11 @@ from pathlib import Path
 import pytest
 
 from central_boxes import BIG_CODEC, enrolled
-from linetap.firmware.clock import ManualClock
+from local_tsa import ingest_stamped, stamping_store, timestamps_config
 from linetap.sync.central.cli import main
 from linetap.sync.central.config import load_config
 from linetap.sync.central.copytables import TABLES
 from linetap.sync.central.index import SqliteIndex
-from linetap.sync.central.ingest import Ingest
-from linetap.sync.central.keys import keys_init
 from linetap.sync.central.migratestore import MARKER_KEY
 from linetap.sync.central.pgindex import PgIndex
 from linetap.sync.central.s3store import S3Store
@@ -43,29 +41,16 @@ def cli(central: Path, *argv: str) -> int:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory, local_tsa, tsa_files: Path) -> Path:
     root = tmp_path_factory.mktemp("embedded")
-    central = root / "central"
-    keys_init(central)
-    (central / "tsa").mkdir()
-    for name in ("ca.pem", "tsa.pem"):
-        (central / "tsa" / name).write_bytes((tsa_files / name).read_bytes())
-    (central / "central.toml").write_text(timestamps_section(local_tsa.url))
+    central = stamping_store(root / "central", tsa_files, local_tsa.url)
     box = enrolled(root, central, "desk-1")
     rids = [box.call(2.5) for _ in range(CALLS)] + [box.call(22.0, codec=BIG_CODEC)]
     box.spool.close()
-    with Ingest(central, clock=ManualClock()) as core:
-        for i, rid in enumerate(rids):
-            for part in box.parts(rid):
-                core.receive(part)
-            if i == 3:
-                assert cli(central, "timestamp") == 0
-        core.index.add_problem("desk-1", rids[0], 1, "chain-break", "kept from an earlier verify", 7)
+    ingest_stamped(central, box, rids, stamp_after=3)
+    with SqliteIndex(central / "index.db") as index:
+        index.add_problem("desk-1", rids[0], 1, "chain-break", "kept from an earlier verify", 7)
     assert cli(central, "hold", "set", rids[1], "--reason", "dispute") == 0
     assert cli(central, "erase", rids[2], "--reason", "subject request") == 0
     return central
-
-
-def timestamps_section(url: str) -> str:
-    return f'[timestamps]\ntsa_url = "{url}"\nca_file = "tsa/ca.pem"\ntsa_cert_file = "tsa/tsa.pem"\n'
 
 
 @pytest.fixture
@@ -79,7 +64,7 @@ def target(central: Path, pg_url: str, seaweed, s3_bucket: str, local_tsa, monke
         monkeypatch.setenv(name, value)
     path = central / "target.toml"
     path.write_text(f'[index]\nurl = "{pg_url}"\npool_size = 2\n\n[store]\nurl = "s3://{s3_bucket}/site"\n'
-                    f'endpoint_url = "{seaweed.endpoint}"\nmax_attempts = 1\n\n' + timestamps_section(local_tsa.url))
+                    f'endpoint_url = "{seaweed.endpoint}"\nmax_attempts = 1\n\n' + timestamps_config(local_tsa.url))
     return path
 
 
