@@ -17,7 +17,8 @@ def _analysed(console_store) -> tuple[str, str]:
         with index._sql() as db:  # this call's job, leased to this test as a worker would take it
             db.execute("INSERT INTO analysis_jobs (device_id, recording_id, state, priority, stored_ms, owner, "
                        "lease_until_ms, attempts, updated_ms) VALUES (?, ?, 'running', 0, 0, 'test', ?, 1, 0) "
-                       "ON CONFLICT DO NOTHING", (device, rid, 2 ** 52))
+                       "ON CONFLICT (device_id, recording_id) DO UPDATE SET state = 'running', owner = 'test'",
+                       (device, rid, 2 ** 52))
         index.finish_job(device, rid, "test", Results(
             [(device, rid, "near", 0, 400, 1500, "Thank you for calling", json.dumps(words))],
             [(device, rid, "inbound", "greeting", "required", 1, 80, 400, "thank you for calling")],
@@ -39,3 +40,15 @@ def test_the_call_page_shows_the_transcript_adherence_and_card_flag(console: str
     auditor.login("aldo", password_of("aldo"))
     hidden = auditor.get(f"/calls/{device}/{rid}").text
     assert "may see this call but not read or hear it" in hidden and "calling</button>" not in hidden
+
+
+def test_search_finds_the_call_and_links_to_the_moment(console: str, console_store) -> None:
+    device, rid = _analysed(console_store)
+    client = Client(console)
+    client.login("root", password_of("root"))
+    page = client.get("/search?q=calling")
+    assert page.status == 200 and f'href="/calls/{device}/{rid}#t=1100"' in page.text, page.text[:800]
+    assert f"/calls/{device}/{rid}" not in client.get("/search?q=goodbye").text
+    bob = Client(console)  # an agent of another desk's calls: that call is not his to search
+    bob.login("bob", password_of("bob"))
+    assert f"/calls/{device}/{rid}" not in bob.get("/search?q=calling").text

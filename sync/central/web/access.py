@@ -56,10 +56,12 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "dashboards_csv": _STAFF | {"agent"},
     "auditlog": frozenset({"auditor", "admin"}),
     "auditlog_export": frozenset({"auditor", "admin"}),
+    "transcript_search": _ALL,  # analytics (web/transcripts.py): only calls the user may hear are searched
 }
 
 # The navigation bar: (route name, label), shown to the roles the table lets in.
-NAV = (("calls", "Calls"), ("evaluations", "Evaluations"), ("dashboards", "Dashboards"), ("auditlog", "Access log"),
+NAV = (("calls", "Calls"), ("transcript_search", "Search"),
+       ("evaluations", "Evaluations"), ("dashboards", "Dashboards"), ("auditlog", "Access log"),
        ("fleet", "Fleet"), ("retention", "Retention"), ("admin_users", "Users"), ("admin_desks", "Desks"))
 
 
