@@ -32,6 +32,7 @@ from linetap.firmware.manifest import canonical
 GENESIS = "0" * 64  # ``prev`` of the first entry
 ACTIONS = ("export", "evidence", "hold", "unhold", "erase", "listen", "view",
            "login", "login-failed", "logout", "search", "download", "user", "desk",  # the console's
+           "fleet-command", "fleet-config",  # the console's fleet page
            "redact",  # analytics' redacted copy
            "evaluate", "comment")  # the console's QA (web/evaluations.py)
 COLUMNS = ("pos", "at_ms", "actor", "action", "device_id", "recording_id", "origin", "detail", "prev", "sha256")

@@ -57,6 +57,13 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "auditlog": frozenset({"auditor", "admin"}),
     "auditlog_export": frozenset({"auditor", "admin"}),
     "transcript_search": _ALL,  # analytics (web/transcripts.py): only calls the user may hear are searched
+    # console-ops (web/fleet.py, retention.py)
+    "fleet": _ADMIN | {"supervisor", "auditor"},  # the boxes' state; only admins send commands and config
+    "fleet_command": _ADMIN,
+    "fleet_config": _ADMIN,
+    "retention": _ADMIN | {"auditor"},
+    "retention_hold": _ADMIN | {"auditor"},  # legal hold is the compliance officer's too
+    "retention_erase": _ADMIN,
 }
 
 # The navigation bar: (route name, label), shown to the roles the table lets in.

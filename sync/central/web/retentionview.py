@@ -73,6 +73,6 @@ def due_rows(due: Sequence[Mapping[str, Any]], held: Sequence[Mapping[str, Any]]
 
 def policy_text(retention: RetentionSection) -> str:
     def days(n: int) -> str:
-        return "kept for ever" if n == 0 else f"{n} days"
+        return "kept for ever" if n == 0 else f"{n} day{'s' if n != 1 else ''}"
     return (f"calls {days(retention.default_days)}, flagged calls {days(retention.flagged_days)} after they "
             "started; a legal hold keeps a call past its days")
