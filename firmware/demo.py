@@ -73,6 +73,7 @@ def run_demo(config: Config, data_dir: Path, *, realtime: bool) -> int:
         report["stored"], report["data_dir"] = stored.get(report["call_id"]), str(box_dir)
         print_report(report)
     ok = _verify_and_export(data_dir, central_dir, reports, synced, upload)
+    _console_login(central_dir)
     return 0 if ok else 1
 
 
@@ -157,6 +158,24 @@ def _verify_and_export(data_dir: Path, central_dir: Path, reports: list[dict[str
                   f"stereo: left = agent, right = caller). By hand:\n"
                   f"  linetap-central --data-dir {central_dir} export {kept['call_id']} -o call.wav")
     return ok
+
+
+def _console_login(central_dir: Path) -> None:
+    """The calls' waveforms (as ``serve`` makes them), a console user ``admin`` with a new random password
+    printed once, and how to open the calls in the console."""
+    from linetap.sync.central.peaksjob import fill_peaks
+    from linetap.sync.central.web.accounts import add_user
+    from linetap.sync.central.web.settings import WebSection
+
+    with StoreTools(central_dir) as tools:
+        fill_peaks(tools)
+        password = add_user(tools.index, "admin", "admin", None, None, tools.now_ms())  # generated
+    web = WebSection()  # the console's defaults: loopback
+    print(f"\nOpen these calls in the QA console:\n"
+          f"  linetap-central --data-dir {central_dir} web\n"
+          f"  then http://{web.host}:{web.port}/ and log in as admin with the one-time password {password}\n"
+          "  (made by this run and shown only here; the store keeps only its argon2 hash; the next demo makes "
+          "a new one)")
 
 
 def _with_digits(far: np.ndarray, rate: int, at_s: float, digits: str) -> np.ndarray:

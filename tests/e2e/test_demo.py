@@ -60,9 +60,32 @@ def test_demo_records_syncs_verifies_and_exports_and_runs_again(tmp_path: Path) 
             head = path.read_bytes()[:64]
             assert not head.startswith((b"OggS", b"RIFF")), path
 
+    # It ends by saying how to open the calls in the console, with an admin password made for this run.
+    password = _console_password(out, work / "central")
+    assert _password_works(work / "central", password)
+
     again = _run("linetap.firmware.cli", "demo", "--data-dir", str(work))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr
     assert calls[0][0] not in again.stdout  # a fresh run, not the old calls again
+    new_password = _console_password(again.stdout, work / "central")
+    assert new_password != password and not _password_works(work / "central", password)
+
+
+def _console_password(out: str, central: Path) -> str:
+    found = re.search(r"QA console:\n  linetap-central --data-dir (\S+) web\n  then http://127\.0\.0\.1:8080/ and log "
+                      r"in as admin with the one-time password (\S+)\n", out)
+    assert found and found[1] == str(central), out[-1500:]
+    return found[2]
+
+
+def _password_works(central: Path, password: str) -> bool:
+    from linetap.sync.central.tools import StoreTools
+    from linetap.sync.central.web.passwords import verify_password
+
+    with StoreTools(central) as tools:
+        user = tools.index.user("admin")
+    assert user["role"] == "admin" and password not in user["password_hash"]  # only its argon2 hash is kept
+    return verify_password(user["password_hash"], password)
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
