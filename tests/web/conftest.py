@@ -27,7 +27,7 @@ from argon2 import PasswordHasher
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sync" / "central"))
 
 from central_boxes import Box, make_box  # noqa: E402
-from consoleclient import CLOCKED_WEB, ROLE_USER, USERS, password_of  # noqa: E402
+from consoleclient import CLOCKED_WEB, ROLE_USER, USERS, log_in, password_of  # noqa: E402
 
 from linetap.firmware.clock import ManualClock  # noqa: E402
 from linetap.sync import wire  # noqa: E402
@@ -231,11 +231,7 @@ def login_page(browser, console: str):
         context = browser.new_context(base_url=console, accept_downloads=True)
         contexts.append(context)
         page = context.new_page()
-        page.goto("/login")
-        page.fill("input[name=name]", name)
-        page.fill("input[name=password]", password_of(name))
-        page.click("button[type=submit]")
-        page.wait_for_url("**/calls*")
+        log_in(page, name)
         return page
 
     yield open_as

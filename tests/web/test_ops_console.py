@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from central_boxes import make_box
-from consoleclient import Client, password_of
+from consoleclient import Client, log_in, password_of
 from fleet_boxes import SimBox, device_key
 
 from linetap.firmware.keys import public_key_b64
@@ -193,11 +193,7 @@ def test_a_bad_command_form_is_refused_and_nothing_is_sent(ops: Ops) -> None:
 def _open(browser, ops: Ops, name: str):
     context = browser.new_context(base_url=ops.url, viewport={"width": 1280, "height": 860})
     page = context.new_page()
-    page.goto("/login")
-    page.fill("input[name=name]", name)
-    page.fill("input[name=password]", password_of(name))
-    page.click("button[type=submit]")
-    page.wait_for_url("**/calls*")
+    log_in(page, name)
     return context, page
 
 
