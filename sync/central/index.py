@@ -58,7 +58,7 @@ from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
-from linetap.sync.central.qaindex import QaIndex, QaTables
+from linetap.sync.central.qaindex import QaIndex, QaTables, erase_qa_text
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.stagedparts import PENDING_MANIFEST, StagedPartTables
 from linetap.sync.central.store import StoreUnavailable
@@ -401,6 +401,7 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
                        "WHERE device_id = ? AND recording_id = ?",
                        (now_ms, reason, tombstone_key, device_id, recording_id))
             db.execute("DELETE FROM peaks WHERE device_id = ? AND recording_id = ?", (device_id, recording_id))
+            erase_qa_text(db, device_id, recording_id)
 
 
 class SqliteIndex(IndexTables):

@@ -162,7 +162,7 @@ CREATE TABLE IF NOT EXISTS qa_forms (
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     evaluation_id TEXT NOT NULL,
-    version BIGINT NOT NULL,  -- 1, then one more per amendment (rows are never updated)
+    version BIGINT NOT NULL,  -- 1, then one more per amendment (rows are never updated, but erasure clears the note)
     device_id TEXT NOT NULL,
     recording_id TEXT NOT NULL,
     form_id TEXT NOT NULL,

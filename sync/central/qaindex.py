@@ -4,13 +4,15 @@
 its TOML as added (``source``), so an old evaluation is always shown with the
 questions it was scored on. ``evaluations``: one row per version of an
 evaluation (1 when submitted, one more per amendment); rows are only
-inserted, never updated. ``evaluation_events``: an evaluation's life
+inserted, never changed (but for erasure, below). ``evaluation_events``: an evaluation's life
 (submit, amend, acknowledge, dispute, resolve), one row per step with the
 state it led to; the state now is the last row's. A step is stored only if
 the state it was decided from is still the last one (checked inside a write
 transaction), so two people acting at once cannot both win: the second gets
 :class:`StaleEvaluation`. ``comments``: notes on a call at a position in its
-audio. Scores are hundredths of a percent (integers). :class:`QaTables` is
+audio. Erasing a recording replaces what people wrote about it (comment
+bodies, notes: :func:`erase_qa_text`); scores, answers and who did what
+stay. Scores are hundredths of a percent (integers). :class:`QaTables` is
 part of :class:`~linetap.sync.central.index.IndexTables`, so both backends
 run these statements.
 """
@@ -195,6 +197,20 @@ class QaTables:
             return [dict(r) for r in db.execute(
                 "SELECT * FROM comments WHERE device_id = ? AND recording_id = ? "
                 "ORDER BY position_ms, created_ms, comment_id", (device_id, recording_id))]
+
+
+ERASED_TEXT = "(erased with the recording)"
+
+
+def erase_qa_text(db: sqlite3.Connection, device_id: str, recording_id: str) -> None:
+    """What people wrote about an erased recording may name its caller: comments' bodies and the notes of its
+    evaluations and their steps are replaced; scores, answers and who did what stay (they name nobody)."""
+    db.execute("UPDATE comments SET body = ? WHERE device_id = ? AND recording_id = ?",
+               (ERASED_TEXT, device_id, recording_id))
+    db.execute("UPDATE evaluations SET note = NULL WHERE device_id = ? AND recording_id = ?",
+               (device_id, recording_id))
+    db.execute("UPDATE evaluation_events SET note = NULL WHERE note IS NOT NULL AND evaluation_id IN (SELECT "
+               "evaluation_id FROM evaluations WHERE device_id = ? AND recording_id = ?)", (device_id, recording_id))
 
 
 def _check_state(db: sqlite3.Connection, evaluation_id: str, from_state: str) -> int:

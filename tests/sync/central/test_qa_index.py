@@ -146,3 +146,18 @@ def test_the_calls_search_by_the_score_a_call_was_given_last(index: IndexTables)
     assert found(max_score="50") == ["r1"]
     assert found(min_score="0") == ["r1", "r2"]  # r3 has no evaluation
     assert found(min_score="x", max_score="101") == ["r1", "r2", "r3"]  # refused values filter nothing
+
+
+def test_erasing_a_recording_replaces_what_people_wrote_about_it(index: IndexTables) -> None:
+    index.submit_evaluation(evaluation(note="the caller, Ada Smith, was upset"), "rita", 1000)
+    index.evaluation_event("e1", "submitted", "dispute", "disputed", "alice", "Ada asked for it", 1100)
+    index.submit_evaluation(evaluation("e2", recording_id="r2", note="kept"), "rita", 1000)
+    for cid, rid in (("c1", "r1"), ("c2", "r2")):
+        index.add_comment({"comment_id": cid, "device_id": "box-a", "recording_id": rid, "author": "rita",
+                           "position_ms": 0, "body": "Ada's card number was read out", "created_ms": 1})
+    index.mark_erased("r1", 2000, "GDPR", "tomb", device_id="box-a")
+    erased = index.evaluation("e1")
+    assert erased["note"] is None and [e["note"] for e in erased["events"]] == [None, None]
+    assert (erased["score"], erased["state"], erased["answers"]) == (8750, "disputed", {"greeting": "yes", "empathy": 3})
+    assert [c["body"] for c in index.comments("box-a", "r1")] == ["(erased with the recording)"]
+    assert index.evaluation("e2")["note"] == "kept" and index.comments("box-a", "r2")[0]["body"].startswith("Ada")
