@@ -33,6 +33,12 @@ and no marker, a marker naming another store, or a target object that
 differs from the source's under the same key is refused before anything is
 written over. Stop ``serve`` and the tools on the source first: what they
 write during the copy may be missed.
+
+Write-once: with ``[store] object_lock`` on in the target config, each
+recording's objects are locked as ingest locks them (until its start plus
+its ``[retention]`` category's days) and a recording on legal hold gets the
+store's legal hold, before its index row is copied: a moved store is as
+write-once as one that ingested on S3 from the start.
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ from linetap.firmware.errors import AuthError, ConfigError, SyncError
 from linetap.firmware.keys import public_key_from_b64
 from linetap.firmware.receipt import key_id
 from linetap.sync import wire
+from linetap.sync.central.config import RetentionSection, StoreSection
 from linetap.sync.central.copytables import TABLES, Table
 from linetap.sync.central.index import IndexTables
 from linetap.sync.central.progress import Progress, on_stderr
 from linetap.sync.central.store import ObjectMissing, ObjectStore
 from linetap.sync.central.tombstone import CHAIN_MEMBERS, verify_tombstone
+from linetap.sync.central.writeonce import hold_recording, lock_recording
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +88,8 @@ class StoreMigration:
 
     def __init__(self, data_dir: Path, source: tuple[IndexTables, ObjectStore],
                  target: tuple[IndexTables, ObjectStore], *, progress: Progress, jobs: int = 4, page: int = PAGE,
-                 chain_checks: Callable[[IndexTables, ObjectStore], list[Row]] | None = None) -> None:
+                 chain_checks: Callable[[IndexTables, ObjectStore], list[Row]] | None = None,
+                 write_once: tuple[StoreSection, RetentionSection] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.src, self.src_store = source
         self.dst, self.dst_store = target
@@ -88,6 +97,7 @@ class StoreMigration:
         self.jobs = max(1, jobs)
         self.page = max(1, page)
         self._chain_checks = chain_checks
+        self._write_once = write_once
         self._device_keys: dict[str, Any] = {}
         self._operator: Any = None
 
@@ -150,6 +160,7 @@ class StoreMigration:
                 self._copy_objects(page, after)
             elif t.name == "recordings":
                 self._copy_tombstones(page)
+                self._lock_recordings(page)
             copied += self.dst.insert_rows(t.name, page)
             self._check_arrived(t, page, self.dst.table_page(t.name, after, len(page)))
             after = tuple(page[-1][c] for c in t.key)
@@ -248,6 +259,21 @@ class StoreMigration:
                 raise MigrationRefused(f"tombstone {row['tombstone_key']} disagrees with its recording's row")
             self._put_checked(row["tombstone_key"], data)
 
+    def _lock_recordings(self, page: list[Row]) -> None:
+        """Lock and hold each recording's objects as ingest would have (``[store] object_lock``, its
+        category's days, its legal hold) before its row goes in; a lock never shortens, so a rerun is harmless."""
+        if self._write_once is None or self._write_once[0].object_lock == "off":
+            return
+        section, retention = self._write_once
+        for row in page:
+            if row["erased_ms"] is not None:
+                continue  # only its tombstone is left, and that was never locked
+            keys = [o["object_key"] for o in self.src.objects(row["device_id"], row["recording_id"])]
+            lock_recording(self.dst_store, section, retention, keys, started_ms=row["started_ms"] or row["stored_ms"],
+                           flagged=bool(row["flagged"]))
+            if row["hold"]:
+                hold_recording(self.dst_store, section, keys, True)
+
     # -- chains --
 
     def _compare_chains(self) -> dict[str, int]:
@@ -332,9 +358,13 @@ def _migrate_store(args: Any) -> int:
     progress = on_stderr("migrate-store", as_json=args.json, interval_s=max(0.0, args.progress_every))
     with SqliteIndex(folder / INDEX_FILE) as source, open_index(config.index, folder) as target:
         store = open_store(config, folder)
+        check = getattr(store, "check", None)  # a bucket: reachable, and able to lock when asked to
+        if check is not None:
+            check(object_lock=config.store.object_lock != "off")
         result = StoreMigration(folder, (source, FileStore(folder / OBJECTS_DIR)), (target, store),
                                 progress=progress, jobs=args.jobs, page=args.batch,
-                                chain_checks=chain_problems(folder, config.timestamps)).run()
+                                chain_checks=chain_problems(folder, config.timestamps),
+                                write_once=(config.store, config.retention)).run()
     result["target"] = {"index": describe(config.index, folder), "store": getattr(store, "where", str(folder))}
     if args.json:
         print(json.dumps(result))

@@ -181,3 +181,25 @@ def test_without_an_index_url_the_command_says_what_to_add(central: Path, capsys
     (central / "nowhere.toml").write_text('[store]\nurl = "s3://bucket"\n')
     assert cli(central, "migrate-store", "--to", str(central / "nowhere.toml")) != 0
     assert "names no [index] url" in capsys.readouterr().err
+
+
+def test_with_object_lock_each_recording_is_locked_and_a_held_one_held_as_ingest_would(central: Path, target: Path,
+                                                                                      capsys) -> None:
+    text = target.read_text().replace("[store]\n", '[store]\nobject_lock = "governance"\n')
+    target.write_text(text + "\n[retention]\ndefault_days = 3650\n")
+    code, result, _ = migrate(central, target, capsys)
+    assert code == 0
+    _, s3 = opened(central, target)
+    with SqliteIndex(central / "index.db") as source:
+        rows = source.table_page("recordings", None, 100)
+        for row in rows:
+            keys = [o["object_key"] for o in source.objects(row["device_id"], row["recording_id"])]
+            if row["erased_ms"] is not None:
+                assert not keys and s3.retained(row["tombstone_key"]) is None
+                continue
+            assert keys
+            for key in keys:
+                why = s3.retained(key)
+                assert why is not None and why.mode == "GOVERNANCE" and why.legal_hold == bool(row["hold"]), key
+    assert any(r["hold"] for r in rows)
+    assert_copied(central, target)
