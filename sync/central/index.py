@@ -52,7 +52,7 @@ from linetap.firmware import manifest as mf
 from linetap.firmware import untrusted
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
-from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables
+from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables, forget_analysis
 from linetap.sync.central.copytables import CopyIndex, CopyTables
 from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
@@ -402,6 +402,7 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
                        (now_ms, reason, tombstone_key, device_id, recording_id))
             db.execute("DELETE FROM peaks WHERE device_id = ? AND recording_id = ?", (device_id, recording_id))
             erase_qa_text(db, device_id, recording_id)
+            forget_analysis(db, device_id, recording_id)  # what was said is personal data too
 
 
 class SqliteIndex(IndexTables):

@@ -138,6 +138,10 @@ class AnalyticsTables:
                 if held is None:
                     raise LeaseLost(f"job of recording {recording_id} of {device_id} is no longer held by "
                                     f"{owner}; its results were not written")
+                erased = db.execute("SELECT 1 FROM recordings WHERE device_id = ? AND recording_id = ? AND "
+                                    "erased_ms IS NOT NULL", (device_id, recording_id)).fetchone()
+                if erased is not None:  # erased while it was analysed: nothing of it may be written now
+                    results = Results((), (), (), results.engine)
                 _replace_results(db, device_id, recording_id, results)
                 db.execute("UPDATE analysis_jobs SET state = 'done', reason = NULL, owner = NULL, "
                            "lease_until_ms = NULL, engine = ?, card_data = ?, updated_ms = ? WHERE "
@@ -215,13 +219,18 @@ class AnalyticsTables:
         return out
 
 
-def _replace_results(db: Any, device_id: str, recording_id: str, results: Results) -> None:
+def forget_analysis(db: Any, device_id: str, recording_id: str) -> None:
+    """Delete a recording's transcript, adherence and events (erasure; before new results); keeps its job."""
     key = (device_id, recording_id)
     for table in RESULT_TABLES:
         db.execute(f"DELETE FROM {table} WHERE device_id = ? AND recording_id = ?", key)
-    sqlite = isinstance(db, sqlite3.Connection)
-    if sqlite:
+    if isinstance(db, sqlite3.Connection):
         db.execute("DELETE FROM transcript_fts WHERE device_id = ? AND recording_id = ?", key)
+
+
+def _replace_results(db: Any, device_id: str, recording_id: str, results: Results) -> None:
+    forget_analysis(db, device_id, recording_id)
+    sqlite = isinstance(db, sqlite3.Connection)
     for table, columns, rows in (("transcript_lines", LINE_COLUMNS, results.lines),
                                  ("adherence", ADHERENCE_COLUMNS, results.adherence),
                                  ("analysis_events", EVENT_COLUMNS, results.events)):

@@ -69,3 +69,19 @@ def test_failed_jobs_are_retried_a_bounded_number_of_times(index: IndexTables) -
         assert index.end_job("desk", rid(1), "w", "failed", "AuthError: does not decrypt", 100)
     assert index.claim_job("w", 200, 1000, 2) is None
     assert index.analysis_jobs("failed")[0]["reason"] == "AuthError: does not decrypt"
+
+
+def test_erasure_forgets_what_was_said_and_a_late_result_is_not_written(index: IndexTables) -> None:
+    index.add_recording(row("desk", 1))
+    index.add_recording(row("desk", 2))
+    index.enqueue_jobs(10)
+    index.claim_job("w", 100, 1000, 3)
+    index.finish_job("desk", rid(1), "w", results("desk", 1, ["my", "invoice"]), 200)
+    index.claim_job("w", 100, 1000, 3)
+    index.mark_erased(rid(1), 300, "asked", "t1", device_id="desk")
+    index.mark_erased(rid(2), 300, "asked", "t2", device_id="desk")  # while its job runs
+    index.finish_job("desk", rid(2), "w", results("desk", 2, ["my", "invoice"]), 400)
+    for n in (1, 2):
+        assert index.transcript("desk", rid(n)) == [] and index.adherence_results("desk", rid(n)) == []
+        assert index.analysis_events("desk", rid(n)) == []
+    assert index.search_transcripts("invoice") == []
