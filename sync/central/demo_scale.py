@@ -20,17 +20,17 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from linetap.firmware.durable import write_new_private
-from linetap.sync import wire
+from linetap.firmware.errors import SyncError
 from linetap.sync.broker import LocalBroker, end_process
 from linetap.sync.central.config import load_config
 from linetap.sync.central.indexes import open_index
@@ -39,8 +39,7 @@ from linetap.sync.central.keys import keys_init as central_keys_init
 
 CREDENTIALS_FILE = "s3.credentials"  # in each host's keys/, mode 0600
 STOP_S = 20.0
-PROBE_DEVICE = "readiness-probe"  # never enrolled: its upload is refused, and the refusal says a worker listens
-PROBE_EVERY_S = 0.25
+READY_POLL_S = 0.5  # how often a wait for READY looks whether serve ended instead
 
 
 class ScaleSite:
@@ -57,7 +56,6 @@ class ScaleSite:
         self.folder = Path(folder)
         self.hosts = [self.folder / f"host-{n}" for n in range(1, hosts + 1)]
         self._serves: dict[Path, subprocess.Popen[bytes]] = {}
-        self.broker_port = broker_port
         self.keys = central_keys_init(self.hosts[0])
         for n, host in enumerate(self.hosts, 1):
             if host != self.hosts[0]:
@@ -73,7 +71,9 @@ class ScaleSite:
                 f'reconnect_max_s = 1\n\n[index]\nurl = "{pg_url}"\nconnect_timeout_s = 5\n\n'
                 f'[store]\nurl = "s3://{bucket}/site"\nendpoint_url = "{s3_endpoint}"\n'
                 f'credentials_file = "{KEYS_DIR}/{CREDENTIALS_FILE}"\nmax_attempts = 1\n'
-                f'object_lock = "{object_lock}"\n')
+                f'object_lock = "{object_lock}"\n\n'
+                # A lock needs a date: calls kept 7 years (MiFID II), flagged ones 10.
+                '[retention]\ndefault_days = 2555\nflagged_days = 3650\n')
 
     def config(self, host: Path) -> Path:
         return host / "central.toml"
@@ -87,35 +87,26 @@ class ScaleSite:
         with open_index(config.index, self.hosts[0]) as index:
             index.enroll(device_id, public_key_b64, 0)
 
-    def start(self, host: Path) -> subprocess.Popen[bytes]:
-        """``serve`` on ``host`` (its log in ``host/serve.log``)."""
-        with open(host / "serve.log", "ab") as log:
+    def start(self, host: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+        """``serve`` on ``host`` (its log in ``host/serve.log``), once it says it is ingesting: ``READY=1``
+        on its notify socket, as systemd's ``Type=notify`` waits for (every worker subscribed)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(host / "serve.log", "ab") as log:
+            name = f"linetap-scale-{uuid.uuid4().hex}"
+            notify.bind("\0" + name)
             proc = subprocess.Popen(self.cli(host, "serve", "--config", str(self.config(host))),
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        self._serves[host] = proc
-        return proc
-
-    def wait_serving(self, timeout: float = 30.0) -> bool:
-        """Until an ingest worker of the group answers: a probe upload (no valid part) is refused with an
-        ack. Uploads sent before any worker subscribed reach nobody and wait for the box's ack timeout."""
-        import paho.mqtt.client as paho
-
-        answered = threading.Event()
-        probe = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        probe.on_message = lambda *_args: answered.set()
-        probe.connect("127.0.0.1", self.broker_port)
-        probe.subscribe(wire.ack_filter(PROBE_DEVICE), qos=1)
-        probe.loop_start()
-        deadline = time.monotonic() + timeout
-        try:
-            while not answered.is_set() and time.monotonic() < deadline:
-                topic = f"{wire.ROOT}/{PROBE_DEVICE}/up/{uuid.uuid4()}/manifest/0"
-                probe.publish(topic, b"probe", qos=1)
-                answered.wait(PROBE_EVERY_S)
-        finally:
-            probe.loop_stop()
-            probe.disconnect()
-        return answered.is_set()
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=os.environ | {"NOTIFY_SOCKET": "@" + name})
+            self._serves[host] = proc
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                notify.settimeout(min(READY_POLL_S, max(0.01, deadline - time.monotonic())))
+                try:
+                    if notify.recv(4096).startswith(b"READY=1"):
+                        return proc
+                except TimeoutError:
+                    continue
+        raise SyncError(f"serve on {host} did not get ready within {timeout:g} s (exit {proc.poll()}):\n"
+                        + "\n".join((host / "serve.log").read_text(errors="replace").splitlines()[-15:]))
 
     def kill(self, host: Path) -> None:
         """SIGKILL ``host``'s serve (and its worker process): a host lost mid-ingest."""
@@ -184,8 +175,6 @@ def run(folder: Path) -> int:
         for host in site.hosts:
             site.start(host)
             print(f"  serve       {host} (its own folder; index, bucket and $share group shared)")
-        if not site.wait_serving():
-            print("no ingest worker answered within 30 s; see serve.log in each host's folder")
         config = config.model_copy(update={"sync": config.sync.model_copy(
             update={"broker": "127.0.0.1", "port": broker.port, "tls": False})})
         try:
@@ -208,9 +197,10 @@ def _report(site: ScaleSite, s3: Any, bucket: str, codes: dict[Path, int], synce
     keys = [o["Key"] for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket)
             for o in page.get("Versions", [])]
     print(f"\nbucket {bucket!r}: {len(keys)} object versions, {len(set(keys))} keys (each object once)")
-    if keys:
-        lock = client.get_object_retention(Bucket=bucket, Key=keys[0]).get("Retention", {})
-        print(f"  {keys[0]}: locked {lock.get('Mode', 'not at all')} until {lock.get('RetainUntilDate', '-')}")
+    for key in keys[:1]:
+        head = client.head_object(Bucket=bucket, Key=key)
+        print(f"  {key}: object lock {head.get('ObjectLockMode', 'none')} until "
+              f"{head.get('ObjectLockRetainUntilDate', '-')}")
     return 0 if synced and done.returncode == 0 and codes and not any(codes.values()) else 1
 
 

@@ -15,6 +15,7 @@ import argparse
 import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -151,7 +152,8 @@ def serve(broker_settings: BrokerSettings, make_ingest: Callable[[], Receiver], 
 
     0 after a requested stop; 1 when a worker failed, so the service manager
     restarts the service (the failed message is still unacknowledged and
-    comes back).
+    comes back). Once every worker is subscribed it says ``READY=1`` to the
+    service manager (:func:`notify_ready`; the unit is ``Type=notify``).
     """
     stop = stop or threading.Event()
     previous: dict[int, object] = {}
@@ -161,14 +163,31 @@ def serve(broker_settings: BrokerSettings, make_ingest: Callable[[], Receiver], 
     try:
         with run_workers(workers, make_ingest, broker_settings, group=group, client_id_prefix=client_id_prefix,
                          processes=processes) as group_:
-            while not stop.wait(1.0):
+            ready = False
+            while not stop.wait(1.0 if ready else 0.05):
                 if group_.failure is not None:
                     logger.error("central ingest stopping: %s", group_.failure)
                     return 1
+                if not ready and group_.wait_ready(0):
+                    ready = True
+                    notify_ready(f"{workers} ingest workers subscribed to group {group}")
             return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def notify_ready(status: str) -> None:
+    """Tell the service manager that serve is ingesting (sd_notify ``READY=1`` to ``$NOTIFY_SOCKET``, as
+    ``Type=notify`` waits for); nothing without that variable. A manager that is away is only logged."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(f"READY=1\nSTATUS={status}".encode(), "\0" + address[1:] if address[0] == "@" else address)
+        except OSError as e:
+            logger.warning("sd_notify failed error=%s", e.strerror)
 
 
 # ------------------------------------------------------------------- the CLI --

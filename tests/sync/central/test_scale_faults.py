@@ -92,7 +92,7 @@ class Uploading:
             "device": Config().device.model_copy(update={"id": box.device_id}),
             "sync": Config().sync.model_copy(update={"broker": "127.0.0.1", "port": port, "tls": False,
                                                       "reconnect_max_s": 1.0, "ack_timeout_s": ACK_TIMEOUT_S,
-                                                      "bandwidth_bytes_s": 150_000, "window": 4})})
+                                                      "bandwidth_bytes_s": 300_000, "window": 4})})
         self.box = box
         self.spool = WatchedSpool(box.data_dir, device_id=box.device_id, clock=SystemClock(),
                                   disk_free=lambda _p: 10 ** 12)
@@ -154,7 +154,6 @@ def test_a_server_restarted_mid_ingest(server: str, site: ScaleSite, box: Box, b
     restart = request.getfixturevalue("postgres").restart if server == "postgresql" else seaweed.restart
     for host in site.hosts:
         site.start(host)
-    assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)
         restart()
@@ -168,7 +167,6 @@ def test_one_serve_killed_mid_object_and_its_disk_lost_the_object_completes(site
                                                                  pg_url: str) -> None:
     first, second = site.hosts
     site.start(first)
-    assert site.wait_serving()
     with Uploading(box, broker.port) as up:
         assert wait_for(lambda: up.part_acks >= 1)  # the first host staged a part of an object, not all of it
         site.kill(first)

@@ -108,6 +108,21 @@ def test_staging_keeps_bytes_in_the_index_only_when_it_is_shared(tmp_path: Path,
         assert Staging(tmp_path, local, DurableFiles(), in_index=True).in_index is True
 
 
+def test_staging_in_the_index_is_aged_out_with_its_bytes(tmp_path: Path, pg_url: str) -> None:
+    data = bytes(range(256)) * 1000
+    parts = wire.split("box-a", "0190a000-0000-7000-8000-000000000001", wire.ObjectRef.segment(0), data)
+    with PgIndex(pg_url) as index:
+        staging = Staging(tmp_path, index, DurableFiles())
+        staging.put_part(parts[0], 1_000)
+        staging.put_pending("box-a", "0190a000-0000-7000-8000-000000000002", b'{"manifest": 1}', 5_000)
+        assert staging.assemble(parts[0]) is None  # one part of two
+        aged = staging.age_out(cutoff_ms=2_000)
+        assert [(a.object, a.bytes) for a in aged] == [("seg/0", len(parts[0].payload))]
+        assert index.staged_parts("box-a", parts[0].recording_id, "seg/0", parts[0].sha256) == []
+        assert staging.pending("box-a", "0190a000-0000-7000-8000-000000000002") == b'{"manifest": 1}'
+    assert not (tmp_path / "staging").exists()  # nothing of it ever touched the host's disk
+
+
 # -- two hosts --
 
 @pytest.fixture
