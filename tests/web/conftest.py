@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,9 +135,16 @@ def _iso_ms(ms: int) -> str:
 @pytest.fixture(scope="session")
 def console(console_store: ConsoleStore) -> Iterator[str]:
     """A real ``linetap-central web`` process on the store; yields its base URL (no trailing slash)."""
+    with web_process(console_store.data_dir) as url:
+        yield url
+
+
+@contextmanager
+def web_process(data_dir: Path, *args: str) -> Iterator[str]:
+    """``linetap-central web --port 0`` on a data dir, until the block ends; its URL (no trailing slash)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "linetap.sync.central.cli", "--data-dir", str(console_store.data_dir), "web",
-         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "linetap.sync.central.cli", "--data-dir", str(data_dir), "web", "--port", "0",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = _listening_url(process)
     drain = threading.Thread(target=lambda: [None for _ in process.stdout], name="console-log", daemon=True)
@@ -170,6 +178,32 @@ def _listening_url(process: subprocess.Popen) -> str:
 # Users of the auth tests only (each test its own, so throttling one never locks out another).
 CLOCKED_USERS = {name: ("agent", "red") for name in ("fixa", "csrfa", "csrfb", "tess", "addr", "idle", "redir",
                                                    "dis", "hdr")}
+
+
+@dataclass
+class TlsConsole:
+    url: str
+    ca_file: Path
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def tls_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsConsole]:
+    """``web`` serving HTTPS itself ([web] tls_cert_file/tls_key_file) and trusting X-Forwarded-For from
+    loopback (proxy_headers), on a store of users only."""
+    from linetap.sync.pki import CertificateAuthority
+
+    root = tmp_path_factory.mktemp("tls")
+    central = root / "central"
+    cli(central, "keys", "init")
+    add_users(central, root, {"root": USERS["root"], "ann": USERS["ann"]})
+    ca = CertificateAuthority.create(root / "ca")
+    issued = ca.issue_server(("127.0.0.1",), name="web")
+    (central / "central.toml").write_text(
+        f'[web]\ntls_cert_file = "{issued.cert_file}"\ntls_key_file = "{issued.key_file}"\n'
+        'proxy_headers = true\ntrusted_proxies = ["127.0.0.1"]\n')
+    with web_process(central) as url:
+        yield TlsConsole(url, ca.cert_file, central)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -52,15 +53,17 @@ class Answer:
 class Client:
     """Requests to one console as one browser would make them (cookies kept, redirects not followed)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, ca_file: str | None = None) -> None:
         parts = urllib.parse.urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
+        self.tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         self.cookies: dict[str, str] = {}
         self._token: str | None = None  # the session's CSRF token, read once per session
 
     def request(self, method: str, path: str, form: dict[str, str] | list[tuple[str, str]] | None = None,
                 headers: dict[str, str] | None = None) -> Answer:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=30, context=self.tls) if self.tls \
+            else http.client.HTTPConnection(self.host, self.port, timeout=30)
         sent = dict(headers or {})
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())

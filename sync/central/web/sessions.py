@@ -114,9 +114,11 @@ class Sessions:
         return None
 
     def failed(self, name: str, address: str) -> None:
+        """Count a failure against both; failures older than the window go (the table stays small)."""
         now = self.now_ms()
-        self.index.add_failure("user", name, now)
-        self.index.add_failure("address", address, now)
+        for kind, who in (("user", name), ("address", address)):
+            self.index.clear_failures(kind, before_ms=now - self.web.login_window_s * 1000)
+            self.index.add_failure(kind, who, now)
 
     def succeeded(self, name: str) -> None:
         self.index.clear_failures("user", name)

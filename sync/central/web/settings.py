@@ -34,7 +34,8 @@ class WebSection(Schema):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     proxy_headers: bool = False
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    trusted_proxies: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=lambda: ["127.0.0.1"],
+                                                                        max_length=100)
     secure_cookies: bool = False
     idle_timeout_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 1800
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
