@@ -8,7 +8,7 @@
   var player = document.getElementById("player");
   var canvas = document.getElementById("waveform");
   var status = document.getElementById("waveform-status");
-  var list = document.getElementById("markers");
+  var list = document.getElementById("waveform-markers");
   var COLOURS = {"announcement": "#2a7d2e", "tone": "#1f5fbf", "pause": "#888888", "mute": "#888888",
                  "masked-dtmf": "#b06000", "flag": "#b3261e", "opt-out": "#b3261e", "private": "#b3261e"};
   var LABELS = {"announcement": "Announcement", "tone": "Warning tone", "pause": "Pause", "mute": "Mute",
