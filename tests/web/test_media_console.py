@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from central_boxes import RATE, make_box, uuid7_at
 from conftest import SCREENSHOTS, cli, ingest
-from consoleclient import Client, password_of
+from client import Client
+from conftest import password_of
 
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.recorder import Recording
@@ -142,6 +143,17 @@ def test_peaks_are_two_lanes_with_the_calls_markers(console: str, long_call: str
             ("flag", 50000)} <= kinds
 
 
+def played_to(page, low: float, high: float, timeout_ms: int = 15_000) -> float:
+    """The player's time once a timeupdate puts it between ``low`` and ``high`` (event driven: the page's CSP
+    allows no eval, so Playwright's polling wait_for_function cannot run there)."""
+    return page.evaluate("""([low, high, ms]) => new Promise((done, fail) => {
+        const p = document.getElementById('player');
+        const check = () => { if (p.currentTime > low && p.currentTime < high) { done(p.currentTime); } };
+        p.addEventListener('timeupdate', check);
+        check();
+        setTimeout(() => fail(new Error('currentTime stayed at ' + p.currentTime)), ms); })""", [low, high, timeout_ms])
+
+
 def test_in_chromium_the_call_plays_seeks_and_shows_its_waveform(login_page, long_call: str) -> None:
     page = login_page("admin")
     page.goto(f"/calls/{DEVICE}/{long_call}")
@@ -153,16 +165,14 @@ def test_in_chromium_the_call_plays_seeks_and_shows_its_waveform(login_page, lon
         let ink = 0; for (let i = 3; i < d.length; i += 4) { if (d[i] > 0) ink++; } return ink; }""")
     assert drawn > 5000  # two lanes of a minute of tones, not an empty canvas
     page.evaluate("document.getElementById('player').play()")
-    page.wait_for_function("document.getElementById('player').currentTime > 1.0", timeout=15_000)
-    page.evaluate("""() => new Promise(done => { const p = document.getElementById('player');
-        p.addEventListener('seeked', done, {once: true}); p.currentTime = 45; })""")
-    page.wait_for_function("document.getElementById('player').currentTime > 45.5", timeout=15_000)
-    landed = page.evaluate("document.getElementById('player').currentTime")
-    assert 45.5 < landed < 48  # it landed at 45 s and went on playing from there
+    assert played_to(page, 1.0, CALL_S) > 1.0  # the audio element's time advances
+    page.evaluate("document.getElementById('player').currentTime = 45")
+    landed = played_to(page, 45.0, 48.0)
+    assert 45.0 < landed < 48.0  # it landed at 45 s and plays on from there
     page.click("#waveform-markers button[data-kind=tone]")
-    page.wait_for_function("Math.abs(document.getElementById('player').currentTime - 15) < 1.5", timeout=15_000)
+    assert 14.0 < played_to(page, 14.0, 16.5) < 16.5
     box = page.locator("#waveform").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
-    page.wait_for_function("Math.abs(document.getElementById('player').currentTime - 30) < 1.5", timeout=15_000)
+    assert 29.0 < played_to(page, 29.0, 31.5) < 31.5
     page.evaluate("document.getElementById('player').pause()")
     page.screenshot(path=str(SCREENSHOTS / "call-player-waveform.png"), full_page=True)
