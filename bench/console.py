@@ -15,7 +15,10 @@ server, that does no decrypting. An admin logs in over HTTP; then:
   first body byte, against the static file; ``cold`` is the first request
   after the server started (segment sizes not cached yet);
 - listeners: 50 clients at once, each reading 1 MiB from its own point of the
-  call, total bytes per second against the static file.
+  call (their ranges overlap, as listeners of one call do: the console's
+  cache of decrypted segments serves the overlap), total bytes per second
+  against the static file; and, for scale, the seconds one thread takes to
+  check and decrypt the whole hour once without any cache.
 
 Figures, never assertions: a slow machine still prints them.
 """
@@ -90,7 +93,9 @@ class Client:
         rest = response.read() if read is None else response.read(max(0, read - 1))
         total = time.perf_counter() - start
         conn.close()
-        return response.status, dict(response.getheaders()), first + rest, ttfb, total
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        headers["set-cookie"] = "\n".join(response.headers.get_all("set-cookie") or [])
+        return response.status, headers, first + rest, ttfb, total
 
 
 def _login(port: int) -> str:
@@ -98,10 +103,10 @@ def _login(port: int) -> str:
     body = f"name=admin&password={PASSWORD}&csrf={token}&next=/".encode()
     status, headers, _, _, _ = Client(port, f"linetap_login={token}").request(
         "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body=body, method="POST")
-    cookie = headers.get("set-cookie", "")
-    if status != 303 or "linetap_session=" not in cookie:
+    cookies = [c.split(";", 1)[0] for c in headers["set-cookie"].split("\n") if c.startswith("linetap_session=")]
+    if status != 303 or not cookies:
         raise RuntimeError(f"login failed: HTTP {status}")
-    return cookie.split(";", 1)[0]
+    return cookies[0]
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -177,6 +182,23 @@ def _minute_45(central: Path, rid: str) -> int:
     return sum(sizes[:45 * 60 // 10])
 
 
+def _decrypt_hour(central: Path, rid: str) -> float:
+    """Seconds to check and decrypt every segment of the call once, in one thread (no cache)."""
+    import pyrage
+
+    from linetap.sync.central.keys import load_identity
+    from linetap.sync.central.stored import Stored
+
+    identity = load_identity(central)
+    with Stored(central) as stored:
+        row = stored.recording(rid)
+        entries = stored.checked_manifest(row)["segments"]
+        start = time.perf_counter()
+        for entry in entries:
+            pyrage.decrypt(stored.checked_segment(row, entry), [identity])
+        return time.perf_counter() - start
+
+
 def _seek(client: Client, audio: str, offset: int) -> dict[str, Any]:
     headers = {"Range": f"bytes={offset}-"}
     cold = client.request(audio + "?listen=cold", headers, read=4096)
@@ -222,13 +244,14 @@ def run() -> dict[str, Any]:
             audio = f"/calls/{device}/{rid}/audio.ogg"
             size = (work / "static.ogg").stat().st_size
             seek = _seek(client, audio, _minute_45(central, rid))
+            decrypt_s = _decrypt_hour(central, rid)
             search = _search(client)
             ours = _listeners(client, audio, size)
             peer = _listeners(client, STATIC_PATH, size)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return {"call_s": CALL_S, "audio_bytes": size, **figures, "search_rows": SEARCH_ROWS + 1,
+    return {"call_s": CALL_S, "audio_bytes": size, **figures, "decrypt_hour_one_thread_s": round(decrypt_s, 3), "search_rows": SEARCH_ROWS + 1,
             "search": search, "seek_minute_45": seek, "listeners": LISTENERS, "listen_bytes_each": LISTEN_BYTES,
             "listeners_console_bytes_per_s": round(ours), "listeners_static_bytes_per_s": round(peer),
             "listeners_ratio": round(ours / peer, 2)}

@@ -211,3 +211,36 @@ class SizeCache:
 
     def drop(self, key: tuple[str, str, str]) -> None:
         self._maps.pop(key, None)
+
+
+class PlaintextCache:
+    """Decrypted segments recently served, in memory only, at most ``max_bytes`` (least recently used go).
+
+    A browser's seek bisects with Range requests that ask for the same
+    segments again and again, and several people may review one call:
+    each segment is decrypted once while it stays here. Plaintext never
+    goes to disk; entries are keyed by the manifest's hash, so an altered
+    recording never serves old bytes.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str, int]) -> bytes | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str, str, int], plaintext: bytes) -> None:
+        if len(plaintext) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        self.bytes -= len(old) if old is not None else 0
+        self._items[key] = plaintext
+        self.bytes += len(plaintext)
+        while self.bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= len(dropped)

@@ -6,8 +6,10 @@ its bytes (:mod:`~linetap.sync.central.media`), so Chromium's bisecting seek
 into minute 45 of an hour-long call costs a segment or two per step. The
 file's size comes from the segments' plaintext sizes: kept beside the
 peaks, or derived from each ciphertext's size and age header, never by
-decrypting; each recording's sizes are cached (:class:`Playback`). Each
-decrypted segment is checked against the size it was said to have.
+decrypting; each recording's sizes are cached (:class:`Playback`), and so
+are the segments decrypted lately, in memory only (64 MiB), because a
+seeking browser asks for the same ones again and again. Each decrypted
+segment is checked against the size it was said to have.
 
 Every request passes :func:`~linetap.sync.central.web.access.visible_recording`
 (an id the user may not see is answered as one that does not exist); audio
@@ -30,9 +32,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from linetap.sync.central.keys import load_identity
-from linetap.sync.central.media import (ListenSessions, RangeNotSatisfiable, SegmentMap, SizeCache,
-                                        age_header_length, age_plaintext_size, content_range, listen_token,
-                                        parse_range)
+from linetap.sync.central.media import (ListenSessions, PlaintextCache, RangeNotSatisfiable, SegmentMap,
+                                        SizeCache, age_header_length, age_plaintext_size, content_range,
+                                        listen_token, parse_range)
 from linetap.sync.central.peaks import Peaks, PeaksError, markers
 from linetap.sync.central.stored import IntegrityError, Stored
 from linetap.sync.central.web.access import scope_of, visible_recording
@@ -52,6 +54,7 @@ class Playback:
         self._identity: pyrage.x25519.Identity | None = None
         self._sizes = SizeCache()
         self._listens = ListenSessions()
+        self._plaintexts = PlaintextCache()
         self._lock = threading.Lock()
 
     def identity(self) -> pyrage.x25519.Identity:
@@ -100,13 +103,25 @@ class Playback:
     def stream(self, row: dict[str, Any], segments: SegmentMap, first: int, last: int) -> Iterator[bytes]:
         """Bytes ``first`` to ``last`` of the plaintext file, a segment at a time (runs in a worker thread)."""
         for piece in segments.pieces(first, last):
-            data = self.stored.checked_segment(row, segments.entries[piece.index])
-            plaintext = pyrage.decrypt(data, [self.identity()])
-            if len(plaintext) != segments.sizes[piece.index]:
-                self.forget(row)
-                raise IntegrityError(f"segment {piece.index} of recording {row['recording_id']} decrypted to "
-                                     f"{len(plaintext)} bytes, not the {segments.sizes[piece.index]} expected")
-            yield plaintext[piece.start:piece.stop]
+            plaintext = self._plaintext(row, segments, piece.index)
+            yield plaintext if piece.start == 0 and piece.stop == len(plaintext) else \
+                plaintext[piece.start:piece.stop]
+
+    def _plaintext(self, row: dict[str, Any], segments: SegmentMap, index: int) -> bytes:
+        key = (row["device_id"], row["recording_id"], row["manifest_sha256"], index)
+        with self._lock:
+            found = self._plaintexts.get(key)
+        if found is not None:
+            return found
+        data = self.stored.checked_segment(row, segments.entries[index])
+        plaintext = pyrage.decrypt(data, [self.identity()])
+        if len(plaintext) != segments.sizes[index]:
+            self.forget(row)
+            raise IntegrityError(f"segment {index} of recording {row['recording_id']} decrypted to "
+                                 f"{len(plaintext)} bytes, not the {segments.sizes[index]} expected")
+        with self._lock:
+            self._plaintexts.put(key, plaintext)
+        return plaintext
 
 
 def playback(request: Request) -> Playback:

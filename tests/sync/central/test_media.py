@@ -204,3 +204,17 @@ def test_serves_peaks_step_makes_peaks_for_calls_stored_while_it_runs(tmp_path: 
         assert thread.wait_made(1, timeout=30)
     with Stored(central) as stored:
         assert Peaks.from_bytes(stored.index.peaks("desk-2", rid)["data"]).sizes
+
+
+def test_the_plaintext_cache_keeps_at_most_its_bytes() -> None:
+    from linetap.sync.central.media import PlaintextCache
+
+    cache = PlaintextCache(max_bytes=100)
+    for n in range(5):
+        cache.put(("d", "r", "m", n), bytes(30))
+    assert cache.bytes == 90 and cache.get(("d", "r", "m", 0)) is None and cache.get(("d", "r", "m", 4)) == bytes(30)
+    cache.get(("d", "r", "m", 2))
+    cache.put(("d", "r", "m", 9), bytes(40))  # 3 was the least recently used
+    assert cache.get(("d", "r", "m", 3)) is None and cache.get(("d", "r", "m", 2)) is not None
+    cache.put(("d", "r", "m", 10), bytes(101))  # larger than the whole cache: not kept
+    assert cache.get(("d", "r", "m", 10)) is None and cache.bytes <= 100
