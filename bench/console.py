@@ -6,15 +6,16 @@ its peaks made as ``serve`` makes them, and 100,000 more recordings are
 written into the index (``bench/indexlist.py``'s rows). The console app
 (``make_app``) runs under uvicorn in a process of its own, with one more
 route, unguarded, that serves the same call already decrypted as a static
-file (Starlette's ``FileResponse``, Range included): the peer, on the same
-server, that does no decrypting. An admin logs in over HTTP; then:
+file (Starlette's ``FileResponse``, Range included, behind the same
+session and role check): the peer, on the same server, that does no
+decrypting, no scope query and no access log entry. An admin logs in over HTTP; then:
 
 - search: ``GET /calls`` with a few filters, each repeated; p50/p95 of the
   request time on loopback (the server's time plus a loopback round trip);
 - seek: ``Range: bytes=N-`` where N is where minute 45 starts, time to the
   first body byte, against the static file; ``cold`` is the first request
   after the server started (segment sizes not cached yet);
-- listeners: 50 clients at once, each reading 1 MiB from its own point of the
+- listeners: 50 clients at once, each reading 4 MiB from its own point of the
   call (their ranges overlap, as listeners of one call do: the console's
   cache of decrypted segments serves the overlap), total bytes per second
   against the static file; and, for scale, the seconds one thread takes to
@@ -46,7 +47,7 @@ SEARCH_ROWS = 100_000
 SEARCH_REPEATS = 20
 SEEK_REPEATS = 20
 LISTENERS = 50
-LISTEN_BYTES = 1 << 20
+LISTEN_BYTES = 4 << 20
 PASSWORD = "bench-password-long-enough"
 STATIC_PATH = "/bench/static.ogg"
 
@@ -58,12 +59,16 @@ def serve(data_dir: str, port: int, static_file: str) -> None:
     from starlette.routing import Route
 
     from linetap.sync.central.config import load_config
-    from linetap.sync.central.web.app import make_app
+    from linetap.sync.central.web.app import guarded, make_app
     from linetap.sync.central.web.settings import Settings
+
+    async def static(_request: object) -> FileResponse:
+        return FileResponse(static_file)
 
     folder = Path(data_dir)
     app = make_app(Settings(folder, load_config(None, folder)))
-    app.router.routes.insert(0, Route(STATIC_PATH, lambda _request: FileResponse(static_file)))
+    # Behind the same session and role check as the console's audio: the peer differs only in what it sends.
+    app.router.routes.insert(0, Route(STATIC_PATH, guarded("media_audio", static)))
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 
