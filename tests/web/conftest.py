@@ -106,6 +106,7 @@ def console_store(tmp_path_factory: pytest.TempPathFactory) -> ConsoleStore:
     for device, box in boxes.items():
         ingest(central, box, store.calls[device])
         box.spool.close()
+    cli(central, "peaks")  # the waveforms, as serve makes them after ingest
     add_users(central, root, USERS)
     with StoreTools(central) as tools:
         rows = {r["recording_id"]: r for r in tools.index.recordings()}

@@ -14,17 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from central_boxes import RATE, make_box, uuid7_at
-from conftest import SCREENSHOTS, cli, ingest
-from client import Client
-from conftest import password_of
+from consoleclient import Client, password_of
 
 from linetap.firmware.callflow import CallEvent, CallRecord
 from linetap.firmware.recorder import Recording
 from linetap.firmware.spool import CodecParams, SpoolSink
+from linetap.sync.central.cli import main as central_main
+from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import load_identity
 
 CALL_S = 60
 DEVICE = "desk-9"
+SCREENSHOTS = Path(__file__).parent / "screenshots"  # made by the browser fixture
+
+
+def cli(data_dir: Path, *argv: str) -> None:
+    assert central_main(["--data-dir", str(data_dir), *argv]) == 0, argv
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +57,9 @@ def long_call(console_store, tmp_path_factory: pytest.TempPathFactory) -> str:
     ended = CallRecord(**{**call.__dict__, "recorded": True, "ended_by": "hang-up",
                           "ended_mono": box.clock.monotonic(), "events": events})
     sink.close(Recording(ended, len(frames), 0.0, ((33.0, 33.5),), {}))
-    ingest(central, box, [rid])
+    with Ingest(central) as core:
+        acks = [ack for part in box.parts(rid) for ack in core.receive(part)]
+    assert acks[-1].status == "stored"
     box.spool.close()
     cli(central, "peaks")
     return rid
