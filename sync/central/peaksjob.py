@@ -191,9 +191,7 @@ class PeaksThread:
 @contextmanager
 def start_peaks(data_dir: Path, config: CentralConfig, *, interval_s: float = 5.0) -> Iterator[PeaksThread]:
     """For ``serve``: the peaks step on its own store and index connection, stopped on exit."""
-    from linetap.sync.central.store import open_store
-
-    with Stored(data_dir, store=open_store(config, data_dir), index_config=config.index) as stored, \
+    with Stored(data_dir, config=config) as stored, \
             PeaksThread(stored, interval_s=interval_s) as thread:
         yield thread
 
@@ -214,11 +212,8 @@ def add_peaks_command(sub: Any, common: argparse.ArgumentParser) -> None:
 def _peaks_command(args: argparse.Namespace) -> int:
     from linetap.sync.central.cli import data_dir
     from linetap.sync.central.config import load_config
-    from linetap.sync.central.store import open_store
-
     folder = data_dir(args)
-    config = load_config(args.config, folder)
-    with Stored(folder, store=open_store(config, folder), index_config=config.index) as stored:
+    with Stored(folder, config=load_config(args.config, folder)) as stored:
         for rid in args.redo:
             row = stored.recording(rid)
             stored.index.drop_peaks(row["device_id"], rid)
