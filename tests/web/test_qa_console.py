@@ -310,3 +310,23 @@ def test_the_calls_page_shows_and_filters_by_score(console: str, console_store: 
     assert console_store.calls["desk-1"][1] not in rita.get("/calls?min_score=75&max_score=75").text
     assert console_store.calls["desk-1"][0] not in rita.get("/calls?min_score=76").text
     assert "min_score &#39;ninety&#39;: not a whole percent from 0 to 100" in rita.get("/calls?min_score=ninety").text
+
+
+def test_in_the_browser_a_comment_at_the_players_time_seeks_back_to_it(login_page: Any, console_store: Any) -> None:
+    path = call_path("desk-2", console_store.calls["desk-2"][0])  # bob's call: sue may not see it, rita neither
+    root = login_page("admin")
+    root.goto(path)
+    root.evaluate("document.getElementById('player').play()")
+    played_past(root, 0.5)
+    root.evaluate("document.getElementById('player').pause()")
+    root.click("#comment-now")
+    at_ms = int(root.input_value("#comment-position"))
+    assert at_ms >= 500
+    root.fill("input[name=body]", "the caller asks for a refund here")
+    root.click("#comment-form button[type=submit]")
+    root.wait_for_url("**#comments")
+    seek = root.locator(f"button.qa-seek[data-seek-ms='{at_ms}']")
+    assert "the caller asks for a refund here" in root.inner_text("#comments")
+    seek.click()  # seeks the player there and plays from it
+    assert played_past(root, at_ms / 1000 - 0.01) >= at_ms / 1000 - 0.01
+    root.screenshot(path=str(SCREENSHOTS / "qa-comments.png"), full_page=True)
