@@ -55,3 +55,21 @@ def test_copy_into_another_index_is_equal_and_idempotent(index: IndexTables, tmp
         assert [(p["detail"], p["seq"]) for p in rest] == [("a", 1)]
         assert other.insert_rows("problems", rest) == 1 and other.count_rows("problems") == 3
         assert other.recording(rid(1), "desk-1") == index.recording(rid(1), "desk-1")
+
+
+def test_a_row_in_every_table_copies_from_sqlite_to_postgresql_unchanged(tmp_path, pg_url: str) -> None:
+    """Every table the schema has (later ones too): a row of each column's type, edge values included."""
+    from linetap.sync.central.index import SqliteIndex
+    from linetap.sync.central.pgindex import PgIndex
+
+    values = {"TEXT": "ü'%?\\x", "INTEGER": -(2 ** 63), "BIGINT": 2 ** 63 - 1, "BLOB": b"\x00\xff"}
+    with SqliteIndex(tmp_path / "index.db") as source, PgIndex(pg_url) as target:
+        with source._sql() as db:
+            for t in TABLES:
+                columns = [(c["name"], c["type"]) for c in db.execute(f"PRAGMA table_info({t.name})")]
+                db.execute(f"INSERT INTO {t.name} ({', '.join(n for n, _ in columns)}) VALUES "
+                           f"({', '.join('?' * len(columns))})", [values[kind] for _, kind in columns])
+        for t in TABLES:
+            rows = source.table_page(t.name, None, 10)
+            assert len(rows) == 1 and target.insert_rows(t.name, rows) == 1, t.name
+            assert target.table_page(t.name, None, 10) == rows, t.name
