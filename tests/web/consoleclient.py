@@ -1,13 +1,20 @@
-"""A small HTTP client for the console tests: one session's cookies, no redirects followed, CSRF read from forms."""
+"""A small HTTP client for the console tests: one session's cookies, no redirects followed, CSRF read from forms;
+logging a browser page in; a ``linetap-central web`` process of a test's own."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import selectors
 import ssl
+import subprocess
+import sys
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 from linetap.sync.central.web.settings import WebSection
 
@@ -115,3 +122,33 @@ def log_in(page, name: str) -> None:
     page.fill("input[name=password]", password_of(name))
     page.click("button[type=submit]")
     page.wait_for_url("**/calls*")
+
+
+class WebProcess:
+    """A ``linetap-central web`` process on ``data_dir`` (its central.toml included); its URL."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "linetap.sync.central.cli", "--data-dir", str(data_dir), "web", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def __enter__(self) -> str:
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        said = []
+        while selector.select(timeout=30) and (line := self.process.stdout.readline()):
+            said.append(line)
+            if "console listening on " in line:
+                threading.Thread(target=lambda: [None for _ in self.process.stdout], name="web-process-log",
+                                 daemon=True).start()
+                return line.split("console listening on ", 1)[1].strip().rstrip("/")
+        self.__exit__()
+        raise AssertionError("the console did not start:\n" + "".join(said))
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)

@@ -10,18 +10,13 @@ through plain HTTP, the rest through Chromium.
 
 from __future__ import annotations
 
-import os
-import selectors
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from central_boxes import make_box
-from consoleclient import Client, log_in, password_of
+from consoleclient import Client, WebProcess, log_in, password_of
 from fleet_boxes import SimBox, device_key
 
 from linetap.firmware.keys import public_key_b64
@@ -85,7 +80,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
                 assert fleet_box.wait_online(1)
                 fleet_box.publish(fleet_box.agent.alarm("spool-full", active=True, detail="spool 96 % full"))
                 tracker.flush(10)
-                with _web(central) as url:
+                with WebProcess(central) as url:
                     yield Ops(url, central, calls, fleet_box, tracker)
             finally:
                 fleet_box.close()
@@ -93,36 +88,6 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
 
 def _cli(data_dir: Path, *argv: str) -> None:
     assert central_main(["--data-dir", str(data_dir), *argv]) == 0, argv
-
-
-class _web:
-    """A ``linetap-central web`` process on ``data_dir`` (its central.toml included); its URL."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "linetap.sync.central.cli", "--data-dir", str(data_dir), "web", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def __enter__(self) -> str:
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
-        said = []
-        while selector.select(timeout=30) and (line := self.process.stdout.readline()):
-            said.append(line)
-            if "console listening on " in line:
-                threading.Thread(target=lambda: [None for _ in self.process.stdout], name="ops-console-log",
-                                 daemon=True).start()
-                return line.split("console listening on ", 1)[1].strip().rstrip("/")
-        self.__exit__()
-        raise AssertionError("the console did not start:\n" + "".join(said))
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 def _form(client: Client, path: str, page: str, **fields: str):
