@@ -23,3 +23,22 @@ def test_a_call_page_shows_the_evidence_panel_and_the_player(console: str, conso
     assert 'id="evidence"' in page.text and 'id="player"' in page.text
     evidence = page.text[page.text.index('id="evidence"'):page.text.index('id="markers"')]
     assert evidence.count("badge ok") >= 3, evidence  # signature, chain, receipt hold
+
+
+def test_the_filters_offer_only_names_in_the_users_scope(console: str) -> None:
+    for name, shown, hidden in (("ann", ["ann"], ["bob"]), ("sue", ["ann"], ["bob", "blue"]),
+                                ("root", ["ann", "bob", "blue", "red"], [])):
+        client = Client(console)
+        client.login(name, password_of(name))
+        options = client.get("/calls").text.split('<select name="agent">')[1].split("</label>", 2)
+        text = options[0] + options[1]
+        assert all(f"<option>{v}</option>" in text for v in shown), name
+        assert not any(f"<option>{v}</option>" in text for v in hidden), name
+
+
+def test_a_saved_filter_with_too_many_fields_is_refused(console: str) -> None:
+    client = Client(console)
+    client.login("root", password_of("root"))
+    answer = client.post("/calls/filters", {"csrf": client.csrf(), "name": "big",
+                                            "query": "&".join(f"x{n}=1" for n in range(100))})
+    assert answer.status == 400 and answer.title == "Filter not saved"

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from linetap.sync.central.consoleindex import CONSENT_STATES, SORTS, Search
-from linetap.sync.central.web.access import (USER_NAME, agent_at, agent_spans, scope_of, team_agents)
+from linetap.sync.central.web.access import USER_NAME, Scope, agent_at, agent_spans, scope_of, team_agents
 from linetap.sync.central.web.audit import audit
 from linetap.sync.central.web.callquery import FIELDS, MAX_QUERY, PAGE_SIZES, CallQuery, parse
 from linetap.sync.central.web.pages import error_page, page
@@ -44,9 +44,8 @@ def _hooks(name: str) -> list[Any]:
     return [getattr(m, name) for m in feature_modules() if hasattr(m, name)]
 
 
-def search_of(index: Any, user: dict[str, Any], query: CallQuery) -> Search:
+def search_of(index: Any, scope: Scope, query: CallQuery) -> Search:
     """The user's scope and the query's filters as one search."""
-    scope = scope_of(index, user)
     within = None
     if query.agent is not None or query.team is not None:
         assignments = index.desk_assignments()
@@ -66,8 +65,9 @@ def calls(request: Request) -> Response:
     index = request.app.state.settings.stored.index
     user = request.state.user
     query = parse(request.query_params)
-    rows, total = index.search_recordings(search_of(index, user, query))
-    assignments = index.desk_assignments()
+    scope = scope_of(index, user)
+    rows, total = index.search_recordings(search_of(index, scope, query))
+    assignments, users = index.desk_assignments(), index.users()
     extras: dict[tuple[str, str], dict[str, Any]] = {}
     for hook in _hooks("row_extras"):
         for key, values in hook(index, rows).items():
@@ -82,10 +82,22 @@ def calls(request: Request) -> Response:
     return page(request, "calls.html", {
         "rows": rows, "total": total, "query": query, "pages": pages, "consent_states": list(CONSENT_STATES),
         "sorts": list(SORTS), "sizes": PAGE_SIZES, "link": lambda **change: _link(query, change),
-        "saved": index.saved_filters(user["name"]), "scope": scope_of(index, user),
-        "agents": sorted({a["agent"] for a in assignments}),
-        "teams": sorted({u["team"] for u in index.users() if u["team"]}),
+        "saved": index.saved_filters(user["name"]), "scope": scope, **_choices(user, assignments, users),
         "querystring": urlencode(query.values), "extra_columns": sorted({k for e in extras.values() for k in e})})
+
+
+def _choices(user: dict[str, Any], assignments: list[dict[str, Any]],
+             users: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The agents and teams the filter offers: those of the user's scope only (an agent sees no colleague's
+    name; a supervisor their team)."""
+    agents = sorted({a["agent"] for a in assignments})
+    teams = sorted({u["team"] for u in users if u["team"]})
+    if user["role"] == "agent":
+        return {"agents": [user["name"]], "teams": [user["team"]] if user["team"] else []}
+    if user["role"] in ("supervisor", "reviewer"):
+        mine = team_agents(users, user["team"])
+        return {"agents": [a for a in agents if a in mine], "teams": [user["team"]] if user["team"] else []}
+    return {"agents": agents, "teams": teams}
 
 
 def _link(query: CallQuery, change: dict[str, Any]) -> str:
@@ -101,7 +113,10 @@ def save_filter(request: Request) -> Response:
     if not USER_NAME.match(name) or len(query) > MAX_QUERY:
         return error_page(request, 400, "Filter not saved", "name it with 1-64 letters, digits, dots, dashes or "
                                                             "underscores (no spaces)")
-    parsed = parse(_pairs(query))
+    try:
+        parsed = parse(_pairs(query))
+    except ValueError:  # more fields than a calls query has
+        return error_page(request, 400, "Filter not saved", "the search has more fields than the calls page uses")
     if parsed.problems:
         return error_page(request, 400, "Filter not saved", "; ".join(parsed.problems))
     request.app.state.settings.stored.index.save_filter(request.state.user["name"], name,
