@@ -42,3 +42,22 @@ def test_a_saved_filter_with_too_many_fields_is_refused(console: str) -> None:
     answer = client.post("/calls/filters", {"csrf": client.csrf(), "name": "big",
                                             "query": "&".join(f"x{n}=1" for n in range(100))})
     assert answer.status == 400 and answer.title == "Filter not saved"
+
+
+def test_a_zip_names_the_calls_it_left_out_and_why(console: str, console_store) -> None:
+    import io
+    import zipfile
+
+    client = Client(console)
+    client.login("root", password_of("root"))
+    good = f"desk-1/{console_store.calls['desk-1'][0]}"
+    damaged = "/".join(console_store.corrupt)
+    answer = client.post("/calls/download", [("csrf", client.csrf()), ("format", "ogg"), ("call", good),
+                                             ("call", damaged)])
+    assert answer.status == 200 and answer.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(answer.body))
+    assert sorted(archive.namelist()) == sorted([f"{good}.ogg", f"{good}.manifest.json", "PROBLEMS.txt"])
+    assert archive.read(f"{good}.ogg")[:4] == b"OggS"
+    assert damaged in archive.read("PROBLEMS.txt").decode() and "altered" in archive.read("PROBLEMS.txt").decode()
+    not_visible = client.post("/calls/download", [("csrf", client.csrf()), ("call", "desk-9/nope")])
+    assert not_visible.status == 404

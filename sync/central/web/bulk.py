@@ -6,16 +6,17 @@ must be allowed to hear audio. Each call is checked and decrypted in memory by
 :func:`~linetap.sync.central.export.audio_of`, as ``linetap-central export``
 does; a call that is erased or fails its checks is left out and named, with
 why, in the zip's ``PROBLEMS.txt``. Each call put in the zip is audited
-(``download``).
+(``download``). The zip is streamed as it is made, one call in memory at a
+time: decrypted audio never touches the disk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
+import io
 import zipfile
 from collections.abc import Iterator
-from typing import IO
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,8 +28,6 @@ from linetap.sync.central.web.audit import audit
 from linetap.sync.central.web.pages import error_page
 
 MAX_CALLS = 100
-SPOOL_BYTES = 16 * 1024 * 1024  # past this the zip being built goes to a private temporary file
-CHUNK = 256 * 1024
 
 
 def selected(values: list[str]) -> list[tuple[str, str]] | str:
@@ -61,9 +60,18 @@ def download(request: Request) -> Response:
         rows = [visible_recording(stored.index, scope, device, recording) for device, recording in pairs]
     except NotVisible as e:
         return error_page(request, 404, "Not found", str(e))
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by the stream)
+    name = dt.datetime.fromtimestamp(request.app.state.settings.clock.wall(), dt.timezone.utc).strftime(
+        "calls-%Y%m%dT%H%M%SZ.zip")
+    return StreamingResponse(_zip(request, stored, rows, suffix), media_type="application/zip",
+                             headers={"content-disposition": f'attachment; filename="{name}"',
+                                      "cache-control": "no-store"})
+
+
+def _zip(request: Request, stored: Any, rows: list[dict[str, Any]], suffix: str) -> Iterator[bytes]:
+    """The zip, streamed as it is made: one call decrypted in memory at a time, nothing written to disk."""
+    sink = _Sink()
     problems = []
-    with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
         for row in rows:
             device, rid = row["device_id"], row["recording_id"]
             try:
@@ -75,19 +83,26 @@ def download(request: Request) -> Response:
             zf.writestr(f"{device}/{rid}{suffix}", audio)
             zf.writestr(f"{device}/{rid}.manifest.json", manifest)
             audit(request, "download", device_id=device, recording_id=rid, detail=f"zip {suffix[1:]}")
+            yield sink.take()
         if problems:
             zf.writestr("PROBLEMS.txt", "Calls left out of this zip, and why:\n" + "\n".join(problems) + "\n")
-    spool.seek(0)
-    name = dt.datetime.fromtimestamp(request.app.state.settings.clock.wall(), dt.timezone.utc).strftime(
-        "calls-%Y%m%dT%H%M%SZ.zip")
-    return StreamingResponse(_chunks(spool), media_type="application/zip",
-                             headers={"content-disposition": f'attachment; filename="{name}"',
-                                      "cache-control": "no-store"})
+    yield sink.take()
 
 
-def _chunks(file: IO[bytes]) -> Iterator[bytes]:
-    try:
-        while chunk := file.read(CHUNK):
-            yield chunk
-    finally:
-        file.close()
+class _Sink(io.RawIOBase):
+    """Where the zip writes: kept until taken (not seekable, so zipfile writes data descriptors)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
