@@ -43,12 +43,11 @@ def _context(request: Request, **extra: Any) -> dict[str, Any]:
     settings = request.app.state.settings
     stored, policy = settings.stored, settings.config.retention
     scope = scope_of(stored.index, request.state.user)
-    live = [r for r in stored.index.recordings(erased=False) if scope.covers(r)]
-    held = [r for r in live if r["hold"]]
+    every = [r for r in stored.index.recordings(erased=None) if scope.covers(r)]  # one pass for both tables
+    held = [r for r in every if r["hold"] and r["erased_ms"] is None]
+    erased = sorted((r for r in every if r["erased_ms"] is not None), key=lambda r: r["erased_ms"], reverse=True)
     due, kept = rules.retention_due(stored, policy)
     preview = due_rows([r for r in due if scope.covers(r)], [r for r in kept if scope.covers(r)], policy)
-    erased = [r for r in stored.index.recordings(erased=True) if scope.covers(r)]
-    erased.sort(key=lambda r: r["erased_ms"], reverse=True)
     role = request.state.user["role"]
     query = request.query_params
     return {"policy": policy_text(policy), "may_act": role in ("admin", "auditor"), "may_erase": role == "admin",
