@@ -67,8 +67,8 @@ def test_search_by_caller_and_save_the_filter(login_page, console_store) -> None
 def test_open_a_call_shows_metadata_markers_and_evidence(login_page, console_store) -> None:
     start = log_end(console_store)
     page = login_page("supervisor")
-    page.locator("a.call-link").first.click()
-    page.wait_for_selector("#evidence")
+    with page.expect_navigation():  # waits for the page's load event: every section is there
+        page.locator("a.call-link").first.click()
     assert page.locator("#evidence .badge.ok").count() >= 3  # signature, chain, receipt
     assert page.locator("#markers tr.marker").count() >= 3  # call start, announcement start and end
     assert page.locator("#player").count() == 1
