@@ -99,3 +99,64 @@ def enrolled(tmp_path: Path, central: Path, device_id: str) -> Box:
     with StoreTools(central) as tools:
         tools.enroll(made.device_id, made.public_key_b64)
     return made
+
+
+# -- what a central store holds, on whichever backend its data dir's central.toml names --
+
+def central_store(central: Path):
+    from linetap.sync.central.config import load_config
+    from linetap.sync.central.store import open_store
+
+    return open_store(load_config(None, central), central)
+
+
+def central_index(central: Path):
+    """The index of the data dir (close it: ``with central_index(central) as index``)."""
+    from linetap.sync.central.config import load_config
+    from linetap.sync.central.indexes import open_index
+
+    return open_index(load_config(None, central).index, central)
+
+
+def stored_object(central: Path, key: str) -> bytes | None:
+    """The object under ``key`` in the data dir's store, None when there is none."""
+    from linetap.sync.central.store import ObjectMissing
+
+    try:
+        return central_store(central).get(key)
+    except ObjectMissing:
+        return None
+
+
+def stored_keys(central: Path) -> list[str]:
+    """Every object version in the data dir's store by key, sorted (a key twice means a doubled write);
+    no temporary file of the file store is an object."""
+    from linetap.sync.central.store import FileStore, TMP_PREFIX
+
+    store = central_store(central)
+    if isinstance(store, FileStore):
+        return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file()
+                      and not p.name.startswith(TMP_PREFIX))
+    page = store._client.list_object_versions(Bucket=store.bucket, Prefix=store.prefix)  # a test's bucket: one page
+    return sorted(v["Key"][len(store.prefix):] for v in page.get("Versions", []))
+
+
+def add_config(folder: Path, text: str) -> None:
+    """Put the sections of ``text`` in the data dir's ``central.toml`` in place of any of the same name;
+    the others (the backend's ``[index]`` and ``[store]``) stay."""
+    path = Path(folder) / "central.toml"
+    new = _sections(text)
+    kept = {name: body for name, body in _sections(path.read_text() if path.exists() else "").items()
+            if name not in new}
+    path.write_text("".join(kept.values()) + "".join(new.values()))
+
+
+def _sections(text: str) -> dict[str, str]:
+    """``[name]`` -> that header and its lines (lines before any header under "")."""
+    found: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            name = line.strip()
+        found[name] = found.get(name, "") + line
+    return found

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from central_boxes import enrolled
+import pytest
+
+from central_boxes import central_index, enrolled
 from linetap.sync.central.accesslog import GENESIS, Access, entry_sha256, os_actor, verify_log
 from linetap.sync.central.cli import main
 from linetap.sync.central.index import INDEX_FILE, SqliteIndex
@@ -44,7 +46,7 @@ def test_the_cli_logs_who_exported_held_and_erased_what(central: Path, tmp_path:
     assert "evidence" in capsys.readouterr().out
     assert cli(central, "audit", "verify") == 0
     assert "5 entries" in capsys.readouterr().out
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         assert [e["action"] for e in index.access_log("desk-1", other)] == ["erase"]
 
 
@@ -59,11 +61,12 @@ def test_a_failed_export_is_not_logged(central: Path, tmp_path: Path, capsys) ->
 
 
 def _log(central: Path, n: int) -> None:
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         for i in range(n):
             index.log_access(Access("ann", "export", "cli", "desk-1", None, f"#{i}"), 1000 + i)
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_audit_verify_names_the_first_edited_removed_or_inserted_entry(central: Path, capsys) -> None:
     _log(central, 6)
     db = sqlite3.connect(central / INDEX_FILE)
@@ -78,7 +81,7 @@ def test_audit_verify_names_the_first_edited_removed_or_inserted_entry(central: 
     assert cli(central, "audit", "verify") == 1
     assert "broken at position 5" in capsys.readouterr().out
     db.close()
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         entries = index.access_log()
     rehashed = [dict(e) for e in entries]
     rehashed[1]["detail"] = "forged"  # a forger recomputing the row's own hash still breaks the next link
@@ -86,6 +89,7 @@ def test_audit_verify_names_the_first_edited_removed_or_inserted_entry(central: 
     assert verify_log(rehashed)[0] == 2
 
 
+@pytest.mark.embedded_only("appending processes on one SQLite file (PostgreSQL: test_index_contract)")
 def test_processes_appending_at_once_keep_one_chain(central: Path) -> None:
     _log(central, 1)  # the index exists before the writers start
     code = ("import sys; from pathlib import Path; from linetap.sync.central.index import SqliteIndex; "
@@ -94,6 +98,6 @@ def test_processes_appending_at_once_keep_one_chain(central: Path) -> None:
             "    for i in range(40): index.log_access(Access(sys.argv[2], 'export', 'cli', 'desk-1', None), i)\n")
     writers = [subprocess.Popen([sys.executable, "-c", code, str(central / INDEX_FILE), f"w{n}"]) for n in range(3)]
     assert [w.wait(timeout=60) for w in writers] == [0, 0, 0]
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         entries = index.access_log()
     assert len(entries) == 121 and verify_log(entries) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from central_boxes import BIG_CODEC, Box, enrolled
+from central_boxes import BIG_CODEC, Box, add_config, central_index, enrolled, stored_object
 from linetap.firmware import manifest as mf
 from linetap.firmware.clock import ManualClock
 from linetap.firmware.keys import load_signing_key
@@ -117,6 +117,7 @@ def test_a_hostile_sealed_caller_id_is_left_unread_and_the_recording_stored(box:
     assert (row["caller_number"], row["caller_name"]) == (None, None)
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_a_hostile_json_column_in_the_index_is_an_error_not_a_crash(box: Box, central: Path, clock) -> None:
     rid = box.call(1.5)
     with Ingest(central, clock=clock) as core:
@@ -172,8 +173,8 @@ def test_two_devices_with_one_recording_id_are_both_stored_listed_verified_and_e
         assert tools.index.recording(rid, first)["erased_ms"] is not None
         assert kept["erased_ms"] is None and kept["caller_number"] is not None
         for index, data in boxes[second].segments(rid):
-            assert (central / "objects" / segment_key(second, rid, index)).read_bytes() == data
-        assert not (central / "objects" / segment_key(first, rid, 0)).exists()
+            assert stored_object(central, segment_key(second, rid, index)) == data
+        assert stored_object(central, segment_key(first, rid, 0)) is None
     assert cli(central, "verify", "--all", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert {d["device_id"]: d["erased"] for d in report["devices"]} == {first: [1], second: []}
@@ -200,6 +201,7 @@ CREATE TABLE problems (device_id TEXT NOT NULL, recording_id TEXT, seq BIGINT, k
 """
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_an_index_of_schema_version_0_is_migrated_at_open_and_stays_readable(
         tmp_path: Path, central: Path, box: Box, clock, capsys) -> None:
     rids = [box.call(1.5), box.call(1.5)]
@@ -328,13 +330,15 @@ def test_verify_lists_orphans_and_fails_on_them_only_when_strict(tmp_path: Path,
 
     assert cli(central, "retention", "run", "--dry-run", "--json") == 0
     assert len(json.loads(capsys.readouterr().out)["stale_staging"]) == 2
-    assert any((central / "staging").rglob("*"))
+    with central_index(central) as index:
+        assert sorted(r["recording_id"] for r in index.staged()) == sorted([waiting, partial])
     assert cli(central, "retention", "run", "--json") == 0
     aged = json.loads(capsys.readouterr().out)["aged_out"]
     assert sorted((a["device_id"], a["recording_id"], a["object"], a["bytes"]) for a in aged) == sorted([
         (box.device_id, waiting, "pending-manifest", len(box.manifest(waiting))),
         (box.device_id, partial, str(big.object), len(big.payload))])
-    assert not any(p.is_file() for p in (central / "staging").rglob("*"))
+    with central_index(central) as index:
+        assert index.staged() == []
     assert cli(central, "verify", "--all", "--json") == 0
     left = json.loads(capsys.readouterr().out)["devices"][0]["orphans"]
     assert {o["kind"] for o in left} == {"unvouched-object"}  # stored segments stay for the operator
@@ -349,14 +353,15 @@ def test_fresh_staging_is_not_aged_out_by_retention_run(central: Path, box: Box,
         core.receive([p for p in box.parts(rid) if p.parts > 1][0])
     assert cli(central, "retention", "run", "--json") == 0
     assert json.loads(capsys.readouterr().out)["aged_out"] == []
-    assert any(p.is_file() for p in (central / "staging").rglob("*"))
+    with central_index(central) as index:
+        assert [r["recording_id"] for r in index.staged()] == [rid]
 
 
 def test_the_quota_and_age_come_from_the_ingest_section_of_the_config(central: Path, capsys) -> None:
-    (central / "central.toml").write_text("[ingest]\ndevice_quota_bytes = 1000\nstale_staging_days = 2\n")
+    add_config(central, "[ingest]\ndevice_quota_bytes = 1000\nstale_staging_days = 2\n")
     assert cli(central, "retention", "run") == 0
     assert "older than 2 days" in capsys.readouterr().out
-    (central / "central.toml").write_text("[ingest]\nstale_staging_dayz = 2\n")
+    add_config(central, "[ingest]\nstale_staging_dayz = 2\n")
     assert cli(central, "retention", "run") == 1
     assert "stale_staging_dayz" in capsys.readouterr().err
 
@@ -385,6 +390,7 @@ def test_staging_files_the_index_does_not_know_are_aged_out_by_their_time(centra
     assert not folder.exists() and fresh.is_file()
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_an_index_from_a_newer_version_is_refused_with_what_to_do(central: Path) -> None:
     with SqliteIndex(central / "index.db"):
         pass

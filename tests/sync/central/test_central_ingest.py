@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central_boxes import BIG_CODEC, Box, make_box
+from central_boxes import BIG_CODEC, Box, central_index, make_box, stored_keys, stored_object
 from linetap.firmware import manifest as mf
 from linetap.sync import wire
-from linetap.sync.central.index import SqliteIndex
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.keys import load_identity
 from linetap.sync.central.store import DurableFiles, manifest_key, segment_key
@@ -48,10 +47,6 @@ def object_acks(acks: list[wire.Ack], obj: wire.ObjectRef) -> list[wire.Ack]:
     return [a for a in acks if a.object == obj and a.part is None]
 
 
-def stored_files(central: Path) -> list[Path]:
-    return sorted(p for p in (central / "objects").rglob("*") if p.is_file())
-
-
 def test_single_part_objects_are_stored_acked_and_indexed(box: Box, ingest: Ingest, central: Path) -> None:
     rid = box.call(3.5)
     acks = feed(ingest, box.parts(rid))
@@ -59,8 +54,7 @@ def test_single_part_objects_are_stored_acked_and_indexed(box: Box, ingest: Inge
     assert all(a.part is None for a in acks)  # one object-level ack per single-part object
     assert object_acks(acks, wire.ObjectRef.manifest())[0].sha256 == hashlib.sha256(box.manifest(rid)).hexdigest()
     for index, data in box.segments(rid):
-        path = central / "objects" / segment_key(box.device_id, rid, index)
-        assert path.read_bytes() == data
+        assert stored_object(central, segment_key(box.device_id, rid, index)) == data
     assert "/2026/01/01/" in manifest_key(box.device_id, rid)  # the date of the UUIDv7 id (ManualClock: 2026-01-01)
     row = ingest.index.recording(rid)
     assert (row["seq"], row["segments"], row["duration_ms"]) == (1, len(box.segments(rid)), 3500)
@@ -70,6 +64,7 @@ def test_single_part_objects_are_stored_acked_and_indexed(box: Box, ingest: Inge
     assert not (central / "staging").exists() or not any((central / "staging").rglob("*.age"))
 
 
+@pytest.mark.embedded_only("looks at the staging files (a PostgreSQL index keeps staged parts in its rows)")
 def test_multi_part_object_is_staged_per_part_then_joined(box: Box, ingest: Ingest, central: Path) -> None:
     rid = box.call(25, codec=BIG_CODEC)
     big = [p for p in box.parts(rid) if p.parts > 1]
@@ -81,7 +76,7 @@ def test_multi_part_object_is_staged_per_part_then_joined(box: Box, ingest: Inge
     assert len(staged) == 1 and staged[0].read_bytes() == big[0].payload
     last = ingest.receive(big[1])
     assert [(a.status, a.part) for a in last] == [("stored", 1), ("stored", None)]
-    assert (central / "objects" / segment_key(box.device_id, rid, 0)).read_bytes() == dict(box.segments(rid))[0]
+    assert stored_object(central, segment_key(box.device_id, rid, 0)) == dict(box.segments(rid))[0]
     assert not any((central / "staging").rglob("*")), "staging is removed once the object is stored"
     acks = feed(ingest, [p for p in box.parts(rid) if p.parts == 1])
     assert object_acks(acks, wire.ObjectRef.manifest())[0].status == "stored"
@@ -96,7 +91,7 @@ def test_parts_in_any_order_and_duplicates_are_stored_once(box: Box, ingest: Ing
     manifest_acks = object_acks(acks, wire.ObjectRef.manifest())
     assert manifest_acks and all(a.status == "stored" for a in manifest_acks)
     assert len(ingest.index.recordings()) == 1
-    assert len(stored_files(central)) == len(box.segments(rid)) + 1
+    assert len(stored_keys(central)) == len(box.segments(rid)) + 1
     with StoreTools(central) as tools:
         assert all(r.ok for r in tools.verify())
 
@@ -140,7 +135,7 @@ def test_threads_feeding_one_recording_store_it_exactly_once(box: Box, ingest: I
     assert not [a for a in acks if a.status == "retry"]
     assert any(a.status == "stored" for a in object_acks(acks, wire.ObjectRef.manifest()))
     assert len(ingest.index.recordings()) == 1
-    assert len(stored_files(central)) == len(box.segments(rid)) + 1
+    assert len(stored_keys(central)) == len(box.segments(rid)) + 1
 
 
 FEEDER = """
@@ -175,9 +170,9 @@ def test_two_processes_feeding_one_recording_store_it_exactly_once(box: Box, cen
     acks = [json.loads(line) for out in outputs for line in out.splitlines()]
     assert not [a for a in acks if a[2] == "retry"]
     assert ["manifest", None, "stored", None] in acks
-    with SqliteIndex(central / "index.db") as index:
+    with central_index(central) as index:
         assert [r["recording_id"] for r in index.recordings()] == [rid]
-    assert len(stored_files(central)) == len(box.segments(rid)) + 1
+    assert len(stored_keys(central)) == len(box.segments(rid)) + 1
 
 
 # -- refusals --
@@ -188,7 +183,7 @@ def test_a_device_that_is_not_enrolled_is_refused_and_nothing_is_stored(tmp_path
     rid = stranger.call(1.5)
     acks = feed(ingest, stranger.parts(rid))
     assert {(a.status, a.code) for a in acks} == {("rejected", "not-enrolled")}
-    assert stored_files(central) == []
+    assert stored_keys(central) == []
     stranger.spool.close()
 
 
@@ -206,7 +201,7 @@ def test_a_segment_whose_bytes_do_not_match_its_hash_is_refused(box: Box, ingest
     good = box.parts(rid)[0]
     flipped = dataclasses.replace(good, payload=bytes([good.payload[0] ^ 1]) + good.payload[1:])
     assert [(a.status, a.code) for a in ingest.receive(flipped)] == [("rejected", "hash-mismatch")]
-    assert stored_files(central) == []
+    assert stored_keys(central) == []
     assert ingest.receive(good)[0].status == "stored"
 
 
@@ -217,7 +212,7 @@ def test_a_multi_part_object_that_joins_to_another_hash_is_refused(box: Box, ing
     damaged = dataclasses.replace(second, payload=b"\0" * len(second.payload))
     acks = ingest.receive(damaged)
     assert acks[-1].status == "rejected" and acks[-1].code == "hash-mismatch"
-    assert stored_files(central) == []
+    assert stored_keys(central) == []
     assert not any((central / "staging").rglob("0000")), "the bad staging is dropped so a resend starts clean"
 
 
@@ -227,7 +222,7 @@ def test_another_object_under_a_stored_name_is_a_conflict(box: Box, ingest: Inge
     ingest.receive(good)
     other = wire.split(box.device_id, rid, good.object, b"age-encryption.org/v1\nsomething else")[0]
     assert [(a.status, a.code) for a in ingest.receive(other)] == [("rejected", "conflict")]
-    assert (central / "objects" / segment_key(box.device_id, rid, 0)).read_bytes() == good.payload
+    assert stored_object(central, segment_key(box.device_id, rid, 0)) == good.payload
     assert ingest.receive(good)[0].status == "stored"  # the original again: stored, once
 
 
@@ -294,6 +289,7 @@ class FullDisk(DurableFiles):
         super().write(path, data)
 
 
+@pytest.mark.embedded_only("a full local disk: staging and the file store write through the failing files")
 def test_a_full_disk_asks_for_a_resend_and_leaves_nothing_half_written(box: Box, central: Path, clock) -> None:
     rid = box.call(25, codec=BIG_CODEC)
     disk = FullDisk()
@@ -302,7 +298,7 @@ def test_a_full_disk_asks_for_a_resend_and_leaves_nothing_half_written(box: Box,
         acks = feed(core, parts)
         assert {(a.status, a.code) for a in acks} == {("retry", "store-unavailable")}
         assert [a.part for a in acks if a.object == parts[0].object] == [0, 1]  # per part when multi-part
-        assert stored_files(central) == []
+        assert stored_keys(central) == []
         assert core.index.recordings() == []
         disk.full = False
         acks = feed(core, parts)
@@ -319,7 +315,7 @@ def test_an_erased_recording_sent_again_is_acked_and_not_stored_again(box: Box, 
         tools.erase(rid, "customer request")
     acks = feed(ingest, parts)
     assert {a.status for a in acks} == {"stored"}
-    assert [p.name for p in stored_files(central)] == ["tombstone.json"]
+    assert [k.rsplit("/", 1)[1] for k in stored_keys(central)] == ["tombstone.json"]
 
 
 def test_caller_ids_stay_sealed_without_the_central_identity(tmp_path: Path, box: Box, central: Path,

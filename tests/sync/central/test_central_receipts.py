@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central_boxes import Box, enrolled
+from central_boxes import Box, central_index, enrolled
 from linetap.firmware import manifest as mf
 from linetap.firmware import receipt
 from linetap.firmware.receipt import GENESIS
@@ -140,7 +140,7 @@ def test_the_chain_holds_with_two_processes_appending_at_once(tmp_path: Path, bo
         p.stdin.flush()
     [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    with SqliteIndex(central / "index.db") as index:
+    with central_index(central) as index:
         log = index.receipts()
     assert [r["pos"] for r in log] == list(range(12))
     assert [r["prev"] for r in log] == [GENESIS] + [r["sha256"] for r in log[:-1]]
@@ -161,6 +161,7 @@ def three_stored(tmp_path: Path, central: Path, box: Box, clock) -> list[str]:
     return rids
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_verify_passes_a_whole_log_and_names_a_receipt_with_a_changed_byte(tmp_path: Path, box: Box,
                                                                           central: Path, clock, capsys) -> None:
     rids = three_stored(tmp_path, central, box, clock)
@@ -178,6 +179,7 @@ def test_verify_passes_a_whole_log_and_names_a_receipt_with_a_changed_byte(tmp_p
     assert not [p for p in problems(report) if p[1] == rids[0]]
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_verify_names_a_missing_receipt_and_the_link_it_breaks(tmp_path: Path, box: Box, central: Path, clock,
                                                                capsys) -> None:
     rids = three_stored(tmp_path, central, box, clock)
@@ -188,6 +190,7 @@ def test_verify_names_a_missing_receipt_and_the_link_it_breaks(tmp_path: Path, b
     assert sorted(problems(report)) == [("broken-receipt-link", rids[2]), ("missing-receipt", rids[1])]
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_verify_names_a_well_signed_receipt_that_links_to_the_wrong_prev(tmp_path: Path, box: Box, central: Path,
                                                                         clock, capsys) -> None:
     rids = three_stored(tmp_path, central, box, clock)
@@ -214,6 +217,7 @@ def test_list_json_says_when_each_recording_was_receipted(box: Box, central: Pat
 
 # -- the schema --
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_an_index_of_the_previous_version_gains_an_empty_receipt_log(tmp_path: Path, box: Box, central: Path,
                                                                      clock, capsys) -> None:
     rid = box.call(1.0)
@@ -238,6 +242,7 @@ def test_an_index_of_the_previous_version_gains_an_empty_receipt_log(tmp_path: P
     assert verify_json(central, capsys)[0] == 0
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_serve_signs_receipts_for_recordings_stored_before_the_log(tmp_path: Path, box: Box, central: Path,
                                                                     clock, capsys) -> None:
     rids = three_stored(tmp_path, central, box, clock)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from central_boxes import BIG_CODEC, RATE, Box, make_box
+from central_boxes import BIG_CODEC, RATE, Box, add_config, central_store, make_box, stored_keys, stored_object
 from linetap.firmware.encoder import segments_to_pcm
 from linetap.sync.central.cli import main
 from linetap.sync.central.keys import load_identity
@@ -26,11 +26,17 @@ def cli(central: Path, *argv: str) -> int:
 
 
 @pytest.fixture
-def central(tmp_path: Path, capsys) -> Path:
-    folder = tmp_path / "central"
-    assert cli(folder, "keys", "init") == 0
+def central(central: Path, capsys) -> Path:
+    """The conftest's store on its backend; `keys init` again through the CLI keeps its keys."""
+    assert cli(central, "keys", "init") == 0
     assert "age1" in capsys.readouterr().out
-    return folder
+    return central
+
+
+def alter(central: Path, key: str, change) -> None:
+    """Replace the stored object under ``key`` with ``change(its bytes)``, as an intruder in the store would."""
+    store = central_store(central)
+    store.put(key, change(store.get(key)))
 
 
 @pytest.fixture
@@ -69,7 +75,8 @@ def test_age_decrypts_a_stored_segment_with_the_identity_file(central: Path, box
                                                               tmp_path: Path) -> None:
     rid = box.call(1.5)
     imported(central, box, capsys)
-    segment = central / "objects" / segment_key(box.device_id, rid, 0)
+    segment = tmp_path / "000000.age"
+    segment.write_bytes(stored_object(central, segment_key(box.device_id, rid, 0)))
     out = tmp_path / "plain.ogg"
     subprocess.run(["age", "-d", "-i", str(central / "keys" / "central.key"), "-o", str(out), str(segment)],
                    check=True)
@@ -133,8 +140,7 @@ def test_export_to_wav_and_ogg(central: Path, box: Box, capsys, tmp_path: Path) 
 def test_export_refuses_an_altered_segment(central: Path, box: Box, capsys, tmp_path: Path) -> None:
     rid = box.call(1.5)
     imported(central, box, capsys)
-    segment = central / "objects" / segment_key(box.device_id, rid, 0)
-    segment.write_bytes(segment.read_bytes()[:-1] + b"\0")
+    alter(central, segment_key(box.device_id, rid, 0), lambda data: data[:-1] + b"\0")
     assert cli(central, "export", rid, "-o", str(tmp_path / "x.wav")) == 1
     assert "altered" in capsys.readouterr().err
     assert not (tmp_path / "x.wav").exists()
@@ -145,15 +151,17 @@ def test_verify_is_clean_then_finds_an_altered_object_and_a_bad_signature(centra
     first, second = box.call(1.5), box.call(1.5)
     imported(central, box, capsys)
     assert verify_json(central, capsys)[0] == 0
-    segment = central / "objects" / segment_key(box.device_id, first, 0)
-    segment.write_bytes(b"\0" + segment.read_bytes()[1:])
+    alter(central, segment_key(box.device_id, first, 0), lambda data: b"\0" + data[1:])
     code, report = verify_json(central, capsys, first)
     assert code == 1 and [p["kind"] for p in report["devices"][0]["problems"]] == ["altered"]
     with StoreTools(central) as tools:
-        manifest = central / "objects" / tools.index.recording(second)["manifest_key"]
-    body = json.loads(manifest.read_bytes())
-    body["signature"]["value"] = body["signature"]["value"][::-1]
-    manifest.write_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+        manifest = tools.index.recording(second)["manifest_key"]
+
+    def forge(data: bytes) -> bytes:
+        body = json.loads(data)
+        body["signature"]["value"] = body["signature"]["value"][::-1]
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    alter(central, manifest, forge)
     code, report = verify_json(central, capsys)
     kinds = {p["kind"] for p in report["devices"][0]["problems"]}
     assert code == 1 and {"altered"} <= kinds and any("signature" in p["detail"] or "sha256" in p["detail"]
@@ -180,7 +188,7 @@ def test_erase_leaves_a_tombstone_and_verify_sees_erased_not_missing(central: Pa
     imported(central, box, capsys)
     assert cli(central, "erase", gone, "--reason", "data subject request") == 0
     capsys.readouterr()
-    files = sorted(p.name for p in (central / "objects").rglob(f"{gone}/*"))
+    files = sorted(k.rsplit("/", 1)[1] for k in stored_keys(central) if f"/{gone}/" in k)
     assert files == ["tombstone.json"]
     code, report = verify_json(central, capsys)
     device = report["devices"][0]
@@ -197,8 +205,8 @@ def test_verify_reports_a_tombstone_that_was_tampered_with(central: Path, box: B
     box.call(1.5)
     imported(central, box, capsys)
     assert cli(central, "erase", gone, "--reason", "test") == 0
-    tombstone = next((central / "objects").rglob("tombstone.json"))
-    tombstone.write_bytes(tombstone.read_bytes().replace(b'"reason":"test"', b'"reason":"other"'))
+    tombstone = next(k for k in stored_keys(central) if k.endswith("/tombstone.json"))
+    alter(central, tombstone, lambda data: data.replace(b'"reason":"test"', b'"reason":"other"'))
     capsys.readouterr()
     code, report = verify_json(central, capsys)
     assert code == 1 and report["devices"][0]["problems"][0]["kind"] == "bad-tombstone"
@@ -208,7 +216,7 @@ def test_retention_erases_what_is_due_except_under_legal_hold(central: Path, box
     plain_old, held_old = box.call(1.5), box.call(1.5)
     flagged_old = box.call(1.5, flagged=True)
     imported(central, box, capsys)
-    (central / "central.toml").write_text("[retention]\ndefault_days = 30\nflagged_days = 365\n")
+    add_config(central, "[retention]\ndefault_days = 30\nflagged_days = 365\n")
     assert cli(central, "hold", "set", held_old, "--reason", "litigation 42") == 0
     assert cli(central, "erase", held_old, "--reason", "x") == 1
     assert "legal hold" in capsys.readouterr().err
@@ -230,7 +238,7 @@ def test_retention_erases_what_is_due_except_under_legal_hold(central: Path, box
 
 
 def test_config_refuses_unknown_keys(central: Path, capsys) -> None:
-    (central / "central.toml").write_text("[retention]\ndefault_dayz = 30\n")
+    add_config(central, "[retention]\ndefault_dayz = 30\n")
     assert cli(central, "retention", "run", "--dry-run") == 1
     assert "default_dayz" in capsys.readouterr().err
 
@@ -248,7 +256,7 @@ def test_the_data_dir_comes_from_the_environment(central: Path, capsys, monkeypa
 
 
 def _objects_hold(central: Path, needle: bytes) -> bool:
-    return any(needle in p.read_bytes() for p in (central / "objects").rglob("*") if p.is_file())
+    return any(needle in stored_object(central, key) for key in stored_keys(central))
 
 
 def test_import_never_follows_a_symlinked_segment(central: Path, box: Box, capsys) -> None:
@@ -291,7 +299,7 @@ def test_import_stores_nothing_a_verified_manifest_does_not_vouch_for(central: P
     assert (result["status"], result["code"]) == ("rejected", "bad-signature")
     with StoreTools(central) as tools:
         assert tools.index.objects(box.device_id, forged) == []
-    assert not list((central / "objects").rglob("*.age"))
+    assert not [k for k in stored_keys(central) if k.endswith(".age")]
 
 
 def test_a_corrupt_segment_from_a_card_does_not_block_the_genuine_upload(central: Path, box: Box, capsys) -> None:

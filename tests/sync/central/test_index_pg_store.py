@@ -16,6 +16,8 @@ from linetap.sync.central.keys import load_identity
 from linetap.sync.central.pgindex import PgIndex
 from linetap.sync.central.tools import StoreTools
 
+pytestmark = pytest.mark.embedded_only("picks its index and store itself: one run is enough")
+
 
 def test_ingest_tools_and_commands_use_the_configured_index(central: Path, tmp_path: Path, pg_url: str,
                                                            clock, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,8 @@ from linetap.sync.central.s3store import S3Store
 from linetap.sync.central.store import manifest_key, segment_key
 from linetap.sync.central.tools import StoreTools
 
+pytestmark = pytest.mark.embedded_only("picks its index and store itself: one run is enough")
+
 
 @pytest.fixture
 def box(tmp_path: Path, central: Path) -> Box:

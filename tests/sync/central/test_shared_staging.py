@@ -24,6 +24,8 @@ from linetap.sync.central.store import DurableFiles, segment_key
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
+pytestmark = pytest.mark.embedded_only("picks its index and store itself: one run is enough")
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:

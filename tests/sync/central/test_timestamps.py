@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from central_boxes import Box, enrolled
+from central_boxes import Box, add_config, central_index, enrolled
 from local_tsa import LocalTsa, closed_url  # the shared TSA fixtures are in conftest.py
 from linetap.firmware.backoff import Backoff
 from linetap.firmware.errors import ConfigError
 from linetap.sync.central import timestamps as ts
 from linetap.sync.central.cli import main
 from linetap.sync.central.config import TimestampsSection, load_config
-from linetap.sync.central.index import INDEX_FILE, SqliteIndex
+from linetap.sync.central.index import INDEX_FILE
 from linetap.sync.central.ingest import Ingest
 from linetap.sync.central.tsa import (STATUS_FILE, Stamper, StampingThread, TsaClient, TsaError, start_stamping,
                                      trust_files)
@@ -46,9 +46,9 @@ def configure(central: Path, tsa_files: Path, url: str | None) -> TimestampsSect
     (central / "tsa").mkdir(exist_ok=True)
     for name in ("ca.pem", "tsa.pem"):
         shutil.copy(tsa_files / name, central / "tsa" / name)
-    text = "" if url is None else (f'[timestamps]\ntsa_url = "{url}"\nca_file = "tsa/ca.pem"\n'
+    text = "[timestamps]\n" if url is None else (f'[timestamps]\ntsa_url = "{url}"\nca_file = "tsa/ca.pem"\n'
                                    'tsa_cert_file = "tsa/tsa.pem"\n')
-    (central / "central.toml").write_text(text)
+    add_config(central, text)
     return load_config(None, central).timestamps
 
 
@@ -136,7 +136,7 @@ def test_a_stamp_verifies_here_and_with_openssl_ts(box: Box, central: Path, cloc
     code, report = verify_json(central, capsys)
     assert code == 0 and report["ok"], report
     assert report["timestamps"]["stamps"] == 1 and report["timestamps"]["not_yet_timestamped"] == []
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         row = index.last_timestamp()
     (tmp_path / "commitment.json").write_bytes(row["commitment"])
     (tmp_path / "token.tsr").write_bytes(row["token"])
@@ -166,12 +166,13 @@ TAMPERING = {
 }
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 @pytest.mark.parametrize("what", sorted(TAMPERING))
 def test_tampering_is_caught_by_name(what: str, box: Box, central: Path, clock, tsa, tsa_files: Path,
                                      capsys) -> None:
     section = configure(central, tsa_files, tsa.url)
     store_calls(central, box, clock, 2)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         Stamper(central, section, index, clock=clock).stamp()
     sql, kind = TAMPERING[what]
     with sqlite3.connect(central / INDEX_FILE) as db:
@@ -180,11 +181,12 @@ def test_tampering_is_caught_by_name(what: str, box: Box, central: Path, clock, 
     assert code == 1 and not report["ok"] and kind in kinds(report), report["timestamps"]
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_a_token_over_another_commitment_is_a_mismatch(box: Box, central: Path, clock, tsa, tsa_files: Path,
                                                        capsys) -> None:
     section = configure(central, tsa_files, tsa.url)
     store_calls(central, box, clock, 1)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         Stamper(central, section, index, clock=clock).stamp()
         store_calls(central, box, clock, 1)
         Stamper(central, section, index, clock=clock).stamp()
@@ -210,7 +212,7 @@ def test_a_tsa_that_is_down_or_answers_garbage_raises_an_alarm_and_stops_nothing
         box: Box, central: Path, clock, tsa, tsa_files: Path, capsys, caplog) -> None:
     section = configure(central, tsa_files, tsa.url)
     store_calls(central, box, clock, 1)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         for mode, client, why in (("ok", TsaClient(closed_url()), "cannot be reached"),
                                   ("garbage", None, "not a timestamp response"),
                                   ("error", None, "HTTP 500"), ("huge", None, "more than 65536 bytes")):
@@ -240,7 +242,7 @@ def test_serve_stamps_on_schedule_only_when_something_new_arrived(box: Box, cent
                                                                  tsa_files: Path) -> None:
     section = configure(central, tsa_files, tsa.url)
     store_calls(central, box, clock, 1)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         stamper = Stamper(central, section, index, clock=clock, client=TsaClient(closed_url()))
         with StampingThread(stamper) as thread:
             assert thread.wait_passes(1, 30)  # due at start; the TSA is down
@@ -266,9 +268,10 @@ def test_serve_starts_stamping_only_with_a_tsa(box: Box, central: Path, clock, t
     with caplog.at_level(logging.WARNING), start_stamping(central, configure(central, tsa_files, None)) as none:
         assert none is None and "no time-stamping authority configured" in caplog.text
     store_calls(central, box, clock, 1)
-    with start_stamping(central, configure(central, tsa_files, tsa.url), clock=clock) as thread:
+    with start_stamping(central, configure(central, tsa_files, tsa.url), clock=clock,
+                        index_config=load_config(None, central).index) as thread:
         assert thread.wait_passes(1, 30)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         assert len(index.timestamps()) == 1
     (central / "tsa" / "ca.pem").unlink()
     with pytest.raises(ConfigError, match="ca_file .*ca.pem cannot be read"):
@@ -280,7 +283,7 @@ def test_covering_stamp_finds_the_first_stamp_whose_head_reaches_a_recording(
         box: Box, central: Path, clock, tsa, tsa_files: Path, capsys) -> None:
     section = configure(central, tsa_files, tsa.url)
     rids = store_calls(central, box, clock, 3)
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         Stamper(central, section, index, clock=clock).stamp()
         rids += store_calls(central, box, clock, 2)
         Stamper(central, section, index, clock=clock).stamp()
@@ -301,6 +304,7 @@ def test_covering_stamp_finds_the_first_stamp_whose_head_reaches_a_recording(
     assert files["ca_file"].read_bytes() == (tsa_files / "ca.pem").read_bytes()
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_the_newest_access_log_entries_cut_off_after_a_stamp_are_caught(box: Box, central: Path, clock, tsa,
                                                                           tsa_files: Path, tmp_path: Path,
                                                                           capsys) -> None:
@@ -308,7 +312,7 @@ def test_the_newest_access_log_entries_cut_off_after_a_stamp_are_caught(box: Box
     rid = store_calls(central, box, clock, 1)[0]
     for n in range(2):  # two exports: two access-log entries, the stamp names the second
         assert cli(central, capsys, "export", rid, "-o", str(tmp_path / f"call-{n}.wav"))[0] == 0
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         Stamper(central, section, index, clock=clock).stamp()
         assert ts.decode_commitment(index.last_timestamp()["commitment"]).access_log.pos == 1
     with sqlite3.connect(central / INDEX_FILE) as db:  # the newest entry removed: its own chain still holds
@@ -331,12 +335,13 @@ def renewed_tsa_certificate(tsa_files: Path, folder: Path) -> bytes:
     return (folder / "tsa.pem").read_bytes()
 
 
+@pytest.mark.embedded_only("edits the SQLite file directly to tamper with or age the index (PostgreSQL: the index contract tests)")
 def test_stamps_keep_verifying_after_the_tsa_renews_its_certificate(box: Box, central: Path, clock, tsa,
                                                                     tsa_files: Path, tmp_path: Path,
                                                                     capsys) -> None:
     section = configure(central, tsa_files, tsa.url)
     rid = store_calls(central, box, clock, 1)[0]
-    with SqliteIndex(central / INDEX_FILE) as index:
+    with central_index(central) as index:
         Stamper(central, section, index, clock=clock).stamp()
     old = (central / "tsa" / "tsa.pem").read_bytes()
     (central / "tsa" / "tsa.pem").write_bytes(renewed_tsa_certificate(tsa_files, tmp_path / "renewed"))

@@ -21,6 +21,7 @@ from linetap.sync.central.store import ObjectLocked, manifest_key, segment_key
 from linetap.sync.central.tools import StoreTools
 
 DAY_S = 86_400
+pytestmark = pytest.mark.embedded_only("its tests make their own config: object lock on their own bucket, the index beside it")
 
 
 @pytest.fixture
