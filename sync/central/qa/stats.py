@@ -19,6 +19,7 @@ import csv
 import datetime as dt
 import io
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -89,7 +90,13 @@ def question_failures(evaluations: Iterable[Mapping[str, Any]],
     return sorted(rows, key=lambda r: (-r["rate"], r["form"], r["version"], r["question"]))
 
 
+# How a manifest carries a non-integer figure: its shortest decimal string (firmware/manifest.py).
+DECIMAL = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,17})?")
+
+
 def _number(value: Any, lo: float, hi: float) -> float | None:
+    if isinstance(value, str) and DECIMAL.fullmatch(value):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)

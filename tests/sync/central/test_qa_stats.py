@@ -155,3 +155,13 @@ def test_rows_per_agent_and_per_team() -> None:
     assert rows[2]["evaluations"] == 0 and rows[2]["talk_ratio"] is None and rows[2]["hold_s"] is None
     teams = stats.group_rows(evals, calls, key="team")
     assert [(t["team"], t["evaluations"], t["calls"]) for t in teams] == [("blue", 1, 0), ("red", 2, 3)]
+
+
+def test_call_figures_read_the_decimal_strings_a_manifest_carries() -> None:
+    # As a box writes them: no floats in its signed JSON, each figure its shortest decimal string.
+    call = {"metrics": {"talk_s": {"near": "30.0", "far": "10.0"}, "silence_share": "0.25",
+                        "overtalk_share": "0.05", "hold_spans": [["20.3", "33.8"]]}}
+    assert stats.call_figures(call) == {"talk_ratio": 0.75, "silence_share": 0.25, "overtalk_share": 0.05,
+                                        "hold_s": 33.8 - 20.3}
+    for text in ("nan", "1e3", " 0.5", "0x10", "1" * 40, "٣"):  # not a plain decimal: left out
+        assert stats.call_figures({"metrics": {"silence_share": text}})["silence_share"] is None
