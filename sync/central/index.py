@@ -44,7 +44,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +90,7 @@ class Index(AnalyticsIndex, ConsoleIndex, CopyIndex, QaIndex, Protocol):
     """What the central store knows about devices and recordings (with the analytics', console's,
     whole-table copy's and quality assessment's parts)."""
 
+    def pinned(self) -> AbstractContextManager[None]: ...
     def enroll(self, device_id: str, public_key_b64: str, now_ms: int) -> None: ...
     def device_key(self, device_id: str) -> str | None: ...
     def devices(self) -> list[dict[str, Any]]: ...
@@ -191,6 +192,12 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
     """
 
     shared = False  # one host's index (SQLite); PgIndex is shared
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Every statement of this block on this thread through one connection (PostgreSQL: one borrow from
+        the pool instead of one per statement). SQLite has one connection anyway."""
+        yield
 
     # -- devices --
 

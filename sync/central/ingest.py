@@ -146,7 +146,8 @@ class Ingest:
         except wire.WireError as e:
             return [_ack(part, "rejected", "malformed", str(e))]
         try:
-            return self._receive(part)
+            with self.index.pinned():  # PostgreSQL: one pooled connection for the whole message
+                return self._receive(part)
         except StoreUnavailable as e:
             logger.error("ingest cannot store device=%s recording=%s object=%s: %s",
                          part.device_id, part.recording_id, part.object, e)
