@@ -87,3 +87,12 @@ def test_a_bulk_selection_is_bounded_and_well_formed() -> None:
     assert "select at least one" in selected([])
     assert "at most" in selected(["d/r"] * (MAX_CALLS + 1))
     assert "not a call" in selected(["no-slash"]) and "not a call" in selected(["/r"])
+
+
+def test_qa_metrics_are_shown_as_a_reviewer_reads_them() -> None:
+    from linetap.sync.central.web.pages import qa_summary
+    metrics = {"talk_s": {"far": "17.45", "near": "24.36"}, "silence_share": "0.3141", "overtalk_share": "0.0",
+               "hold_spans": [["21.73", "33.76"]], "clipping_share": {"far": "0.0", "near": "0.0"}}
+    assert qa_summary(metrics) == ["agent talks 58%", "silence 31%", "over-talk 0%", "hold 12 s"]
+    assert qa_summary({"talk_s": {"far": "0.0", "near": "0.0"}, "hold_spans": []}) == []  # nothing to show
+    assert qa_summary("not a mapping") == []

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from linetap.sync.central.qa.stats import call_figures
 from linetap.sync.central.web.access import NAV, allowed
 
 HERE = Path(__file__).parent
@@ -46,8 +47,18 @@ def seconds(ms: int | None) -> str:
     return f"{total // 60}:{total % 60:02d}"
 
 
+def qa_summary(metrics: Any) -> list[str]:
+    """A call's QA metrics as a reviewer reads them (the manifest carries them as decimal strings, read by
+    the dashboards' :func:`~linetap.sync.central.qa.stats.call_figures`); figures that make no sense are left out."""
+    figures = call_figures({"metrics": metrics})
+    shown = [("agent talks {:.0%}", figures["talk_ratio"]), ("silence {:.0%}", figures["silence_share"]),
+             ("over-talk {:.0%}", figures["overtalk_share"]), ("hold {:.0f} s", figures["hold_s"] or None)]
+    return [text.format(value) for text, value in shown if value is not None]
+
+
 TEMPLATES.env.filters["iso"] = iso
 TEMPLATES.env.filters["mmss"] = seconds
+TEMPLATES.env.filters["qa_summary"] = qa_summary
 
 
 def nav_for(request: Request, role: str | None) -> list[tuple[str, str]]:
