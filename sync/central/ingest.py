@@ -299,7 +299,8 @@ class Ingest:
         if self.index.recording(rid, device) is None:  # locked before the row: see the module's "Order"
             lock_recording(self.store, self.config.store, self.config.retention,
                            [segment_key(device, rid, i) for i, _, _ in listed] + [row["manifest_key"]],
-                           started_ms=row["started_ms"] or row["stored_ms"], flagged=row["flagged"])
+                           started_ms=row["started_ms"] or row["stored_ms"], flagged=row["flagged"],
+                           now_ms=row["stored_ms"])
         if self.index.add_recording(row, vouched, self._signer(manifest, row["manifest_sha256"])):
             self._check_links(manifest, row["manifest_sha256"])
             logger.info("recording stored device=%s recording=%s seq=%d segments=%d",

@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,7 +271,7 @@ class StoreMigration:
                 continue  # only its tombstone is left, and that was never locked
             keys = [o["object_key"] for o in self.src.objects(row["device_id"], row["recording_id"])]
             lock_recording(self.dst_store, section, retention, keys, started_ms=row["started_ms"] or row["stored_ms"],
-                           flagged=bool(row["flagged"]))
+                           flagged=bool(row["flagged"]), now_ms=round(time.time() * 1000))
             if row["hold"]:
                 hold_recording(self.dst_store, section, keys, True)
 

@@ -116,16 +116,22 @@ def iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def retention_lock(mode: str, started_ms: int, days: int) -> Lock | None:
+def retention_lock(mode: str, started_ms: int, days: int, *, now_ms: int | None = None) -> Lock | None:
     """The lock of a recording that started at ``started_ms`` and is kept ``days`` ([retention] category).
 
-    None when locking is off (``mode`` "off") or the category keeps recordings
-    for ever (0 days: an object lock needs a date; the index keeps them).
+    None when locking is off (``mode`` "off"), when the category keeps
+    recordings for ever (0 days: an object lock needs a date; the index keeps
+    them), or when that date is already past at ``now_ms`` (an old backlog, a
+    card imported late, a box clock far behind): S3 refuses a retain-until in
+    the past, and the recording is due to `retention run` anyway.
     """
     if mode == "off" or days == 0:
         return None
     start = dt.datetime.fromtimestamp(started_ms / 1000, dt.timezone.utc)
-    return Lock(mode.upper(), start + dt.timedelta(days=days))  # type: ignore[arg-type]
+    until = start + dt.timedelta(days=days)
+    if now_ms is not None and until <= dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc):
+        return None
+    return Lock(mode.upper(), until)  # type: ignore[arg-type]
 
 
 def check_key(key: str) -> list[str]:

@@ -29,14 +29,15 @@ logger = logging.getLogger(__name__)
 
 
 def lock_recording(store: ObjectStore, section: StoreSection, retention: RetentionSection, keys: Iterable[str], *,
-                   started_ms: int, flagged: bool) -> None:
-    """Lock every object in ``keys`` as ``[store] object_lock`` and the recording's category say.
+                   started_ms: int, flagged: bool, now_ms: int) -> None:
+    """Lock every object in ``keys`` as ``[store] object_lock`` and the recording's category say (nothing
+    when its retention already ended at ``now_ms``: it is due for erasure, and S3 takes no past date).
 
     A bucket that cannot lock is :class:`StoreUnavailable` (the box is answered
     ``retry``, nothing is acknowledged) naming the fix, not an object stored
     unlocked behind the operator's back.
     """
-    lock = retention_lock(section.object_lock, started_ms, retention.days_for(flagged))
+    lock = retention_lock(section.object_lock, started_ms, retention.days_for(flagged), now_ms=now_ms)
     if lock is None:
         return
     for key in keys:

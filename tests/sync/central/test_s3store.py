@@ -182,6 +182,9 @@ def test_retention_lock_dates_follow_the_category() -> None:
     lock = retention_lock("governance", started, 30)
     assert lock == Lock("GOVERNANCE", dt.datetime(2026, 3, 31, 12, tzinfo=UTC))
     assert lock.describe() == "retained until 2026-03-31T12:00:00Z in GOVERNANCE mode"
+    day_ms = 86_400_000
+    assert retention_lock("governance", started, 30, now_ms=started + 29 * day_ms) == lock
+    assert retention_lock("governance", started, 30, now_ms=started + 30 * day_ms) is None  # already over
     with pytest.raises(ConfigError):
         Lock("COMPLIANCE", dt.datetime(2030, 1, 1))  # no time zone
 

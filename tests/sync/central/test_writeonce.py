@@ -118,3 +118,18 @@ def test_a_legal_hold_reaches_every_object_and_is_cleared_from_every_one(
         tools.set_hold(rid, False)
         assert {head(seaweed, s3_bucket, k)["ObjectLockLegalHoldStatus"] for k in keys_of(box, rid)} == {"OFF"}
         assert not tools.index.recording(rid)["hold"]
+
+
+def test_a_recording_whose_retention_already_ended_is_stored_unlocked_not_retried_for_ever(
+        box: Box, central: Path, clock, seaweed: LocalSeaweed, s3_bucket: str) -> None:
+    # An old backlog or a card brought in late: kept 30 days from a start 40 days ago. S3 takes no
+    # retain-until in the past, so a lock would make every resend a retry; the recording is due anyway.
+    config = CentralConfig(store=store_section(seaweed, s3_bucket, central, object_lock="compliance"),
+                           retention=RetentionSection(default_days=30, flagged_days=30))
+    rid = box.call(1.5)
+    clock.advance(40 * DAY_S)
+    with Ingest(central, clock=clock, config=config) as core:
+        assert {a.status for a in feed(core, box.parts(rid))} == {"stored"}
+        assert core.index.recording(rid) is not None
+    for key in keys_of(box, rid):
+        assert "ObjectLockMode" not in head(seaweed, s3_bucket, key), key
