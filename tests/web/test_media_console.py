@@ -183,3 +183,8 @@ def test_in_chromium_the_call_plays_seeks_and_shows_its_waveform(login_page, lon
     assert 29.0 < played_to(page, 29.0, 31.5) < 31.5
     page.evaluate("document.getElementById('player').pause()")
     page.screenshot(path=str(SCREENSHOTS / "call-player-waveform.png"), full_page=True)
+    page.goto("/calls")  # away first: the same page with only a new #fragment would not load again
+    page.goto(f"/calls/{DEVICE}/{long_call}#t=52000")  # a search hit's link to a moment of the call
+    page.wait_for_selector("#waveform[data-drawn=yes]", timeout=15_000)
+    page.evaluate("document.getElementById('player').play()")
+    assert 52.0 < played_to(page, 52.0, 55.0) < 55.0

@@ -93,6 +93,11 @@
   player.addEventListener("timeupdate", draw);
   player.addEventListener("seeked", draw);
   player.src = section.dataset.audio + "?listen=" + token();
+  // A link to a moment of the call (a search hit: #t=<ms>) starts the player there.
+  var moment = /^#t=([0-9]{1,9})$/.exec(window.location.hash);
+  if (moment) {
+    player.addEventListener("loadedmetadata", function () { seek(parseInt(moment[1], 10)); }, {once: true});
+  }
 
   fetch(section.dataset.peaks, {credentials: "same-origin"}).then(function (response) {
     if (!response.ok) { throw new Error("the waveform could not be loaded (" + response.status + ")"); }
