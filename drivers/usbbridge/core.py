@@ -70,7 +70,7 @@ class BridgeSettings:
     # FIFO level kept beyond one producer block: absorbs callback jitter and the pump's own delay (a
     # Python thread that waits for the GIL behind the call loop: up to the 5 ms switch interval).
     margin_ms: float = 5.0
-    max_ppm: float = 1000.0  # steering range; USB clocks are within ±300 ppm, cheap ones ±500
+    max_ppm: float = 1000.0  # adjustment range; USB clocks are within ±300 ppm, cheap ones ±500
     prompt_to_agent: bool = True  # the agent hears the consent audio too, as a handset's sidetone gives it
 
     def __post_init__(self) -> None:

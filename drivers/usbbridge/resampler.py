@@ -16,7 +16,7 @@ a ratio steered at any moment. Two uses:
   fewer outputs come out); positions accumulate in float64 relative to the
   kept history, so nothing drifts over hours.
 
-Why not soxr: its streaming resampler has a fixed ratio, so steering it means
+Why not soxr: its streaming resampler has a fixed ratio, so changing its ratio means
 re-creating it, which restarts its filter state and clicks unless the history
 is replayed; this one keeps one state and takes a new step at any call.
 

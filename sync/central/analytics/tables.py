@@ -33,6 +33,11 @@ from linetap.sync.central.indexschema import TSVECTOR
 
 STATES = ("queued", "running", "done", "failed", "skipped")
 MAX_QUERY = 500  # characters of a search
+MAX_HITS = 1000  # lines one search returns at most
+
+
+class SearchRefused(SyncError, ValueError):
+    """A search phrase or limit out of bounds (the message says which)."""
 LINE_COLUMNS = ("device_id", "recording_id", "channel", "line", "start_ms", "end_ms", "text", "words")
 ADHERENCE_COLUMNS = ("device_id", "recording_id", "script", "item", "kind", "passed", "score", "at_ms", "heard")
 EVENT_COLUMNS = ("device_id", "recording_id", "kind", "channel", "start_ms", "end_ms", "detail", "found_ms")
@@ -201,7 +206,9 @@ class AnalyticsTables:
     def search_transcripts(self, phrase: str, limit: int = 50) -> list[dict[str, Any]]:
         """Transcript lines holding ``phrase`` (its words in order, stemmed), best first; ``words`` parsed."""
         if not phrase.strip() or len(phrase) > MAX_QUERY:
-            raise ValueError(f"a search is 1 to {MAX_QUERY} characters")
+            raise SearchRefused(f"a search is 1 to {MAX_QUERY} characters, not {len(phrase)}; shorten the phrase")
+        if not 1 <= limit <= MAX_HITS:
+            raise SearchRefused(f"a search returns 1 to {MAX_HITS} hits, not {limit}; change --limit")
         with self._sql() as db:
             if isinstance(db, sqlite3.Connection):
                 quoted = '"' + " ".join(phrase.replace('"', " ").split()) + '"'

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from linetap.sync.central.analytics.tables import LeaseLost, Results
+from linetap.sync.central.analytics.tables import LeaseLost, Results, SearchRefused
 from linetap.sync.central.index import IndexTables
 from test_index_contract import Backend, backend, rid, row  # noqa: F401  (the two-backend fixture)
 
@@ -53,6 +53,10 @@ def test_results_search_and_summary(index: IndexTables) -> None:
     assert [(h["recording_id"], h["words"][2][3]) for h in hits] == [(rid(1), "calling")]
     assert index.search_transcripts("invoice calling") == []  # a phrase: its words in order
     assert index.search_transcripts('"; DROP TABLE x') == []
+    for phrase, limit, why in (("  ", 50, "1 to 500 characters"), ("x" * 501, 50, "not 501"),
+                               ("invoice", -1, "not -1"), ("invoice", 10**12, "1 to 1000 hits")):
+        with pytest.raises(SearchRefused, match=why):  # LIMIT -1 would be no limit at all in SQLite
+            index.search_transcripts(phrase, limit)
     summary = index.analysis_summary()[("desk", rid(1))]
     assert summary == {"transcript": "done", "reason": None, "attempts": 1, "spoken_card_data": True,
                        "adherence": {"passed": 1, "failed": 0}}
