@@ -8,7 +8,7 @@ sorted keys, compact, UTF-8, no floats)::
      "expires_ms": 1767225660000,        wall clock, integer milliseconds
      "format": "linetap-envelope/1",
      "issued_ms": 1767225600000,
-     "kind": "cmd",                      "cmd" | "config" | "resp"
+     "kind": "cmd",                      "cmd" | "config" | "resp" | "update"
      "nonce": "...",                     optional: 16-64 of [A-Za-z0-9_-]
      "seq": 42,                          optional: the sender's per-device counter
      "signature": {"alg": "ed25519", "key_id": "<fingerprint>", "value": "<base64>"}}
@@ -64,7 +64,7 @@ from linetap.firmware.untrusted import Untrusted, loads
 from linetap.sync.wire import DEVICE_ID
 
 FORMAT = "linetap-envelope/1"
-KINDS = ("cmd", "config", "resp")
+KINDS = ("cmd", "config", "resp", "update")
 ALL_DEVICES = "*"
 ALG = "ed25519"
 MAX_SKEW_MS = 5 * 60 * 1000  # how far ahead of the box's clock an operator's clock may run
@@ -325,8 +325,9 @@ def _problem(members: Mapping[str, Any]) -> str | None:
         return f"seq {_show(seq)} is not a whole number from 1 to {MAX_INT}"
     if "nonce" in members and (not isinstance(nonce, str) or not NONCE.fullmatch(nonce)):
         return f"nonce {_show(nonce)} is not 16-64 characters of A-Z, a-z, 0-9, '_' and '-'"
-    if kind == "config" and seq is None:
-        return "a config needs a seq: it is the config's version"
+    if kind in ("config", "update") and seq is None:
+        return (f"a {kind} needs a seq: it is the config's version" if kind == "config"
+                else "an update offer needs a seq: it orders the offers sent to a box")
     if kind == "cmd" and seq is None and nonce is None:
         return "a command needs a seq or a nonce, so that a replay can be refused"
     if not isinstance(members["body"], dict):

@@ -106,6 +106,7 @@ SANS_IO_CORES = {
     "fleet core": ("sync/fleet.py", "sync/fleet/**/*.py", "sync/fleetwire.py", "sync/fleetcommands.py",
                    "sync/pushpolicy.py"),
     "signed envelopes": ("sync/signed.py", "sync/signed/**/*.py"),
+    "releases and update wire": ("sync/release.py", "sync/updatewire.py"),
     "delivery receipts": ("firmware/receipt.py",),
     "trusted timestamps": ("sync/central/timestamps.py",),
     "console playback and peaks": ("sync/central/media.py", "sync/central/peaks.py"),
