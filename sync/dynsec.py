@@ -68,8 +68,9 @@ PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/
 ROOT = wire.ROOT
 
 # What a box may publish, and read, under its own linetap/v1/<device>/ (see image/mosquitto/README.md).
-BOX_WRITES = ("up/#", "status", "birth", "telemetry", "config/reported", "resp/#", "alarm/#")
-BOX_READS = ("ack/#", "config/desired", "cmd/#")
+BOX_WRITES = ("up/#", "status", "birth", "telemetry", "config/reported", "resp/#", "alarm/#", "update/get",
+              "update/state")
+BOX_READS = ("ack/#", "config/desired", "cmd/#", "update/offer", "update/chunk")
 
 # Everything not granted by a role is refused, delivery included; unsubscribing never hurts.
 DEFAULT_ACCESS = {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,

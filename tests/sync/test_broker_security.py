@@ -165,9 +165,10 @@ def connect(fleet: Fleet) -> Iterator:
         client.close()
 
 
-CENTRE_ONLY = ("ack/0190c3a4-0000-7000-8000-000000000001", "config/desired", "cmd/reboot")
+CENTRE_ONLY = ("ack/0190c3a4-0000-7000-8000-000000000001", "config/desired", "cmd/reboot", "update/offer",
+               "update/chunk")
 BOX_WRITES = ("up/0190c3a4-0000-7000-8000-000000000001/seg/0/0", "status", "birth", "telemetry",
-              "config/reported", "resp/1", "alarm/disk")
+              "config/reported", "resp/1", "alarm/disk", "update/get", "update/state")
 
 
 def test_a_box_cannot_publish_to_another_box_or_to_its_own_centre_only_topics(connect) -> None:
@@ -202,7 +203,7 @@ def test_a_box_reads_only_what_the_centre_sends_to_it(connect) -> None:
     # never deliver another box's messages through it.
     for topic_filter in (f"{ROOT}/#", f"{ROOT}/box-b/#", f"{ROOT}/box-a/#", "#"):
         assert box_a.subscribe(topic_filter) == [NOT_AUTHORIZED]
-    for leaf in ("ack/#", "config/desired", "cmd/#"):
+    for leaf in ("ack/#", "config/desired", "cmd/#", "update/offer", "update/chunk"):
         assert box_a.subscribe(f"{ROOT}/box-a/{leaf}") == [1]
     central = connect(CENTRAL)
     box_b = connect("box-b")
