@@ -112,8 +112,9 @@ def enrol_role() -> dict[str, Any]:
 
 
 def centre_identities(client_id: str = "linetap-central", workers: int = 2) -> list[str]:
-    """The certificate CNs ``linetap-central serve`` uses: one per ingest worker, one for the tracker."""
-    return [f"{client_id}-{i}" for i in range(workers)] + [f"{client_id}-fleet"]
+    """The certificate CNs ``linetap-central serve`` uses: one per ingest worker, one for the tracker, one for
+    the releases' chunk server."""
+    return [f"{client_id}-{i}" for i in range(workers)] + [f"{client_id}-fleet", f"{client_id}-updates"]
 
 
 def identity_settings(settings: BrokerSettings, name: str) -> BrokerSettings:

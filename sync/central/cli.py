@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from linetap.sync.central.formscli import add_forms_commands
     from linetap.sync.central.migrate import add_migrate_command
     from linetap.sync.central.peaksjob import add_peaks_command
+    from linetap.sync.central.releasecli import add_release_commands
     from linetap.sync.central.migratestore import add_migrate_store_command
     from linetap.sync.central.worker import add_serve_command
     from linetap.sync.central.timestampcli import add_timestamp_command
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_analytics_commands(sub, common)
     add_console_commands(sub, common)
     add_config_command(sub, common)
+    add_release_commands(sub, common)
     return parser
 
 

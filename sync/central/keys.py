@@ -17,7 +17,10 @@ boxes. Keys are never replaced by ``keys init``: a new identity would make
 every stored recording unreadable, a new operator key would orphan every
 tombstone, a new store key would leave every box distrusting its receipts.
 ``keys init`` on a store that has some of its keys adds only the missing ones.
-Key files readable by anyone but the owner are refused, and so is a file
+The release key (``linetap-central release keygen --out PATH``) lives
+wherever the operator keeps it, never under the data dir unless put there:
+it signs what boxes run, so it is the key to keep offline; ``release build``
+refuses it when it is the operator or store key. Key files readable by anyone but the owner are refused, and so is a file
 holding another kind of key: the broker's TLS key (PEM, RSA or EC) copied
 over ``central.key``, ``operator.key`` or ``store.key`` is named as
 such, with where it belongs, rather than reported as a parse error. Nothing
@@ -174,6 +177,39 @@ def _load_ed25519(path: Path, role: str) -> Ed25519PrivateKey:
                           f"backup ({trusted_by})") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{role} key {path} is a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def make_release_key(path: Path) -> Ed25519PublicKey:
+    """Write a new release key to ``path`` (0600; never over a file there); its public half."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{path} exists; refusing to replace a release key (boxes trust its public half). "
+                          "Choose another --out, or move the old one aside if you really mean to")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _new_ed25519(path):
+        raise ConfigError(f"{path} exists; refusing to replace it")
+    fsync_dir(path.parent)
+    key = _load_ed25519(path, "release")
+    logger.info("release key made path=%s key=%s", path, fingerprint(key.public_key()))
+    return key.public_key()
+
+
+def load_release_key(path: Path, data_dir: Path | None = None) -> Ed25519PrivateKey:
+    """The release key at ``path`` (0600, Ed25519); the data dir's operator or store key is refused."""
+    if not Path(path).is_file():
+        raise CentralKeyMissing(f"no release key at {path}: make one with `linetap-central release keygen "
+                                "--out PATH` (and give boxes its public half), or give the path of yours")
+    key = _load_ed25519(Path(path), "release")
+    if data_dir is not None:
+        raw = public_key_raw(key.public_key())
+        for name, role in ((OPERATOR_FILE, "operator"), (STORE_FILE, "store")):
+            other = Path(data_dir) / KEYS_DIR / name
+            if other.exists() and pem_contents(other.read_bytes()).public_raw == raw:
+                raise WrongKeyKind(f"release key {path} is the {role} key ({name})",
+                                   "the release key is kept apart from the operator and store keys: make one "
+                                   "with `linetap-central release keygen --out PATH` and give boxes its public "
+                                   "half (linetap keys init --release-key)")
     return key
 
 

@@ -12,6 +12,7 @@ is 1 when a worker failed, so the service manager restarts the service.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -20,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +214,25 @@ def broker_settings(section: BrokerSection, data_dir: Path) -> BrokerSettings:
                           reconnect_max_s=float(section.reconnect_max_s))
 
 
+@contextlib.contextmanager
+def _chunk_server(start: Callable[..., Any], settings: BrokerSettings, folder: Path, client_id: str) -> Iterator[None]:
+    """The releases' chunk server (``update/get``), when its identity has a certificate; without one, ingest
+    runs on and the error names the certificate to issue (a store upgraded without it still stores calls)."""
+    try:
+        own = identity_settings(settings, client_id)
+    except ConfigError as e:
+        logger.error("remote updates cannot be served: %s", e)
+        yield
+        return
+    server = start(own, folder, client_id=client_id)
+    try:
+        yield
+    finally:
+        server.close()
+
+
 def _serve_command(args: argparse.Namespace) -> int:
+    from linetap.sync.central.chunkserver import start_chunk_server
     from linetap.sync.central.cli import data_dir
     from linetap.sync.central.config import load_config
     from linetap.sync.central.tracker import start_tracker
@@ -248,7 +267,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     with start_tracker(identity_settings(settings, tracker_id), folder, client_id=tracker_id,
                        index_config=config.index), \
             start_stamping(folder, config.timestamps, index_config=config.index), \
-            start_peaks(folder, config):  # the console's waveforms, made after ingest, never by it
+            start_peaks(folder, config), \
+            _chunk_server(start_chunk_server, settings, folder, f"{section.client_id}-updates"):
         # Ingest is process-safe on one data dir: several workers each get a core.
         return serve(settings, make_ingest, workers=section.workers,
                      group=section.group, client_id_prefix=section.client_id, processes=section.workers > 1)

@@ -42,7 +42,7 @@ from linetap.sync.pki import CENTRAL, CertificateAuthority, Issued
 ROOT = "linetap/v1"
 WAIT = 5.0
 NOT_AUTHORIZED = 135  # MQTT v5 reason code 0x87
-WORKERS = dynsec.centre_identities("linetap-central", workers=2)  # linetap-central-0, -1, -fleet
+WORKERS = dynsec.centre_identities("linetap-central", workers=2)  # linetap-central-0, -1, -fleet, -updates
 BOXES = ("box-a", "box-b", "box-c")  # enrolled before the broker's first start
 HOSTILE = tuple(f"box-h{i}" for i in range(6))  # enrolled boxes that misbehave
 
@@ -467,6 +467,7 @@ def test_broker_init_writes_the_centre_identities_and_the_enrolled_boxes(tmp_pat
     assert clients == {CENTRAL: [dynsec.CENTRE_ROLE, dynsec.ENROL_ROLE],
                        "linetap-central-0": [dynsec.CENTRE_ROLE], "linetap-central-1": [dynsec.CENTRE_ROLE],
                        "linetap-central-2": [dynsec.CENTRE_ROLE], "linetap-central-fleet": [dynsec.CENTRE_ROLE],
+                       "linetap-central-updates": [dynsec.CENTRE_ROLE],
                        "lt-desk-1": ["linetap-box-lt-desk-1"]}
     assert data["defaultACLAccess"] == dynsec.DEFAULT_ACCESS
     assert target.stat().st_mode & 0o777 == 0o600
