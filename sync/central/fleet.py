@@ -54,7 +54,8 @@ MAX_RESPONSE_BYTES = wire.MAX_MESSAGE  # a command response (logs) fits one mess
 
 def fleet_views(index: IndexTables) -> list[DeviceView]:
     """Every device the index's fleet tables know, and every enrolled one, by device id."""
-    return [DeviceView.from_row(row) for row in index.fleet_devices()]
+    updates = index.update_states()
+    return [DeviceView.from_row(row).with_update(updates.get(row["device_id"])) for row in index.fleet_devices()]
 
 
 def collect_live(settings: BrokerSettings, index: IndexTables, *, timeout: float = 10.0,

@@ -14,6 +14,7 @@ from typing import Any
 from linetap.firmware.errors import ConfigError
 from linetap.firmware.options import add_json
 from linetap.sync.central.cli import data_dir, index_section, iso
+from linetap.sync.central.updatecli import add_update_commands
 
 
 def add_fleet_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -42,6 +43,7 @@ def add_fleet_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     show.set_defaults(run=_fleet_show)
     _add_config_push(fleet_sub, common, broker)
     _add_cmd(fleet_sub, common, broker)
+    add_update_commands(fleet_sub, common, broker)
 
 
 def _add_config_push(fleet_sub: Any, common: argparse.ArgumentParser, broker: argparse.ArgumentParser) -> None:
@@ -90,7 +92,7 @@ def _fleet_views(args: argparse.Namespace):
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open_index(index_section(args), folder) as index:
         views = fleet_views(index)
-        tracked = any(view.state != "unknown" for view in views)
+        tracked = any(view.state != "unknown" or view.update is not None for view in views)
         if args.live or not tracked:
             return collect_live(_fleet_broker(args), index, timeout=args.timeout), True
     return views, False
@@ -104,19 +106,33 @@ def _fleet_list(args: argparse.Namespace) -> int:
     if not views:
         print("no boxes seen or enrolled")
         return 0
-    print(f"{'DEVICE':<24} {'STATE':<8} {'LAST SEEN':<20} {'VERSION':<12} {'CONFIG':>6} {'BACKLOG':>16}  ALARMS")
+    print(f"{'DEVICE':<24} {'STATE':<8} {'LAST SEEN':<20} {'VERSION':<12} {'CONFIG':>6} {'BACKLOG':>16}  "
+          f"{'UPDATE':<18} {'LAST OUTCOME':<24} ALARMS")
     for v in views:
         backlog = "-" if v.backlog_recordings is None else f"{v.backlog_recordings} / {_size(v.backlog_bytes)}"
         print(f"{v.device_id:<24} {v.state:<8} {iso(v.last_seen_ms) if v.last_seen_ms else '-':<20} "
               f"{v.software_version or '-':<12} {'-' if v.config_version is None else v.config_version:>6} "
-              f"{backlog:>16}  {','.join(v.alarms) or '-'}{'' if v.enrolled else '  (not enrolled)'}")
+              f"{backlog:>16}  {_update_column(v):<18} {v.update_outcome or '-':<24} "
+              f"{','.join(v.alarms) or '-'}{'' if v.enrolled else '  (not enrolled)'}")
     online = sum(v.state == "online" for v in views)
     print(f"{online} of {len(views)} online ({'live from the broker' if live else 'as tracked by serve'})")
     return 0
 
 
 def _fleet_summary(view: Any) -> dict[str, Any]:
-    return {k: v for k, v in view.as_dict().items() if k != "subjects"}
+    return {k: v for k, v in view.as_dict().items() if k not in ("subjects", "update")}
+
+
+def _update_column(view: Any) -> str:
+    """``fetching 40%``, ``trial 0.2.0``, ``idle``: where the box's update is."""
+    update = view.update
+    if update is None:
+        return "-"
+    if update["state"] == "fetching" and update["total"]:
+        return f"fetching {100 * update['have'] // update['total']}%"
+    if update["version"] and update["state"] not in ("idle", "installed"):
+        return f"{update['state']} {update['version']}"
+    return update["state"]
 
 
 def _size(n: int | None) -> str:
@@ -143,6 +159,9 @@ def _fleet_show(args: argparse.Namespace) -> int:
         if key in ("last_seen_ms",):
             value = f"{iso(value)}" if value else "-"
         print(f"{key + ':':<24} {value if value not in (None, ()) else '-'}")
+    if view.update is not None:
+        print("update/state:")
+        print("  " + json.dumps(view.update, sort_keys=True))
     for subject in sorted(view.subjects):
         item = view.subjects[subject]
         print(f"{subject} (received {iso(item['received_ms'])}):")

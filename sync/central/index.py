@@ -59,6 +59,7 @@ from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
 from linetap.sync.central.qaindex import QaIndex, QaTables, erase_qa_text
+from linetap.sync.central.rolloutindex import RolloutTables
 from linetap.sync.central.receiptlog import ReceiptTables, Signer, append_receipt
 from linetap.sync.central.stagedparts import PENDING_MANIFEST, StagedPartTables
 from linetap.sync.central.store import StoreUnavailable
@@ -181,7 +182,7 @@ class Index(AnalyticsIndex, ConsoleIndex, CopyIndex, QaIndex, Protocol):
 
 
 class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, StagedPartTables,
-                  PeaksTables, QaTables, CopyTables, AnalyticsTables, ConsoleTables):
+                  PeaksTables, QaTables, CopyTables, AnalyticsTables, ConsoleTables, RolloutTables):
     """Every statement of :class:`Index`, on the connection the subclass's ``_sql()`` lends.
 
     The statements use ``?`` placeholders and ``BEGIN IMMEDIATE`` for a write

@@ -286,6 +286,52 @@ CREATE TABLE IF NOT EXISTS saved_filters (
     query TEXT NOT NULL,
     PRIMARY KEY (owner, name)
 );
+CREATE TABLE IF NOT EXISTS fleet_groups (
+    name TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    added_ms BIGINT NOT NULL,
+    PRIMARY KEY (name, device_id)
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    halt_permille INTEGER NOT NULL,  -- halts itself when more than this share (per mille) rolled back or failed
+    allow_downgrade INTEGER NOT NULL,
+    state TEXT NOT NULL,  -- active, halted or done (sync/central/rollout.py)
+    created_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    reason TEXT  -- why it halted
+);
+CREATE TABLE IF NOT EXISTS rollout_targets (
+    rollout_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,  -- the offer envelope's sequence number
+    state TEXT,  -- the box's last update/state naming this rollout
+    have BIGINT,
+    total BIGINT,
+    outcome TEXT,
+    code TEXT,
+    reason TEXT,
+    at_ms BIGINT,
+    withdrawn_ms BIGINT,  -- its offer was withdrawn (a halted rollout)
+    PRIMARY KEY (rollout_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS update_states (
+    device_id TEXT PRIMARY KEY,  -- each box's newest update/state (sync/updatewire.py)
+    state TEXT NOT NULL,
+    current_version TEXT NOT NULL,
+    version TEXT,
+    release_id TEXT,
+    rollout_id TEXT,
+    have BIGINT NOT NULL,
+    total BIGINT NOT NULL,
+    outcome TEXT,
+    code TEXT,
+    reason TEXT,
+    at_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL
+);
 """
 
 # Engine-specific full-text search over transcript_lines: FTS5 here, a GIN index in pgschema.PG_INDEXES.
@@ -297,7 +343,7 @@ SQLITE_ONLY = (
 # PostgreSQL's searched expression (pgschema's GIN index; analytics/tables.py's queries match it).
 TSVECTOR = "to_tsvector('english', text)"
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -359,10 +405,15 @@ def _migrate_7_to_8(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_8_to_9(db: sqlite3.Connection) -> None:
+    """Remote updates: fleet groups, rollouts with their targets, each box's update state, all empty."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
               4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7,
-              7: _migrate_7_to_8}
+              7: _migrate_7_to_8, 8: _migrate_8_to_9}
 
 
 def create(db: sqlite3.Connection) -> None:

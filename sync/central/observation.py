@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -250,6 +250,17 @@ class DeviceView:
     overdue_acks: int | None = None  # upload messages unanswered past the box's ack timeout, by its last telemetry
     oldest_overdue_s: int | None = None
     synced_without_receipt: int | None = None  # synced recordings the box keeps without a receipt
+    update_state: str | None = None  # the box's newest update/state (idle, fetching, trial, installed, ...)
+    update_outcome: str | None = None  # of its last update attempt, with the code when not installed
+    update: dict[str, Any] | None = None  # that whole state (versions, release, rollout, progress, reason, at)
+
+    def with_update(self, row: Mapping[str, Any] | None) -> DeviceView:
+        """This view with the box's update state row (``update_states``), when it has one."""
+        if row is None:
+            return self
+        outcome = row["outcome"] and (row["outcome"] + (f" ({row['code']})" if row["code"] else ""))
+        return replace(self, update_state=row["state"], update_outcome=outcome, update=dict(row),
+                       software_version=self.software_version or row["current_version"])
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DeviceView:

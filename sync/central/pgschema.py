@@ -94,6 +94,7 @@ MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
     6: _tables_added,  # speech analytics: analysis_jobs, transcript_lines (+ full-text index), adherence,
                        # analysis_events
     7: _tables_added,  # the console: users, sessions, failed logins, desk assignments, saved filters
+    8: _tables_added,  # remote updates: fleet_groups, rollouts, rollout_targets, update_states
 }
 
 

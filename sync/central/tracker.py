@@ -1,7 +1,7 @@
 """The centre's fleet tracker: who is online and what it runs, kept in the index.
 
 :class:`FleetTracker` subscribes to every box's ``status``, ``birth``,
-``telemetry``, ``alarm/#`` and ``config/reported`` and stores the latest of
+``telemetry``, ``alarm/#``, ``config/reported`` and ``update/state`` and stores the latest of
 each per device (:mod:`linetap.sync.central.observation` validates them and
 says which status wins), with the time the device was last seen.
 ``linetap-central serve`` runs one (:func:`start_tracker`); ``linetap-central
@@ -15,6 +15,13 @@ logs a WARNING naming every box that reports some, each time it does, and
 :data:`~linetap.sync.central.observation.UNACKED_ALARM`: uploads that reach
 no ingest worker (a client in the ingest group that drops them, a broker
 restart, stalled workers) are otherwise silent at the centre.
+
+Remote updates. A box's ``update/state`` (:func:`linetap.sync.updatewire.read_state`)
+goes to ``update_states`` and to its rollout's targets
+(:mod:`~linetap.sync.central.rolloutindex`); after an outcome the rollout is
+judged (:func:`linetap.sync.central.rollout.judge`) and, past its halt share,
+halted here: the tracker's own connection withdraws the offers of the boxes
+that have not started.
 
 Threads. paho's network thread (:class:`~linetap.sync.central.fleetclient.FleetClient`)
 only queues; the tracker's thread, ``fleet-tracker``, parses and writes to
@@ -33,6 +40,8 @@ from pathlib import Path
 
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.errors import SyncError
+from linetap.sync import updatewire, wire
+from linetap.sync.central import rollout
 from linetap.sync.central.fleetclient import FleetClient
 from linetap.sync.central.config import IndexSection
 from linetap.sync.central.index import FleetUpdate, IndexTables
@@ -40,9 +49,12 @@ from linetap.sync.central.indexes import open_index
 from linetap.sync.central.observation import (TRACKED_FILTERS, FleetMessageError, key_lookup, parse_observation,
                                               short_topic)
 from linetap.sync.mqtt import HANDOFF_WAIT_S, BrokerSettings, Inbound, hand_over
+from linetap.sync.release import ReleaseError
+from linetap.sync.updatewire import UpdateState
 
 logger = logging.getLogger(__name__)
 
+STATE_SUFFIX = "/update/state"
 TRACKER_QUEUE = 4096
 TRACKER_BATCH = 500
 STOP_POLL_S = 0.2
@@ -66,7 +78,7 @@ class FleetTracker:
         self._failure: BaseException | None = None
         self._device_key = key_lookup(index)
         self.client = FleetClient(settings, client_id=client_id or f"linetap-central-fleet-{socket.gethostname()}",
-                                  filters=TRACKED_FILTERS, on_message=self._enqueue)
+                                  filters=(*TRACKED_FILTERS, updatewire.state_filter()), on_message=self._enqueue)
         self._thread = threading.Thread(target=self._run, name="fleet-tracker", daemon=True)
         self._unacked: dict[str, tuple[int, int | None]] = {}  # device → (overdue acks, oldest s)
         self._started = False
@@ -157,9 +169,13 @@ class FleetTracker:
         done: list[threading.Event] = []
         now_ms = round(self._clock.wall() * 1000)
         reported: dict[str, tuple[int, int | None]] = {}
+        states: list[tuple[str, UpdateState]] = []
         for item in batch:
             if isinstance(item, threading.Event):
                 done.append(item)
+                continue
+            if item.topic.endswith(STATE_SUFFIX):
+                self._read_state(item, states)
                 continue
             try:
                 observation = parse_observation(item.topic, item.payload, retained=item.retain,
@@ -179,8 +195,31 @@ class FleetTracker:
                 if not accepted:
                     logger.info("older status ignored device_id=%s boot=%d session=%d", update.device_id,
                                 update.order[0], update.order[1])
+        if states:
+            self._record_states(states, now_ms)
         for event in done:
             event.set()
+
+    def _read_state(self, item: Inbound, into: list[tuple[str, UpdateState]]) -> None:
+        levels = item.topic.split("/")
+        device_id = levels[2] if len(levels) == 5 else ""
+        if not wire.DEVICE_ID.fullmatch(device_id) or item.topic != updatewire.state_topic(device_id):
+            logger.warning("update state ignored topic=%s: not a box's update/state", short_topic(item.topic))
+            return
+        if not item.payload:
+            return  # a retained state cleared
+        try:
+            into.append((device_id, updatewire.read_state(item.payload)))
+        except ReleaseError as e:
+            logger.warning("update state ignored device_id=%s bytes=%d reason=%s", device_id, len(item.payload),
+                           str(e)[:200])
+
+    def _record_states(self, states: list[tuple[str, UpdateState]], now_ms: int) -> None:
+        """Keep the boxes' update states; halt a rollout past its share and withdraw its offers."""
+        for rollout_id, devices in rollout.judge(self.index, sorted(self.index.record_update_states(states, now_ms)),
+                                                 now_ms).items():
+            for device_id in devices:
+                self.client.publish(updatewire.offer_topic(device_id), b"", retain=True)
 
 
     def _check_acks(self, reported: Mapping[str, tuple[int, int | None]]) -> None:
