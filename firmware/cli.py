@@ -73,6 +73,9 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     init.add_argument("--store-key", metavar="BASE64",
                       help="the central store's Ed25519 store key (printed by linetap-central keys init): checks "
                            "delivery receipts; without one synced recordings are deleted on the stored ack alone")
+    init.add_argument("--release-key", metavar="BASE64",
+                      help="the release key's Ed25519 public half (printed by linetap-central release keygen): "
+                           "checks updates; without one every update offer is refused")
     keys_sub.add_parser("show", parents=[common], help="print what the central store must enrol")
 
 
@@ -155,13 +158,16 @@ def _keys(args: argparse.Namespace) -> int:
 
     folder = data_dir(args)
     if args.keys_command == "init":
-        info = keys.keys_init(folder, args.central_recipient, args.operator_key, args.store_key)
+        info = keys.keys_init(folder, args.central_recipient, args.operator_key, args.store_key,
+                              args.release_key)
         print(f"{'created' if info.created else 'kept existing'} device signing key {info.device_key}")
         print(f"central recipient stored in {info.recipient_file}")
         if info.operator_key_file is not None:
             print(f"operator key stored in {info.operator_key_file}")
         if info.store_key_file is not None:
             print(f"store key stored in {info.store_key_file}")
+        if info.release_key_file is not None:
+            print(f"release key stored in {info.release_key_file}")
     public = keys.load_signing_key(folder).public_key()
     print(f"enrol this box at the central store with its public key:\n  {keys.public_key_b64(public)}")
     operators = keys.load_operator_keys(folder)
@@ -178,6 +184,13 @@ def _keys(args: argparse.Namespace) -> int:
     else:
         print(f"no store key: receipts cannot be checked and synced recordings are deleted on the stored ack "
               f"alone; {keys.STORE_HINT}")
+    releases = keys.load_release_keys(folder)
+    if releases:
+        print("updates accepted when signed by release key:\n"
+              + "".join(f"  {keys.public_key_b64(k)} (fingerprint {keys.fingerprint(k)})\n" for k in releases),
+              end="")
+    else:
+        print(f"no release key: every update offer is refused; {keys.RELEASE_HINT}")
     return 0
 
 

@@ -7,6 +7,7 @@ Layout under the data dir::
       central.recipient   0644  the central store's X25519 recipient (age1...)
       operator.pub        0644  the fleet operator's Ed25519 public key (base64), optional
       store.pub           0644  the central store's Ed25519 store key (base64): checks receipts, optional
+      release.pub         0644  the release key's Ed25519 public half (base64): checks updates, optional
       ca.pem              0644  the fleet CA                       } the broker connection
       tls.crt             0644  this box's client certificate      } (``sync.ca_file``,
       tls.key             0600  its private key (RSA or EC)        }  ``cert_file``, ``key_file``)
@@ -33,6 +34,10 @@ alone, as before receipts (waiting for a receipt it can never check would
 only fill the spool). It is not the operator key (a key that
 commands boxes must not also vouch for storage), and ``keys init`` refuses
 the operator's key, the box's own key, an age recipient or PEM given as one.
+
+The release key is the one releases are signed with (:mod:`linetap.sync.release`).
+Without it every update offer is refused ``bad-signature``. It is neither
+the operator key (which says which box installs when) nor the store key.
 
 The two private keys have different jobs and different files: the signing
 key is made on the box by ``keys init`` and enrolled once; the TLS key comes
@@ -78,6 +83,9 @@ INIT_HINT = "run `linetap keys init --central-recipient age1...` with the centra
 STORE_KEY = "store.pub"
 STORE_HINT = ("run `linetap keys init --central-recipient age1... --store-key <base64>` with the store "
               "public key `linetap-central keys init` prints")
+RELEASE_KEY = "release.pub"
+RELEASE_HINT = ("run `linetap keys init --central-recipient age1... --release-key <base64>` with the release "
+                "public key `linetap-central release keygen` prints")
 OPERATOR_HINT = ("run `linetap keys init --central-recipient age1... --operator-key <base64>` with the "
                  "operator public key `linetap-central keys init` prints")
 
@@ -132,6 +140,7 @@ class KeyInfo:
     created: bool  # False when an existing signing key was kept
     operator_key_file: Path | None = None  # stored by this init; None when none was given
     store_key_file: Path | None = None  # likewise
+    release_key_file: Path | None = None  # likewise
 
 
 def keys_dir(data_dir: Path) -> Path:
@@ -152,7 +161,7 @@ def parse_recipient(text: str) -> pyrage.x25519.Recipient:
 
 
 def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None,
-              store_key: str | None = None) -> KeyInfo:
+              store_key: str | None = None, release_key: str | None = None) -> KeyInfo:
     """Create the signing key (once), store the central recipient and, if given, the operator and store keys.
 
     An existing signing key is kept: the central store has enrolled its public
@@ -164,6 +173,10 @@ def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None,
     store = None if store_key is None else _parse_store_key(
         store_key, operators=[operator] if operator is not None else load_operator_keys(data_dir),
         own=_signing_public_raw(data_dir))
+    others = [k for k in (operator, store) if k is not None] + load_operator_keys(data_dir) + list(
+        load_store_keys(data_dir).values())
+    releaser = None if release_key is None else _parse_release_key(release_key, others=others,
+                                                                    own=_signing_public_raw(data_dir))
     folder = keys_dir(data_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
@@ -177,23 +190,26 @@ def keys_init(data_dir: Path, recipient: str, operator_key: str | None = None,
     key = load_signing_key(data_dir)
     recipient_path = folder / CENTRAL_RECIPIENT
     write_durably(recipient_path, (str(parsed) + "\n").encode(), mode=0o644)
-    operator_path = None
-    if operator is not None:
-        operator_path = folder / OPERATOR_KEY
-        write_durably(operator_path, (public_key_b64(operator) + "\n").encode(), mode=0o644)
-        logger.info("keys init operator_key=%s fingerprint=%s", operator_path, fingerprint(operator))
-    store_path = None
-    if store is not None:
-        if public_key_raw(store) == public_key_raw(key.public_key()):
-            raise WrongKeyKind("--store-key is this box's own signing key", STORE_HINT)
-        store_path = folder / STORE_KEY
-        write_durably(store_path, (public_key_b64(store) + "\n").encode(), mode=0o644)
-        logger.info("keys init store_key=%s fingerprint=%s", store_path, fingerprint(store))
+    operator_path = _keep_public(folder / OPERATOR_KEY, operator)
+    if store is not None and public_key_raw(store) == public_key_raw(key.public_key()):
+        raise WrongKeyKind("--store-key is this box's own signing key", STORE_HINT)
+    store_path = _keep_public(folder / STORE_KEY, store)
+    release_path = _keep_public(folder / RELEASE_KEY, releaser)
     fsync_dir(folder)
-    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path, store_path)
+    info = KeyInfo(key_path, recipient_path, public_key_b64(key.public_key()), created, operator_path, store_path,
+                   release_path)
     logger.info("keys init device_key=%s created=%s fingerprint=%s", key_path, created,
                 fingerprint(key.public_key()))
     return info
+
+
+def _keep_public(path: Path, key: Ed25519PublicKey | None) -> Path | None:
+    """Write a public key file (base64, one line, 0644) when ``key`` is given."""
+    if key is None:
+        return None
+    write_durably(path, (public_key_b64(key) + "\n").encode(), mode=0o644)
+    logger.info("keys init %s fingerprint=%s", path.name, fingerprint(key))
+    return path
 
 
 def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
@@ -342,6 +358,37 @@ def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
         raise ConfigError(f"store key {path} cannot be read ({e}); {STORE_HINT}") from e
     key = _parse_store_key(text, source=str(path))
     return {store_key_id(key): key}
+
+
+def load_release_keys(data_dir: Path) -> list[Ed25519PublicKey]:
+    """The release keys updates must be signed with: none until ``keys init --release-key`` stored one."""
+    path = keys_dir(data_dir) / RELEASE_KEY
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"release key {path} cannot be read ({e}); {RELEASE_HINT}") from e
+    return [_parse_release_key(text, source=str(path))]
+
+
+def _parse_release_key(text: str, *, source: str = "--release-key", others: list[Ed25519PublicKey] = (),
+                       own: bytes | None = None) -> Ed25519PublicKey:
+    """The release key's public half in base64 (``ed25519:`` before it is allowed); not the operator's,
+    the store's or the box's own key."""
+    value = text.strip().removeprefix("ed25519:")
+    if value.startswith(("age1", "-----BEGIN")):
+        raise WrongKeyKind(f"{source} is {'an age recipient' if value.startswith('age1') else 'PEM'}, not "
+                           "the release key's Ed25519 public half in base64", RELEASE_HINT)
+    try:
+        key = public_key_from_b64(value)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}; {RELEASE_HINT}") from None
+    raw = public_key_raw(key)
+    if any(public_key_raw(k) == raw for k in others) or raw == own:
+        raise WrongKeyKind(f"{source} is the operator, store or box key; releases are signed by a key of "
+                           "their own", RELEASE_HINT)
+    return key
 
 
 def store_key_id(public_key: Ed25519PublicKey) -> str:

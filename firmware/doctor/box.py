@@ -43,6 +43,7 @@ def check_keys(ctx: Context) -> CheckResult:
     found = f"device signing key present (mode 0600, fingerprint {fingerprint}); central recipient present"
     try:
         stores = keys.load_store_keys(ctx.data_dir)
+        releases = [keys.fingerprint(k) for k in keys.load_release_keys(ctx.data_dir)]
     except ConfigError as exc:
         return failed("keys", str(exc).split(";")[0], str(exc).split("; ", 1)[-1], error=str(exc))
     if not stores:
@@ -51,8 +52,10 @@ def check_keys(ctx: Context) -> CheckResult:
                       f"run `linetap keys init --data-dir {ctx.data_dir} --central-recipient age1... --store-key "
                       "<base64>` with the store key `linetap-central keys init` prints (first-boot provisioning "
                       "reads store.pub from the boot partition)", fingerprint=fingerprint)
-    return passed("keys", f"{found}; store key {', '.join(stores)} checks delivery receipts",
-                  fingerprint=fingerprint, store_keys=list(stores))
+    updates = (f"release key {', '.join(releases)} checks updates" if releases else
+               f"no release key: update offers are refused ({keys.RELEASE_HINT})")
+    return passed("keys", f"{found}; store key {', '.join(stores)} checks delivery receipts; {updates}",
+                  fingerprint=fingerprint, store_keys=list(stores), release_keys=releases)
 
 
 def _in_data_dir(data_dir: Path, name: str) -> Path:

@@ -149,6 +149,38 @@ def test_keys_init_refuses_a_store_key_of_the_wrong_kind(tmp_path: Path, central
         keys.load_store_keys(tmp_path)
 
 
+# ------------------------------------------------------------- release key --
+
+def test_keys_init_release_key_is_stored_shown_and_loaded(tmp_path: Path, central) -> None:
+    release = Ed25519PrivateKey.generate()
+    done = linetap("keys", "init", "--data-dir", str(tmp_path), "--central-recipient", str(central.to_public()),
+                   "--release-key", "ed25519:" + b64(release))
+    assert done.returncode == 0, done.stderr
+    assert "release key stored in" in done.stdout and b64(release) in done.stdout
+    path = tmp_path / "keys" / "release.pub"
+    assert path.read_text().strip() == b64(release) and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [keys.public_key_b64(k) for k in keys.load_release_keys(tmp_path)] == [b64(release)]
+
+
+def test_without_a_release_key_show_says_offers_are_refused_and_how_to_provision_one(tmp_path: Path,
+                                                                                      central) -> None:
+    keys.keys_init(tmp_path, str(central.to_public()))
+    assert keys.load_release_keys(tmp_path) == []
+    shown = linetap("keys", "show", "--data-dir", str(tmp_path))
+    assert "no release key: every update offer is refused" in shown.stdout and "--release-key" in shown.stdout
+
+
+@pytest.mark.parametrize("kind", ["operator", "store", "own", "recipient"])
+def test_keys_init_refuses_a_release_key_that_is_another_key(tmp_path: Path, central, kind: str) -> None:
+    operator, store = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys.keys_init(tmp_path, str(central.to_public()), b64(operator), b64(store))
+    given = {"operator": b64(operator), "store": b64(store), "recipient": str(central.to_public()),
+             "own": keys.public_key_b64(keys.load_signing_key(tmp_path).public_key())}[kind]
+    with pytest.raises(keys.WrongKeyKind, match="--release-key"):
+        keys.keys_init(tmp_path, str(central.to_public()), release_key=given)
+    assert not (tmp_path / "keys" / "release.pub").exists()
+
+
 P = 2**255 - 19
 Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
 
