@@ -8,6 +8,11 @@ certificate) carries every message of the box. :class:`BoxSync` owns it, the
 whose actions it then executes in order (:meth:`BoxSync._execute`): the
 agent decides, this module does the I/O.
 
+Updates: ``update/offer`` and ``update/chunk`` go to the
+:class:`~linetap.sync.updater.Updater` (its own thread), which fetches only
+while the uploader has nothing pending and switches only when the app's
+``line_busy`` hook says no call is up.
+
 On every connect it publishes ``status`` online and ``birth`` (retained) and
 the alarms that are raised; the Will it set says offline with the same
 (boot, session) pair. The boot counter is one higher at each start
@@ -79,6 +84,7 @@ from linetap.sync.mqtt import Inbound, Will
 from linetap.sync.pushedconfig import PushedConfig
 from linetap.sync.signed import key_table
 from linetap.sync.uploader import Uploader, with_overdue_acks
+from linetap.sync.updater import Updater, app_root_path
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +113,7 @@ class AppHooks:
     audio: Callable[[], AudioFigures] | None = None
     # Raise a LinetapError if ``config`` could not start (prompts, board profile); touches no device.
     check_config: Callable[[Config], None] | None = None
+    line_busy: Callable[[], bool] | None = None  # a call is up or starting: an update does not switch now
 
 
 class BoxSync:
@@ -123,7 +130,7 @@ class BoxSync:
     def __init__(self, config: Config, spool: Spool, data_dir: Path, *, clock: Clock,
                  on_alarm: Callable[[str, str], None] | None = None, hooks: AppHooks | None = None,
                  thermal_path: Path = THERMAL_ZONE, software_version: str = __version__,
-                 local_config: Config | None = None) -> None:
+                 local_config: Config | None = None, app_root: Path | None = None) -> None:
         self._config = config
         self._local_config = local_config or config
         self._spool = spool
@@ -164,6 +171,9 @@ class BoxSync:
                          on_message=self._message)
         self.uploader = Uploader(spool, self.link, config.sync, clock=clock, on_alarm=self._upload_alarm,
                                  trusted=load_store_keys(self._data_dir))
+        self.updater = Updater(config, self.link, self._data_dir, clock=clock, app_root=app_root or app_root_path(),
+                               uploads_pending=self._uploads_pending, line_busy=self._hooks.line_busy,
+                               stop_service=self._hooks.restart, current=software_version)
         device = config.device.id
         self.link.subscribe(fleetwire.device_topic(device, "cmd", "#"), qos=1)
         self.link.subscribe(fleetwire.config_desired_topic(device), qos=1)
@@ -174,6 +184,7 @@ class BoxSync:
         if self._thread is None:
             logging.getLogger("linetap").addHandler(self.recent_log)
             self.uploader.start()
+            self.updater.start()
             self.link.start()
             self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
             self._thread.start()
@@ -188,6 +199,7 @@ class BoxSync:
                 if thread.is_alive():
                     raise SyncError(f"fleet thread did not stop within {_JOIN_S:.0f} s")
             self.uploader.close()
+            self.updater.close()
         finally:
             self.link.close()
             logging.getLogger("linetap").removeHandler(self.recent_log)
@@ -262,6 +274,7 @@ class BoxSync:
 
     def _connected(self) -> None:
         self.uploader.on_connected()
+        self.updater.on_connected()
         status = self.spool_status()
         with self._agent_lock:
             birth = self.agent.birth(BirthInfo(self._software_version, self._config.device.board,
@@ -282,7 +295,7 @@ class BoxSync:
             self._command(message)
         elif message.topic == fleetwire.config_desired_topic(device):
             self._desired_config(message)
-        else:
+        elif not self.updater.on_message(message):
             self.uploader.on_message(message)
 
     def _command(self, message: Inbound) -> None:
@@ -302,6 +315,11 @@ class BoxSync:
         by_state = self._spool.status()["by_state"]
         unsynced = sum(figures["bytes"] for state, figures in by_state.items() if state != "synced")
         return pushpolicy.BoxFacts(data_dir=self._data_dir, unsynced_bytes=unsynced, resolve=os.path.realpath)
+
+    def _uploads_pending(self) -> bool:
+        """Recordings wait to be uploaded (those stopped until restart do not count): an update waits."""
+        status = self.uploader.status()
+        return status["backlog_recordings"] - status["stopped_recordings"] > 0 or status["in_flight"] > 0
 
     def _upload_alarm(self, kind: str, detail: str) -> None:
         if kind in fleetwire.ALARMS:

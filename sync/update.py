@@ -125,6 +125,7 @@ class BoxUpdate:
     def start(self, saved: Saved, disk: DiskFacts) -> list[Action]:
         """Take up what a restart left (the kept offer, the chunks written, the root side's files)."""
         self._actions = []
+        self._kept_seq = saved.seq
         if saved.state is not None and saved.state.outcome is not None:
             self._result = (saved.state.outcome, saved.state.code, saved.state.reason)
             self._subject = (saved.state.version, saved.state.release, saved.state.rollout)
@@ -302,7 +303,7 @@ class BoxUpdate:
         except Refused as e:
             self._result = ("refused", e.code, e.reason)
             return "refused"
-        self._accepted, self._kept_seq = accepted, accepted.seq
+        self._accepted, self._kept_seq = accepted, max(accepted.seq, saved.seq)
         rel = accepted.release
         self._subject = (rel.version, rel.release_id, accepted.offer.rollout)
         finished, last = saved.finished, saved.state
@@ -341,7 +342,7 @@ class BoxUpdate:
     def _stage(self) -> str:
         accepted = self._accepted
         self._do(Stage(accepted.release, accepted.offer.signature, accepted.offer.allow_downgrade,
-                       accepted.offer.rollout))
+                       accepted.offer.rollout, accepted.payload))
         return "staged"
 
     def _fill(self) -> None:

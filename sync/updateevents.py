@@ -42,6 +42,7 @@ class Saved:
     """What the shell kept across a restart: the accepted offer, the last state, the chunks written."""
 
     offer: bytes | None = None  # the accepted envelope's bytes
+    seq: int = 0  # the highest offer seq accepted (kept when an offer is withdrawn)
     state: UpdateState | None = None  # the last state published
     partial: Mapping[str, frozenset[int]] = field(default_factory=dict)  # file sha256 -> chunk indexes written
     trial: str | None = None  # the version on trial, when it is the one running (``<app>/trial.json``)
@@ -176,6 +177,7 @@ class Stage:
     signature: bytes = field(repr=False)
     allow_downgrade: bool
     rollout: str
+    offer: bytes = field(repr=False, default=b"")  # the operator's envelope, staged as offer.env
 
 
 @dataclass(frozen=True)
