@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-scale test bench lock clean prompts
+.PHONY: install demo demo-scale test bench lock clean prompts release
 
 install:
 	@./.ci/bootstrap
@@ -37,5 +37,23 @@ clean:
 prompts: install
 	$(BIN)/python firmware/data/make_prompt.py en en-us "This call is being recorded for quality assurance." firmware/data/prompt-en.ogg
 	$(BIN)/python firmware/data/make_speech.py firmware/data
+
+# The box's release from this working tree: the linetap wheel and the aarch64 wheels it needs for CPython 3.11
+# (fetched as image/build-rootfs fetches them, so it needs the package index), signed with RELEASE_KEY and kept in
+# the central data dir (DATA_DIR, else $$LINETAP_CENTRAL_DATA_DIR) for `linetap-central fleet update push`.
+# make release RELEASE_KEY=/offline/release.key [DATA_DIR=/var/lib/linetap-central] [BOARDS=a,b] [MIN_PREVIOUS=0.1]
+RELEASE_PLATFORMS := $(foreach m,36 35 34 33 32 31 30 29 28 27 26 25 24 23 22 21 20 19 18 17,--platform manylinux_2_$(m)_aarch64) \
+	--platform manylinux2014_aarch64 --platform linux_aarch64
+release: install
+	@test -n "$(RELEASE_KEY)" || { echo "usage: make release RELEASE_KEY=PATH [DATA_DIR=DIR] [BOARDS=a,b] [MIN_PREVIOUS=V]" >&2; exit 2; }
+	@set -e; work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; mkdir -p "$$work/src" "$$work/wheels"; \
+	tar --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml README.md constraints.txt firmware drivers sync \
+		hardware | tar -xf - -C "$$work/src"; \
+	$(BIN)/python -m pip wheel -q --no-deps -w "$$work/wheels" "$$work/src"; \
+	$(BIN)/python -m pip download -q --only-binary=:all: $(RELEASE_PLATFORMS) --python-version 3.11 \
+		--implementation cp -c constraints.txt -d "$$work/wheels" "$$work"/wheels/linetap-*.whl \
+		-r image/requirements-target.txt; \
+	$(BIN)/linetap-central $(if $(DATA_DIR),--data-dir $(DATA_DIR)) release build --release-key "$(RELEASE_KEY)" \
+		--wheels "$$work/wheels" $(if $(BOARDS),--boards $(BOARDS)) $(if $(MIN_PREVIOUS),--min-previous $(MIN_PREVIOUS))
 
 include image/Makefile.inc

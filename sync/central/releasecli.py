@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ def _keygen(args: argparse.Namespace) -> int:
     from linetap.sync.central.keys import make_release_key
 
     public = make_release_key(args.out)
+    # The public half alone on stdout, for a script: KEY=$(linetap-central release keygen --out ...).
     print(f"release key written to {args.out}; give every box its public half "
-          "(linetap keys init --release-key ...):")
+          "(linetap keys init --release-key ...):", file=sys.stderr)
     print(public_key_b64(public))
     return 0
 

@@ -37,7 +37,7 @@ def test_keygen_writes_a_private_key_once_and_prints_its_public_half(tmp_path: P
     path = tmp_path / "offline" / "release.key"
     code, out = run(capsys, "release", "keygen", "--out", str(path))
     assert code == 0 and path.stat().st_mode & 0o777 == 0o600
-    public = out.strip().splitlines()[-1]
+    (public,) = out.split()
     key = load_release_key(path)
     assert public_key_from_b64(public).public_bytes_raw() == key.public_key().public_bytes_raw()
     assert "PRIVATE" not in out
