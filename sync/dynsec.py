@@ -182,21 +182,26 @@ def write_initial_config(path: Path, centre: Sequence[str], *, admin: str = ADMI
 # ------------------------------------------------------------ at run time --
 
 def enrol_commands(device_id: str) -> dict[str, Any]:
-    """What the plugin is sent to let a newly enrolled box in with its certificate (no password)."""
+    """What the plugin is sent to let a newly enrolled box in with its certificate (no password).
+
+    The role's rights go one ``addRoleACL`` each, so enrolling a box again gives a role made by an
+    older version the rights added since (``update/...``); those it has answer "already exists".
+    """
     role = box_role(device_id)
     return {"commands": [
-        {"command": "createRole", "rolename": role["rolename"], "textname": role["textname"],
-         "acls": role["acls"]},
+        {"command": "createRole", "rolename": role["rolename"], "textname": role["textname"]},
         {"command": "createClient", "username": device_id, "textname": f"box {device_id}",
          "roles": [{"rolename": role["rolename"], "priority": 0}]},
+        *({"command": "addRoleACL", "rolename": role["rolename"], **acl} for acl in role["acls"]),
     ]}
 
 
 def grant_box(settings: BrokerSettings, device_id: str, *, timeout: float = 10.0) -> list[str]:
-    """Give an enrolled box its broker role on the running broker; the plugin's answers, one per command.
+    """Give an enrolled box its broker role on the running broker; the plugin's answers to creating the
+    role and the client, and how many rights were added to the role.
 
     An identity that already exists counts as done (enrolling again, or a key
-    replaced), so the call can be repeated. Raises :class:`SyncError` naming
+    replaced), so the call can be repeated; a role lacking rights added since it was made gets them. Raises :class:`SyncError` naming
     the command the broker refused and why.
     """
     from linetap.sync.mqtt import BrokerClient
@@ -242,9 +247,10 @@ def grant_box(settings: BrokerSettings, device_id: str, *, timeout: float = 10.0
         if error and "already exists" not in error:
             raise SyncError(f"the broker refused {sent['command']} for {device_id}: {error}")
         outcomes.append(error or "ok")
-    logger.info("broker role given device_id=%s role=%s outcomes=%s", device_id, box_role_name(device_id),
-                outcomes)
-    return outcomes
+    added = sum(o == "ok" for o in outcomes[2:])
+    logger.info("broker role given device_id=%s role=%s outcomes=%s rights_added=%d", device_id,
+                box_role_name(device_id), outcomes[:2], added)
+    return outcomes[:2] + [f"{added} rights added"]
 
 
 # ------------------------------------------------- the shipped configuration --

@@ -72,7 +72,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certificate_authority: Certi
     work = tmp_path_factory.mktemp("secure-broker")
     ca = certificate_authority
     server = ca.issue_server()
-    certs = {name: ca.issue_client(name) for name in (*BOXES, *HOSTILE, CENTRAL, *WORKERS, "box-late")}
+    certs = {name: ca.issue_client(name) for name in (*BOXES, *HOSTILE, CENTRAL, *WORKERS, "box-late",
+                                                                "box-old")}
     dynsec_file = work / "dynsec.json"
     dynsec.write_initial_config(dynsec_file, WORKERS, boxes=(*BOXES, *HOSTILE))
     port = free_port()
@@ -371,12 +372,34 @@ def test_enrolment_gives_a_new_box_its_role_at_run_time_and_only_the_enroller_ca
     box_a.publish(dynsec.CONTROL_TOPIC, json.dumps(dynsec.enrol_commands("box-late")).encode())
     assert late.subscribe(wire.ack_filter("box-late")) == [NOT_AUTHORIZED]
 
-    assert dynsec.grant_box(fleet.settings(CENTRAL), "box-late", timeout=WAIT) == ["ok", "ok"]
+    rights = len(dynsec.box_role("box-late")["acls"])
+    assert dynsec.grant_box(fleet.settings(CENTRAL), "box-late", timeout=WAIT) == ["ok", "ok",
+                                                                                   f"{rights} rights added"]
     assert late.subscribe(wire.ack_filter("box-late")) == [1]
     assert late.subscribe(f"$share/ingest/{ROOT}/+/up/#") == [NOT_AUTHORIZED]
     # Again (enrolled twice, or a replaced key): nothing to do, no error.
     assert dynsec.grant_box(fleet.settings(CENTRAL), "box-late", timeout=WAIT) == [
-        "Role already exists", "Client already exists"]
+        "Role already exists", "Client already exists", "0 rights added"]
+
+
+def test_enrolling_again_gives_a_role_made_before_updates_its_update_topics(fleet: Fleet, connect) -> None:
+    old = dynsec.box_role("box-old")
+    before = [a for a in old["acls"] if "/update/" not in a["topic"]]  # the role as an older version made it
+    central = connect(CENTRAL)  # the plugin answers on $CONTROL/.../response, which only central may read
+    assert central.subscribe(dynsec.RESPONSE_TOPIC) == [1]
+    central.publish(dynsec.CONTROL_TOPIC, json.dumps({"commands": [
+        {"command": "createRole", "rolename": old["rolename"], "acls": before},
+        {"command": "createClient", "username": "box-old", "roles": [{"rolename": old["rolename"]}]}]}).encode())
+    assert central.received_until(dynsec.RESPONSE_TOPIC) == [dynsec.RESPONSE_TOPIC]
+    box_old = connect("box-old")
+    assert box_old.subscribe(f"{ROOT}/box-old/update/offer") == [NOT_AUTHORIZED]
+    assert box_old.subscribe(f"{ROOT}/box-old/ack/#") == [1]
+
+    assert dynsec.grant_box(fleet.settings(CENTRAL), "box-old", timeout=WAIT) == [
+        "Role already exists", "Client already exists", f"{len(old['acls']) - len(before)} rights added"]
+    box_old = connect("box-old")
+    assert box_old.subscribe(f"{ROOT}/box-old/update/offer") == [1]
+    assert box_old.subscribe(f"{ROOT}/box-old/update/chunk") == [1]
 
 
 def test_a_worker_identity_cannot_give_roles(fleet: Fleet) -> None:
