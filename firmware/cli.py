@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="make (up) or remove (down) the USB device the PC sees on a USB inline board")
     gadget.add_argument("action", choices=("up", "down"))
     gadget.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a fake root in tests
+    from linetap.sync import appcli
+
+    appcli.add_parser(sub, common)
     return parser
 
 
@@ -128,6 +131,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys(args)
     if args.command == "spool":
         return _spool(args)
+    if args.command == "update":
+        from linetap.sync import appcli
+
+        return appcli.run(args, data_dir(args))
     if args.command == "gadget":
         return devices.usb_gadget(load_config(args.config), args.action, args.root)
     config = load_config(args.config)

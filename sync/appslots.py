@@ -42,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,9 @@ from linetap.firmware.keys import public_key_from_b64
 from linetap.firmware.manifest import canonical
 from linetap.firmware.untrusted import MAX_SAFE_INT, Untrusted, loads
 from linetap.sync.release import HEX64, VERSION
+from linetap.sync.slotgate import APP_ROOT_ENV, DEFAULT_APP_ROOT, Health, Named, Outcome, Request, Trial
 from linetap.sync.updatewire import CODES, MAX_REASON, OUTCOMES
 
-APP_ROOT_ENV = "LINETAP_APP_ROOT"
-DEFAULT_APP_ROOT = "/data/app"
 MAX_SLOT_FILE = 4096
 
 # <box data>/update/
@@ -117,51 +116,6 @@ def version_link(version: str) -> str:
 def wheel_path(app_root: Path, version: str, sha256: str) -> Path:
     """A kept release file: the box looks here before it fetches a file again."""
     return version_dir(app_root, version) / WHEELS / _check_id(sha256, "file sha256")
-
-
-# ---------------------------------------------------------------- values --
-
-@dataclass(frozen=True)
-class Request:
-    release_id: str
-    version: str
-    allow_downgrade: bool
-    at_ms: int
-
-
-@dataclass(frozen=True)
-class Named:
-    """What switch.json, prepared.json and version.json hold: one release."""
-
-    release_id: str
-    version: str
-
-
-@dataclass(frozen=True)
-class Health:
-    version: str
-    healthy: bool
-    code: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Trial:
-    version: str
-    release_id: str
-    previous: str | None
-    deadline_ms: int
-    starts: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    version: str | None
-    release_id: str | None
-    outcome: str
-    code: str | None
-    reason: str
-    at_ms: int
 
 
 # ------------------------------------------------------- checks (values) --
@@ -267,18 +221,25 @@ def read_switch(data_dir: Path) -> Named | None:
     return _read_named(update_dir(data_dir) / SWITCH)
 
 
+def read_healthy(data_dir: Path) -> Health | None:
+    path = update_dir(data_dir) / HEALTHY
+    value = _read_object(path, {"version"})
+    return None if value is None else Health(_check_version(value["version"], f"{path} version"), healthy=True)
+
+
+def read_unhealthy(data_dir: Path) -> Health | None:
+    path = update_dir(data_dir) / UNHEALTHY
+    value = _read_object(path, {"code", "reason", "version"})
+    if value is None:
+        return None
+    return Health(_check_version(value["version"], f"{path} version"), healthy=False,
+                  code=_check_code(value["code"], f"{path} code"),
+                  reason=_check_reason(value["reason"], f"{path} reason"))
+
+
 def read_health(data_dir: Path) -> tuple[Health | None, Health | None]:
     """(healthy.json, unhealthy.json), each None when absent."""
-    folder = update_dir(data_dir)
-    good = _read_object(folder / HEALTHY, {"version"})
-    bad = _read_object(folder / UNHEALTHY, {"code", "reason", "version"})
-    healthy = None if good is None else Health(_check_version(good["version"], f"{folder / HEALTHY} version"),
-                                               healthy=True)
-    unhealthy = None if bad is None else Health(
-        _check_version(bad["version"], f"{folder / UNHEALTHY} version"), healthy=False,
-        code=_check_code(bad["code"], f"{folder / UNHEALTHY} code"),
-        reason=_check_reason(bad["reason"], f"{folder / UNHEALTHY} reason"))
-    return healthy, unhealthy
+    return read_healthy(data_dir), read_unhealthy(data_dir)
 
 
 def read_prepared(app_root: Path) -> Named | None:

@@ -108,6 +108,7 @@ SANS_IO_CORES = {
     "signed envelopes": ("sync/signed.py", "sync/signed/**/*.py"),
     "releases and update wire": ("sync/release.py", "sync/updatewire.py"),
     "box update core": ("sync/update.py", "sync/updateevents.py"),
+    "update gate decisions": ("sync/slotgate.py",),
     "delivery receipts": ("firmware/receipt.py",),
     "trusted timestamps": ("sync/central/timestamps.py",),
     "console playback and peaks": ("sync/central/media.py", "sync/central/peaks.py"),
