@@ -82,6 +82,17 @@ class _Box:
         else:
             self.ask(1)
 
+    def fetch(self) -> float:
+        """Seconds to receive every chunk wanted, ``WINDOW`` requests outstanding."""
+        try:
+            started = time.perf_counter()
+            self.ask(WINDOW)
+            if not self.done.wait(WAIT_S):
+                raise RuntimeError(f"the box had {self.got} of {len(self.wanted)} chunks after {WAIT_S:.0f} s")
+            return time.perf_counter() - started
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -92,19 +103,11 @@ def _ours(broker: LocalBroker, store: ReleaseStore, kept: KeptRelease, rate: flo
     wanted = [(f.sha256, i) for f in kept.release.files for i in range(len(f.chunks))]
     with ChunkServer(store, settings, client_id=f"bench-chunks-{rate:.0f}", rate=rate, burst=WINDOW) as server:
         server.wait_ready(10)
-        box = _Box(broker, wanted, kept.release_id)
-        try:
-            started = time.perf_counter()
-            box.ask(WINDOW)
-            if not box.done.wait(WAIT_S):
-                raise RuntimeError(f"the box had {box.got} of {len(wanted)} chunks after {WAIT_S:.0f} s")
-            return time.perf_counter() - started
-        finally:
-            box.close()
+        return _Box(broker, wanted, kept.release_id).fetch()
 
 
 def _peer(broker: LocalBroker, kept: KeptRelease, frames: dict[tuple[str, int], bytes]) -> float:
-    """A bare responder: answers each request with the frame already in memory, from paho's own thread."""
+    """A bare responder: answers each request with the frame already in memory."""
     responder = _client(broker, "bench-peer")
     subscribed: queue.Queue[int] = queue.Queue()
     responder.on_subscribe = lambda *_a: subscribed.put(1)
@@ -121,19 +124,13 @@ def _peer(broker: LocalBroker, kept: KeptRelease, frames: dict[tuple[str, int], 
     thread.start()
     responder.subscribe(updatewire.get_topic(DEVICE), qos=1)
     subscribed.get(timeout=10)
-    box = _Box(broker, list(frames), kept.release_id)
     try:
-        started = time.perf_counter()
-        box.ask(WINDOW)
-        if not box.done.wait(WAIT_S):
-            raise RuntimeError(f"the peer's box had {box.got} of {len(frames)} chunks after {WAIT_S:.0f} s")
-        return time.perf_counter() - started
+        return _Box(broker, list(frames), kept.release_id).fetch()
     finally:
         asked.put(None)
         thread.join()
         responder.disconnect()
         responder.loop_stop()
-        box.close()
 
 
 def run() -> dict:

@@ -12,6 +12,10 @@ so the tracker can match every state a box reports to it.
 SHA-256 of the rollout id and the device id, the first ceil(N% of them). A
 rollout's pick never changes; another rollout picks differently.
 
+A push to a box replaces the retained offer of an earlier rollout it has
+not finished: that rollout counts the box withdrawn (and is done once all
+its other targets are).
+
 Halting (:func:`halt`): the rollout's state becomes ``halted`` and the offers
 of the targets that have not started installing (no outcome yet, and not
 past ``staged``) are withdrawn with an empty retained message on
@@ -131,9 +135,11 @@ def push_update(settings: BrokerSettings, data_dir: Path, version: str, targets:
         operator = load_operator_key(data_dir)
         devices = resolve_targets(index, targets, rollout_id)
         seqs = {d: index.next_fleet_seq(d, "update", at_least=1) for d in devices}
-        index.add_rollout({"rollout_id": rollout_id, "version": kept.release.version,
-                           "release_id": kept.release_id, "halt_permille": round(halt_at * 1000),
-                           "allow_downgrade": allow_downgrade, "state": "active", "created_ms": now_ms}, seqs)
+        replaced = index.add_rollout({"rollout_id": rollout_id, "version": kept.release.version,
+                                      "release_id": kept.release_id, "halt_permille": round(halt_at * 1000),
+                                      "allow_downgrade": allow_downgrade, "state": "active", "created_ms": now_ms},
+                                     seqs)
+        judge(index, sorted(replaced), now_ms)  # an older rollout whose last pending box this push took is done
     sealed = {d: seal("update", d, body, operator, seq=seqs[d], now_ms=now_ms, ttl_ms=round(ttl_days * DAY_MS))
               for d in devices}
     _publish_retained(settings, {updatewire.offer_topic(d): sealed[d] for d in devices}, timeout, "update")

@@ -61,11 +61,25 @@ class RolloutTables:
 
     # -- rollouts --
 
-    def add_rollout(self, row: Mapping[str, Any], seqs: Mapping[str, int]) -> None:
-        """A new rollout and its targets (device → the offer's seq), in one transaction."""
+    def add_rollout(self, row: Mapping[str, Any], seqs: Mapping[str, int]) -> set[str]:
+        """A new rollout and its targets (device → the offer's seq), in one transaction.
+
+        The new offer replaces a target's offer of an active rollout it has no outcome of yet: that
+        rollout counts it withdrawn. Returns the rollouts so touched.
+        """
+        touched: set[str] = set()
         with self._sql() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                for device_id in seqs:
+                    replaced = [r["rollout_id"] for r in db.execute(
+                        "SELECT t.rollout_id FROM rollout_targets t JOIN rollouts r ON r.rollout_id = t.rollout_id "
+                        "WHERE t.device_id = ? AND t.outcome IS NULL AND t.withdrawn_ms IS NULL "
+                        "AND r.state = 'active'", (device_id,))]
+                    for rollout_id in replaced:
+                        db.execute("UPDATE rollout_targets SET withdrawn_ms = ? WHERE rollout_id = ? AND "
+                                   "device_id = ?", (row["created_ms"], rollout_id, device_id))
+                    touched.update(replaced)
                 db.execute(f"INSERT INTO rollouts ({', '.join(ROLLOUT_COLUMNS)}) VALUES "
                            f"({', '.join('?' for _ in ROLLOUT_COLUMNS)})",
                            [int(row[c]) if c == "allow_downgrade" else row[c] for c in ROLLOUT_COLUMNS])
@@ -76,6 +90,7 @@ class RolloutTables:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        return touched
 
     def rollout(self, rollout_id: str) -> dict[str, Any] | None:
         with self._sql() as db:

@@ -145,8 +145,8 @@ def test_push_offers_the_signed_release_retained_to_each_target(centre: Centre, 
         updatewire.offer_topic(targets[0])])
     assert (seq, offer.rollout, offer.allow_downgrade) == (2, again["rollout"], True)
     status = centre.run_json("fleet", "update", "status")["rollouts"]
-    assert [(r["rollout_id"], r["state"], r["counts"]["targets"]) for r in status] == [
-        (pushed["rollout"], "active", 2), (again["rollout"], "active", 1)]
+    assert [(r["rollout_id"], r["state"], r["counts"]["targets"], r["counts"]["withdrawn"]) for r in status] == [
+        (pushed["rollout"], "active", 2, 1), (again["rollout"], "active", 1, 0)]  # its offer to the box replaced
 
 
 def test_push_refuses_an_unknown_version_and_unenrolled_boxes(centre: Centre) -> None:
