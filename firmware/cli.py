@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="list the audio devices and serial ports this machine has")
     add_json(devices)
     _add_doctor(sub, common)
+    selftest = sub.add_parser("selftest", parents=[common],
+                              help="the checks a new version must pass: drivers, pipeline, spool, broker")
+    add_json(selftest, "print the checks as a JSON list")
+    selftest.add_argument("--broker-timeout", type=float, default=10.0, metavar="SECONDS",
+                          help="how long to wait for the broker connection (default 10)")
     gadget = sub.add_parser("gadget", parents=[common],
                             help="make (up) or remove (down) the USB device the PC sees on a USB inline board")
     gadget.add_argument("action", choices=("up", "down"))
@@ -127,6 +132,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return devices.list_devices(as_json=args.json)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "selftest":
+        from linetap.firmware import selftest
+        from linetap.firmware.clock import SystemClock
+
+        return selftest.main(load_config(args.config), data_dir(args), SystemClock(), as_json=args.json,
+                             broker_timeout_s=args.broker_timeout)
     if args.command == "keys":
         return _keys(args)
     if args.command == "spool":

@@ -144,6 +144,7 @@ def run(config: Config, data_dir: Path) -> int:
             # Before the loop runs, so no recording closes and no alarm is raised unheard.
             notify = sync.notify
             loop.on_recording, loop.on_alarm = (lambda _recording: notify()), sync.alarm
+        unhealthy = _check_trial(config, data_dir, board, sync, stop, clock)
         _serve(loop, board.codec, stop, notifier)
     finally:
         board.close()
@@ -152,7 +153,35 @@ def run(config: Config, data_dir: Path) -> int:
             sync.close()
         if sink is not None:
             sink.spool.close()
-    return 0
+    return 1 if unhealthy else 0
+
+
+def _check_trial(config: Config, data_dir: Path, board: Board, sync: BoxSync | None, stop: threading.Event,
+                 clock: Clock) -> list[str]:
+    """When this version is on trial after an update, self-test it (a thread); a failure stops the service.
+
+    The list it returns gets the failure's reason, so :func:`run` exits 1.
+    """
+    from linetap.firmware import __version__, selftest
+    from linetap.sync.updater import app_root_path
+
+    failed: list[str] = []
+
+    def connected(deadline_s: float) -> bool:
+        until = clock.monotonic() + deadline_s
+        while not sync.link.connected:
+            if stop.wait(0.1) or clock.monotonic() >= until:
+                return sync.link.connected
+        return True
+
+    def on_failed(reason: str) -> None:
+        failed.append(reason)
+        stop.set()
+
+    selftest.start_trial_check(config, data_dir, app_root_path(), __version__, clock=clock,
+                               drivers=lambda: _drivers_answer(config, board),
+                               broker=None if sync is None else connected, on_failed=on_failed)
+    return failed
 
 
 def _start_board(pushed: PushedConfig, local: Config, clock: Clock, inbox: queue.SimpleQueue[object]
@@ -203,6 +232,11 @@ def _serve(loop: CallLoop, codec: Codec, stop: threading.Event, notifier: Notifi
         raise reader.error
 
 
+def _drivers_answer(config: Config, board: Board) -> str:
+    board.codec.stats()  # the codec answers
+    return f"board {config.device.board}: {type(board.codec).__name__} open"
+
+
 def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: Notifier) -> AppHooks:
     """What the fleet's commands do on this box: requests to the call loop, or the stop event."""
     from linetap.sync.boxsync import AppHooks, AudioFigures
@@ -229,8 +263,11 @@ def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: N
         new.board_profile()
         load_prompts(new)
 
+    def line_busy() -> bool:  # read on the update thread; the call loop's thread alone changes the flow
+        return loop.flow.call is not None or loop.flow.state.value != "idle"
+
     return AppHooks(identify=lambda seconds: loop.post(Identify(seconds)), test_announcement=test_announcement,
-                    restart=restart, audio=audio, check_config=check_config)
+                    restart=restart, audio=audio, check_config=check_config, line_busy=line_busy)
 
 
 def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,

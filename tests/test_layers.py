@@ -25,7 +25,7 @@ FOUNDATION = {"linetap.firmware.errors", "linetap.firmware.clock", "linetap.firm
 HARDWARE_AND_NETWORK = ("paho", "sounddevice", "gpiozero", "serial")
 # The firmware modules (and the doctor package) that build drivers, start threads or speak to the user.
 FIRMWARE_EDGE = {"callloop.py", "cli.py", "demo.py", "devices.py", "doctor", "replay.py", "scripted.py",
-                 "service.py"}
+                 "selftest.py", "service.py"}
 
 
 def _imports(path: Path) -> set[str]:
