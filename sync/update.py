@@ -56,7 +56,7 @@ from linetap.firmware.clock import Clock
 from linetap.sync import release, updatewire
 from linetap.sync.signed import EnvelopeRefused, open_envelope
 from linetap.sync.updateevents import (
-    Action, CheckFile, ChunkArrived, Discard, DiskFacts, Event, FileChecked, Finished, FinishedSeen,
+    Action, CheckFile, ChunkArrived, Discard, DiskFacts, Event, FileChecked, FinishedSeen,
     OfferArrived, PreparedSeen, Report, RequestChunk, RequestSwitch, SaveOffer, Saved, Stage, StageDone,
     SwitchRefused, Tick, Unstage, WriteChunk)
 from linetap.sync.updatewire import UpdateState

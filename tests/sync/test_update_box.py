@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pyrage
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
-from linetap.firmware.keys import public_key_b64
+from linetap.firmware.keys import keys_init, public_key_b64
+from linetap.firmware.spool import Spool
 from linetap.sync import appslots, release, updatewire
+from linetap.sync.boxsync import AppHooks, BoxSync
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.chunkserver import ChunkServer
 from linetap.sync.central.releases import KeptRelease, ReleaseStore
@@ -258,3 +261,33 @@ def test_the_state_is_published_again_on_every_connect(centre, make_box, shared_
     intruder.disconnect()
     assert connects.wait(WAIT)
     watcher.wait_state(box.device, lambda s: sum(1 for d, _ in watcher.states if d == box.device) > count)
+
+
+# ----------------------------------------------------------- the box's sync --
+
+def test_boxsync_routes_updates_fetches_after_recordings_and_switches_by_the_app_s_hooks(centre, tmp_path,
+                                                                                       shared_broker):
+    kept, watcher = centre["kept"]["0.2.0"], centre["watcher"]
+    device, data, app = "upd-boxsync-1", tmp_path / "box", tmp_path / "app"
+    keys_init(data, str(pyrage.x25519.Identity.generate().to_public()), public_key_b64(OPERATOR.public_key()),
+              release_key=public_key_b64(RELEASE_KEY.public_key()))
+    defaults = Config()
+    config = defaults.model_copy(update={
+        "device": defaults.device.model_copy(update={"id": device}),
+        "sync": defaults.sync.model_copy(update={"broker": shared_broker.host, "port": shared_broker.port,
+                                                 "tls": False})})
+    busy, restarted = [False], threading.Event()
+    spool = Spool(data, device_id=device, clock=SystemClock())
+    hooks = AppHooks(restart=lambda _reason: restarted.set(), line_busy=lambda: busy[0])
+    with BoxSync(config, spool, data, clock=SystemClock(), hooks=hooks, app_root=app) as sync:
+        watcher.wait_state(device, lambda s: s["state"] == "idle")
+        watcher.offer(device, kept, seq=1)
+        watcher.wait_state(device, lambda s: s["state"] == "preparing")
+        busy[0] = True
+        appslots.write_prepared(app, appslots.Named(release_id=kept.release_id, version="0.2.0"))
+        watcher.wait_state(device, lambda s: s["state"] == "waiting-idle")
+        busy[0] = False
+        assert restarted.wait(WAIT)
+        assert appslots.read_switch(data) == appslots.Named(release_id=kept.release_id, version="0.2.0")
+        assert sync.updater.switched.is_set()
+    spool.close()
