@@ -55,6 +55,8 @@ from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables, forget_analysis
 from linetap.sync.central.copytables import CopyIndex, CopyTables
 from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
+from linetap.sync.central.figuresindex import COLUMNS as FIGURE_COLUMNS
+from linetap.sync.central.figuresindex import figure_values
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
 from linetap.sync.central.indexschema import SCHEMA_VERSION, upgrade
 from linetap.sync.central.peakslog import PeaksTables
@@ -299,12 +301,14 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
     def add_recording(self, row: dict[str, Any], vouched: Sequence[str] = (), sign: Signer | None = None) -> bool:
         values = [json.dumps(row[c]) if c in _JSON_COLUMNS and row[c] is not None else
                   int(row[c]) if c in _FLAG_COLUMNS else row[c] for c in RECORDING_COLUMNS]
+        values += figure_values(row["metrics"])  # the QA figures the calls search filters on
+        columns = (*RECORDING_COLUMNS, *FIGURE_COLUMNS.values())
         device, rid = row["device_id"], row["recording_id"]
         with self._sql() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = db.execute(f"INSERT INTO recordings ({', '.join(RECORDING_COLUMNS)}) VALUES "
-                                    f"({', '.join('?' * len(RECORDING_COLUMNS))}) ON CONFLICT DO NOTHING", values)
+                cursor = db.execute(f"INSERT INTO recordings ({', '.join(columns)}) VALUES "
+                                    f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", values)
                 inserted = cursor.rowcount == 1
                 db.executemany("UPDATE objects SET vouched = 1 WHERE device_id = ? AND recording_id = ? "
                                "AND name = ? AND vouched = 0", [(device, rid, name) for name in vouched])
@@ -405,6 +409,7 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
     def mark_erased(self, recording_id: str, now_ms: int, reason: str, tombstone_key: str, *, device_id: str) -> None:
         with self._sql() as db:
             db.execute("UPDATE recordings SET caller_number = NULL, caller_name = NULL, metrics = NULL, "
+                       f"{''.join(f'{c} = NULL, ' for c in FIGURE_COLUMNS.values())}"
                        "consent = NULL, ended_by = NULL, erased_ms = ?, erase_reason = ?, tombstone_key = ? "
                        "WHERE device_id = ? AND recording_id = ?",
                        (now_ms, reason, tombstone_key, device_id, recording_id))

@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS recordings (
     erased_ms BIGINT,
     erase_reason TEXT,
     tombstone_key TEXT,
+    qa_talk_ratio DOUBLE PRECISION,  -- QA figures from metrics, for the calls search (sync/central/figuresindex.py)
+    qa_silence_share DOUBLE PRECISION,
+    qa_overtalk_share DOUBLE PRECISION,
+    qa_hold_s DOUBLE PRECISION,
     PRIMARY KEY (device_id, recording_id)
 );
 CREATE INDEX IF NOT EXISTS recordings_id ON recordings (recording_id);
@@ -332,18 +336,41 @@ CREATE TABLE IF NOT EXISTS update_states (
     at_ms BIGINT NOT NULL,
     received_ms BIGINT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS recordings_qa_talk_ratio ON recordings (qa_talk_ratio);
+CREATE INDEX IF NOT EXISTS recordings_qa_silence_share ON recordings (qa_silence_share);
+CREATE INDEX IF NOT EXISTS recordings_qa_overtalk_share ON recordings (qa_overtalk_share);
+CREATE INDEX IF NOT EXISTS recordings_qa_hold_s ON recordings (qa_hold_s);
 """
 
+_CALLER_KEY = "(SELECT id FROM caller_keys WHERE device_id = {0}.device_id AND recording_id = {0}.recording_id)"
+_CALLER_ADD = (
+    "INSERT OR IGNORE INTO caller_keys (device_id, recording_id) SELECT NEW.device_id, NEW.recording_id "
+    "WHERE NEW.caller_number IS NOT NULL OR NEW.caller_name IS NOT NULL; "
+    f"INSERT INTO caller_fts (rowid, caller_number, caller_name) SELECT {_CALLER_KEY.format('NEW')}, "
+    "NEW.caller_number, NEW.caller_name WHERE NEW.caller_number IS NOT NULL OR NEW.caller_name IS NOT NULL;")
+_CALLER_DROP = f"DELETE FROM caller_fts WHERE rowid = {_CALLER_KEY.format('OLD')};"
+
 # Engine-specific full-text search over transcript_lines: FTS5 here, a GIN index in pgschema.PG_INDEXES.
+# The caller search's trigram index: an FTS5 trigram table here, pg_trgm indexes there. Its rows are
+# keyed by caller_keys.id (recordings' own rowids may change in a VACUUM) and kept by triggers, so every
+# writer of recordings (ingest, erasure, migrate-store, a bulk load) keeps it without knowing of it.
 SQLITE_ONLY = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5(text, device_id UNINDEXED, "
     "recording_id UNINDEXED, channel UNINDEXED, line UNINDEXED, tokenize = 'porter unicode61')",
+    "CREATE TABLE IF NOT EXISTS caller_keys (id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, "
+    "recording_id TEXT NOT NULL, UNIQUE (device_id, recording_id))",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS caller_fts USING fts5(caller_number, caller_name, tokenize = 'trigram')",
+    f"CREATE TRIGGER IF NOT EXISTS caller_fts_insert AFTER INSERT ON recordings BEGIN {_CALLER_ADD} END",
+    "CREATE TRIGGER IF NOT EXISTS caller_fts_update AFTER UPDATE OF caller_number, caller_name ON recordings "
+    f"BEGIN {_CALLER_DROP} {_CALLER_ADD} END",
+    f"CREATE TRIGGER IF NOT EXISTS caller_fts_delete AFTER DELETE ON recordings BEGIN {_CALLER_DROP} "
+    "DELETE FROM caller_keys WHERE device_id = OLD.device_id AND recording_id = OLD.recording_id; END",
 )
 
 # PostgreSQL's searched expression (pgschema's GIN index; analytics/tables.py's queries match it).
 TSVECTOR = "to_tsvector('english', text)"
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -410,10 +437,29 @@ def _migrate_8_to_9(db: sqlite3.Connection) -> None:
     # Their CREATE statements run in create(), which upgrade() calls after every migration.
 
 
+def _migrate_9_to_10(db: sqlite3.Connection) -> None:
+    """QA figures as numeric columns of ``recordings`` (``qa_talk_ratio`` ...), filled from the metrics of
+    the recordings already stored, and the caller search's trigram index (``caller_fts``), from their callers."""
+    from linetap.sync.central.figuresindex import COLUMNS, fill_figures
+
+    have = {r["name"] for r in db.execute("PRAGMA table_info(recordings)")}
+    for column in COLUMNS.values():
+        if column not in have:
+            db.execute(f"ALTER TABLE recordings ADD COLUMN {column} DOUBLE PRECISION")
+    create(db)
+    filled = fill_figures(db)
+    db.execute("INSERT OR IGNORE INTO caller_keys (device_id, recording_id) SELECT device_id, recording_id "
+               "FROM recordings WHERE caller_number IS NOT NULL OR caller_name IS NOT NULL")
+    db.execute("INSERT INTO caller_fts (rowid, caller_number, caller_name) SELECT k.id, r.caller_number, "
+               "r.caller_name FROM caller_keys k JOIN recordings r ON r.device_id = k.device_id AND "
+               "r.recording_id = k.recording_id WHERE k.id NOT IN (SELECT rowid FROM caller_fts)")
+    logger.info("index figures filled recordings=%d", filled)
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
               4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7,
-              7: _migrate_7_to_8, 8: _migrate_8_to_9}
+              7: _migrate_7_to_8, 8: _migrate_8_to_9, 9: _migrate_9_to_10}
 
 
 def create(db: sqlite3.Connection) -> None:

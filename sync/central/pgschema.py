@@ -85,6 +85,19 @@ def _tables_added(db: Connection[Any]) -> None:
     """A step whose tables are all new: upgrade() runs create() (IF NOT EXISTS) after the steps."""
 
 
+def _migrate_9_to_10(db: Connection[Any]) -> None:
+    """QA figures as numeric columns of ``recordings``, filled from the metrics of the recordings already
+    stored; their indexes come with create() (indexschema's step of the same number; the caller search
+    has its pg_trgm indexes already)."""
+    from linetap.sync.central.figuresindex import COLUMNS, fill_figures
+    from linetap.sync.central.pgindex import PgConnection
+
+    for column in COLUMNS.values():
+        db.execute(f"ALTER TABLE recordings ADD COLUMN IF NOT EXISTS {column} DOUBLE PRECISION")
+    filled = fill_figures(PgConnection(db))
+    logger.info("index figures filled recordings=%d", filled)
+
+
 # version -> the step that brings a database of that version to the next one (PostgreSQL databases
 # start at schema 3). A step for SQLite's next version needs its twin here.
 MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
@@ -95,6 +108,7 @@ MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
                        # analysis_events
     7: _tables_added,  # the console: users, sessions, failed logins, desk assignments, saved filters
     8: _tables_added,  # remote updates: fleet_groups, rollouts, rollout_targets, update_states
+    9: _migrate_9_to_10,
 }
 
 

@@ -103,6 +103,12 @@ def _number(value: Any, lo: float, hi: float) -> float | None:
     return value if math.isfinite(value) and lo <= value <= hi else None
 
 
+# A call's figures (:func:`call_figures`) and the range each is kept in: shares of the call (0..1), seconds.
+# The index keeps them as numbers (``call_figures``) so the calls page can filter on them.
+FIGURES = {"talk_ratio": (0.0, 1.0), "silence_share": (0.0, 1.0), "overtalk_share": (0.0, 1.0),
+           "hold_s": (0.0, MAX_CALL_S)}
+
+
 def call_figures(call: Mapping[str, Any]) -> dict[str, float | None]:
     """A call's talk ratio (the agent's share of all talk), silence and over-talk shares, and seconds on
     hold, from its manifest's metrics; None where the box gave none that makes sense."""
@@ -147,7 +153,7 @@ def distributions(calls: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str
     """The four call distributions: talk ratio, silence, over-talk (shares) and hold (seconds)."""
     figures = [call_figures(c) for c in calls]
     return {name: histogram((f[name] for f in figures), HOLD_EDGES if name == "hold_s" else SHARE_EDGES)
-            for name in ("talk_ratio", "silence_share", "overtalk_share", "hold_s")}
+            for name in FIGURES}
 
 
 def calls_per_day(calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -117,3 +117,123 @@ def test_search_scopes_filters_sorts_and_pages(index: IndexTables) -> None:
     assert ids(device_id="desk-1", since_ms=1_000_000 + 2 * 60_000, until_ms=1_000_000 + 4 * 60_000,
                descending=False) == [2, 3]
     assert ids(extra=(("seq = ?", (7,)),)) == [7]
+
+
+# -- QA figures as numbers, and the caller search's trigram index (SQLite) --
+
+def metrics(near: str, far: str, silence: str, hold: list[list[str]] | None = None) -> dict[str, Any]:
+    """QA metrics as a box's manifest carries them: decimal strings."""
+    return {"talk_s": {"near": near, "far": far}, "silence_share": silence, "overtalk_share": "0.05",
+            "hold_spans": hold or []}
+
+
+def test_qa_figures_are_kept_as_numbers_and_searched_by_range(index: IndexTables) -> None:
+    index.add_recording(call("desk-1", 1, metrics=metrics("30", "70", "0.1", [["5.5", "35.5"]])))  # talk 30 %
+    index.add_recording(call("desk-1", 2, metrics=metrics("45", "55", "0.25")))
+    index.add_recording(call("desk-1", 3, metrics=metrics("60", "40", "0.4", [["0", "100"], ["200", "290"]])))
+    index.add_recording(call("desk-1", 4, metrics=None))
+    hostile = {"talk_s": {"near": "NaN", "far": "1e999"}, "silence_share": "7", "overtalk_share": [1],
+               "hold_spans": [["9", "3"]]}
+    index.add_recording(call("desk-1", 5, metrics=hostile))  # nothing makes sense: no figures at all
+
+    def ids(name: str, low: float | None, high: float | None) -> list[int]:
+        rows, total = index.search_recordings(Search(figure=(name, low, high), descending=False))
+        assert total == len(rows)
+        return [r["seq"] for r in rows]
+
+    assert ids("talk_ratio", 0.3, 0.45) == [1, 2]  # both ends included
+    assert ids("talk_ratio", 0.46, None) == [3] and ids("talk_ratio", None, 0.29) == []
+    assert ids("silence_share", 0.2, 1.0) == [2, 3]
+    assert ids("hold_s", 60, None) == [3] and ids("hold_s", 0, 0) == [2]  # 30 s; 190 s; none: 0 s
+    assert ids("overtalk_share", None, None) == [1, 2, 3]  # any value: calls that have one
+    row = index.recording(str(uuid.UUID(int=1)), "desk-1")
+    assert (row["qa_talk_ratio"], row["qa_hold_s"], row["qa_overtalk_share"]) == (0.3, 30.0, 0.05)
+    assert index.recording(str(uuid.UUID(int=5)), "desk-1")["qa_silence_share"] is None
+    index.mark_erased(str(uuid.UUID(int=3)), 9, "asked", "tomb", device_id="desk-1")
+    assert ids("talk_ratio", 0.46, None) == []
+    with pytest.raises(ValueError, match="no QA figure"):
+        index.search_recordings(Search(figure=("talk_ratio; DROP TABLE recordings", None, None)))
+
+
+def test_caller_search_finds_the_same_calls_with_and_without_the_trigram_index(
+        index: IndexTables, monkeypatch: pytest.MonkeyPatch) -> None:
+    from linetap.sync.central import consoleindex
+
+    names = ["Ada Lovelace", "ADA_100%", 'Quote "q" Co', "Zoë Ørsted", None, "back\\slash"]
+    for n in range(1, 41):
+        index.add_recording(call("desk-1", n, caller_number=None if n % 7 == 0 else f"+44 20 7946 {n:04d}",
+                                 caller_name=names[n % len(names)]))
+    needles = ["ada", "7946 001", "DA_1", "0%", '"q"', "zoë", "ørs", "h\\s", "20 7", "+44", "4", "00",
+               "nobody", "946 0040", "lovelace ada"]
+
+    def found(needle: str) -> tuple[list[int], int]:
+        rows, total = index.search_recordings(Search(caller=needle, descending=False, limit=500))
+        return [r["seq"] for r in rows], total
+
+    led = {needle: found(needle) for needle in needles}
+    monkeypatch.setattr(consoleindex, "CALLER_PROBE", 0)  # the LIKE alone, as without the index
+    assert {needle: found(needle) for needle in needles} == led
+    assert led["7946 001"][0] == [10, 11, 12, 13, 15, 16, 17, 18, 19] and led["nobody"] == ([], 0)  # 14: none
+    assert led["ada"][1] == 13 and led["zoë"][1] == 7 and led["0%"][1] == 7  # "Ada ...", "ADA_100%"; "Zoë ..."
+
+
+def test_the_trigram_index_follows_callers_changed_and_erased(tmp_path: Path) -> None:
+    with SqliteIndex(tmp_path / "index.db") as index:
+        for n in range(1, 4):
+            index.add_recording(call("desk-1", n, caller_number=f"+1555000{n}", caller_name=f"Name {n}"))
+        index.mark_erased(str(uuid.UUID(int=2)), 9, "asked", "tomb", device_id="desk-1")
+        with index._sql() as db:
+            db.execute("UPDATE recordings SET caller_name = 'Renamed' WHERE seq = 3")
+            fts = {tuple(r) for r in db.execute("SELECT rowid, caller_number, caller_name FROM caller_fts")}
+            assert consoleindex_probe(db, "renamed") and not consoleindex_probe(db, "Name 3")
+            db.execute("DELETE FROM recordings WHERE seq = 1")
+            assert db.execute("SELECT COUNT(*) FROM caller_fts").fetchone()[0] == 1
+            assert db.execute("SELECT COUNT(*) FROM caller_keys").fetchone()[0] == 2  # the erased one's stays
+        assert [n for _, n, _ in sorted(fts)] == ["+15550001", "+15550003"]
+
+
+def consoleindex_probe(db: Any, text: str) -> bool:
+    found = db.execute("SELECT COUNT(*) FROM caller_fts WHERE caller_fts MATCH ?", ('"' + text + '"',))
+    return found.fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_an_index_of_schema_9_gains_the_figures_and_the_caller_index(kind: str, tmp_path: Path,
+                                                                       request: pytest.FixtureRequest) -> None:
+    import sqlite3
+
+    import psycopg
+
+    from linetap.sync.central.figuresindex import COLUMNS
+
+    location = str(tmp_path / "index.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
+    opened = lambda: SqliteIndex(Path(location)) if kind == "sqlite" else PgIndex(location)  # noqa: E731
+    with opened() as index:
+        index.add_recording(call("desk-1", 1, metrics=metrics("30", "70", "0.1"), caller_name="Ada Lovelace"))
+        index.add_recording(call("desk-1", 2, metrics=metrics("45", "55", "0.25"), caller_name="Bob"))
+        index.add_recording(call("desk-1", 3, metrics={"talk_s": "garbage"}, caller_name="Cy"))
+    # Make it what schema 9 wrote: no figure columns (nor their indexes), no trigram table or triggers.
+    if kind == "sqlite":
+        with sqlite3.connect(location) as db:
+            for statement in ("DROP TRIGGER caller_fts_insert", "DROP TRIGGER caller_fts_update",
+                              "DROP TRIGGER caller_fts_delete", "DROP TABLE caller_fts", "DROP TABLE caller_keys",
+                              *(f"DROP INDEX recordings_{c}" for c in COLUMNS.values()),
+                              *(f"ALTER TABLE recordings DROP COLUMN {c}" for c in COLUMNS.values()),
+                              "PRAGMA user_version = 9"):
+                db.execute(statement)
+    else:
+        with psycopg.connect(location, autocommit=True) as db:
+            for column in COLUMNS.values():
+                db.execute(f"ALTER TABLE recordings DROP COLUMN {column}")
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (9, 0)")
+    with opened() as index:
+        rows, _ = index.search_recordings(Search(figure=("talk_ratio", 0.4, 0.5)))
+        assert [r["seq"] for r in rows] == [2]
+        assert index.recording(str(uuid.UUID(int=3)), "desk-1")["qa_talk_ratio"] is None
+        assert [r["seq"] for r in index.search_recordings(Search(caller="lovelace"))[0]] == [1]
+        index.add_recording(call("desk-1", 4, caller_name="Another Lovelace"))
+        assert index.search_recordings(Search(caller="lovelace"))[1] == 2
+        if kind == "sqlite":
+            with index._sql() as db:
+                assert db.execute("SELECT COUNT(*) FROM caller_fts").fetchone()[0] == 4

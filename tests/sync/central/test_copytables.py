@@ -62,7 +62,8 @@ def test_a_row_in_every_table_copies_from_sqlite_to_postgresql_unchanged(tmp_pat
     from linetap.sync.central.index import SqliteIndex
     from linetap.sync.central.pgindex import PgIndex
 
-    values = {"TEXT": "ü'%?\\x", "INTEGER": -(2 ** 63), "BIGINT": 2 ** 63 - 1, "BLOB": b"\x00\xff"}
+    values = {"TEXT": "ü'%?\\x", "INTEGER": -(2 ** 63), "BIGINT": 2 ** 63 - 1, "BLOB": b"\x00\xff",
+              "DOUBLE PRECISION": 0.1}
     with SqliteIndex(tmp_path / "index.db") as source, PgIndex(pg_url) as target:
         with source._sql() as db:
             for t in TABLES:
