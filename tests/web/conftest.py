@@ -99,10 +99,12 @@ def console_store(tmp_path_factory: pytest.TempPathFactory) -> ConsoleStore:
         cli(central, "enroll", device, "--signing-key", box.public_key_b64)
         boxes[device] = box
     one, two = boxes["desk-1"], boxes["desk-2"]
-    store.calls["desk-1"] = [one.call(3.0, number="+15550001"), one.call(2.0, flagged=True, number="+15550002"),
-                             one.call(2.5, number="+15550003"), one.call(1.5, number="+15550004")]
-    store.calls["desk-2"] = [two.call(2.0, number="+15559001", name="Blue Caller"), two.call(4.0, number=None,
-                                                                                         name=None)]
+    store.calls["desk-1"] = [one.call(3.0, number="+15550001", metrics=talk(2.0, 0.5)),  # the agent talks 80 %
+                             one.call(2.0, flagged=True, number="+15550002"),
+                             one.call(2.5, number="+15550003", metrics=talk(1.0, 1.0)),  # 50 %
+                             one.call(1.5, number="+15550004", metrics=talk(1.0, 0.2))]
+    store.calls["desk-2"] = [two.call(2.0, number="+15559001", name="Blue Caller", metrics=talk(0.5, 1.5)),  # 25 %
+                             two.call(4.0, number=None, name=None)]
     for device, box in boxes.items():
         ingest(central, box, store.calls[device])
         box.spool.close()
@@ -125,6 +127,12 @@ def console_store(tmp_path_factory: pytest.TempPathFactory) -> ConsoleStore:
     path = central / "objects" / manifest
     path.write_bytes(path.read_bytes().replace(b'"ended_by"', b'"ended_bx"'))
     return store
+
+
+def talk(agent_s: float, caller_s: float) -> dict[str, object]:
+    """QA metrics in the shape the box's :class:`~linetap.firmware.dsp.metrics.CallMetrics` gives them."""
+    return {"duration_s": 3.0, "talk_s": {"near": agent_s, "far": caller_s}, "silence_share": 0.2,
+            "overtalk_share": 0.01, "hold_spans": []}
 
 
 def _iso_ms(ms: int) -> str:

@@ -64,6 +64,24 @@ def test_search_by_caller_and_save_the_filter(login_page, console_store) -> None
     assert any("caller=9001" in (e["detail"] or "") and e["actor"] == "root" for e in searches)
 
 
+def test_filter_by_a_qa_metric(login_page, console_store) -> None:
+    page = login_page("admin")
+    page.select_option("select[name=metric]", "talk_ratio")
+    page.fill("input[name=min]", "25")
+    page.fill("input[name=max]", "50")
+    page.click("form#filters button[type=submit]")
+    page.wait_for_url("**/calls?*metric=talk_ratio*")
+    links = {a.get_attribute("href").rsplit("/", 1)[1] for a in page.locator("a.call-link").all()}
+    assert links == {console_store.calls["desk-1"][2], console_store.calls["desk-2"][0]}  # 50 % and 25 %
+    assert page.locator("select[name=metric]").input_value() == "talk_ratio"  # the form shows it back
+    assert "agent talks 25%" in page.locator("table.calls").inner_text()
+    page.screenshot(path=SCREENSHOTS / "calls-metric.png", full_page=True)
+    page.fill("input[name=min]", "much")
+    page.click("form#filters button[type=submit]")
+    page.wait_for_url("**/calls?*min=much*")
+    assert "not a whole percent" in page.locator("p.error").inner_text()
+
+
 def test_open_a_call_shows_metadata_markers_and_evidence(login_page, console_store) -> None:
     start = log_end(console_store)
     page = login_page("supervisor")

@@ -34,6 +34,19 @@ def test_each_bad_value_is_named_and_left_out() -> None:
     assert len(q.problems) == 10 and all(p.split(" ", 1)[0].strip(":") in FIELDS for p in q.problems)
 
 
+def test_a_qa_metric_filter_is_whole_units_of_a_named_metric() -> None:
+    assert parse({"metric": "talk_ratio", "min": "30", "max": "60"}).filters == {"figure": ("talk_ratio", 0.3, 0.6)}
+    assert parse({"metric": "hold_s", "min": "90"}).filters == {"figure": ("hold_s", 90.0, None)}
+    assert parse({"metric": "silence_share"}).filters == {"figure": ("silence_share", None, None)}
+    for params, problem in (({"metric": "talk_ratio", "min": "101"}, "min '101': not a whole percent from 0 to 100"),
+                            ({"metric": "hold_s", "max": "0.5"}, "max '0.5': not a whole number of seconds"),
+                            ({"metric": "talk", "min": "3"}, "metric 'talk': must be one of talk_ratio, "),
+                            ({"min": "3"}, "min/max: choose a QA metric"),
+                            ({"metric": "overtalk_share", "min": "20", "max": "10"}, "min 20 is more than max 10")):
+        q = parse(params)
+        assert q.filters == {} and len(q.problems) == 1 and q.problems[0].startswith(problem), q.problems
+
+
 @given(st.dictionaries(st.sampled_from(FIELDS + ("other",)), st.text(max_size=200)))
 def test_any_query_parses_into_a_search_without_raising(params: dict[str, str]) -> None:
     q = parse(params)

@@ -312,6 +312,35 @@ def test_the_calls_page_shows_and_filters_by_score(console: str, console_store: 
     assert "min_score &#39;ninety&#39;: not a whole percent from 0 to 100" in rita.get("/calls?min_score=ninety").text
 
 
+def test_the_calls_page_filters_by_a_qa_metric_and_a_saved_filter_keeps_it(console: str, console_store: Any) -> None:
+    root = client_as(console, "root")  # talk ratios (conftest): desk-1 80, -, 50, erased; desk-2 25, -
+    one, two = console_store.calls["desk-1"], console_store.calls["desk-2"]
+
+    def listed(query: str) -> set[str]:
+        page = root.get(f"/calls?{query}")
+        assert page.status == 200, page.text[:300]
+        return set(re.findall(r'class="call-link" href="/calls/[^/]+/([^"]+)"', page.text))
+
+    assert listed("metric=talk_ratio&min=60") == {one[0]}
+    assert listed("metric=talk_ratio&min=25&max=50") == {one[2], two[0]}
+    assert listed("metric=talk_ratio&max=24") == set()
+    assert listed("metric=talk_ratio") == {one[0], one[2], two[0]}  # the calls that have one
+    assert listed("metric=silence_share&min=20&max=20") == {one[0], one[2], two[0]}
+    bad = root.get("/calls?metric=talk_ratio&min=ninety")
+    assert bad.status == 200 and "min &#39;ninety&#39;: not a whole percent from 0 to 100" in bad.text
+    assert listed("metric=talk_ratio&min=ninety") == listed("")  # that filter is left out, not every call
+    assert "must be one of talk_ratio" in root.get("/calls?metric=__class__").text
+    ann = client_as(console, "ann")  # an agent's own calls only, whatever the metric says
+    assert set(re.findall(r'href="/calls/[^/]+/([^"]+)"', ann.get("/calls?metric=talk_ratio&min=0").text)) == {one[0]}
+    saved = root.post("/calls/filters", {"csrf": root.csrf(), "name": "talkative",
+                                         "query": "metric=talk_ratio&min=60&flagged=no"})
+    assert saved.status == 303
+    assert {"name": "talkative", "query": "flagged=no&metric=talk_ratio&min=60"} in read(
+        console_store, "saved_filters", "root")
+    refused = root.post("/calls/filters", {"csrf": root.csrf(), "name": "broken", "query": "metric=talk_ratio&max=200"})
+    assert refused.status == 400 and "not a whole percent" in refused.text
+
+
 def test_in_the_browser_a_comment_at_the_players_time_seeks_back_to_it(login_page: Any, console_store: Any) -> None:
     path = call_path("desk-2", console_store.calls["desk-2"][0])  # bob's call: sue may not see it, rita neither
     root = login_page("admin")

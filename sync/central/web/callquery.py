@@ -16,6 +16,7 @@ from typing import Any
 
 from linetap.firmware.untrusted import ascii_int
 from linetap.sync.central.consoleindex import CONSENT_STATES, SORTS
+from linetap.sync.central.qa.stats import FIGURES
 
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_TEXT = 100
@@ -23,7 +24,13 @@ MAX_QUERY = 2000  # a saved filter's query string
 MAX_SECONDS = 7 * 86400
 FIELDS = ("since", "until", "desk", "agent", "team", "caller", "min_s", "max_s", "flagged", "consent", "sort",
           "min_score", "max_score",  # console-qa: web/evaluations.py search_conditions
+          "metric", "min", "max",  # a QA figure (figuresindex.py) from min to max in its unit
           "dir", "page", "n")
+# The QA figures the calls page filters on: label, unit in the query string, and how many of that unit
+# make one of the figure's own (shares are kept 0..1 and asked in whole percent; hold in whole seconds).
+METRICS = {"talk_ratio": ("agent's talk ratio", "%", 100), "silence_share": ("silence", "%", 100),
+           "overtalk_share": ("over-talk", "%", 100), "hold_s": ("hold", "s", 1)}
+UNITS = {"%": "a whole percent", "s": "a whole number of seconds"}
 
 
 @dataclass
@@ -61,7 +68,35 @@ def parse(params: Mapping[str, str]) -> CallQuery:
         problem = _one(q, name, raw)
         if problem:
             q.problems.append(f"{name} {raw!r}: {problem}")
+    _metric(q)
     return q
+
+
+def _metric(q: CallQuery) -> None:
+    """``metric`` with ``min`` and/or ``max``, whole numbers in the metric's unit, as ``Search.figure``."""
+    name, raw = q.values.get("metric"), {end: q.values.get(end) for end in ("min", "max")}
+    if name is None:
+        if any(raw.values()):
+            q.problems.append(f"min/max: choose a QA metric ({', '.join(METRICS)}) for them to apply to")
+        return
+    if name not in METRICS:
+        q.problems.append(f"metric {name!r}: must be one of {', '.join(METRICS)}")
+        return
+    _, unit, per = METRICS[name]
+    top = round(FIGURES[name][1] * per)
+    ends: dict[str, float | None] = {"min": None, "max": None}
+    for end, text in raw.items():
+        if text is None:
+            continue
+        number = ascii_int(text, hi=top)
+        if number is None:
+            q.problems.append(f"{end} {text!r}: not {UNITS[unit]} from 0 to {top} (metric {name})")
+            return
+        ends[end] = number / per
+    if ends["min"] is not None and ends["max"] is not None and ends["min"] > ends["max"]:
+        q.problems.append(f"min {raw['min']} is more than max {raw['max']}; swap them")
+        return
+    q.filters["figure"] = (name, ends["min"], ends["max"])
 
 
 def _one(q: CallQuery, name: str, raw: str) -> str | None:
@@ -79,6 +114,8 @@ def _one(q: CallQuery, name: str, raw: str) -> str | None:
         q.filters["device_id" if name == "desk" else "caller"] = raw
     elif name in ("agent", "team"):
         setattr(q, name, raw)
+    elif name in ("metric", "min", "max"):
+        return None  # together: _metric
     elif name in ("min_score", "max_score") and ascii_int(raw, hi=100) is None:
         return "not a whole percent from 0 to 100"  # the condition itself: web/evaluations.py
     elif name == "flagged":

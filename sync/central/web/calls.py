@@ -20,7 +20,7 @@ from starlette.routing import Route
 from linetap.sync.central.consoleindex import CONSENT_STATES, SORTS, Search
 from linetap.sync.central.web.access import USER_NAME, Scope, agent_at, agent_spans, scope_of, team_agents
 from linetap.sync.central.web.audit import audit
-from linetap.sync.central.web.callquery import FIELDS, MAX_QUERY, PAGE_SIZES, CallQuery, parse
+from linetap.sync.central.web.callquery import FIELDS, MAX_QUERY, METRICS, PAGE_SIZES, CallQuery, parse
 from linetap.sync.central.web.pages import error_page, page
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def calls(request: Request) -> Response:
     audit(request, "search", detail=urlencode(query.values)[:MAX_QUERY] or "(all)")
     pages = max(1, -(-total // query.size))
     return page(request, "calls.html", {
-        "rows": rows, "total": total, "query": query, "pages": pages, "consent_states": list(CONSENT_STATES),
+        "rows": rows, "total": total, "query": query, "pages": pages, "consent_states": list(CONSENT_STATES), "metrics": METRICS,
         "sorts": list(SORTS), "sizes": PAGE_SIZES, "link": lambda **change: _link(query, change),
         "saved": index.saved_filters(user["name"]), "scope": scope, **_choices(user, assignments, users),
         "querystring": urlencode(query.values), "extra_columns": sorted({k for e in extras.values() for k in e})})

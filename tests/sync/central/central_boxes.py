@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyrage
@@ -41,7 +42,8 @@ class Box:
     calls: list[str] = field(default_factory=list)
 
     def call(self, seconds: float, *, codec: CodecParams = CODEC, flagged: bool = False,
-             number: str | None = "+15551230001", name: str | None = "ACME Corp", synced: bool = True) -> str:
+             number: str | None = "+15551230001", name: str | None = "ACME Corp", synced: bool = True,
+             metrics: dict[str, Any] | None = None) -> str:
         sink = SpoolSink(self.spool, codec)
         rid = uuid7_at(self.clock.wall(), len(self.calls) + 1)
         call = CallRecord(rid, self.clock.monotonic(), self.clock.wall(), synced,
@@ -58,7 +60,7 @@ class Box:
                               "events": (CallEvent(0.0, "call-start", {"source": "gpio"}),
                                          CallEvent(0.1, "announcement-start", {}),
                                          CallEvent(2.0, "announcement-end", {}))})
-        sink.close(Recording(ended, len(frames), 0.0, (), {"talk_share": 0.5}))
+        sink.close(Recording(ended, len(frames), 0.0, (), {"talk_share": 0.5} if metrics is None else metrics))
         self.calls.append(rid)
         self.clock.advance(60)
         return rid
