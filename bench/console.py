@@ -11,7 +11,12 @@ session and role check): the peer, on the same server, that does no
 decrypting, no scope query and no access log entry. An admin logs in over HTTP; then:
 
 - search: ``GET /calls`` with a few filters, each repeated; p50/p95 of the
-  request time on loopback (the server's time plus a loopback round trip);
+  request time on loopback (the server's time plus a loopback round trip).
+  The rows carry QA metrics as a box sends them (decimal strings), turned
+  into the index's figure columns by the schema step that fills an older
+  index (``fill_figures``, timed). Callers: a selective substring (the
+  trigram table leads), a broad one (``+1555``, 90 % of the calls: the
+  ``LIKE`` scan), and two characters (the ``LIKE`` scan);
 - seek: ``Range: bytes=N-`` where N is where minute 45 starts, time to the
   first body byte, against the static file; ``cold`` is the first request
   after the server started (segment sizes not cached yet);
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import evidence, indexlist
+from linetap.sync.central.figuresindex import fill_figures
 
 CALL_S = 3600
 SEARCH_ROWS = 100_000
@@ -49,6 +55,12 @@ SEEK_REPEATS = 20
 LISTENERS = 50
 LISTEN_BYTES = 4 << 20
 PASSWORD = "bench-password-long-enough"
+# QA metrics as a box's manifest carries them (decimal strings), varied by the call's number k (its start
+# over the load's 30 s step): talk ratios spread over 0..1, silence 0.1-0.99, hold 0.5-299.5 s.
+METRICS = ("""'{"talk_s": {"near": "' || ((started_ms / 30000) % 97) || '.5", "far": "' || """
+           """((started_ms / 30000 * 13) % 89) || '.25"}, "silence_share": "0.' || """
+           """(100 + (started_ms / 30000 * 7) % 900) || '", "overtalk_share": "0.0' || ((started_ms / 30000) % 10) """
+           """|| '", "hold_spans": [["1.5", "' || (2 + (started_ms / 30000) % 300) || '"]]}'""")
 STATIC_PATH = "/bench/static.ogg"
 
 
@@ -149,12 +161,17 @@ def _prepare(work: Path) -> tuple[Path, str, dict[str, Any]]:
     with SqliteIndex(central / "index.db") as index, index._sql() as db:
         db.execute("BEGIN IMMEDIATE")
         db.execute(load)
+        db.execute(f"UPDATE recordings SET metrics = {METRICS} WHERE device_id LIKE 'box-%'")
+        t0 = time.perf_counter()
+        fill_figures(db)
+        fill_s = time.perf_counter() - t0
         db.execute("COMMIT")
         db.execute("ANALYZE")
     (work / "password").write_text(PASSWORD + "\n")
     _cli(central, "users", "add", "admin", "--role", "admin", "--password-file", str(work / "password"))
     _cli(central, "export", rid, "-o", str(work / "static.ogg"))
-    return central, rid, {"record_hour_s": round(record_s, 1), "peaks_hour_s": round(peaks_s, 2)}
+    return central, rid, {"record_hour_s": round(record_s, 1), "peaks_hour_s": round(peaks_s, 2),
+                          "fill_figures_s": round(fill_s, 2)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -165,7 +182,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _search(client: Client) -> dict[str, Any]:
     queries = {"newest page": "/calls", "one desk": "/calls?desk=box-17", "caller": "/calls?caller=555123",
-               "flagged, longest first": "/calls?flagged=yes&sort=duration&dir=desc"}
+               "flagged, longest first": "/calls?flagged=yes&sort=duration&dir=desc",
+               "caller, broad": "/calls?caller=%2B1555", "caller, 2 characters": "/calls?caller=55",
+               "QA metric: talk ratio 40-60 %": "/calls?metric=talk_ratio&min=40&max=60",
+               "QA metric: hold 290 s or more": "/calls?metric=hold_s&min=290"}
     out: dict[str, Any] = {}
     for name, path in queries.items():
         times, status = [], None
