@@ -15,6 +15,13 @@ what a box acts on. So the server needs no index and no query per chunk,
 and a box whose offer was withdrawn mid-fetch (a halted rollout) gets no
 error frame it would have to understand: it stops asking.
 
+Several hosts. The server subscribes in a shared group
+(``$share/linetap-updates/...``), so with ``serve`` on several hosts each
+request is answered by one of them; every host needs the release in its own
+data dir (``releases/`` is content addressed: build on one, copy the
+folder to the others). A host without it drops the request (logged) and
+the box asks again after its timeout.
+
 Fairness. paho's thread only files each request under its device (at most
 :data:`PENDING_PER_DEVICE` waiting; past that the box's requests are
 dropped, and it asks again after its timeout). The server's thread takes the
@@ -46,6 +53,7 @@ from linetap.sync.mqtt import BrokerSettings, Inbound
 
 logger = logging.getLogger(__name__)
 
+SHARE_GROUP = "linetap-updates"  # several serve hosts share the requests: each is answered once
 CHUNKS_PER_S = 16.0  # per box: 2 MiB/s of 128 KiB chunks, more than a box's upload cap
 BURST = 32
 PENDING_PER_DEVICE = 32
@@ -87,7 +95,8 @@ class ChunkServer:
         self._stopping = False
         self._in_flight: deque[int] = deque()
         self._failure: BaseException | None = None
-        self.client = FleetClient(settings, client_id=client_id, filters=[updatewire.get_filter()],
+        self.client = FleetClient(settings, client_id=client_id, filters=[f"$share/{SHARE_GROUP}/"
+                                                                          f"{updatewire.get_filter()}"],
                                   on_message=self._file)
         self._thread = threading.Thread(target=self._run, name="update-chunks", daemon=True)
         self._started = self._closed = False
