@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,22 @@ def test_no_trial_of_this_version_means_no_self_test(tmp_path: Path) -> None:
                                          drivers=lambda: "open", broker=None, on_failed=lambda _r: None,
                                          clock=SystemClock())
     assert started is None and appslots.read_health(tmp_path) == (None, None)
+
+
+def test_the_service_checks_its_trial_and_stops_when_the_check_fails(tmp_path: Path, monkeypatch) -> None:
+    from linetap.firmware import service
+    from linetap.firmware.devices import build_board
+
+    app, data = tmp_path / "app", tmp_path / "data"
+    monkeypatch.setenv(appslots.APP_ROOT_ENV, str(app))
+    appslots.write_trial(app, appslots.Trial(version=__version__, release_id="b" * 64, previous=None,
+                                             deadline_ms=int(SystemClock().wall() * 1000) + 300_000, starts=1))
+    config, stop = load_config(None), threading.Event()
+    board = build_board(config, SystemClock(), lambda _event: None)
+    try:
+        failed = service._check_trial(config, data, board, None, stop, SystemClock())  # no broker configured
+        assert stop.wait(60)
+    finally:
+        board.close()
+    unhealthy = appslots.read_health(data)[1]
+    assert failed == [unhealthy.reason] and unhealthy.reason.startswith("broker: sync.broker is not set")
