@@ -188,28 +188,29 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"release key stored in {info.release_key_file}")
     public = keys.load_signing_key(folder).public_key()
     print(f"enrol this box at the central store with its public key:\n  {keys.public_key_b64(public)}")
-    operators = keys.load_operator_keys(folder)
-    if operators:
-        print("fleet commands and configs accepted from operator key:\n"
-              + "".join(f"  {keys.public_key_b64(k)} (fingerprint {keys.fingerprint(k)})\n" for k in operators),
-              end="")
-    else:
-        print(f"no operator key: fleet commands and configs are refused; {keys.OPERATOR_HINT}")
+    _show_keys("fleet commands and configs accepted from operator key", keys.load_operator_keys(folder),
+               f"no operator key: fleet commands and configs are refused; {keys.OPERATOR_HINT}")
     stores = keys.load_store_keys(folder)
-    if stores:
-        print("delivery receipts checked with store key:\n"
-              + "".join(f"  {keys.public_key_b64(k)} (key id {kid})\n" for kid, k in stores.items()), end="")
-    else:
-        print(f"no store key: receipts cannot be checked and synced recordings are deleted on the stored ack "
-              f"alone; {keys.STORE_HINT}")
-    releases = keys.load_release_keys(folder)
-    if releases:
-        print("updates accepted when signed by release key:\n"
-              + "".join(f"  {keys.public_key_b64(k)} (fingerprint {keys.fingerprint(k)})\n" for k in releases),
-              end="")
-    else:
-        print(f"no release key: every update offer is refused; {keys.RELEASE_HINT}")
+    _show_keys("delivery receipts checked with store key", stores.values(),
+               f"no store key: receipts cannot be checked and synced recordings are deleted on the stored ack "
+               f"alone; {keys.STORE_HINT}", names=list(stores))
+    _show_keys("updates accepted when signed by release key", keys.load_release_keys(folder),
+               f"no release key: every update offer is refused; {keys.RELEASE_HINT}")
     return 0
+
+
+def _show_keys(title: str, found: Any, missing: str, *, names: list[str] | None = None) -> None:
+    """Print the public keys a box trusts for one job (by fingerprint, or by the names given), or what is missing."""
+    from linetap.firmware import keys
+
+    found = list(found)
+    if not found:
+        print(missing)
+        return
+    labels = [f"key id {n}" for n in names] if names is not None else [f"fingerprint {keys.fingerprint(k)}"
+                                                                         for k in found]
+    print(f"{title}:\n" + "".join(f"  {keys.public_key_b64(k)} ({label})\n" for k, label in zip(found, labels)),
+          end="")
 
 
 def _spool(args: argparse.Namespace) -> int:

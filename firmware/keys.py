@@ -335,27 +335,29 @@ def load_recipient(data_dir: Path) -> pyrage.x25519.Recipient:
     return parse_recipient(text)
 
 
+def _public_key_text(path: Path, what: str, hint: str) -> str | None:
+    """The text of a public key file, None when there is none."""
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read ({e}); {hint}") from e
+
+
 def load_operator_keys(data_dir: Path) -> list[Ed25519PublicKey]:
     """The operator public keys the box obeys: none until ``keys init --operator-key`` stored one."""
     path = keys_dir(data_dir) / OPERATOR_KEY
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"operator key {path} cannot be read ({e}); {OPERATOR_HINT}") from e
-    return [_parse_operator_key(text, source=str(path))]
+    text = _public_key_text(path, "operator key", OPERATOR_HINT)
+    return [] if text is None else [_parse_operator_key(text, source=str(path))]
 
 
 def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
     """The store keys the box checks receipts with, by receipt key id: empty until ``keys init --store-key``."""
     path = keys_dir(data_dir) / STORE_KEY
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
+    text = _public_key_text(path, "store key", STORE_HINT)
+    if text is None:
         return {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"store key {path} cannot be read ({e}); {STORE_HINT}") from e
     key = _parse_store_key(text, source=str(path))
     return {store_key_id(key): key}
 
@@ -363,13 +365,8 @@ def load_store_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
 def load_release_keys(data_dir: Path) -> list[Ed25519PublicKey]:
     """The release keys updates must be signed with: none until ``keys init --release-key`` stored one."""
     path = keys_dir(data_dir) / RELEASE_KEY
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"release key {path} cannot be read ({e}); {RELEASE_HINT}") from e
-    return [_parse_release_key(text, source=str(path))]
+    text = _public_key_text(path, "release key", RELEASE_HINT)
+    return [] if text is None else [_parse_release_key(text, source=str(path))]
 
 
 def _parse_release_key(text: str, *, source: str = "--release-key", others: list[Ed25519PublicKey] = (),
