@@ -384,12 +384,12 @@ class BoxUpdate:
             self._inflight.pop((f.sha256, chunk.index), None)
             return self._bad(str(e))
         self._inflight.pop((f.sha256, chunk.index), None)
+        self._got[f.sha256].add(chunk.index)
+        self._fill()  # the next requests go out before this chunk is written: network and disk overlap
         offset, _ = release.chunk_span(rel, f, chunk.index)
         self._do(WriteChunk(f.sha256, chunk.index, offset, chunk.data))
-        self._got[f.sha256].add(chunk.index)
         if len(self._got[f.sha256]) == len(f.chunks):
             self._do(CheckFile(f.sha256, f.size))
-        self._fill()
         return STAY
 
     def _bad(self, reason: str) -> str:
