@@ -308,7 +308,7 @@ class BoxUpdate:
         self._subject = (rel.version, rel.release_id, accepted.offer.rollout)
         finished, last = saved.finished, saved.state
         if finished is not None and finished.release_id == rel.release_id:
-            self._result = (finished.outcome, finished.code, finished.reason)
+            self._result = (finished.outcome, finished.code, finished.reason or None)
             return finished.outcome
         if saved.trial == rel.version == self.current:
             return "trial"
@@ -453,9 +453,10 @@ class BoxUpdate:
         if accepted is None or finished.release_id != accepted.release.release_id \
                 or finished.outcome not in updatewire.OUTCOMES:
             return STAY
-        if self._result == (finished.outcome, finished.code, finished.reason) and self.state in TERMINAL:
+        result = (finished.outcome, finished.code, finished.reason or None)
+        if self._result == result and self.state in TERMINAL:
             return STAY
-        self._result = (finished.outcome, finished.code, finished.reason)
+        self._result = result
         self._inflight.clear()
         return finished.outcome
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from linetap.sync.release import Release
+from linetap.sync.slotgate import Outcome
 from linetap.sync.updatewire import UpdateState
 
 
@@ -26,18 +27,6 @@ class DiskFacts:
 
 
 @dataclass(frozen=True)
-class Finished:
-    """The root side's last outcome (``<app>/outcome.json``): how an install of ``release_id`` ended."""
-
-    version: str
-    release_id: str
-    outcome: str  # installed | rolled-back | refused | failed
-    code: str | None = None
-    reason: str | None = None
-    at_ms: int = 0
-
-
-@dataclass(frozen=True)
 class Saved:
     """What the shell kept across a restart: the accepted offer, the last state, the chunks written."""
 
@@ -46,7 +35,7 @@ class Saved:
     state: UpdateState | None = None  # the last state published
     partial: Mapping[str, frozenset[int]] = field(default_factory=dict)  # file sha256 -> chunk indexes written
     trial: str | None = None  # the version on trial, when it is the one running (``<app>/trial.json``)
-    finished: Finished | None = None  # ``<app>/outcome.json``
+    finished: Outcome | None = None  # root's last outcome (``<app>/outcome.json``)
 
 
 # ---------------------------------------------------------------- events --
@@ -93,7 +82,7 @@ class PreparedSeen:
 class FinishedSeen:
     """``<app>/outcome.json`` changed."""
 
-    finished: Finished
+    finished: Outcome
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from linetap.firmware.durable import DurableFiles, fsync_dir
 from linetap.firmware.manifest import canonical
 from linetap.firmware.untrusted import MAX_SAFE_INT, Untrusted, loads
 from linetap.sync import appslots, release, updatewire
-from linetap.sync.updateevents import Finished, Saved, Stage
+from linetap.sync.updateevents import Saved, Stage
 from linetap.sync.updatewire import UpdateState
 
 logger = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ class UpdateFiles:
         try:
             running = appslots.read_trial(self.app_root)
             trial = running.version if running is not None else None
-            done = appslots.read_outcome(self.app_root)
-            if done is not None and done.release_id is not None and done.version is not None:
-                outcome = Finished(done.version, done.release_id, done.outcome, done.code, done.reason, done.at_ms)
+            outcome = appslots.read_outcome(self.app_root)
         except appslots.SlotFileError as e:
             logger.error("update: root's files unreadable reason=%s", e)
         return Saved(offer=offer, seq=seq, state=state, partial=partial, trial=trial, finished=outcome)

@@ -47,7 +47,7 @@ from linetap.sync.mqtt import Inbound
 from linetap.sync.signed import key_table
 from linetap.sync.update import TERMINAL, BoxUpdate
 from linetap.sync.updateevents import (
-    Action, CheckFile, ChunkArrived, Discard, DiskFacts, Event, FileChecked, Finished, FinishedSeen,
+    Action, CheckFile, ChunkArrived, Discard, DiskFacts, Event, FileChecked, FinishedSeen,
     OfferArrived, PreparedSeen, Report, RequestChunk, RequestSwitch, SaveOffer, Stage, StageDone,
     SwitchRefused, Tick, Unstage, WriteChunk)
 from linetap.sync.updatefiles import FACTORY_WHEELS, UpdateFiles
@@ -196,12 +196,9 @@ class Updater:
             return
         if prepared is not None and self.core.state == "preparing":
             self._feed(PreparedSeen(prepared.version, prepared.release_id))
-        if outcome is not None and outcome.release_id is not None and outcome.version is not None:
-            finished = Finished(outcome.version, outcome.release_id, outcome.outcome, outcome.code,
-                                outcome.reason, outcome.at_ms)
-            if finished != self._seen.get("outcome"):
-                self._seen["outcome"] = finished
-                self._feed(FinishedSeen(finished))
+        if outcome is not None and outcome != self._seen.get("outcome"):
+            self._seen["outcome"] = outcome
+            self._feed(FinishedSeen(outcome))
 
     def _feed(self, event: Event) -> None:
         self._execute(self.core.handle(event))

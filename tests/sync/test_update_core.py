@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from linetap.firmware.clock import ManualClock
 from linetap.sync import updatewire
 from linetap.sync.signed import key_table
+from linetap.sync.slotgate import Outcome
 from linetap.sync.update import BoxUpdate
 from linetap.sync.updateevents import (
-    CheckFile, ChunkArrived, Discard, DiskFacts, FileChecked, Finished, FinishedSeen, OfferArrived,
+    CheckFile, ChunkArrived, Discard, DiskFacts, FileChecked, FinishedSeen, OfferArrived,
     PreparedSeen, Report, RequestChunk, RequestSwitch, SaveOffer, Saved, Stage, StageDone, SwitchRefused,
     Tick, Unstage, WriteChunk)
 from updatekit import CHUNK, DEV, OPERATOR, RELEASE_KEY, Bundle
@@ -317,7 +318,7 @@ def test_a_prepared_file_for_another_release_is_not_switched_to():
 def test_the_root_sides_outcome_is_reported():
     rig, bundle = Rig(have=frozenset(Bundle().blobs)), Bundle()
     rig.offer(bundle)
-    rig.feed(FinishedSeen(Finished("0.2.0", bundle.release_id, "failed", "prepare-failed", "pip: no wheel")))
+    rig.feed(FinishedSeen(Outcome("0.2.0", bundle.release_id, "failed", "prepare-failed", "pip: no wheel", 1)))
     assert (rig.last.state, rig.last.outcome, rig.last.code) == ("failed", "failed", "prepare-failed")
 
 
@@ -327,9 +328,9 @@ def test_after_a_restart_the_trial_then_the_outcome_is_reported_and_the_retained
                                        release=bundle.release_id)
     trial = Rig(current="0.2.0", saved=Saved(offer=bundle.offer(1), state=switching, trial="0.2.0"))
     assert trial.core.state == "trial" and trial.last.state == "trial"
-    trial.feed(FinishedSeen(Finished("0.2.0", bundle.release_id, "installed", at_ms=5)))
+    trial.feed(FinishedSeen(Outcome("0.2.0", bundle.release_id, "installed", None, "", 5)))
     assert (trial.last.state, trial.last.outcome, trial.last.current) == ("installed", "installed", "0.2.0")
-    back = Finished("0.2.0", bundle.release_id, "rolled-back", "selftest-failed", "spool not writable")
+    back = Outcome("0.2.0", bundle.release_id, "rolled-back", "selftest-failed", "spool not writable", 2)
     old = Rig(current="0.1.0", saved=Saved(offer=bundle.offer(1), state=switching, finished=back))
     assert (old.last.state, old.last.code, old.last.reason) == ("rolled-back", "selftest-failed",
                                                                  "spool not writable")
@@ -342,5 +343,5 @@ def test_an_offer_during_the_trial_waits_for_the_outcome():
     rig = Rig(current="0.2.0", saved=saved)
     rig.offer(newer, seq=2)
     assert rig.core.state == "trial"
-    rig.feed(FinishedSeen(Finished("0.2.0", bundle.release_id, "installed")))
+    rig.feed(FinishedSeen(Outcome("0.2.0", bundle.release_id, "installed", None, "", 3)))
     assert rig.core.state == "fetching" and rig.last.version == "0.2.1"
