@@ -117,6 +117,10 @@ def data_dir(args: argparse.Namespace, *, default: str | None = None) -> Path:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "update":  # before the imports below: the gate delays every start of the recorder
+        from linetap.sync import appcli
+
+        return appcli.run(args, data_dir(args))
     from linetap.firmware import devices, service
     from linetap.firmware.config import check_prompts, load_config
 
@@ -142,10 +146,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys(args)
     if args.command == "spool":
         return _spool(args)
-    if args.command == "update":
-        from linetap.sync import appcli
-
-        return appcli.run(args, data_dir(args))
     if args.command == "gadget":
         return devices.usb_gadget(load_config(args.config), args.action, args.root)
     config = load_config(args.config)

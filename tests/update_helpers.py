@@ -122,6 +122,48 @@ def stage(data_dir: Path, rel: Release, *, offer: bytes | None = None) -> Path:
     return folder
 
 
+def next_version(version: str) -> str:
+    """``0.1.0`` → ``0.1.1``: the version a test release bumps the tree to."""
+    *head, last = version.split(".")
+    return ".".join([*head, str(int(last) + 1)])
+
+
+class Kit:
+    """What the update tests of a session share (``update_kit`` in tests/sync/conftest.py): keys, and the
+    working tree's wheel at the next version, built once; :meth:`wheel` builds other versions once each."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.key = Ed25519PrivateKey.generate()  # the release key
+        self.operator = Ed25519PrivateKey.generate()
+        self.factory = tree_version()
+        self.next = next_version(self.factory)
+        self._wheels: dict[str, Path] = {}
+        self._mini: Release | None = None
+
+    def wheel(self, version: str) -> Path:
+        if version not in self._wheels:
+            self._wheels[version] = tree_wheel(self.folder / version, version)
+        return self._wheels[version]
+
+    def mini(self) -> Release:
+        """The next version's linetap wheel alone: quick to install, enough for ``linetap --version``
+        (``linetap run`` fails on its first import of a dependency)."""
+        if self._mini is None:
+            self._mini = make_release(self.wheel(self.next), self.key, extra=[])
+        return self._mini
+
+    def full(self) -> Release:
+        """The next version with every dependency wheel: ``linetap run`` works in it."""
+        return make_release(self.wheel(self.next), self.key)
+
+
+def keys_init(data_dir: Path, recipient: str) -> None:
+    """The box's own keys, so that ``linetap run`` starts (as provisioning does on the image)."""
+    from linetap.firmware.keys import keys_init as init
+    init(data_dir, recipient)
+
+
 def trust(app_root: Path, release_key: Ed25519PrivateKey, operator_key: Ed25519PrivateKey | None = None) -> None:
     """Provision the app root's trusted keys (``release.pub``, ``operator.pub``) as the image does."""
     app_root.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,11 @@ def central(tmp_path: Path) -> Path:
     folder = tmp_path / "central"
     keys_init(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def update_kit(tmp_path_factory: pytest.TempPathFactory):
+    """Release and operator keys and the working tree's wheel at the next version (tests/update_helpers.py)."""
+    import update_helpers
+
+    return update_helpers.Kit(tmp_path_factory.mktemp("update-kit"))

@@ -18,35 +18,31 @@ from linetap.sync import appgate, appinstall, appslots, signed, slotgate, update
 from linetap.sync.appslots import CURRENT, Health, Named, Request
 
 FACTORY = uh.tree_version()
-NEXT = ".".join([*FACTORY.split(".")[:-1], str(int(FACTORY.split(".")[-1]) + 1)])
+NEXT = uh.next_version(FACTORY)
 OLDER = "0.0.1"
 DEVICE = "lt-test-1"
 BOX = appinstall.Platform(board="sim", device_id=DEVICE)
 
 
-@pytest.fixture(scope="session")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Keys and the wheel of the working tree at the next version, built once per session."""
-    folder = tmp_path_factory.mktemp("update-kit")
-    return {"key": Ed25519PrivateKey.generate(), "operator": Ed25519PrivateKey.generate(), "folder": folder,
-            "next": uh.tree_wheel(folder / "next", NEXT)}
-
-
-@pytest.fixture(scope="session")
-def older_wheel(kit: dict) -> Path:
-    return uh.tree_wheel(kit["folder"] / "older", OLDER)
-
-
-@pytest.fixture(scope="session")
-def mini(kit: dict) -> uh.Release:
-    """A release of the linetap wheel alone: quick to install, enough for ``linetap --version``."""
-    return uh.make_release(kit["next"], kit["key"], extra=[])
+@pytest.fixture
+def kit(update_kit: uh.Kit) -> uh.Kit:
+    return update_kit
 
 
 @pytest.fixture
-def box(tmp_path: Path, kit: dict) -> tuple[Path, Path]:
+def mini(update_kit: uh.Kit) -> uh.Release:
+    return update_kit.mini()
+
+
+@pytest.fixture
+def older_wheel(update_kit: uh.Kit) -> Path:
+    return update_kit.wheel(OLDER)
+
+
+@pytest.fixture
+def box(tmp_path: Path, kit: uh.Kit) -> tuple[Path, Path]:
     app, data = tmp_path / "app", tmp_path / "data"
-    uh.trust(app, kit["key"], kit["operator"])
+    uh.trust(app, kit.key, kit.operator)
     return app, data
 
 
@@ -80,23 +76,16 @@ def prepared(app: Path, data: Path, rel: uh.Release) -> None:
 
 # ------------------------------------------------------------------ the whole way --
 
-def test_a_release_with_its_dependencies_is_prepared_switched_and_promoted(box, kit) -> None:
+def test_a_release_is_prepared_switched_and_promoted(box, mini) -> None:
     app, data = box
-    rel = uh.make_release(kit["next"], kit["key"])
+    rel = mini
     uh.stage(data, rel)
     request(data, rel)
-    began = time.monotonic()
     result = step(app, data)
-    prepare_s = time.monotonic() - began
     assert result.prepared == Named(rel.release_id, NEXT) and appslots.read_prepared(app) == result.prepared
     folder = appslots.version_dir(app, NEXT)
     assert sorted(p.name for p in (folder / "wheels").iterdir()) == sorted(rel.files)
     assert not list((app / "versions").glob("*.tmp"))
-    # The new venv runs the service's imports (numpy, pydantic, cryptography...), not only --version.
-    done = subprocess.run([str(folder / "venv" / "bin" / "python"), "-I", "-c",
-                           "import linetap.firmware.service, linetap.sync.boxsync, numpy; print('ok')"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr[-1500:]
     assert launch_version(app) == FACTORY
     appslots.write_switch(data, Named(rel.release_id, NEXT))
     clock = ManualClock()
@@ -109,19 +98,18 @@ def test_a_release_with_its_dependencies_is_prepared_switched_and_promoted(box, 
     assert (outcome.outcome, outcome.version, outcome.code) == ("installed", NEXT, None)
     assert appslots.read_trial(app) is None and launch_version(app) == NEXT
     assert step(app, data, clock).skipped  # the request is done: nothing is built again
-    print(f"prepare of {len(rel.files)} wheels ({rel.parsed.size // 2**20} MiB): {prepare_s:.1f} s")
 
 
 # ---------------------------------------------------------------------- refusals --
 
-def _stage_other(data: Path, kit: dict, **release_args) -> uh.Release:
-    rel = uh.make_release(kit["next"], kit["key"], extra=[], **release_args)
+def _stage_other(data: Path, kit: uh.Kit, **release_args) -> uh.Release:
+    rel = uh.make_release(kit.wheel(NEXT), kit.key, extra=[], **release_args)
     uh.stage(data, rel)
     return rel
 
 
-def _fake_wheel(kit: dict, version: str, content: bytes = b"not a wheel") -> Path:
-    path = kit["folder"] / f"fake-{version}" / f"linetap-{version}-py3-none-any.whl"
+def _fake_wheel(kit: uh.Kit, version: str, content: bytes = b"not a wheel") -> Path:
+    path = kit.folder / f"fake-{version}" / f"linetap-{version}-py3-none-any.whl"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(content)
     return path
@@ -172,7 +160,7 @@ def test_a_symlink_in_the_stage_is_not_followed(box, mini) -> None:
 
 def test_an_older_version_is_refused_without_the_operators_offer(box, kit) -> None:
     app, data = box
-    rel = uh.make_release(_fake_wheel(kit, OLDER), kit["key"], extra=[])
+    rel = uh.make_release(_fake_wheel(kit, OLDER), kit.key, extra=[])
     uh.stage(data, rel)
     assert "older than the running" in _refused(app, data, rel, "downgrade")
     request(data, rel, allow_downgrade=True)  # the box says it may; root wants the operator's signature
@@ -186,15 +174,15 @@ def test_an_older_version_is_refused_without_the_operators_offer(box, kit) -> No
     assert "does not verify" in _refused(app, data, None, "downgrade")
 
 
-def _offer(kit: dict, rel: uh.Release, *, allow_downgrade: bool, key: Ed25519PrivateKey | None = None) -> bytes:
+def _offer(kit: uh.Kit, rel: uh.Release, *, allow_downgrade: bool, key: Ed25519PrivateKey | None = None) -> bytes:
     body = updatewire.offer_body(rel.manifest, rel.signature, rollout="r1", allow_downgrade=allow_downgrade)
-    return signed.seal("update", DEVICE, body, key or kit["operator"], seq=1, now_ms=int(time.time() * 1000),
+    return signed.seal("update", DEVICE, body, key or kit.operator, seq=1, now_ms=int(time.time() * 1000),
                        ttl_ms=3_600_000)
 
 
 def test_a_downgrade_the_operator_signed_is_prepared(box, kit, older_wheel) -> None:
     app, data = box
-    rel = uh.make_release(older_wheel, kit["key"], extra=[])
+    rel = uh.make_release(older_wheel, kit.key, extra=[])
     uh.stage(data, rel, offer=_offer(kit, rel, allow_downgrade=True))
     request(data, rel, allow_downgrade=True)
     assert step(app, data).prepared == Named(rel.release_id, OLDER)
@@ -219,7 +207,7 @@ def test_no_room_is_refused_before_anything_is_written(box, mini) -> None:
 
 def test_a_release_pip_cannot_install_fails_with_pips_words(box, kit) -> None:
     app, data = box
-    rel = uh.make_release(_fake_wheel(kit, NEXT + ".1"), kit["key"], extra=[])
+    rel = uh.make_release(_fake_wheel(kit, NEXT + ".1"), kit.key, extra=[])
     uh.stage(data, rel)
     reason = _refused(app, data, rel, "prepare-failed", outcome="failed")
     assert "pip install failed" in reason and not list((app / "versions").glob("*"))
@@ -297,7 +285,7 @@ def test_no_healthy_before_the_deadline_rolls_back_not_ready(box, mini, clock) -
 
 def test_an_older_version_stays_as_previous_and_is_rolled_back_to(box, kit, mini, clock, older_wheel) -> None:
     app, data = box
-    older = uh.make_release(older_wheel, kit["key"], extra=[])
+    older = uh.make_release(older_wheel, kit.key, extra=[])
     uh.stage(data, older, offer=_offer(kit, older, allow_downgrade=True))
     request(data, older, allow_downgrade=True, at_ms=1)
     assert step(app, data).prepared is not None
