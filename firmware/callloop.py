@@ -99,6 +99,17 @@ class TestAnnouncement:
 
 
 @dataclass(frozen=True)
+class StopWhenIdle:
+    """An update's switch: ``stop()`` now if no call is up, then ``answer(True)``; else ``answer(False)``.
+
+    Judged on the loop's thread between two items, so no call can start in between.
+    """
+
+    stop: Callable[[], None]
+    answer: Callable[[bool], None]
+
+
+@dataclass(frozen=True)
 class Happening:
     """One thing the box did or saw, for the demo's narration and the log."""
 
@@ -245,6 +256,11 @@ class CallLoop:
             self._tell("led", f"status LED: identify for {item.seconds:g} s")
         elif isinstance(item, TestAnnouncement):
             self._test_announcement()
+        elif isinstance(item, StopWhenIdle):
+            idle = self.flow.call is None and self.flow.state is cf.CallState.IDLE
+            if idle:
+                item.stop()
+            item.answer(idle)
         else:
             logger.debug("driver event not used by the call flow: %s", type(item).__name__)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from linetap.drivers.audio import Codec
-from linetap.firmware.callloop import CallLoop, Identify, TestAnnouncement, load_prompts, open_spool
+from linetap.firmware.callloop import CallLoop, Identify, StopWhenIdle, TestAnnouncement, load_prompts, open_spool
 from linetap.firmware.clock import Clock, SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.consent import Prompt
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from linetap.sync.pushedconfig import PushedConfig
 
 logger = logging.getLogger(__name__)
+
+_STOP_ANSWER_S = 5.0  # how long an update's switch waits for the call loop to judge the line
 
 
 class Notifier:
@@ -266,8 +268,18 @@ def fleet_hooks(loop: CallLoop, board: Board, stop: threading.Event, notifier: N
     def line_busy() -> bool:  # read on the update thread; the call loop's thread alone changes the flow
         return loop.flow.call is not None or loop.flow.state.value != "idle"
 
+    def stop_if_idle(reason: str) -> bool:
+        """The call loop judges the line idle and stops, between two of its items; False when a call is up."""
+        answer: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        loop.post(StopWhenIdle(stop=lambda: restart(reason), answer=answer.put))
+        try:
+            return answer.get(timeout=_STOP_ANSWER_S)
+        except queue.Empty:
+            return False  # the loop did not answer (stopping, or stalled): no switch now
+
     return AppHooks(identify=lambda seconds: loop.post(Identify(seconds)), test_announcement=test_announcement,
-                    restart=restart, audio=audio, check_config=check_config, line_busy=line_busy)
+                    restart=restart, audio=audio, check_config=check_config, line_busy=line_busy,
+                    stop_if_idle=stop_if_idle)
 
 
 def start_sync(config: Config, spool: Spool, data_dir: Path, clock: Clock, *,

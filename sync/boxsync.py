@@ -114,6 +114,8 @@ class AppHooks:
     # Raise a LinetapError if ``config`` could not start (prompts, board profile); touches no device.
     check_config: Callable[[Config], None] | None = None
     line_busy: Callable[[], bool] | None = None  # a call is up or starting: an update does not switch now
+    # Stop the service (to be restarted) if no call is up, judged where calls are: True when it stops.
+    stop_if_idle: Callable[[str], bool] | None = None
 
 
 class BoxSync:
@@ -173,7 +175,8 @@ class BoxSync:
                                  trusted=load_store_keys(self._data_dir))
         self.updater = Updater(config, self.link, self._data_dir, clock=clock, app_root=app_root or app_root_path(),
                                uploads_pending=self._uploads_pending, line_busy=self._hooks.line_busy,
-                               stop_service=self._hooks.restart, current=software_version)
+                               stop_service=self._hooks.restart, stop_if_idle=self._hooks.stop_if_idle,
+                               current=software_version)
         device = config.device.id
         self.link.subscribe(fleetwire.device_topic(device, "cmd", "#"), qos=1)
         self.link.subscribe(fleetwire.config_desired_topic(device), qos=1)

@@ -74,19 +74,24 @@ class Updater:
     ``uploads_pending()`` says whether recordings wait to go (the fetch waits
     for them), ``line_busy()`` whether a call is up or starting, and
     ``stop_service(reason)`` stops the service to be restarted; without it
-    (not run as the service) the box never switches. All three are called on
-    the update thread and must return promptly.
+    (not run as the service) the box never switches. ``stop_if_idle(reason)``,
+    when given, does the stop instead, judging the line idle where calls are
+    handled (the call loop), so no call can start between the check and the
+    stop; it returns whether it stopped. All are called on the update thread
+    and must return promptly.
     """
 
     def __init__(self, config: Config, link: Link, data_dir: Path, *, clock: Clock, app_root: Path,
                  uploads_pending: Callable[[], bool], line_busy: Callable[[], bool] | None = None,
-                 stop_service: Callable[[str], None] | None = None, current: str = __version__,
+                 stop_service: Callable[[str], None] | None = None,
+                 stop_if_idle: Callable[[str], bool] | None = None, current: str = __version__,
                  factory_wheels: Path = FACTORY_WHEELS) -> None:
         self.device_id = config.device.id
         self._link, self._clock = link, clock
         self._uploads_pending = uploads_pending
         self._line_busy = line_busy or (lambda: False)
         self._stop_service = stop_service
+        self._stop_if_idle = stop_if_idle
         self._reserve = config.spool.min_free_mb * 2**20
         self.files = UpdateFiles(data_dir, app_root=app_root, factory_wheels=factory_wheels)
         self.core = BoxUpdate(device_id=self.device_id, current=current, board=config.device.board,
@@ -243,12 +248,17 @@ class Updater:
     def _switch(self, action: RequestSwitch) -> Event | None:
         if self._busy():
             return SwitchRefused()
-        appslots.write_switch(self.files.data_dir, appslots.Named(release_id=action.release_id,
-                                                                  version=action.version))
+        switch = appslots.Named(release_id=action.release_id, version=action.version)
+        appslots.write_switch(self.files.data_dir, switch)  # before the stop: the next start's gate reads it
+        reason = f"update to {action.version}"
+        if self._stop_if_idle is not None and not self._stop_if_idle(reason):
+            appslots.remove(appslots.update_dir(self.files.data_dir) / appslots.SWITCH)
+            return SwitchRefused()
         logger.warning("update switching to version=%s: the service stops to be restarted", action.version)
         self.switched.set()
-        assert self._stop_service is not None
-        self._stop_service(f"update to {action.version}")
+        if self._stop_if_idle is None:
+            assert self._stop_service is not None
+            self._stop_service(reason)
         return None
 
     def _publish(self, state: updatewire.UpdateState) -> None:

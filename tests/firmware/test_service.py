@@ -82,3 +82,37 @@ def test_watchdog_is_petted_while_blocks_flow_and_stops_when_the_pipeline_stalls
     finally:
         calls.board.close()
         notifier.close()
+
+
+def test_an_update_s_switch_stops_the_service_only_while_no_call_is_up() -> None:
+    """The call loop judges the line between two of its items: a call up means no stop."""
+    import threading
+
+    from linetap.drivers.events import HookChanged
+    from linetap.firmware.service import fleet_hooks
+
+    config = load_config(None)
+    silence = np.zeros(20 * RATE, np.int16)
+    clock = ManualClock()
+    calls = SimulatedCalls(config, silence, silence, sink=MemorySink(), clock=clock)
+    calls.board.codec.start()
+    stop = threading.Event()
+    notifier = Notifier(ManualClock(), address="", watchdog_usec="")
+    hooks = fleet_hooks(calls.loop, calls.board, stop, notifier)
+    source = calls.loop._hook_sources[0]
+    loop = threading.Thread(target=calls.loop.run, args=(stop,), name="test-call-loop")
+    loop.start()
+    try:
+        calls.loop.post(HookChanged(off_hook=True, source=source))  # a call comes up first
+        assert hooks.stop_if_idle("update to 0.2.0") is False and not stop.is_set()
+        assert hooks.line_busy()
+        calls.loop.post(HookChanged(off_hook=False, source=source))
+        assert hooks.stop_if_idle("update to 0.2.0") is False  # hung up, within the grace: still a call
+        for _ in range(20):  # hang-up grace passes on the loop's clock, a block at a time
+            clock.advance(1.0)
+            calls.loop.post(calls.board.codec.read())
+        assert hooks.stop_if_idle("update to 0.2.0") is True and stop.is_set()
+    finally:
+        stop.set()
+        loop.join(10)
+        calls.board.close()

@@ -136,6 +136,7 @@ class Box:
         self.current = current
         self.link: Link | None = None
         self.updater: Updater | None = None
+        self.stop_if_idle: Callable[[str], bool] | None = None  # the call loop's judgement, when a test gives one
 
     def start(self) -> Box:
         self.link = Link(self.config.sync, client_id=self.device, data_dir=self.data, clock=SystemClock(),
@@ -143,8 +144,8 @@ class Box:
                          on_message=lambda message: self.updater.on_message(message))
         self.updater = Updater(self.config, self.link, self.data, clock=SystemClock(), app_root=self.app,
                                uploads_pending=lambda: self.pending, line_busy=lambda: self.busy,
-                               stop_service=lambda _reason: self.stopped.set(), current=self.current,
-                               factory_wheels=self.data / "no-factory")
+                               stop_service=lambda _reason: self.stopped.set(), stop_if_idle=self.stop_if_idle,
+                               current=self.current, factory_wheels=self.data / "no-factory")
         self.updater.start()
         self.link.start()
         return self
@@ -197,6 +198,28 @@ def test_an_offer_is_fetched_staged_and_switched_to_once_prepared_and_the_line_i
     watcher.wait_state(box.device, lambda s: s["state"] == "switching")
     assert box.stopped.wait(WAIT)
     assert appslots.read_switch(box.data) == appslots.Named(release_id=kept.release_id, version="0.2.0")
+
+
+def test_a_call_the_loop_sees_as_the_switch_comes_keeps_the_old_version_and_the_box_waits(centre,
+                                                                                        make_box) -> None:
+    kept, watcher = centre["kept"]["0.2.0"], centre["watcher"]
+    box = make_box()
+    answers = iter([False, True])  # the call loop: a call came up between the tick and the switch; then idle
+    asked: list[appslots.Named | None] = []
+
+    def stop_if_idle(_reason: str) -> bool:
+        asked.append(appslots.read_switch(box.data))
+        return next(answers)
+
+    box.stop_if_idle = stop_if_idle
+    box.start()
+    watcher.offer(box.device, kept, seq=1)
+    watcher.wait_state(box.device, lambda s: s["state"] == "preparing")
+    appslots.write_prepared(box.app, appslots.Named(release_id=kept.release_id, version="0.2.0"))
+    watcher.wait_state(box.device, lambda s: s["state"] == "waiting-idle")
+    assert box.updater.switched.wait(WAIT) and len(asked) == 2
+    assert asked[0] == asked[1] == appslots.Named(release_id=kept.release_id, version="0.2.0")  # written first
+    assert not box.stopped.is_set()  # the loop stopped the service itself
 
 
 def test_a_restart_resumes_the_fetch_and_root_s_outcome_is_reported(centre, make_box) -> None:
