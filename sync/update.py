@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linetap.firmware.clock import Clock
+from linetap.firmware.errors import SyncError
 from linetap.sync import release, updatewire
 from linetap.sync.signed import EnvelopeRefused, open_envelope
 from linetap.sync.updateevents import (
@@ -83,7 +84,7 @@ class _Accepted:
     release: release.Release
 
 
-class Refused(Exception):
+class _Refused(SyncError):
     """An offer is not taken; ``code`` is one of :data:`updatewire.CODES`."""
 
     def __init__(self, code: str, reason: str, subject: release.Release | None = None) -> None:
@@ -191,12 +192,12 @@ class BoxUpdate:
         except EnvelopeRefused as e:
             code = e.code if e.code in ("unknown-key", "bad-signature") else \
                 "too-large" if e.code == "oversized" else "malformed"
-            raise Refused(code, f"update offer envelope refused: {e}") from None
+            raise _Refused(code, f"update offer envelope refused: {e}") from None
         try:
             offer = updatewire.read_offer(envelope.body)
             rel = release.verify(offer.manifest, offer.signature, self._release_keys)
         except release.ReleaseError as e:
-            raise Refused(e.code, str(e)) from None
+            raise _Refused(e.code, str(e)) from None
         return _Accepted(payload=bytes(payload), seq=envelope.seq or 0, offer=offer, release=rel)
 
     def _judge(self, accepted: _Accepted, disk: DiskFacts, partial: Mapping[str, Iterable[int]]) -> None:
@@ -204,18 +205,18 @@ class BoxUpdate:
         refusal = release.judge(rel, current=self.current, board=self._board, machine=self._machine,
                                 python=self._python, allow_downgrade=accepted.offer.allow_downgrade)
         if refusal is not None:
-            raise Refused(refusal.code, refusal.reason, rel)
+            raise _Refused(refusal.code, refusal.reason, rel)
         missing = sum(f.size for f in rel.files if f.sha256 not in disk.have) - sum(
             release.chunk_span(rel, f, i)[1] for f in rel.files if f.sha256 not in disk.have
             for i in _valid(partial.get(f.sha256, ()), f))
         room = disk.free_bytes - disk.reserve_bytes
         if missing * ROOM_FACTOR > room:
-            raise Refused("no-room", f"release {rel.version} needs {missing * ROOM_FACTOR} bytes free "
+            raise _Refused("no-room", f"release {rel.version} needs {missing * ROOM_FACTOR} bytes free "
                                      f"({ROOM_FACTOR} x the {missing} still to fetch) and the data partition "
                                      f"has {max(room, 0)} above the spool's reserve; free space or lower "
                                      "spool.min_free_mb", rel)
 
-    def _refuse(self, refused: Refused, seq: int = 0) -> str:
+    def _refuse(self, refused: _Refused, seq: int = 0) -> str:
         """An offer not taken: reported when nothing is under way, logged while something is."""
         logger.warning("update offer refused code=%s reason=%s", refused.code, refused.reason)
         if self.state in ACTIVE or self.state in HELD:
@@ -267,7 +268,7 @@ class BoxUpdate:
                 return STAY
             self._judge(new, event.disk, {} if accepted is None or accepted.release.release_id !=
                         new.release.release_id else self._got)
-        except Refused as e:
+        except _Refused as e:
             return self._refuse(e)
         return self._accept(new, event.disk)
 
@@ -300,7 +301,7 @@ class BoxUpdate:
         """The state after a restart with an accepted offer kept."""
         try:
             accepted = self._open(saved.offer or b"", now_ms=None)  # judged when it came; it may expire meanwhile
-        except Refused as e:
+        except _Refused as e:
             self._result = ("refused", e.code, e.reason)
             return "refused"
         self._accepted, self._kept_seq = accepted, max(accepted.seq, saved.seq)
@@ -317,7 +318,7 @@ class BoxUpdate:
             return last.state
         try:
             self._judge(accepted, disk, saved.partial)
-        except Refused as e:
+        except _Refused as e:
             self._result = ("refused", e.code, e.reason)
             return "refused"
         self._result = (None, None, None)
