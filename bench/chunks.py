@@ -106,31 +106,40 @@ def _ours(broker: LocalBroker, store: ReleaseStore, kept: KeptRelease, rate: flo
         return _Box(broker, wanted, kept.release_id).fetch()
 
 
-def _peer(broker: LocalBroker, kept: KeptRelease, frames: dict[tuple[str, int], bytes]) -> float:
-    """A bare responder: answers each request with the frame already in memory."""
-    responder = _client(broker, "bench-peer")
-    subscribed: queue.Queue[int] = queue.Queue()
-    responder.on_subscribe = lambda *_a: subscribed.put(1)
+class Responder:
+    """A bare responder: answers each request with the frame already in memory (no file, no check, no
+    per-box bound); paho's thread only queues, as in ours (a publish from it waits for its loop)."""
 
-    asked: queue.Queue[bytes | None] = queue.Queue()
+    def __init__(self, broker: LocalBroker, frames: dict[tuple[str, int], bytes], client_id: str) -> None:
+        self.frames = frames
+        self.client = _client(broker, client_id)
+        subscribed: queue.Queue[int] = queue.Queue()
+        self.client.on_subscribe = lambda *_a: subscribed.put(1)
+        self._asked: queue.Queue[bytes | None] = queue.Queue()
+        self.client.on_message = lambda _c, _u, msg: self._asked.put(msg.payload)
+        self._thread = threading.Thread(target=self._answer, name=client_id)
+        self._thread.start()
+        self.client.subscribe(updatewire.get_topic(DEVICE), qos=1)
+        subscribed.get(timeout=10)
 
-    def answer() -> None:  # paho's thread only queues, as in ours (a publish from it waits for its loop)
-        while (payload := asked.get()) is not None:
+    def _answer(self) -> None:
+        while (payload := self._asked.get()) is not None:
             get = updatewire.read_get(payload)
-            responder.publish(updatewire.chunk_topic(DEVICE), frames[(get.file_sha256, get.chunk)], qos=1)
+            self.client.publish(updatewire.chunk_topic(DEVICE), self.frames[(get.file_sha256, get.chunk)], qos=1)
 
-    responder.on_message = lambda _c, _u, msg: asked.put(msg.payload)
-    thread = threading.Thread(target=answer, name="bench-peer")
-    thread.start()
-    responder.subscribe(updatewire.get_topic(DEVICE), qos=1)
-    subscribed.get(timeout=10)
+    def close(self) -> None:
+        self._asked.put(None)
+        self._thread.join()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _peer(broker: LocalBroker, kept: KeptRelease, frames: dict[tuple[str, int], bytes]) -> float:
+    responder = Responder(broker, frames, "bench-peer")
     try:
         return _Box(broker, list(frames), kept.release_id).fetch()
     finally:
-        asked.put(None)
-        thread.join()
-        responder.disconnect()
-        responder.loop_stop()
+        responder.close()
 
 
 def run() -> dict:

@@ -22,10 +22,8 @@ cost), and the peer's time over ours.
 from __future__ import annotations
 
 import os
-import queue
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,38 +40,11 @@ from linetap.sync.signed import seal
 from linetap.sync.update import WINDOW
 from linetap.sync.updater import Updater, python_tag
 
-from .chunks import DEVICE, _Box, _client
+from .chunks import DEVICE, Responder, _Box
 
 RELEASE_MB = 24
 REPEATS = 3
 WAIT_S = 120.0
-
-
-class _Responder:
-    """Answers each request with the frame already in memory (paho's thread only queues)."""
-
-    def __init__(self, broker: LocalBroker, frames: dict[tuple[str, int], bytes]) -> None:
-        self.frames = frames
-        self.client = _client(broker, "bench-fetch-responder")
-        subscribed: queue.Queue[int] = queue.Queue()
-        self.client.on_subscribe = lambda *_a: subscribed.put(1)
-        self._asked: queue.Queue[bytes | None] = queue.Queue()
-        self.client.on_message = lambda _c, _u, msg: self._asked.put(msg.payload)
-        self._thread = threading.Thread(target=self._answer, name="bench-fetch-responder")
-        self._thread.start()
-        self.client.subscribe(updatewire.get_topic(DEVICE), qos=1)
-        subscribed.get(timeout=10)
-
-    def _answer(self) -> None:
-        while (payload := self._asked.get()) is not None:
-            get = updatewire.read_get(payload)
-            self.client.publish(updatewire.chunk_topic(DEVICE), self.frames[(get.file_sha256, get.chunk)], qos=1)
-
-    def close(self) -> None:
-        self._asked.put(None)
-        self._thread.join()
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _ours(broker: LocalBroker, work: Path, kept, key: Ed25519PrivateKey, operator: Ed25519PrivateKey,
@@ -134,7 +105,7 @@ def run() -> dict:
                   for f in kept.release.files for i in range(len(f.chunks))}
         megabytes = kept.release.size / 1e6
         with LocalBroker(work / "broker", persistence=False) as broker:
-            responder = _Responder(broker, frames)
+            responder = Responder(broker, frames, "bench-fetch-responder")
             try:
                 pairs = [(_timed(lambda: _Box(broker, list(frames), kept.release_id).fetch()),
                           _timed(lambda n=n: _ours(broker, work, kept, key, operator, n)))
