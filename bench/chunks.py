@@ -142,18 +142,25 @@ def _peer(broker: LocalBroker, kept: KeptRelease, frames: dict[tuple[str, int], 
         responder.close()
 
 
+def bench_release(work: Path, key: Ed25519PrivateKey, **build) -> tuple[ReleaseStore, KeptRelease,
+                                                                       dict[tuple[str, int], bytes]]:
+    """The benchmark's release kept under ``work``, and its chunk frames by (file, index)."""
+    wheels = work / "wheels"
+    wheels.mkdir()
+    (wheels / "linetap-9.0.0-py3-none-any.whl").write_bytes(os.urandom(RELEASE_MB * 1_000_000))
+    (wheels / "dep-1.0-py3-none-any.whl").write_bytes(os.urandom(200_000))
+    store = ReleaseStore(work / "central")
+    kept, _ = store.build(key, wheels, now_ms=int(time.time() * 1000), **build)
+    frames = {(f.sha256, i): release.pack_chunk(kept.release_id, f.sha256, i,
+                                                 store.chunk(kept.release_id, f.sha256, i))
+              for f in kept.release.files for i in range(len(f.chunks))}
+    return store, kept, frames
+
+
 def run() -> dict:
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        wheels = work / "wheels"
-        wheels.mkdir()
-        (wheels / "linetap-9.0.0-py3-none-any.whl").write_bytes(os.urandom(RELEASE_MB * 1_000_000))
-        (wheels / "dep-1.0-py3-none-any.whl").write_bytes(os.urandom(200_000))
-        store = ReleaseStore(work / "central")
-        kept, _ = store.build(Ed25519PrivateKey.generate(), wheels, now_ms=int(time.time() * 1000))
-        frames = {(f.sha256, i): release.pack_chunk(kept.release_id, f.sha256, i,
-                                                     store.chunk(kept.release_id, f.sha256, i))
-                  for f in kept.release.files for i in range(len(f.chunks))}
+        store, kept, frames = bench_release(work, Ed25519PrivateKey.generate())
         megabytes = kept.release.size / 1e6
         with LocalBroker(work / "broker", persistence=False) as broker:
             pairs = [(_peer(broker, kept, frames), _ours(broker, store, kept, 1e9)) for _ in range(REPEATS)]

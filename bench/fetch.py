@@ -1,7 +1,7 @@
 """Fetching a release on the box: the update thread against a bare receiver of the same chunks.
 
-Release: one wheel of :data:`RELEASE_MB` MB of random bytes and a small one,
-signed (:class:`~linetap.sync.central.releases.ReleaseStore`), 128 KiB chunks,
+Release: :func:`bench.chunks.bench_release` (a 24 MB wheel of random bytes and a small one, signed,
+128 KiB chunks),
 answered by the bare responder of :mod:`bench.chunks` (frames already in
 memory), so the centre costs both sides the same.
 
@@ -32,17 +32,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from linetap.firmware.clock import SystemClock
 from linetap.firmware.config import Config
 from linetap.firmware.keys import public_key_b64
-from linetap.sync import release, updatewire
+from linetap.sync import updatewire
 from linetap.sync.broker import LocalBroker
-from linetap.sync.central.releases import ReleaseStore
 from linetap.sync.link import Link
 from linetap.sync.signed import seal
 from linetap.sync.update import WINDOW
 from linetap.sync.updater import Updater, python_tag
 
-from .chunks import DEVICE, Responder, _Box
+from .chunks import DEVICE, Responder, _Box, bench_release
 
-RELEASE_MB = 24
 REPEATS = 3
 WAIT_S = 120.0
 
@@ -93,16 +91,7 @@ def run() -> dict:
     key, operator = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        wheels = work / "wheels"
-        wheels.mkdir()
-        (wheels / "linetap-9.0.0-py3-none-any.whl").write_bytes(os.urandom(RELEASE_MB * 1_000_000))
-        (wheels / "dep-1.0-py3-none-any.whl").write_bytes(os.urandom(200_000))
-        store = ReleaseStore(work / "central")
-        kept, _ = store.build(key, wheels, now_ms=int(time.time() * 1000), machine=os.uname().machine,
-                              python=python_tag())
-        frames = {(f.sha256, i): release.pack_chunk(kept.release_id, f.sha256, i,
-                                                     store.chunk(kept.release_id, f.sha256, i))
-                  for f in kept.release.files for i in range(len(f.chunks))}
+        _store, kept, frames = bench_release(work, key, machine=os.uname().machine, python=python_tag())
         megabytes = kept.release.size / 1e6
         with LocalBroker(work / "broker", persistence=False) as broker:
             responder = Responder(broker, frames, "bench-fetch-responder")
