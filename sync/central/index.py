@@ -54,7 +54,7 @@ from linetap.firmware.errors import SyncError
 from linetap.sync.central.accesslog import Access, AccessLogTables
 from linetap.sync.central.analytics.tables import AnalyticsIndex, AnalyticsTables, forget_analysis
 from linetap.sync.central.copytables import CopyIndex, CopyTables
-from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables
+from linetap.sync.central.consoleindex import ConsoleIndex, ConsoleTables, caller_condition, trigram_narrows
 from linetap.sync.central.figuresindex import COLUMNS as FIGURE_COLUMNS
 from linetap.sync.central.figuresindex import figure_values
 from linetap.sync.central.fleetindex import FleetTables, FleetUpdate
@@ -364,10 +364,6 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
         if until_ms is not None:
             where.append("started_ms < ?")
             params.append(until_ms)
-        if caller is not None:
-            pattern = "%" + caller.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(LOWER(caller_number) LIKE ? ESCAPE '\\' OR LOWER(caller_name) LIKE ? ESCAPE '\\')")
-            params += [pattern, pattern]
         if flagged is not None:
             where.append("flagged = ?")
             params.append(int(flagged))
@@ -377,9 +373,13 @@ class IndexTables(FleetTables, ReceiptTables, TimestampTables, AccessLogTables, 
         if erased is not None:
             where.append("erased_ms IS NOT NULL" if erased else "erased_ms IS NULL")
         sql = "SELECT * FROM recordings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
         with self._sql() as db:
+            if caller is not None:  # the calls search's condition (SQLite: its trigram table when it narrows)
+                condition, values = caller_condition(caller, trigram=trigram_narrows(db, caller))
+                where.append(condition)
+                params += values
+            if where:
+                sql += " WHERE " + " AND ".join(where)
             rows = db.execute(sql + " ORDER BY started_ms NULLS FIRST, device_id, seq", params).fetchall()
         return [_recording(r) for r in rows]
 

@@ -168,6 +168,7 @@ def test_caller_search_finds_the_same_calls_with_and_without_the_trigram_index(
 
     def found(needle: str) -> tuple[list[int], int]:
         rows, total = index.search_recordings(Search(caller=needle, descending=False, limit=500))
+        assert [r["seq"] for r in index.recordings(caller=needle)] == [r["seq"] for r in rows]  # `list --caller`
         return [r["seq"] for r in rows], total
 
     led = {needle: found(needle) for needle in needles}
