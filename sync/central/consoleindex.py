@@ -39,7 +39,7 @@ CONSENT_STATES = {"announced": "announcement-end", "paused": "pause-start", "opt
                   "private": "private"}
 MAX_SPANS = 2000  # desk spans in one search's WHERE (an agent's or a team's assignments)
 MAX_PAGE = 500
-CALLER_PROBE = 2000  # calls the caller trigram table may find and still lead the search (trigram_narrows)
+LEAD_PROBE = 2000  # rows one of SQLite's indexes may find and still lead a calls search (_few)
 
 
 class DuplicateUser(ValueError):
@@ -114,22 +114,35 @@ def _phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def _few(db: Any, source: str, condition: str, params: list[Any]) -> bool:
+    """Whether fewer than :data:`LEAD_PROBE` rows of ``source`` meet ``condition`` (counted up to that many).
+
+    SQLite's planner has no histogram to tell a narrow range or a rare substring from a wide one, and
+    an index that leads costs a lookup per row it finds (4-8 µs) where a scan costs well under 1 µs a
+    row: at 100,000 calls, a figure range holding a third of them took 270 ms through its index and
+    20 ms in a scan. So an index leads only when this probe finds few rows (at most about 20 ms)."""
+    found = db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {condition} LIMIT ?)",
+                       [*params, LEAD_PROBE]).fetchone()[0]
+    return int(found) < LEAD_PROBE
+
+
 def trigram_narrows(db: Any, text: str) -> bool:
-    """Whether SQLite's caller trigram table should lead the search for ``text``: it needs 3 characters,
-    and pays only while it finds few calls. Each call it finds costs the search about 4 µs (the ``LIKE``
-    scan costs 0.5 µs a row: 50 ms at 100,000), and other filters (a desk, a day) cannot narrow what it
-    leads with, so it leads only when it finds fewer than :data:`CALLER_PROBE` calls (at most about
-    10 ms); past that the ``LIKE`` runs as it did without it. The probe stops at that many."""
+    """Whether SQLite's caller trigram table should lead the search for ``text``: it needs 3 characters
+    and few calls found (:func:`_few`); past that the ``LIKE`` scans as it did without it."""
     if not isinstance(db, sqlite3.Connection) or len(text) < 3:
         return False
-    found = db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM caller_fts WHERE caller_fts MATCH ? LIMIT ?)",
-                       (_phrase(text), CALLER_PROBE)).fetchone()[0]
-    return int(found) < CALLER_PROBE
+    return _few(db, "caller_fts", "caller_fts MATCH ?", [_phrase(text)])
 
 
-def search_where(search: Search, *, trigram: bool = False) -> tuple[str, list[Any]]:
+def figure_index_leads(db: Any, figure: tuple[str, float | None, float | None]) -> bool:
+    """Whether a figure's own index may lead the search: always on PostgreSQL (its planner knows the
+    spread of values), on SQLite when the range holds few calls (:func:`_few`)."""
+    return not isinstance(db, sqlite3.Connection) or _few(db, "recordings", *figure_condition(*figure))
+
+
+def search_where(search: Search, *, trigram: bool = False, figure_index: bool = True) -> tuple[str, list[Any]]:
     """The ``WHERE`` clause (with its leading keyword, or empty) and its parameters (``trigram``: SQLite's
-    caller index, :func:`caller_condition`)."""
+    caller index, :func:`caller_condition`; ``figure_index``: :func:`figure_index_leads`)."""
     where: list[str] = []
     params: list[Any] = []
 
@@ -153,7 +166,7 @@ def search_where(search: Search, *, trigram: bool = False) -> tuple[str, list[An
     if search.consent is not None:
         add("consent LIKE ?", f'%"kind": "{CONSENT_STATES[search.consent]}"%')
     if search.figure is not None:
-        condition, values = figure_condition(*search.figure)
+        condition, values = figure_condition(*search.figure, indexed=figure_index)
         add(condition, *values)
     if search.erased is not None:
         add("erased_ms IS NOT NULL" if search.erased else "erased_ms IS NULL")
@@ -318,7 +331,8 @@ class ConsoleTables:
         limit, offset = max(1, min(search.limit, MAX_PAGE)), max(0, search.offset)
         with self._sql() as db:
             trigram = bool(search.caller) and trigram_narrows(db, search.caller)
-            where, params = search_where(search, trigram=trigram)
+            figure_index = search.figure is None or figure_index_leads(db, search.figure)
+            where, params = search_where(search, trigram=trigram, figure_index=figure_index)
             total = int(db.execute("SELECT COUNT(*) FROM recordings" + where, params).fetchone()[0])
             rows = db.execute(f"SELECT * FROM recordings{where} ORDER BY {order} LIMIT ? OFFSET ?",
                               [*params, limit, offset]).fetchall()

@@ -17,11 +17,13 @@ reading) are kept beside it as ``DOUBLE PRECISION`` columns
 - cleared with the metrics when a recording is erased.
 
 Columns rather than a table of (call, name, value) rows: a condition on a
-column of ``recordings`` is one the planners weigh like any other (a narrow
-range takes its index, a wide one is checked row by row on the way through
-the started-time index), where a join to such a table leads with the table
-and costs a lookup per call in the range (at 100,000 calls, a range holding a
-third of them: 90 ms through the table, 23 ms as a column).
+column of ``recordings`` can be checked row by row on the way through the
+started-time index, where a join to such a table leads with the table and
+costs a lookup per call in the range (at 100,000 calls, a range holding a
+third of them: 90 ms through the table, 23 ms as a column). SQLite's
+planner cannot tell a wide range from a narrow one, so the calls search
+lets a figure's index lead only when a probe finds the range narrow
+(:func:`~linetap.sync.central.consoleindex.figure_index_leads`).
 
 The calls search narrows with :func:`figure_condition`: one figure, a range.
 """
@@ -77,12 +79,15 @@ def fill_figures(db: Any) -> int:
         after = (page[-1][0], page[-1][1])
 
 
-def figure_condition(name: str, low: float | None, high: float | None) -> tuple[str, list[Any]]:
+def figure_condition(name: str, low: float | None, high: float | None, *,
+                     indexed: bool = True) -> tuple[str, list[Any]]:
     """(SQL condition on ``recordings``, its parameters): calls whose figure ``name`` lies in [low, high]
-    (an end None: open; both: any value). ``name`` must be a key of ``FIGURES``."""
+    (an end None: open; both: any value). ``name`` must be a key of ``FIGURES``. ``indexed`` False (SQLite
+    only): the column as ``+column``, which SQLite's planner takes as "not through its index"."""
     column = COLUMNS.get(name)
     if column is None:
         raise ValueError(f"no QA figure {name!r}; choose one of {', '.join(FIGURES)}")
+    column = column if indexed else f"+{column}"
     where, params = [], []
     for relation, bound in ((">=", low), ("<=", high)):
         if bound is not None:

@@ -127,7 +127,12 @@ def metrics(near: str, far: str, silence: str, hold: list[list[str]] | None = No
             "hold_spans": hold or []}
 
 
-def test_qa_figures_are_kept_as_numbers_and_searched_by_range(index: IndexTables) -> None:
+@pytest.mark.parametrize("probe", [2000, 0], ids=["index-leads", "scan"])  # SQLite: a figure's index or not
+def test_qa_figures_are_kept_as_numbers_and_searched_by_range(index: IndexTables, probe: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from linetap.sync.central import consoleindex
+
+    monkeypatch.setattr(consoleindex, "LEAD_PROBE", probe)
     index.add_recording(call("desk-1", 1, metrics=metrics("30", "70", "0.1", [["5.5", "35.5"]])))  # talk 30 %
     index.add_recording(call("desk-1", 2, metrics=metrics("45", "55", "0.25")))
     index.add_recording(call("desk-1", 3, metrics=metrics("60", "40", "0.4", [["0", "100"], ["200", "290"]])))
@@ -172,7 +177,7 @@ def test_caller_search_finds_the_same_calls_with_and_without_the_trigram_index(
         return [r["seq"] for r in rows], total
 
     led = {needle: found(needle) for needle in needles}
-    monkeypatch.setattr(consoleindex, "CALLER_PROBE", 0)  # the LIKE alone, as without the index
+    monkeypatch.setattr(consoleindex, "LEAD_PROBE", 0)  # the LIKE alone, as without the index
     assert {needle: found(needle) for needle in needles} == led
     assert led["7946 001"][0] == [10, 11, 12, 13, 15, 16, 17, 18, 19] and led["nobody"] == ([], 0)  # 14: none
     assert led["ada"][1] == 13 and led["zoë"][1] == 7 and led["0%"][1] == 7  # "Ada ...", "ADA_100%"; "Zoë ..."
