@@ -56,9 +56,17 @@ def test_selftest_fails_naming_an_unwritable_spool(tmp_path: Path, broker: Local
     assert all(checks[name]["ok"] for name in ("drivers", "pipeline", "broker"))
 
 
-def test_selftest_without_a_broker_fails_naming_it(tmp_path: Path) -> None:
+def test_selftest_without_a_broker_configured_says_it_has_none_to_reach(tmp_path: Path) -> None:
     checks = selftest.run_checks(load_config(None), tmp_path, drivers=lambda: "open", broker=None)
-    assert [c.name for c in checks if not c.ok] == ["broker"] and "sync.broker" in checks[-1].detail
+    assert all(c.ok for c in checks) and "not checked" in checks[-1].detail
+
+
+def test_selftest_fails_naming_a_broker_it_cannot_reach(tmp_path: Path, broker: LocalBroker) -> None:
+    config = load_config(config_file(tmp_path, broker))
+    checks = selftest.run_checks(config, tmp_path, drivers=lambda: "open", broker=lambda _deadline: False,
+                                 deadline_s=2)
+    assert [c.name for c in checks if not c.ok] == ["broker"]
+    assert checks[-1].detail == f"not connected to 127.0.0.1:{broker.port} within 2 s"
 
 
 @pytest.mark.parametrize("spool_ok", [True, False])
@@ -99,12 +107,14 @@ def test_the_service_checks_its_trial_and_stops_when_the_check_fails(tmp_path: P
     monkeypatch.setenv(appslots.APP_ROOT_ENV, str(app))
     appslots.write_trial(app, appslots.Trial(version=__version__, release_id="b" * 64, previous=None,
                                              deadline_ms=int(SystemClock().wall() * 1000) + 300_000, starts=1))
+    data.mkdir()
+    (data / "spool").write_text("not a folder\n")
     config, stop = load_config(None), threading.Event()
     board = build_board(config, SystemClock(), lambda _event: None)
     try:
-        failed = service._check_trial(config, data, board, None, stop, SystemClock())  # no broker configured
+        failed = service._check_trial(config, data, board, None, stop, SystemClock())
         assert stop.wait(60)
     finally:
         board.close()
     unhealthy = appslots.read_health(data)[1]
-    assert failed == [unhealthy.reason] and unhealthy.reason.startswith("broker: sync.broker is not set")
+    assert failed == [unhealthy.reason] and unhealthy.reason.startswith("spool:")
