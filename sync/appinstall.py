@@ -207,8 +207,9 @@ def prepare(app_root: Path, data_dir: Path, request: Request, box: Platform, cur
     rel = check_release(app_root, data_dir, request, box, current)
     versions = app_root / appslots.VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
+    for stale in versions.glob("*.tmp"):  # builds cut short (one step runs at a time)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = versions / f"{rel.version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # a build cut short
     check_room(app_root, rel, free)
     named = Named(release_id=rel.release_id, version=rel.version)
     try:

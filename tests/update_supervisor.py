@@ -13,7 +13,7 @@ again through the gate.
 A notify socket (``$NOTIFY_SOCKET``, abstract) turns the process's
 ``READY=1`` into an event. Tests wait on :attr:`events` (``("started",
 version, pid, t)``, ``("ready", version, t)``, ``("exited", version, code,
-output)``, ``("gate", output, seconds)``, ``("step", output, seconds)``; ``t``
+output, t)``, ``("gate", output, seconds)``, ``("step", output, seconds)``; ``t``
 is ``time.monotonic()``) with
 :meth:`wait_for`; nothing here sleeps for a set time.
 """
@@ -119,7 +119,7 @@ class Supervisor:
             self._write_pid(self._proc.pid)
             self._record(("started", self._version, self._proc.pid, time.monotonic()))
             output, _ = self._proc.communicate()
-            self._record(("exited", version or "factory", self._proc.returncode, output[-2000:]))
+            self._record(("exited", version or "factory", self._proc.returncode, output[-2000:], time.monotonic()))
 
     def _watch(self) -> None:
         folder = appslots.update_dir(self.data_dir)

@@ -317,24 +317,33 @@ def _killed_at(app: Path, data: Path, action: str, point: str) -> None:
     assert done.returncode == -9, f"{action} was not killed at {point}: {done.returncode} {done.stderr[-800:]}"
 
 
+PREPARE_POINTS = ("after-copy", "after-venv", "after-pip", "after-rename", "after-prepared")
+SWITCH_POINTS = ("after-trial", "after-previous", "after-flip", "after-switch")
+ROLLBACK_POINTS = ("rollback-after-outcome", "after-flip-back")
+
+
+def test_every_crash_point_is_killed_at_by_a_test() -> None:
+    assert {*PREPARE_POINTS, *SWITCH_POINTS, *ROLLBACK_POINTS, "promote-after-outcome"} == set(appgate.CRASH_POINTS)
+
+
 def test_sigkill_at_every_step_leaves_a_runnable_version(box, mini) -> None:
     app, data = box
     uh.stage(data, mini)
     request(data, mini, at_ms=1)
-    for point in ("after-copy", "after-venv", "after-pip", "after-rename", "after-prepared"):
+    for point in PREPARE_POINTS:
         _killed_at(app, data, "step", point)
         assert launch_version(app) == FACTORY, point
     assert _cli(app, data, "step").returncode == 0
     assert appslots.read_prepared(app) == Named(mini.release_id, NEXT)
-    assert launch_version(app) == FACTORY
+    assert launch_version(app) == FACTORY and not list((app / "versions").glob("*.tmp"))
     appslots.write_switch(data, Named(mini.release_id, NEXT))
-    for point in ("after-trial", "after-previous", "after-flip", "after-switch"):
+    for point in SWITCH_POINTS:
         _killed_at(app, data, "gate", point)
         assert launch_version(app) in (FACTORY, NEXT), point
     assert _cli(app, data, "gate").returncode == 0
     assert launch_version(app) == NEXT and appslots.read_trial(app).version == NEXT
     appslots.write_health(data, Health(NEXT, healthy=False, code="selftest-failed", reason="no audio"))
-    for point in ("rollback-after-outcome", "after-flip-back"):
+    for point in ROLLBACK_POINTS:
         _killed_at(app, data, "step", point)
         assert launch_version(app) in (FACTORY, NEXT), point
     assert _cli(app, data, "gate").returncode == 0
