@@ -41,7 +41,7 @@ from linetap.firmware.clock import Clock
 from linetap.firmware.durable import fsync_dir
 from linetap.sync import appgate, appslots, release, slotgate
 from linetap.sync.appgate import crash_point, now_ms
-from linetap.sync.appslots import CURRENT, Named, Outcome, Request, SlotFileError
+from linetap.sync.appslots import Named, Outcome, Request, SlotFileError
 
 logger = logging.getLogger(__name__)
 
