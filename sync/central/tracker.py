@@ -59,6 +59,7 @@ TRACKER_QUEUE = 4096
 TRACKER_BATCH = 500
 STOP_POLL_S = 0.2
 _JOIN_S = 10.0
+WITHDRAW_TIMEOUT_S = 10.0  # the broker's acknowledgement of a halted rollout's withdrawals
 
 
 class FleetTracker:
@@ -216,10 +217,17 @@ class FleetTracker:
 
     def _record_states(self, states: list[tuple[str, UpdateState]], now_ms: int) -> None:
         """Keep the boxes' update states; halt a rollout past its share and withdraw its offers."""
-        for rollout_id, devices in rollout.judge(self.index, sorted(self.index.record_update_states(states, now_ms)),
-                                                 now_ms).items():
-            for device_id in devices:
-                self.client.publish(updatewire.offer_topic(device_id), b"", retain=True)
+        halted = rollout.judge(self.index, sorted(self.index.record_update_states(states, now_ms)), now_ms)
+        mids = [self.client.publish(updatewire.offer_topic(device_id), b"", retain=True)
+                for devices in halted.values() for device_id in devices]
+        if not mids:
+            return
+        # Waited for here, so that once flush() returns the withdrawals are on the broker (and no
+        # acknowledgement is left for nobody to collect).
+        try:
+            self.client.wait_published(mids, WITHDRAW_TIMEOUT_S)
+        except SyncError as e:
+            logger.error("offers not withdrawn alarm=rollout-halted rollouts=%s reason=%s", ",".join(halted), e)
 
 
     def _check_acks(self, reported: Mapping[str, tuple[int, int | None]]) -> None:
