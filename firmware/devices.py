@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from linetap.drivers.audio import Codec, SampleSource, SimCodec, SoundDeviceCodec
+from linetap.drivers.audio import Codec, SampleSource, Silence, SimCodec, SoundDeviceCodec
 from linetap.drivers.gpio import Panel, sim_pin_factory
 from linetap.drivers.line import SimModem, V253Line
+from linetap.drivers.simcontrol import CONTROL_ENV, SimControl
 from linetap.firmware.board import USB_BRIDGES, BoardProfile
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
@@ -45,9 +46,10 @@ class Board:
     modem: SimModem | None = None  # the simulated modem on the simulated board
     hid: Any = None  # the headset's HID telephony controls (HidTelephony) on a USB inline board
     usb: SimUsb | None = None  # the simulated headset and PC on the simulated USB inline board
+    control: Any = None  # the simulated board's control socket (drivers/simcontrol.py), when asked for
 
     def close(self) -> None:
-        for part in (self.line, self.modem, self.hid, self.panel, self.codec, self.usb):
+        for part in (self.control, self.line, self.modem, self.hid, self.panel, self.codec, self.usb):
             if part is not None:
                 part.close()
         if self.pin_factory is not None:
@@ -56,17 +58,22 @@ class Board:
 
 def build_board(config: Config, clock: Clock, on_event: Callable[[object], None], *,
                 near: Samples | None = None, far: Samples | None = None,
-                keep_played: bool = True) -> Board:
+                keep_played: bool = True, live: bool = False) -> Board:
     """Build the codec, panel and line interface of ``config``'s board.
 
     ``near``/``far`` feed a simulated codec (arrays, or sources streamed as
     the call runs); ``keep_played=False`` spares it keeping the line signal.
+    ``live`` is the service's board: a simulated line given no audio is
+    silence for as long as the service runs (not one block), and the control
+    socket :data:`~linetap.drivers.simcontrol.CONTROL_ENV` names is opened.
     A real board ignores them.
     """
     profile = config.board_profile()
     usb = SimUsb(config, clock, near, far) if profile.audio.driver == "sim-usb-bridge" else None
     if profile.audio.driver == "sim":
-        codec: Codec = sim_codec(config, clock, near, far, keep_played=keep_played)
+        if live:
+            near, far = (Silence() if near is None else near), (Silence() if far is None else far)
+        codec: Codec = sim_codec(config, clock, near, far, keep_played=keep_played and not live)
     elif profile.audio.driver in USB_BRIDGES:
         codec = bridge_codec(config, clock, usb)
     else:
@@ -83,6 +90,8 @@ def build_board(config: Config, clock: Clock, on_event: Callable[[object], None]
         elif profile.line.driver == "v253":
             assert profile.line.port is not None
             board.line = make_line(config, profile.line.port, clock, on_event)
+        if live and os.environ.get(CONTROL_ENV):
+            board.control = sim_control(config, board, os.environ[CONTROL_ENV])
     except BaseException:
         board.close()
         raise
@@ -99,6 +108,25 @@ def sim_codec(config: Config, clock: Clock, near: Samples | None = None, far: Sa
     return SimCodec(near if near is not None else silence, far if far is not None else silence,
                     rate=config.audio.rate, block_frames=config.audio.block_frames, clock=clock,
                     queue_blocks=config.audio.queue_blocks, keep_played=keep_played)
+
+
+def sim_control(config: Config, board: Board, path: str) -> SimControl | None:
+    """The control socket at ``path`` that lifts and puts down the simulated handset (simulation only).
+
+    On a board without mock pins, or a path that cannot be used, the setting is ignored with a warning.
+    """
+    gpio = config.board_profile().gpio
+    if board.pin_factory is None or gpio.hook is None:
+        logger.warning("%s is set but board %s has no simulated hook: ignored", CONTROL_ENV, config.device.board)
+        return None
+    pin = board.pin_factory.pin(gpio.hook)
+    lifted = pin.drive_high if gpio.hook_active == "high" else pin.drive_low
+    down = pin.drive_low if gpio.hook_active == "high" else pin.drive_high
+    try:
+        return SimControl(Path(path), {"hook-off": lifted, "hook-on": down})
+    except (OSError, ValueError) as exc:
+        logger.warning("simulated board control socket not opened: %s", exc)
+        return None
 
 
 def sound_device_codec(config: Config) -> SoundDeviceCodec:

@@ -195,13 +195,13 @@ def _start_board(pushed: PushedConfig, local: Config, clock: Clock, inbox: queue
     try:
         config = pushed.overlay(local)
         prompts = load_prompts(config)
-        board = build_board(config, clock, inbox.put)
+        board = build_board(config, clock, inbox.put, live=True)
     except LinetapError as exc:
         if not pushed.on_trial:
             raise
         config = pushed.roll_back(local, f"{type(exc).__name__}: {exc}")
         prompts = load_prompts(config)
-        board = build_board(config, clock, inbox.put)
+        board = build_board(config, clock, inbox.put, live=True)
     pushed.confirm()
     return config, prompts, board
 

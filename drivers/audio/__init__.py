@@ -37,10 +37,10 @@ from linetap.drivers.audio.device import (
     list_devices,
 )
 from linetap.drivers.audio.sim import PlayRecord, SimCodec
-from linetap.drivers.audio.sources import AudioFileSource, SampleSource, WavSource, tone
+from linetap.drivers.audio.sources import AudioFileSource, SampleSource, Silence, WavSource, tone
 
 __all__ = [
     "FALLBACK_DEVICE_RATE", "PIPELINE_RATES", "AudioDevice", "AudioFileSource", "Block",
     "CaptureRing", "Codec", "CodecStats", "PlayRecord", "PlaybackQueue", "SampleSource",
-    "SimCodec", "SoundDeviceCodec", "WavSource", "choose_device_rate", "list_devices", "tone",
+    "Silence", "SimCodec", "SoundDeviceCodec", "WavSource", "choose_device_rate", "list_devices", "tone",
 ]

@@ -55,6 +55,17 @@ class _ArraySource:
         pass
 
 
+class Silence:
+    """Silence that never ends: the simulated board's line when ``linetap run`` is given no audio, so the
+    service stays up, idle, for as long as it runs."""
+
+    def read(self, frames: int) -> np.ndarray:
+        return np.zeros(frames, np.int16)
+
+    def close(self) -> None:
+        pass
+
+
 class WavSource:
     """A mono 16-bit WAV file at ``rate``, streamed; any other format is refused with the sox command."""
 

@@ -47,12 +47,12 @@ def test_a_running_recorder_is_switched_to_a_new_version_and_keeps_it(tmp_path, 
         sup.restart()  # the box stops itself once the line is idle; systemd starts it again
         ready = sup.wait_for(lambda e: e[:2] == ("ready", rel.version), after=mark)
         mark = len(sup.events)
-        # The new version self-tests and says healthy.json; the step (or the next start's gate, as `linetap run`
-        # on the simulated board ends when its audio does) promotes it.
+        # The new version self-tests and says healthy.json; the step promotes it.
         sup.wait_for(lambda e: e[0] in ("step", "gate") and f"{rel.version} installed" in e[1], after=mark)
         outcome = appslots.read_outcome(app)
         assert (outcome.outcome, outcome.version) == ("installed", rel.version)
         mark = len(sup.events)
+        sup.restart()
         sup.wait_for(lambda e: e[:2] == ("ready", rel.version), after=mark)  # kept across restarts
         assert not any(e[0] == "gate" and "rolled back" in e[1] for e in sup.events)
     finally:
