@@ -102,6 +102,8 @@ def run_checks(config: Config, data_dir: Path, *, drivers: Callable[[], str],
         except (LinetapError, OSError, ValueError) as e:
             detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
             results.append(Check(name, False, detail))
+        except Exception as e:  # a check that crashes fails, named: the trial must get a verdict, never none
+            results.append(Check(name, False, f"{type(e).__name__}: {e}"))
     return results
 
 

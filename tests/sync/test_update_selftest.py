@@ -61,6 +61,15 @@ def test_selftest_without_a_broker_configured_says_it_has_none_to_reach(tmp_path
     assert all(c.ok for c in checks) and "not checked" in checks[-1].detail
 
 
+def test_a_check_that_crashes_fails_named_so_the_trial_still_gets_a_verdict(tmp_path: Path) -> None:
+    def crash() -> str:
+        raise RuntimeError("driver bug")
+
+    checks = selftest.run_checks(load_config(None), tmp_path, drivers=crash, broker=None)
+    assert selftest.failure(checks) == "drivers: RuntimeError: driver bug"
+    assert all(c.ok for c in checks[1:])
+
+
 def test_selftest_fails_naming_a_broker_it_cannot_reach(tmp_path: Path, broker: LocalBroker) -> None:
     config = load_config(config_file(tmp_path, broker))
     checks = selftest.run_checks(config, tmp_path, drivers=lambda: "open", broker=lambda _deadline: False,
