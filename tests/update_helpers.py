@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def tree_version() -> str:
     return re.search(r'(?m)^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text()).group(1)
 
 
-def tree_wheel(out: Path, version: str | None = None) -> Path:
-    """A wheel of the working tree (its version bumped to ``version`` when given) in folder ``out``."""
+def tree_wheel(out: Path, version: str | None = None, patch: Callable[[Path], None] | None = None) -> Path:
+    """A wheel of the working tree (its version bumped to ``version`` when given) in folder ``out``;
+    ``patch(tree)`` may change the copy first (a broken release is built from a broken tree)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="linetap-tree-") as tmp:
         tree = Path(tmp) / "tree"
@@ -52,6 +54,8 @@ def tree_wheel(out: Path, version: str | None = None) -> Path:
             text, count = re.subn(r'(?m)^version = "[^"]+"$', f'version = "{version}"', pyproject.read_text())
             assert count == 1, "pyproject.toml has no single version line to bump"
             pyproject.write_text(text)
+        if patch is not None:
+            patch(tree)
         done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
                                "--find-links", str(BOX_WHEELS), "-w", str(out), str(tree)],
                               capture_output=True, text=True, timeout=300)

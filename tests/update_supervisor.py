@@ -13,8 +13,8 @@ again through the gate.
 A notify socket (``$NOTIFY_SOCKET``, abstract) turns the process's
 ``READY=1`` into an event. Tests wait on :attr:`events` (``("started",
 version, pid, t)``, ``("ready", version, t)``, ``("exited", version, code,
-output, t)``, ``("gate", output, seconds)``, ``("step", output, seconds)``; ``t``
-is ``time.monotonic()``) with
+output, t)``, ``("gate", output, seconds, cpu_seconds)``, ``("step", output, seconds,
+cpu_seconds)``; ``t`` is ``time.monotonic()``) with
 :meth:`wait_for`; nothing here sleeps for a set time.
 """
 
@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -86,8 +87,8 @@ class Supervisor:
         with self._step_lock:
             kill = f"kill -TERM $(cat {shlex.quote(str(self._pid_file()))})"
             began = time.monotonic()
-            out = self._linetap("step", "--restart-command", f"sh -c {shlex.quote(kill)}")
-            self._record(("step", out, time.monotonic() - began))
+            out, cpu = self._linetap("step", "--restart-command", f"sh -c {shlex.quote(kill)}")
+            self._record(("step", out, time.monotonic() - began, cpu))
         return out
 
     def wait_for(self, predicate: Callable[[tuple], bool], *, timeout: float = 120, after: int = 0) -> tuple:
@@ -106,8 +107,8 @@ class Supervisor:
     def _loop(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
-            out = self._linetap("gate")
-            self._record(("gate", out, time.monotonic() - began))
+            out, cpu = self._linetap("gate")
+            self._record(("gate", out, time.monotonic() - began, cpu))
             if self._stop.is_set():
                 break
             version = appslots.read_link(self.app_root, appslots.CURRENT)
@@ -147,14 +148,26 @@ class Supervisor:
 
     # -------------------------------------------------------------- helpers --
 
-    def _linetap(self, action: str, *extra: str) -> str:
+    @property
+    def pid(self) -> int | None:
+        """The running box process's id (None between two starts)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _linetap(self, action: str, *extra: str) -> tuple[str, float]:
+        """Run ``linetap update ACTION``: its output and the CPU seconds it took (its own and its children's)."""
         argv = [str(FACTORY_BIN / "linetap"), "update", action, "--app-root", str(self.app_root),
                 "--data-dir", str(self.data_dir), *extra]
         if self.config is not None:
             argv += ["--config", str(self.config)]
-        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"update {action} failed ({done.returncode}): {done.stdout}{done.stderr}"
-        return done.stdout
+        with tempfile.TemporaryFile("w+") as err, subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
+                                                                    stderr=err, text=True) as proc:
+            out = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)  # reaped here, for its resource usage
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            assert proc.returncode == 0, f"update {action} failed ({proc.returncode}): {out}{err.read()}"
+        return out, usage.ru_utime + usage.ru_stime
 
     def _pid_file(self) -> Path:
         return self.app_root.parent / f"{self.app_root.name}.supervised.pid"
