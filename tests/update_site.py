@@ -45,6 +45,20 @@ from linetap.sync.central.tools import StoreTools
 WAIT = 240.0
 
 
+def subscriber(broker: LocalBroker, client_id: str, on_message: Callable[..., None],
+               topics: list[tuple[str, int]]) -> mqtt.Client:
+    """A paho MQTT v5 client on ``broker``, its loop started, once the broker acknowledged ``topics``."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_args: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe(topics)
+    assert subscribed.wait(30), f"{client_id}: the subscription was not acknowledged"
+    return client
+
+
 class Watcher:
     """Every ``update/state`` of one box, and the bytes of every chunk sent to it, as they arrive."""
 
@@ -53,15 +67,8 @@ class Watcher:
         self.states: list[tuple[float, dict[str, Any]]] = []  # (time.monotonic(), state)
         self.chunk_bytes = 0
         self._changed = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{device}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = self._received
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_args: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        self.client.subscribe([(updatewire.state_topic(device), 1), (updatewire.chunk_topic(device), 1)])
-        assert subscribed.wait(30), "the watcher's subscription was not acknowledged"
+        self.client = subscriber(broker, f"watch-{device}", self._received,
+                                 [(updatewire.state_topic(device), 1), (updatewire.chunk_topic(device), 1)])
 
     def _received(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._changed:

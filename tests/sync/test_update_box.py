@@ -37,6 +37,7 @@ from linetap.sync.mqtt import BrokerSettings
 from linetap.sync.signed import seal
 from linetap.sync.updatefiles import UpdateFiles
 from linetap.sync.updater import Updater, python_tag
+from update_site import subscriber
 from updatekit import OPERATOR, RELEASE_KEY, TTL_MS
 
 WAIT = 20.0
@@ -52,15 +53,7 @@ class Watcher:
     def __init__(self, broker: LocalBroker) -> None:
         self.states: list[tuple[str, dict[str, Any]]] = []
         self._changed = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="update-watcher",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = self._received
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_args: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        self.client.subscribe(updatewire.state_filter(), qos=1)
-        assert subscribed.wait(WAIT)
+        self.client = subscriber(broker, "update-watcher", self._received, [(updatewire.state_filter(), 1)])
 
     def _received(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         device = message.topic.split("/")[2]
