@@ -19,7 +19,8 @@ their only writers.
 
 :meth:`ConsoleTables.search_recordings` is the calls page's one search:
 the caller's scope (the desk spans a user may see) and filters become one
-``WHERE``, sorted by a whitelisted column, paged with ``LIMIT``/``OFFSET``.
+``WHERE``, sorted by a whitelisted column, paged with ``LIMIT``/``OFFSET``,
+counted up to :data:`COUNT_CAP` + 1 matches (the page then says "more than").
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CONSENT_STATES = {"announced": "announcement-end", "paused": "pause-start", "opt
 MAX_SPANS = 2000  # desk spans in one search's WHERE (an agent's or a team's assignments)
 MAX_PAGE = 500
 LEAD_PROBE = 2000  # rows one of SQLite's indexes may find and still lead a calls search (_few)
+COUNT_CAP = 10_000  # matches a calls search counts; past it the page says "more than" (search_recordings)
 
 
 class DuplicateUser(ValueError):
@@ -323,20 +325,36 @@ class ConsoleTables:
     # -- the calls search --
 
     def search_recordings(self, search: Search) -> tuple[list[dict[str, Any]], int]:
-        """(one page of recordings, how many match in all)."""
+        """(one page of recordings, how many match in all, counted up to :data:`COUNT_CAP` + 1: a total
+        over :data:`COUNT_CAP` means "more than COUNT_CAP").
+
+        The bounded count stops at the first COUNT_CAP + 1 matches instead of reading every one; the page
+        is then read in order from a sort index (``searchschema``) and stops after its rows (pages past
+        COUNT_CAP too). A page past the last match counted is not read. On SQLite, when the count found
+        few matches (fewer than :data:`LEAD_PROBE`), the page sorts them (``+column``: not through the
+        sort index, whose walk in order would visit nearly every row to find a few)."""
         from linetap.sync.central.index import _recording
 
-        column = SORTS[search.sort]
-        order = f"{column} {'DESC NULLS LAST' if search.descending else 'ASC NULLS FIRST'}, device_id, seq"
         limit, offset = max(1, min(search.limit, MAX_PAGE)), max(0, search.offset)
         with self._sql() as db:
             trigram = bool(search.caller) and trigram_narrows(db, search.caller)
             figure_index = search.figure is None or figure_index_leads(db, search.figure)
             where, params = search_where(search, trigram=trigram, figure_index=figure_index)
-            total = int(db.execute("SELECT COUNT(*) FROM recordings" + where, params).fetchone()[0])
-            rows = db.execute(f"SELECT * FROM recordings{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                              [*params, limit, offset]).fetchall()
+            total = int(db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM recordings{where} LIMIT ?) AS hits",
+                                   [*params, COUNT_CAP + 1]).fetchone()[0])
+            if total <= COUNT_CAP and offset >= total:
+                return [], total
+            sorted_here = isinstance(db, sqlite3.Connection) and total < LEAD_PROBE
+            rows = db.execute(f"SELECT * FROM recordings{where} ORDER BY {order_by(search, sorted_here)} "
+                              "LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
         return [_recording(r) for r in rows], total
+
+
+def order_by(search: Search, sorted_here: bool = False) -> str:
+    """The page's ``ORDER BY`` (NULLs as SQLite places them, on both engines: PostgreSQL's sort indexes
+    match it); ``sorted_here``: the column as ``+column`` (SQLite: sort, do not walk its index)."""
+    column = ("+" if sorted_here else "") + SORTS[search.sort]
+    return f"{column} {'DESC NULLS LAST' if search.descending else 'ASC NULLS FIRST'}, device_id, seq"
 
 
 def _user(row: Any) -> dict[str, Any]:

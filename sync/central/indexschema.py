@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from linetap.firmware.errors import SyncError
+from linetap.sync.central.searchschema import CALLER_TRIGRAM, SQLITE_SORT_INDEXES
 
 logger = logging.getLogger(__name__)
 
@@ -342,35 +343,18 @@ CREATE INDEX IF NOT EXISTS recordings_qa_overtalk_share ON recordings (qa_overta
 CREATE INDEX IF NOT EXISTS recordings_qa_hold_s ON recordings (qa_hold_s);
 """
 
-_CALLER_KEY = "(SELECT id FROM caller_keys WHERE device_id = {0}.device_id AND recording_id = {0}.recording_id)"
-_CALLER_ADD = (
-    "INSERT OR IGNORE INTO caller_keys (device_id, recording_id) SELECT NEW.device_id, NEW.recording_id "
-    "WHERE NEW.caller_number IS NOT NULL OR NEW.caller_name IS NOT NULL; "
-    f"INSERT INTO caller_fts (rowid, caller_number, caller_name) SELECT {_CALLER_KEY.format('NEW')}, "
-    "NEW.caller_number, NEW.caller_name WHERE NEW.caller_number IS NOT NULL OR NEW.caller_name IS NOT NULL;")
-_CALLER_DROP = f"DELETE FROM caller_fts WHERE rowid = {_CALLER_KEY.format('OLD')};"
-
 # Engine-specific full-text search over transcript_lines: FTS5 here, a GIN index in pgschema.PG_INDEXES.
-# The caller search's trigram index: an FTS5 trigram table here, pg_trgm indexes there. Its rows are
-# keyed by caller_keys.id (recordings' own rowids may change in a VACUUM) and kept by triggers, so every
-# writer of recordings (ingest, erasure, migrate-store, a bulk load) keeps it without knowing of it.
+# The calls search's trigram table and sort indexes: searchschema.py (both engines').
 SQLITE_ONLY = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5(text, device_id UNINDEXED, "
     "recording_id UNINDEXED, channel UNINDEXED, line UNINDEXED, tokenize = 'porter unicode61')",
-    "CREATE TABLE IF NOT EXISTS caller_keys (id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, "
-    "recording_id TEXT NOT NULL, UNIQUE (device_id, recording_id))",
-    "CREATE VIRTUAL TABLE IF NOT EXISTS caller_fts USING fts5(caller_number, caller_name, tokenize = 'trigram')",
-    f"CREATE TRIGGER IF NOT EXISTS caller_fts_insert AFTER INSERT ON recordings BEGIN {_CALLER_ADD} END",
-    "CREATE TRIGGER IF NOT EXISTS caller_fts_update AFTER UPDATE OF caller_number, caller_name ON recordings "
-    f"BEGIN {_CALLER_DROP} {_CALLER_ADD} END",
-    f"CREATE TRIGGER IF NOT EXISTS caller_fts_delete AFTER DELETE ON recordings BEGIN {_CALLER_DROP} "
-    "DELETE FROM caller_keys WHERE device_id = OLD.device_id AND recording_id = OLD.recording_id; END",
+    *CALLER_TRIGRAM, *SQLITE_SORT_INDEXES,
 )
 
 # PostgreSQL's searched expression (pgschema's GIN index; analytics/tables.py's queries match it).
 TSVECTOR = "to_tsvector('english', text)"
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -456,10 +440,16 @@ def _migrate_9_to_10(db: sqlite3.Connection) -> None:
     logger.info("index figures filled recordings=%d", filled)
 
 
+def _migrate_10_to_11(db: sqlite3.Connection) -> None:
+    """The calls search's sort indexes on live recordings (``searchschema.SQLITE_SORT_INDEXES``)."""
+    # Their CREATE statements run in create(), which upgrade() calls after every migration.
+
+
 # user_version -> the step that brings a file of that version to the next one.
 MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
               4: _migrate_4_to_5, 5: _migrate_5_to_6, 6: _migrate_6_to_7,
-              7: _migrate_7_to_8, 8: _migrate_8_to_9, 9: _migrate_9_to_10}
+              7: _migrate_7_to_8, 8: _migrate_8_to_9, 9: _migrate_9_to_10,
+              10: _migrate_10_to_11}
 
 
 def create(db: sqlite3.Connection) -> None:

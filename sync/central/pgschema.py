@@ -37,6 +37,7 @@ from psycopg import Connection
 
 from linetap.firmware.errors import SyncError
 from linetap.sync.central.indexschema import SCHEMA, SCHEMA_VERSION, TSVECTOR
+from linetap.sync.central.searchschema import PG_SORT_INDEXES
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ PG_INDEXES = (
     "(LOWER(caller_name) gin_trgm_ops)",
     # `search PHRASE`: full-text search of transcripts (SQLite: the FTS5 table of indexschema.SQLITE_ONLY).
     f"CREATE INDEX IF NOT EXISTS transcript_lines_fts ON transcript_lines USING gin ({TSVECTOR})",
+    # The calls page's sort orders, on live recordings, NULLs placed as the page sorts them (searchschema).
+    *PG_SORT_INDEXES,
 )
 
 
@@ -109,6 +112,7 @@ MIGRATIONS: dict[int, Callable[[Connection[Any]], None]] = {
     7: _tables_added,  # the console: users, sessions, failed logins, desk assignments, saved filters
     8: _tables_added,  # remote updates: fleet_groups, rollouts, rollout_targets, update_states
     9: _migrate_9_to_10,
+    10: _tables_added,  # the calls search's sort indexes (searchschema.PG_SORT_INDEXES), made by create()
 }
 
 

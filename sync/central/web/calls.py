@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from linetap.sync.central.consoleindex import CONSENT_STATES, SORTS, Search
+from linetap.sync.central.consoleindex import CONSENT_STATES, COUNT_CAP, SORTS, Search
 from linetap.sync.central.web.access import USER_NAME, Scope, agent_at, agent_spans, scope_of, team_agents
 from linetap.sync.central.web.audit import audit
 from linetap.sync.central.web.callquery import FIELDS, MAX_QUERY, METRICS, PAGE_SIZES, CallQuery, parse
@@ -78,9 +78,14 @@ def calls(request: Request) -> Response:
                                 if e.get("kind") in CONSENT_BADGES})
         row["extras"] = extras.get((row["device_id"], row["recording_id"]), {})
     audit(request, "search", detail=urlencode(query.values)[:MAX_QUERY] or "(all)")
+    # Past COUNT_CAP matches the search stops counting: the page says "more than" and offers Next while
+    # pages come full.
+    more = total > COUNT_CAP
     pages = max(1, -(-total // query.size))
     return page(request, "calls.html", {
-        "rows": rows, "total": total, "query": query, "pages": pages, "consent_states": list(CONSENT_STATES), "metrics": METRICS,
+        "rows": rows, "total": total, "more": more, "count_cap": COUNT_CAP, "query": query, "pages": pages,
+        "has_next": len(rows) == query.size if more else query.page < pages,
+        "consent_states": list(CONSENT_STATES), "metrics": METRICS,
         "sorts": list(SORTS), "sizes": PAGE_SIZES, "link": lambda **change: _link(query, change),
         "saved": index.saved_filters(user["name"]), "scope": scope, **_choices(user, assignments, users),
         "querystring": urlencode(query.values), "extra_columns": sorted({k for e in extras.values() for k in e})})

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from linetap.sync.central import consoleindex
 from linetap.sync.central.consoleindex import DuplicateUser, Search, Span
 from linetap.sync.central.index import IndexTables, SqliteIndex
 from linetap.sync.central.pgindex import PgIndex
@@ -119,6 +120,84 @@ def test_search_scopes_filters_sorts_and_pages(index: IndexTables) -> None:
     assert ids(extra=(("seq = ?", (7,)),)) == [7]
 
 
+# -- the bounded count and the sort indexes (schema 11) --
+
+def test_the_count_stops_past_the_cap_and_pages_past_it_still_come(index: IndexTables,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consoleindex, "COUNT_CAP", 3)
+    for n in range(1, 10):
+        index.add_recording(call("desk-1", n))
+    rows, total = index.search_recordings(Search(descending=False, limit=2))
+    assert [r["seq"] for r in rows] == [1, 2] and total == 4  # 4: "more than 3"
+    rows, total = index.search_recordings(Search(descending=False, limit=3, offset=6))
+    assert [r["seq"] for r in rows] == [7, 8, 9] and total == 4  # past the cap: read all the same
+    assert index.search_recordings(Search(offset=20)) == ([], 4)
+    rows, total = index.search_recordings(Search(flagged=True))
+    assert [r["seq"] for r in rows] == [8, 6, 4, 2] and total == 4  # four flagged: "more than 3" too
+    assert [r["seq"] for r in index.search_recordings(Search(caller="+15550003"))[0]] == [3]
+    assert index.search_recordings(Search(caller="+15550003"))[1] == 1
+    assert index.search_recordings(Search(caller="nobody", offset=0)) == ([], 0)
+
+
+def sort_key(sort: str, row: dict[str, Any]) -> tuple[Any, ...]:
+    """The page's sort column as Python sees it: NULL lowest (SQLite's order, on both engines)."""
+    value = row[consoleindex.SORTS[sort]]
+    return (value is not None, value)
+
+
+@pytest.mark.parametrize("probe", [2000, 0], ids=["sorted-here", "index-walk"])  # SQLite: few, or many
+def test_every_sort_order_pages_as_a_full_sort_would(index: IndexTables, probe: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consoleindex, "LEAD_PROBE", probe)
+    made = []
+    for n in range(1, 13):  # ties in duration, start and stored time across desks; callers missing
+        row = call(f"desk-{n % 3}", n, duration_ms=(n % 4) * 1000, started_ms=1_000_000 + (n % 5) * 60_000,
+                   stored_ms=5_000 + n % 2, caller_number=None if n % 4 == 0 else f"+1555{n % 6}")
+        index.add_recording(row)
+        made.append(row)
+    index.mark_erased(str(uuid.UUID(int=5)), 9, "a test", "tombstones/5", device_id="desk-2")
+    live = [r for r in made if r["seq"] != 5]
+    for sort in consoleindex.SORTS:
+        for descending in (False, True):
+            # The tie-break stays ascending either way (device, then seq): a stable sort of rows in that order.
+            ties = sorted(live, key=lambda r: (r["device_id"], r["seq"]))
+            want = [(r["device_id"], r["seq"]) for r in sorted(ties, key=lambda r: sort_key(sort, r),
+                                                                reverse=descending)]
+            got = []
+            for offset in range(0, 12, 5):
+                rows, total = index.search_recordings(Search(sort=sort, descending=descending, limit=5,
+                                                             offset=offset))
+                got += [(r["device_id"], r["seq"]) for r in rows]
+                assert total == 11
+            assert got == want, (sort, descending)
+
+
+@pytest.mark.parametrize("sort", sorted(consoleindex.SORTS))
+def test_the_sort_indexes_serve_the_pages_order(sort: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import psycopg
+
+    from linetap.sync.central.pgindex import _dialect
+
+    with SqliteIndex(tmp_path / "index.db") as lite:
+        for n in range(1, 201):
+            lite.add_recording(call(f"desk-{n % 7}", n))
+        with lite._sql() as db:
+            db.execute("ANALYZE")
+    for descending in (False, True):
+        search = Search(sort=sort, descending=descending)
+        where, params = consoleindex.search_where(search)
+        sql = f"SELECT * FROM recordings{where} ORDER BY {consoleindex.order_by(search)} LIMIT 50"
+        with SqliteIndex(tmp_path / "index.db") as lite, lite._sql() as db:
+            plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX" in plan and "TEMP B-TREE FOR ORDER BY" not in plan, plan  # its right part may sort
+        url = request.getfixturevalue("pg_url")
+        with PgIndex(url), psycopg.connect(url, autocommit=True) as db:
+            for off in ("seqscan", "bitmapscan", "sort"):  # a tiny table: make a full sort the dear way
+                db.execute(f"SET enable_{off} = off")
+            plan = " | ".join(r[0] for r in db.execute("EXPLAIN " + _dialect(sql), params))
+        assert f"recordings_live_{'device' if sort == 'device' else sort}" in plan, plan
+
+
 # -- QA figures as numbers, and the caller search's trigram index (SQLite) --
 
 def metrics(near: str, far: str, silence: str, hold: list[list[str]] | None = None) -> dict[str, Any]:
@@ -204,8 +283,8 @@ def consoleindex_probe(db: Any, text: str) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_an_index_of_schema_9_gains_the_figures_and_the_caller_index(kind: str, tmp_path: Path,
-                                                                       request: pytest.FixtureRequest) -> None:
+def test_an_index_of_schema_9_gains_the_figures_the_caller_index_and_the_sort_indexes(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     import sqlite3
 
     import psycopg
@@ -224,6 +303,7 @@ def test_an_index_of_schema_9_gains_the_figures_and_the_caller_index(kind: str, 
             for statement in ("DROP TRIGGER caller_fts_insert", "DROP TRIGGER caller_fts_update",
                               "DROP TRIGGER caller_fts_delete", "DROP TABLE caller_fts", "DROP TABLE caller_keys",
                               *(f"DROP INDEX recordings_{c}" for c in COLUMNS.values()),
+                              "DROP INDEX recordings_live_duration", "DROP INDEX recordings_live_caller",
                               *(f"ALTER TABLE recordings DROP COLUMN {c}" for c in COLUMNS.values()),
                               "PRAGMA user_version = 9"):
                 db.execute(statement)
@@ -231,6 +311,8 @@ def test_an_index_of_schema_9_gains_the_figures_and_the_caller_index(kind: str, 
         with psycopg.connect(location, autocommit=True) as db:
             for column in COLUMNS.values():
                 db.execute(f"ALTER TABLE recordings DROP COLUMN {column}")
+            for name in ("started", "duration", "device", "caller", "stored"):
+                db.execute(f"DROP INDEX recordings_live_{name}")
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (9, 0)")
     with opened() as index:
@@ -240,6 +322,11 @@ def test_an_index_of_schema_9_gains_the_figures_and_the_caller_index(kind: str, 
         assert [r["seq"] for r in index.search_recordings(Search(caller="lovelace"))[0]] == [1]
         index.add_recording(call("desk-1", 4, caller_name="Another Lovelace"))
         assert index.search_recordings(Search(caller="lovelace"))[1] == 2
-        if kind == "sqlite":
-            with index._sql() as db:
+        with index._sql() as db:  # schema 11's sort indexes came with the steps
+            if kind == "sqlite":
                 assert db.execute("SELECT COUNT(*) FROM caller_fts").fetchone()[0] == 4
+                made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+                assert {"recordings_live_duration", "recordings_live_caller"} <= made
+            else:
+                made = {r[0] for r in db.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'recordings'")}
+                assert {f"recordings_live_{n}" for n in ("started", "duration", "device", "caller", "stored")} <= made
