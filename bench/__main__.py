@@ -15,7 +15,7 @@ import numpy as np
 # A new benchmark is a module of this package with run() -> dict, added here.
 BENCHMARKS = ("capture", "dsp", "latency", "storage", "drain", "ingest", "memory", "hid", "evidence", "s3store",
               "bridge", "indexlist", "console", "analytics", "ingestpg", "serves", "migratestore", "chunks",
-              "fetch", "update")
+              "fetch", "update", "consolesearch")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -10,13 +10,16 @@ file (Starlette's ``FileResponse``, Range included, behind the same
 session and role check): the peer, on the same server, that does no
 decrypting, no scope query and no access log entry. An admin logs in over HTTP; then:
 
-- search: ``GET /calls`` with a few filters, each repeated; p50/p95 of the
-  request time on loopback (the server's time plus a loopback round trip).
-  The rows carry QA metrics as a box sends them (decimal strings), turned
-  into the index's figure columns by the schema step that fills an older
-  index (``fill_figures``, timed). Callers: a selective substring (the
-  trigram table leads), a broad one (``+1555``, 90 % of the calls: the
-  ``LIKE`` scan), and two characters (the ``LIKE`` scan);
+- search: ``GET /calls`` with every kind of search the page offers
+  (``bench/consolesearch.py``'s ``QUERIES``: filters, sort orders, a deep
+  page), each repeated; p50/p95 of the request time on loopback (the
+  server's time plus a loopback round trip). The rows carry QA metrics as a
+  box sends them (decimal strings), turned into the index's figure columns
+  by the schema step that fills an older index (``fill_figures``, timed).
+  Callers: a selective substring (the trigram table leads), a broad one
+  (``+1555``, 90 % of the calls), and two characters. The same queries'
+  server time in the index alone, SQLite against PostgreSQL, is
+  ``search_server_time`` (``bench/consolesearch.py``, in the same run);
 - seek: ``Range: bytes=N-`` where N is where minute 45 starts, time to the
   first body byte, against the static file; ``cold`` is the first request
   after the server started (segment sizes not cached yet);
@@ -36,7 +39,6 @@ import http.client
 import io
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,22 +47,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import evidence, indexlist
+from bench import consolesearch, evidence
 from linetap.sync.central.figuresindex import fill_figures
 
 CALL_S = 3600
-SEARCH_ROWS = 100_000
+SEARCH_ROWS = consolesearch.SEARCH_ROWS
 SEARCH_REPEATS = 20
 SEEK_REPEATS = 20
 LISTENERS = 50
 LISTEN_BYTES = 4 << 20
 PASSWORD = "bench-password-long-enough"
-# QA metrics as a box's manifest carries them (decimal strings), varied by the call's number k (its start
-# over the load's 30 s step): talk ratios spread over 0..1, silence 0.1-0.99, hold 0.5-299.5 s.
-METRICS = ("""'{"talk_s": {"near": "' || ((started_ms / 30000) % 97) || '.5", "far": "' || """
-           """((started_ms / 30000 * 13) % 89) || '.25"}, "silence_share": "0.' || """
-           """(100 + (started_ms / 30000 * 7) % 900) || '", "overtalk_share": "0.0' || ((started_ms / 30000) % 10) """
-           """|| '", "hold_spans": [["1.5", "' || (2 + (started_ms / 30000) % 300) || '"]]}'""")
 STATIC_PATH = "/bench/static.ogg"
 
 
@@ -157,11 +153,10 @@ def _prepare(work: Path) -> tuple[Path, str, dict[str, Any]]:
     t0 = time.perf_counter()
     _cli(central, "peaks")
     peaks_s = time.perf_counter() - t0
-    load = indexlist.LOAD.replace(f"i < {indexlist.ROWS - 1}", f"i < {SEARCH_ROWS - 1}")
     with SqliteIndex(central / "index.db") as index, index._sql() as db:
         db.execute("BEGIN IMMEDIATE")
-        db.execute(load)
-        db.execute(f"UPDATE recordings SET metrics = {METRICS} WHERE device_id LIKE 'box-%'")
+        db.execute(consolesearch.LOAD)
+        db.execute(f"UPDATE recordings SET metrics = {consolesearch.METRICS} WHERE device_id LIKE 'box-%'")
         t0 = time.perf_counter()
         fill_figures(db)
         fill_s = time.perf_counter() - t0
@@ -174,27 +169,16 @@ def _prepare(work: Path) -> tuple[Path, str, dict[str, Any]]:
                           "fill_figures_s": round(fill_s, 2)}
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)] * 1000, 2)}
-
-
 def _search(client: Client) -> dict[str, Any]:
-    queries = {"newest page": "/calls", "one desk": "/calls?desk=box-17", "caller": "/calls?caller=555123",
-               "flagged, longest first": "/calls?flagged=yes&sort=duration&dir=desc",
-               "caller, broad": "/calls?caller=%2B1555", "caller, 2 characters": "/calls?caller=55",
-               "QA metric: talk ratio 40-60 %": "/calls?metric=talk_ratio&min=40&max=60",
-               "QA metric: hold 290 s or more": "/calls?metric=hold_s&min=290"}
     out: dict[str, Any] = {}
-    for name, path in queries.items():
+    for name, path in consolesearch.QUERIES.items():
         times, status = [], None
         for _ in range(SEARCH_REPEATS):
             status, _, body, _, total = client.request(path)
             times.append(total)
         if b"must be" in body:  # a filter the page refused: the figure would be of another search
             raise RuntimeError(f"the calls page refused {path}")
-        out[name] = {"status": status, **_percentiles(times)}
+        out[name] = {"status": status, **consolesearch.percentiles(times)}
     return out
 
 
@@ -231,8 +215,8 @@ def _seek(client: Client, audio: str, offset: int) -> dict[str, Any]:
     cold = client.request(audio + "?listen=cold", headers, read=4096)
     ours = [client.request(f"{audio}?listen=s{i}", headers, read=4096)[3] for i in range(SEEK_REPEATS)]
     peer = [client.request(STATIC_PATH, headers, read=4096)[3] for _ in range(SEEK_REPEATS)]
-    return {"status": cold[0], "cold_ttfb_ms": round(cold[3] * 1000, 2), "console": _percentiles(ours),
-            "static_file": _percentiles(peer)}
+    return {"status": cold[0], "cold_ttfb_ms": round(cold[3] * 1000, 2), "console": consolesearch.percentiles(ours),
+            "static_file": consolesearch.percentiles(peer)}
 
 
 def _listeners(client: Client, path: str, size: int) -> float:
@@ -281,4 +265,5 @@ def run() -> dict[str, Any]:
     return {"call_s": CALL_S, "audio_bytes": size, **figures, "decrypt_hour_one_thread_s": round(decrypt_s, 3), "search_rows": SEARCH_ROWS + 1,
             "search": search, "seek_minute_45": seek, "listeners": LISTENERS, "listen_bytes_each": LISTEN_BYTES,
             "listeners_console_bytes_per_s": round(ours), "listeners_static_bytes_per_s": round(peer),
-            "listeners_ratio": round(ours / peer, 2)}
+            "listeners_ratio": round(ours / peer, 2),
+            "search_server_time": consolesearch.run()}
