@@ -122,7 +122,8 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool | None = None) -> psycopg.Cursor[Any]:
+        """``prepare`` False: planned for these values every time (a search whose values decide the plan)."""
         if sql == "BEGIN IMMEDIATE":
             cursor = self._conn.execute("BEGIN")
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
@@ -130,7 +131,7 @@ class PgConnection:
         if not params:
             return self._conn.execute(sql)  # no placeholders: psycopg then takes % literally
         check_values(params, sql)
-        return self._conn.execute(_dialect(sql), params)
+        return self._conn.execute(_dialect(sql), params, prepare=prepare)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         rows = list(seq)

@@ -198,6 +198,18 @@ def test_the_sort_indexes_serve_the_pages_order(sort: str, tmp_path: Path, reque
         assert f"recordings_live_{'device' if sort == 'device' else sort}" in plan, plan
 
 
+def test_postgresql_plans_each_search_for_its_own_values(request: pytest.FixtureRequest) -> None:
+    """Never a prepared statement (psycopg prepares one after five runs; its generic plan, made without
+    the values, would take no trigram index for a caller's pattern)."""
+    with PgIndex(request.getfixturevalue("pg_url")) as index, index.pinned():
+        index.add_recording(call("desk-1", 1))
+        for _ in range(8):
+            assert index.search_recordings(Search(caller="5550001"))[1] == 1
+        with index._sql() as db:
+            prepared = [r[0] for r in db.execute("SELECT statement FROM pg_prepared_statements")]
+    assert not [sql for sql in prepared if "FROM recordings" in sql], prepared
+
+
 # -- QA figures as numbers, and the caller search's trigram index (SQLite) --
 
 def metrics(near: str, far: str, silence: str, hold: list[list[str]] | None = None) -> dict[str, Any]:
