@@ -68,7 +68,18 @@ def _update(site: Site, version: str) -> dict[str, Any]:
             "fetch_s": round(fetched - pushed, 2), "fetch_cpu_s": round(fetch_cpu, 2),
             "box_idle_cpu_s_same_time": round(_idle_cpu(site, fetched - pushed), 2),
             "step_s": round(step[2], 2), "step_cpu_s": round(step[3], 2),
-            "push_to_ready_s": round(ready[2] - pushed, 2), "switch_unavailable_s": round(ready[2] - switching, 3)}
+            "push_to_ready_s": round(ready[2] - pushed, 2), "switch_unavailable_s": round(ready[2] - switching, 3),
+            "switch_phases": _phases(site, events, switching, ready)}
+
+
+def _phases(site: Site, events: int, stopped: float, ready: tuple) -> dict[str, float]:
+    """Where the unavailable time went: the old process ending, root's gate, the new one's start to READY."""
+    seen = site.box.events[events:site.box.events.index(ready)]
+    exited = [e for e in seen if e[0] == "exited"][-1]
+    gate = [e for e in seen if e[0] == "gate"][-1]
+    started = [e for e in seen if e[0] == "started"][-1]
+    return {"old_exit_s": round(exited[4] - stopped, 3), "gate_s": round(gate[2], 3),
+            "start_to_ready_s": round(ready[2] - started[3], 3)}
 
 
 def _idle_cpu(site: Site, seconds: float) -> float:
@@ -79,12 +90,13 @@ def _idle_cpu(site: Site, seconds: float) -> float:
     return (cpu_seconds(pid) - before) * seconds / min(seconds, 10.0)
 
 
-def _restart(site: Site, version: str) -> float:
-    """The peer: a plain restart of the running version, SIGTERM to READY."""
+def _restart(site: Site, version: str) -> tuple[float, dict[str, float]]:
+    """The peer: a plain restart of the running version, SIGTERM to READY, and its phases."""
     events = len(site.box.events)
     began = time.monotonic()
     site.box.restart()
-    return site.box.wait_for(lambda e: e[:2] == ("ready", version), after=events)[2] - began
+    ready = site.box.wait_for(lambda e: e[:2] == ("ready", version), after=events)
+    return ready[2] - began, _phases(site, events, began, ready)
 
 
 def _during_call(site: Site, version: str) -> dict[str, Any]:
@@ -114,10 +126,11 @@ def run() -> dict:
             code_only = _update(site, second)
             restarts = [_restart(site, second) for _ in range(RESTARTS)]
             during = _during_call(site, uh.next_version(second))
-    restart = statistics.median(restarts)
+    restart = statistics.median(r for r, _ in restarts)
     return {"full": full, "code_only": code_only, "during_call": during,
             "code_only_bytes_over_full_release": round(code_only["chunk_bytes_to_box"] / full["release_bytes"], 4),
-            "peer_restart_unavailable_s": round(restart, 3), "peer_restarts": [round(r, 3) for r in restarts],
+            "peer_restart_unavailable_s": round(restart, 3), "peer_restarts": [round(r, 3) for r, _ in restarts],
+            "peer_restart_phases": [p for _, p in restarts],
             "switch_over_restart": round(code_only["switch_unavailable_s"] / restart, 2),
             "switch_target_s": TARGET_SWITCH_S,
             "switch_under_target": code_only["switch_unavailable_s"] < TARGET_SWITCH_S,
