@@ -43,6 +43,7 @@ MAX_SPANS = 2000  # desk spans in one search's WHERE (an agent's or a team's ass
 MAX_PAGE = 500
 LEAD_PROBE = 2000  # rows one of SQLite's indexes may find and still lead a calls search (_few)
 COUNT_CAP = 10_000  # matches a calls search counts; past it the page says "more than" (search_recordings)
+COUNT_LEAD = 5000  # rows a figure's index (SQLite) may find and still lead the count of a calls search
 
 
 class DuplicateUser(ValueError):
@@ -117,16 +118,17 @@ def _phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def _few(db: Any, source: str, condition: str, params: list[Any]) -> bool:
-    """Whether fewer than :data:`LEAD_PROBE` rows of ``source`` meet ``condition`` (counted up to that many).
+def _few(db: Any, source: str, condition: str, params: list[Any], probe: int | None = None) -> bool:
+    """Whether fewer than ``probe`` (:data:`LEAD_PROBE`) rows of ``source`` meet ``condition`` (counted up
+    to that many).
 
     SQLite's planner has no histogram to tell a narrow range or a rare substring from a wide one, and
     an index that leads costs a lookup per row it finds (4-8 µs) where a scan costs well under 1 µs a
     row: at 100,000 calls, a figure range holding a third of them took 270 ms through its index and
     20 ms in a scan. So an index leads only when this probe finds few rows (at most about 20 ms)."""
     found = db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {condition} LIMIT ?)",
-                       [*params, LEAD_PROBE]).fetchone()[0]
-    return int(found) < LEAD_PROBE
+                       [*params, probe or LEAD_PROBE]).fetchone()[0]
+    return int(found) < (probe or LEAD_PROBE)
 
 
 def trigram_narrows(db: Any, text: str) -> bool:
@@ -137,10 +139,10 @@ def trigram_narrows(db: Any, text: str) -> bool:
     return _few(db, "caller_fts", "caller_fts MATCH ?", [_phrase(text)])
 
 
-def figure_index_leads(db: Any, figure: tuple[str, float | None, float | None]) -> bool:
+def figure_index_leads(db: Any, figure: tuple[str, float | None, float | None], probe: int | None = None) -> bool:
     """Whether a figure's own index may lead the search: always on PostgreSQL (its planner knows the
-    spread of values), on SQLite when the range holds few calls (:func:`_few`)."""
-    return not isinstance(db, sqlite3.Connection) or _few(db, "recordings", *figure_condition(*figure))
+    spread of values), on SQLite when the range holds few calls (:func:`_few`; ``probe``: how few)."""
+    return not isinstance(db, sqlite3.Connection) or _few(db, "recordings", *figure_condition(*figure), probe)
 
 
 def search_where(search: Search, *, trigram: bool = False, figure_index: bool = True) -> tuple[str, list[Any]]:
@@ -341,9 +343,14 @@ class ConsoleTables:
             trigram = bool(search.caller) and trigram_narrows(db, search.caller)
             figure_index = search.figure is None or figure_index_leads(db, search.figure)
             where, params = search_where(search, trigram=trigram, figure_index=figure_index)
+            # A figure's index leads the count for a wider range than the page (COUNT_LEAD): the count
+            # stops early anyway, where a scan for a range of a few thousand calls reads every row.
+            count_index = search.figure is None or figure_index or figure_index_leads(db, search.figure, COUNT_LEAD)
+            counted, counted_params = (where, params) if figure_index else \
+                search_where(search, trigram=trigram, figure_index=count_index)
             run = planned(db)
-            total = int(run(f"SELECT COUNT(*) FROM (SELECT 1 FROM recordings{where} LIMIT ?) AS hits",
-                            [*params, COUNT_CAP + 1]).fetchone()[0])
+            total = int(run(f"SELECT COUNT(*) FROM (SELECT 1 FROM recordings{counted} LIMIT ?) AS hits",
+                            [*counted_params, COUNT_CAP + 1]).fetchone()[0])
             if total <= COUNT_CAP and offset >= total:
                 return [], total
             sorted_here = isinstance(db, sqlite3.Connection) and total < LEAD_PROBE
