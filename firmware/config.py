@@ -27,12 +27,12 @@ from pydantic import AfterValidator, Field, StrictStr, model_validator
 
 from linetap.firmware.board import BoardProfile, is_profile_path, load_board
 from linetap.firmware.errors import ConfigError
+from linetap.firmware.manifest import DEVICE_ID
 from linetap.firmware.schema import Invalid, Problem, Schema, load_model, read_toml
 
 logger = logging.getLogger(__name__)
 
 EXAMPLE_FILE = "linetap.example.toml"
-DEVICE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 
 
 def _as_device_id(text: str) -> str:

@@ -50,6 +50,8 @@ from linetap.firmware.errors import AuthError, ConfigError, SpoolError
 from linetap.firmware.keys import public_key_b64, public_key_from_b64
 
 # What a recording id and a hash look like, wherever they travel (wire, receipts, the index).
+# A device id: in manifests, topics and file names alike (the config's [device] id is checked with it too).
+DEVICE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 RECORDING_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 FORMAT = "linetap-manifest/1"

@@ -30,10 +30,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from linetap.firmware.config import DEVICE_ID
 from linetap.firmware.errors import AuthError
 from linetap.firmware.keys import store_key_id
-from linetap.firmware.manifest import RECORDING_ID, SHA256, canonical
+from linetap.firmware.manifest import DEVICE_ID, RECORDING_ID, SHA256, canonical
 from linetap.firmware.untrusted import MAX_SAFE_INT, Untrusted, loads
 
 FORMAT = "linetap-receipt/1"

@@ -49,8 +49,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from linetap.firmware import untrusted
-from linetap.firmware.config import DEVICE_ID
-from linetap.firmware.manifest import RECORDING_ID, SHA256
+from linetap.firmware.manifest import DEVICE_ID, RECORDING_ID, SHA256
 from linetap.firmware.errors import SyncError
 
 ROOT = "linetap/v1"
