@@ -39,9 +39,10 @@ from typing import Any
 from linetap.firmware import __version__
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import Config
-from linetap.firmware.errors import LinetapError, SyncError
+from linetap.firmware.errors import LinetapError
 from linetap.firmware.keys import load_operator_keys, load_release_keys
 from linetap.sync import appslots, updatewire
+from linetap.sync.eventthread import EventThread
 from linetap.sync.link import Link
 from linetap.sync.mqtt import Inbound
 from linetap.sync.signed import key_table
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 TICK_S = 0.25
 POLL_S = 1.0
-_JOIN_S = 10.0
 
 
 def app_root_path() -> Path:
@@ -68,7 +68,7 @@ def python_tag() -> str:
     return f"cp{sys.version_info.major}{sys.version_info.minor}"
 
 
-class Updater:
+class Updater(EventThread):
     """Fetches, stages and switches to the releases offered to this box; see the module docstring.
 
     ``uploads_pending()`` says whether recordings wait to go (the fetch waits
@@ -80,6 +80,8 @@ class Updater:
     stop; it returns whether it stopped. All are called on the update thread
     and must return promptly.
     """
+
+    thread_name = "update"
 
     def __init__(self, config: Config, link: Link, data_dir: Path, *, clock: Clock, app_root: Path,
                  uploads_pending: Callable[[], bool], line_busy: Callable[[], bool] | None = None,
@@ -102,42 +104,13 @@ class Updater:
         if stop_service is None:
             logger.warning("update: this box cannot restart itself (not run as the service): it fetches and "
                            "stages offered releases but never switches to one")
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._seen: dict[str, Any] = {}  # root's files as last read
         self.switched = threading.Event()  # set once switch.json is written and the stop asked for
         link.subscribe(updatewire.offer_topic(self.device_id), qos=1)
         link.subscribe(updatewire.chunk_topic(self.device_id), qos=1)
 
-    # -- life cycle --
-
-    def start(self) -> Updater:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="update", daemon=True)
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop the thread (the link is the caller's). Safe to call twice."""
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        self._events.put(("stop", None))
-        if thread is not None:
-            thread.join(_JOIN_S)
-            if thread.is_alive():
-                raise SyncError(f"update thread did not stop within {_JOIN_S:.0f} s")
-
-    def __enter__(self) -> Updater:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- link callbacks (link thread): they only queue --
-
-    def on_connected(self) -> None:
-        self._events.put(("connected", None))
 
     def on_message(self, message: Inbound) -> bool:
         """Queue an ``update/offer`` or ``update/chunk`` message; False for any other topic."""

@@ -42,9 +42,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linetap.firmware.clock import Clock
 from linetap.firmware.config import SyncSection
-from linetap.firmware.errors import SpoolError, SyncError
+from linetap.firmware.errors import SpoolError
 from linetap.firmware.spool import RecordingGone, Spool
 from linetap.sync import wire
+from linetap.sync.eventthread import EventThread
 from linetap.sync.link import Link
 from linetap.sync.mqtt import Inbound
 from linetap.sync.upload import (
@@ -63,16 +64,17 @@ logger = logging.getLogger(__name__)
 
 RESCAN_S = 60.0
 _MAX_WAIT_S = 0.25  # the protocol's deadlines are on the injected clock: look at it this often
-_JOIN_S = 10.0
 
 
-class Uploader:
+class Uploader(EventThread):
     """Drains the spool's backlog to the centre over ``link``.
 
     ``on_alarm(kind, detail)`` is called on the uploader thread with kind
     ``upload-rejected`` when the centre refuses a recording or the box cannot
     read one; nothing more of that recording is sent until restart.
     """
+
+    thread_name = "uploader"
 
     def __init__(self, spool: Spool, link: Link, settings: SyncSection, *, clock: Clock,
                  on_alarm: Callable[[str, str], None] | None = None, rescan_s: float = RESCAN_S,
@@ -91,9 +93,7 @@ class Uploader:
                            "recordings are deleted on the stored ack alone until one is provisioned "
                            "(linetap keys init --store-key)",
                            self.device_id)
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._status_lock = threading.Lock()
         self._status: dict[str, Any] = {"backlog_recordings": 0, "backlog_bytes": 0, "oldest_age_s": None,
                                         "last_sync_wall": None, "connected": False, "in_flight": 0,
@@ -103,34 +103,7 @@ class Uploader:
         # centre acknowledges again (idempotent). Acks sent while the box is away were never needed.
         link.subscribe(wire.ack_filter(self.device_id), qos=0)
 
-    # -- life cycle --
-
-    def start(self) -> Uploader:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop the thread (the link is the caller's to close). Safe to call twice."""
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        self._events.put(("stop", None))
-        if thread is not None:
-            thread.join(_JOIN_S)
-            if thread.is_alive():
-                raise SyncError(f"uploader thread did not stop within {_JOIN_S:.0f} s")
-
-    def __enter__(self) -> Uploader:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- inputs, from any thread --
-
-    def on_connected(self) -> None:
-        self._events.put(("connected", None))
 
     def on_disconnected(self, reason: str) -> None:
         self._events.put(("disconnected", reason))
