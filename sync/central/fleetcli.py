@@ -112,7 +112,7 @@ def _fleet_list(args: argparse.Namespace) -> int:
         backlog = "-" if v.backlog_recordings is None else f"{v.backlog_recordings} / {_size(v.backlog_bytes)}"
         print(f"{v.device_id:<24} {v.state:<8} {iso(v.last_seen_ms) if v.last_seen_ms else '-':<20} "
               f"{v.software_version or '-':<12} {'-' if v.config_version is None else v.config_version:>6} "
-              f"{backlog:>16}  {_update_column(v):<18} {v.update_outcome or '-':<24} "
+              f"{backlog:>16}  {v.update_summary():<18} {v.update_outcome or '-':<24} "
               f"{','.join(v.alarms) or '-'}{'' if v.enrolled else '  (not enrolled)'}")
     online = sum(v.state == "online" for v in views)
     print(f"{online} of {len(views)} online ({'live from the broker' if live else 'as tracked by serve'})")
@@ -121,18 +121,6 @@ def _fleet_list(args: argparse.Namespace) -> int:
 
 def _fleet_summary(view: Any) -> dict[str, Any]:
     return {k: v for k, v in view.as_dict().items() if k not in ("subjects", "update")}
-
-
-def _update_column(view: Any) -> str:
-    """``fetching 40%``, ``trial 0.2.0``, ``idle``: where the box's update is."""
-    update = view.update
-    if update is None:
-        return "-"
-    if update["state"] == "fetching" and update["total"]:
-        return f"fetching {100 * update['have'] // update['total']}%"
-    if update["version"] and update["state"] not in ("idle", "installed"):
-        return f"{update['state']} {update['version']}"
-    return update["state"]
 
 
 def _size(n: int | None) -> str:

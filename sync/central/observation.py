@@ -262,6 +262,17 @@ class DeviceView:
         return replace(self, update_state=row["state"], update_outcome=outcome, update=dict(row),
                        software_version=self.software_version or row["current_version"])
 
+    def update_summary(self) -> str:
+        """``fetching 40%``, ``trial 0.2.0``, ``idle``: where the box's update is; ``-`` when it never said."""
+        update = self.update
+        if update is None:
+            return "-"
+        if update["state"] == "fetching" and update["total"]:
+            return f"fetching {100 * update['have'] // update['total']}%"
+        if update["version"] and update["state"] not in ("idle", "installed"):
+            return f"{update['state']} {update['version']}"
+        return update["state"]
+
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DeviceView:
         subjects = row["subjects"]

@@ -21,6 +21,7 @@ from fleet_boxes import SimBox, device_key
 
 from linetap.firmware.keys import public_key_b64
 from linetap.sync.central.cli import main as central_main
+from linetap.sync import fleetwire, updatewire
 from linetap.sync.broker import LocalBroker
 from linetap.sync.central.keys import load_identity, operator_public_key
 from linetap.sync.central.tools import StoreTools
@@ -79,6 +80,11 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
             try:
                 assert fleet_box.wait_online(1)
                 fleet_box.publish(fleet_box.agent.alarm("spool-full", active=True, detail="spool 96 % full"))
+                # Its last update rolled back: the page shows the outcome and the box's reason.
+                fleet_box.publish(fleetwire.Outbound(updatewire.state_topic(FLEET_BOX), updatewire.state_payload(
+                    updatewire.UpdateState(state="rolled-back", current="1.4.0", version="1.5.0",
+                                           outcome="rolled-back", code="selftest-failed",
+                                           reason="spool: cannot write a probe file", at_ms=1)), qos=1, retain=True))
                 tracker.flush(10)
                 with WebProcess(central) as url:
                     yield Ops(url, central, calls, fleet_box, tracker)
@@ -101,6 +107,7 @@ def test_who_may_see_and_act_on_the_fleet_and_retention_pages(ops: Ops) -> None:
     assert admin.get("/fleet").status == 200 and "Send a command" in admin.get("/fleet").text
     seen = auditor.get("/fleet")
     assert seen.status == 200 and FLEET_BOX in seen.text and "Send a command" not in seen.text
+    assert "rolled-back (selftest-failed)" in seen.text and "spool: cannot write a probe file" in seen.text
     assert agent.get("/fleet").status == 403 and agent.get("/retention").status == 403
     assert supervisor.get("/retention").status == 403
     page = auditor.get("/retention")

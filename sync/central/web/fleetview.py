@@ -42,6 +42,9 @@ class FleetRow:
     synced_without_receipt: int
     clock_synced: bool | None
     alarms: tuple[tuple[str, str], ...]  # (name, what it means or the box's detail)
+    update: str = "-"  # where its update is (fetching 40%, trial 0.2.0, installed...)
+    update_outcome: str = "-"  # how its last update ended, with the code when not installed
+    update_reason: str = ""
 
 
 def fleet_rows(views: Sequence[DeviceView], now_ms: int) -> list[FleetRow]:
@@ -52,7 +55,8 @@ def fleet_rows(views: Sequence[DeviceView], now_ms: int) -> list[FleetRow]:
                      "-" if v.config_version is None else str(v.config_version),
                      "-" if v.backlog_recordings is None else f"{v.backlog_recordings} ({size(v.backlog_bytes)})",
                      "-" if v.oldest_unsynced_age_s is None else span(v.oldest_unsynced_age_s * 1000),
-                     v.synced_without_receipt or 0, v.clock_synced, alarm_details(v)) for v in views]
+                     v.synced_without_receipt or 0, v.clock_synced, alarm_details(v), v.update_summary(),
+                     v.update_outcome or "-", (v.update or {}).get("reason") or "") for v in views]
     return sorted(rows, key=lambda r: (r.state == "online" and not r.alarms, r.device_id))
 
 
